@@ -1,0 +1,78 @@
+"""What a person sees: progress per cell while running, and the closing table."""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+from bench.matrix import CellRun
+from bench.runner import Cell, EpochRecord
+from bench.spec import StageSpec
+
+
+class Progress:
+    """Prints a line per cell; on a terminal also an updating line per epoch."""
+
+    def __init__(self, stream: TextIO = sys.stdout) -> None:
+        self._stream = stream
+        self._live = stream.isatty()
+
+    def cell_started(self, index: int, total: int, cell: Cell) -> None:
+        self._prefix = f"[{index}/{total}] {cell.name}"
+        if self._live:
+            self._write(f"{self._prefix}  starting", end="")
+
+    def epoch(self, cell: Cell, record: EpochRecord, epochs: int) -> None:
+        if self._live:
+            self._write(
+                f"\r{self._prefix}  epoch {record.epoch}/{epochs}  loss {record.train_loss:.4f}"
+                f"  val {100 * record.val_accuracy:.2f}%  {record.epoch_seconds:.2f}s\033[K",
+                end="",
+            )
+
+    def cell_finished(self, run: CellRun) -> None:
+        start = "\r" if self._live else ""
+        if run.result is None:
+            self._write(f"{start}{self._prefix}  FAILED: {run.error}\033[K" if self._live else
+                        f"{self._prefix}  FAILED: {run.error}")
+            return
+        r = run.result
+        speed = f"{r.train_samples_per_s:,.0f} samples/s" if r.train_samples_per_s else "-"
+        text = (
+            f"{self._prefix}  {r.outcome}  test {100 * r.test_accuracy:.2f}%  {speed}"
+            f"  {run.wall_seconds:.1f}s"
+        )
+        self._write(f"{start}{text}\033[K" if self._live else text)
+
+    def _write(self, text: str, end: str = "\n") -> None:
+        self._stream.write(text + end)
+        self._stream.flush()
+
+
+def _format_row(cells: list[str], widths: list[int]) -> str:
+    return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+
+
+def results_table(runs: list[CellRun], specs: dict[str, StageSpec]) -> str:
+    """The closing table: each cell's outcome and test accuracy beside the tutorial's."""
+    header = ["stage", "backend", "device", "seed", "outcome", "test acc", "tutorial",
+              "expected", "met", "samples/s"]
+    rows = []
+    for run in runs:
+        expected = specs[run.cell.stage].expected
+        c = run.cell
+        if run.result is None:
+            rows.append([c.stage, c.backend, c.device, str(c.seed), "FAILED", "-",
+                         expected.tutorial_reported, expected.describe(), "no", "-"])
+            continue
+        r = run.result
+        outcome = r.outcome + (f" @step {r.diverged_step}" if r.diverged_step else "")
+        speed = f"{r.train_samples_per_s:,.0f}" if r.train_samples_per_s else "-"
+        met = "yes" if expected.met_by(r.outcome, r.test_accuracy) else "NO"
+        rows.append([c.stage, c.backend, c.device, str(c.seed), outcome,
+                     f"{100 * r.test_accuracy:.2f}%", expected.tutorial_reported,
+                     expected.describe(), met, speed])
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = [_format_row(header, widths), _format_row(["-" * w for w in widths], widths)]
+    lines += [_format_row(row, widths) for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,58 @@
+"""Entry point of a cell's own process: `python -m bench.worker REQUEST.json`.
+
+Keeping each cell in its own process keeps the frameworks' thread pools and memory apart and each
+timing clean. Events go to the parent as JSON lines on the original stdout; anything a library
+prints is sent to stderr, which the parent keeps as the cell's log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from bench.errors import BenchError
+from bench.runner import Cell, EpochRecord, RunOptions, run_cell
+
+
+def _event_stream() -> TextIO:
+    # Keep the real stdout for events, and point fd 1 at stderr so stray prints cannot corrupt
+    # the event stream.
+    events = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    return events
+
+
+def _emit(stream: TextIO, kind: str, **payload: Any) -> None:
+    stream.write(json.dumps({"type": kind, **payload}) + "\n")
+
+
+def main(request_path: str) -> int:
+    events = _event_stream()
+    _emit(events, "started", at=time.time())
+    request = json.loads(Path(request_path).read_text())
+    cell = Cell(**request["cell"])
+    options = RunOptions(**request["options"])
+    out_dir = Path(request["out_dir"])
+
+    def on_epoch(record: EpochRecord) -> None:
+        _emit(events, "epoch", **record.__dict__)
+
+    try:
+        result = run_cell(cell, options, on_epoch)
+    except BenchError as exc:
+        _emit(events, "error", message=str(exc))
+        return 2
+    np.save(out_dir / "step_losses.npy", result.step_losses)
+    (out_dir / "result.json").write_text(json.dumps(result.to_json()))
+    _emit(events, "result")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

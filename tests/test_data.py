@@ -1,0 +1,420 @@
+"""Tests for bench.data on the real MNIST files, with a real local HTTP server for downloads."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.server
+import shutil
+import socket
+import threading
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench import data
+from bench.errors import BenchError
+
+REAL_DIR = Path(__file__).resolve().parents[2] / "shared/data/mnist"
+TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+SMALL = "t10k-labels-idx1-ubyte.gz"  # the smallest file, for cheap corruption tests
+
+
+def _assert_one_line_naming(exc: BenchError, *needles: str) -> str:
+    """The message is one line and mentions every needle; returns it."""
+    msg = str(exc)
+    assert "\n" not in msg
+    for needle in needles:
+        assert needle in msg, f"{needle!r} not in {msg!r}"
+    return msg
+
+
+@pytest.fixture(scope="session")
+def real_dir() -> Path:
+    """The read-only folder with the four original files; skip if it is not there."""
+    if not all((REAL_DIR / f.name).is_file() for f in data.FILES):
+        pytest.skip(f"real MNIST files not found in {REAL_DIR}")
+    return REAL_DIR
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def splits(real_dir: Path, cache_dir: Path) -> data.MnistSplits:
+    return data.load_mnist(real_dir, cache_dir=cache_dir, download=False)
+
+
+@pytest.fixture(scope="module")
+def mirror(real_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real HTTP server: /good/ has the real files, /bad/ corrupted copies, /empty/ none."""
+    root = tmp_path_factory.mktemp("www")
+    good, bad = root / "good", root / "bad"
+    good.mkdir()
+    bad.mkdir()
+    (root / "empty").mkdir()
+    for f in data.FILES:
+        shutil.copyfile(real_dir / f.name, good / f.name)
+        # Same size, one byte flipped in the middle: only the checksum can tell.
+        raw = bytearray((real_dir / f.name).read_bytes())
+        raw[len(raw) // 2] ^= 0xFF
+        (bad / f.name).write_bytes(bytes(raw))
+
+    class QuietHandler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    handler = partial(QuietHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture
+def closed_port_url() -> str:
+    """A URL on a local port with nothing listening: connection refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/"
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep a proxy from the environment away from the local test server."""
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def _assert_real_files(folder: Path) -> None:
+    for f in data.FILES:
+        raw = (folder / f.name).read_bytes()
+        assert len(raw) == f.size
+        assert hashlib.sha256(raw).hexdigest() == f.sha256
+        assert hashlib.md5(raw, usedforsecurity=False).hexdigest() == f.md5
+
+
+def _leftovers(folder: Path) -> list[str]:
+    """Names in folder that are not finished MNIST files (temp files, partials)."""
+    names = {f.name for f in data.FILES}
+    return sorted(p.name for p in folder.iterdir() if p.name not in names)
+
+
+def _write_idx(path: Path, magic: int, dims: tuple[int, ...], payload: bytes) -> None:
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in dims)
+    with gzip.open(path, "wb") as fh:
+        fh.write(header + payload)
+
+
+# --- the published facts --------------------------------------------------------
+
+
+def test_file_table_matches_shipped_checksums(real_dir: Path) -> None:
+    lines = (real_dir / "SHA256SUMS").read_text().splitlines()
+    sums = {name: sha for sha, name in (line.split() for line in lines)}
+    assert {f.name: f.sha256 for f in data.FILES} == sums
+    _assert_real_files(real_dir)
+
+
+# --- loading the real files -----------------------------------------------------
+
+
+def test_split_shapes_and_dtypes(splits: data.MnistSplits) -> None:
+    assert splits.sizes == {"train": 55000, "val": 5000, "test": 10000}
+    for x, n in ((splits.train_x, 55000), (splits.val_x, 5000), (splits.test_x, 10000)):
+        assert x.shape == (n, 784)
+        assert x.dtype == np.float32
+        assert float(x.min()) == 0.0
+        assert float(x.max()) == 1.0
+    for y, n in ((splits.train_y, 55000), (splits.val_y, 5000), (splits.test_y, 10000)):
+        assert y.shape == (n,)
+        assert y.dtype == np.int64
+
+
+def test_split_contents(splits: data.MnistSplits) -> None:
+    # Validation is the FIRST 5,000 training images, so it starts with the famous 5.
+    assert splits.val_y[0] == 5
+    assert splits.test_y[0] == 7
+    all_train = np.concatenate([splits.val_y, splits.train_y])
+    assert np.bincount(all_train, minlength=10).tolist() == TRAIN_COUNTS
+    assert np.bincount(splits.test_y, minlength=10).tolist() == TEST_COUNTS
+    # Pixel statistics from the README (pixels / 255).
+    all_x = np.concatenate([splits.val_x, splits.train_x])
+    assert abs(float(all_x.mean(dtype=np.float64)) - 0.130660) < 1e-5
+    assert abs(float(splits.test_x.mean(dtype=np.float64)) - 0.132515) < 1e-5
+
+
+def test_scaling_is_divide_by_255(real_dir: Path, splits: data.MnistSplits) -> None:
+    raw = data.read_idx(real_dir / "t10k-images-idx3-ubyte.gz")
+    assert raw.shape == (10000, 28, 28)
+    assert raw.dtype == np.uint8
+    expected = raw.reshape(10000, 784).astype(np.float32) / np.float32(255)
+    np.testing.assert_array_equal(splits.test_x, expected)
+    labels = data.read_idx(real_dir / "t10k-labels-idx1-ubyte.gz")
+    assert labels.shape == (10000,)
+
+
+# --- the parsed-array cache -----------------------------------------------------
+
+
+def test_cache_is_written_and_reused(
+    real_dir: Path, cache_dir: Path, splits: data.MnistSplits
+) -> None:
+    cached = sorted(cache_dir.glob("*.npy"))
+    assert len(cached) == 4
+    # Keyed by the file's sha256, so a different source file can never hit.
+    for f in data.FILES:
+        assert any(f.sha256 in p.name for p in cached)
+    assert not [p for p in cache_dir.iterdir() if p.suffix != ".npy"]
+
+    again = data.load_mnist(real_dir, cache_dir=cache_dir, download=False)
+    for field in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y"):
+        np.testing.assert_array_equal(getattr(again, field), getattr(splits, field))
+
+
+def test_cache_entry_is_what_gets_loaded(real_dir: Path, tmp_path: Path) -> None:
+    data.load_mnist(real_dir, cache_dir=tmp_path, download=False)
+    # Replace the cached test labels with a valid array of all 3s: a second load must
+    # return them, which proves it read the cache rather than re-parsing.
+    (entry,) = tmp_path.glob("t10k-labels*.npy")
+    np.save(entry, np.full(10000, 3, dtype=np.uint8))
+    assert set(
+        data.load_mnist(real_dir, cache_dir=tmp_path, download=False).test_y
+    ) == {3}
+
+
+def test_broken_cache_entry_is_rebuilt(real_dir: Path, tmp_path: Path) -> None:
+    data.load_mnist(real_dir, cache_dir=tmp_path, download=False)
+    (entry,) = tmp_path.glob("t10k-labels*.npy")
+    entry.write_bytes(b"not a numpy file")
+    (wrong_shape,) = tmp_path.glob("train-labels*.npy")
+    np.save(wrong_shape, np.zeros(7, dtype=np.uint8))
+    again = data.load_mnist(real_dir, cache_dir=tmp_path, download=False)
+    assert again.test_y[0] == 7
+    assert again.val_y[0] == 5
+    assert np.load(entry).shape == (10000,)  # rewritten with the real data
+
+
+def test_unwritable_cache_dir_is_not_an_error(real_dir: Path, tmp_path: Path) -> None:
+    # A path under a regular file can never be created, even as root.
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    loaded = data.load_mnist(real_dir, cache_dir=blocker / "cache", download=False)
+    assert loaded.val_y[0] == 5
+
+
+def test_cache_dir_from_env(
+    real_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(data.CACHE_DIR_ENV, str(tmp_path / "envcache"))
+    data.load_mnist(real_dir, download=False)
+    assert len(list((tmp_path / "envcache").glob("*.npy"))) == 4
+
+
+# --- downloading ----------------------------------------------------------------
+
+
+def test_download_into_empty_dir(mirror: str, tmp_path: Path) -> None:
+    target = tmp_path / "new" / "mnist"  # does not exist yet
+    paths = data.ensure_files(target, [mirror + "good/"], timeout=10)
+    assert paths == {f.name: target / f.name for f in data.FILES}
+    _assert_real_files(target)
+    assert _leftovers(target) == []
+    # Present and verified now: a second call must not touch the network.
+    assert data.ensure_files(target, [], download=True) == paths
+
+
+def test_load_mnist_downloads(mirror: str, tmp_path: Path) -> None:
+    loaded = data.load_mnist(
+        tmp_path / "d", mirrors=[mirror + "good"], cache_dir=tmp_path / "c"
+    )
+    assert loaded.sizes == {"train": 55000, "val": 5000, "test": 10000}
+    assert loaded.val_y[0] == 5
+
+
+def test_fallback_past_dead_and_404_mirrors(
+    mirror: str, closed_port_url: str, tmp_path: Path
+) -> None:
+    mirrors = [closed_port_url, mirror + "empty/", mirror + "good/"]
+    data.ensure_files(tmp_path, mirrors, timeout=10)
+    _assert_real_files(tmp_path)
+    assert _leftovers(tmp_path) == []
+
+
+def test_corrupt_mirror_is_skipped(mirror: str, tmp_path: Path) -> None:
+    data.ensure_files(tmp_path, [mirror + "bad/", mirror + "good/"], timeout=10)
+    _assert_real_files(tmp_path)
+    assert _leftovers(tmp_path) == []
+
+
+def test_only_bad_mirrors_raise_naming_the_file(
+    mirror: str, closed_port_url: str, tmp_path: Path
+) -> None:
+    bad = mirror + "bad/"
+    with pytest.raises(BenchError) as info:
+        data.ensure_files(
+            tmp_path, [closed_port_url, mirror + "empty/", bad], timeout=10
+        )
+    first = data.FILES[0]
+    msg = _assert_one_line_naming(
+        info.value, first.name, first.sha256, closed_port_url, bad, "HTTP 404"
+    )
+    assert "sha256 mismatch" in msg
+    # Nothing half-written under a final name, and no temp files left behind.
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_no_mirrors_at_all(tmp_path: Path) -> None:
+    with pytest.raises(BenchError) as info:
+        data.ensure_files(tmp_path, [])
+    _assert_one_line_naming(info.value, data.FILES[0].name, "by hand")
+
+
+def test_unwritable_data_dir(mirror: str, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(BenchError) as info:
+        data.ensure_files(blocker / "mnist", [mirror + "good/"])
+    _assert_one_line_naming(info.value, str(blocker / "mnist"), data.DATA_DIR_ENV)
+
+
+def test_present_corrupt_file_is_never_overwritten(mirror: str, tmp_path: Path) -> None:
+    victim = tmp_path / SMALL
+    victim.write_bytes(b"user data")
+    with pytest.raises(BenchError):
+        data.ensure_files(tmp_path, [mirror + "good/"])
+    assert victim.read_bytes() == b"user data"
+
+
+# --- local files that are wrong or missing --------------------------------------
+
+
+def _copy_real(real_dir: Path, dest: Path) -> None:
+    for f in data.FILES:
+        shutil.copyfile(real_dir / f.name, dest / f.name)
+
+
+def test_flipped_byte_is_detected(real_dir: Path, tmp_path: Path) -> None:
+    _copy_real(real_dir, tmp_path)
+    raw = bytearray((tmp_path / SMALL).read_bytes())
+    raw[100] ^= 0x01
+    (tmp_path / SMALL).write_bytes(bytes(raw))
+    spec = next(f for f in data.FILES if f.name == SMALL)
+    with pytest.raises(BenchError) as info:
+        data.ensure_files(tmp_path, download=False)
+    _assert_one_line_naming(
+        info.value, str(tmp_path / SMALL), spec.sha256, "delete", data.DATA_DIR_ENV
+    )
+
+
+def test_truncated_file_is_detected(real_dir: Path, tmp_path: Path) -> None:
+    _copy_real(real_dir, tmp_path)
+    name = "train-labels-idx1-ubyte.gz"
+    with (tmp_path / name).open("r+b") as fh:
+        fh.truncate(1000)
+    with pytest.raises(BenchError) as info:
+        data.load_mnist(tmp_path, cache_dir=tmp_path / "c", download=False)
+    _assert_one_line_naming(info.value, str(tmp_path / name), "1000 bytes")
+
+
+def test_missing_file_without_download(real_dir: Path, tmp_path: Path) -> None:
+    _copy_real(real_dir, tmp_path)
+    (tmp_path / SMALL).unlink()
+    with pytest.raises(BenchError) as info:
+        data.ensure_files(tmp_path, download=False)
+    msg = _assert_one_line_naming(info.value, SMALL, str(tmp_path), "--data-dir")
+    assert data.DATA_DIR_ENV in msg
+
+
+def test_empty_dir_without_download_names_all_files(tmp_path: Path) -> None:
+    with pytest.raises(BenchError) as info:
+        data.load_mnist(tmp_path / "nowhere", download=False)
+    _assert_one_line_naming(info.value, *(f.name for f in data.FILES))
+
+
+# --- IDX parsing ----------------------------------------------------------------
+
+
+def test_read_idx_small_valid_files(tmp_path: Path) -> None:
+    images = np.arange(2 * 28 * 28, dtype=np.uint64).astype(np.uint8).reshape(2, 28, 28)
+    _write_idx(tmp_path / "i.gz", 0x803, (2, 28, 28), images.tobytes())
+    np.testing.assert_array_equal(data.read_idx(tmp_path / "i.gz"), images)
+    _write_idx(tmp_path / "l.gz", 0x801, (3,), bytes([4, 0, 9]))
+    assert data.read_idx(tmp_path / "l.gz").tolist() == [4, 0, 9]
+
+
+@pytest.mark.parametrize(
+    ("magic", "dims", "payload", "needle"),
+    [
+        (0x00000802, (3,), b"\x00\x01\x02", "magic 0x00000802"),
+        (0x00000803, (1, 28, 28), b"\x00" * 10, "found 10"),
+        (0x00000801, (3,), b"\x00" * 4, "found more"),
+        (0x00000803, (1, 28), b"", "dimension"),
+    ],
+    ids=["bad-magic", "short-data", "trailing-data", "short-header"],
+)
+def test_read_idx_malformed(
+    tmp_path: Path, magic: int, dims: tuple[int, ...], payload: bytes, needle: str
+) -> None:
+    path = tmp_path / "bad-idx.gz"
+    _write_idx(path, magic, dims, payload)
+    with pytest.raises(BenchError) as info:
+        data.read_idx(path)
+    _assert_one_line_naming(info.value, str(path), needle)
+
+
+def test_read_idx_not_gzip_or_cut(real_dir: Path, tmp_path: Path) -> None:
+    plain = tmp_path / "plain.gz"
+    plain.write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x01\x07")
+    with pytest.raises(BenchError) as info:
+        data.read_idx(plain)
+    _assert_one_line_naming(info.value, str(plain))
+
+    cut = tmp_path / "cut.gz"
+    cut.write_bytes((real_dir / SMALL).read_bytes()[:2000])
+    with pytest.raises(BenchError) as info:
+        data.read_idx(cut)
+    _assert_one_line_naming(info.value, str(cut))
+
+
+# --- where the data lives -------------------------------------------------------
+
+
+def test_resolve_data_dir_precedence(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    default = tmp_path / "home" / ".cache" / "mlp-bench" / "mnist"
+    assert data.resolve_data_dir(None) == default
+    assert data.resolve_data_dir("") == default
+
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path / "from-env"))
+    assert data.resolve_data_dir(None) == tmp_path / "from-env"
+
+    assert data.resolve_data_dir(tmp_path / "from-cli") == tmp_path / "from-cli"
+    assert data.resolve_data_dir(str(tmp_path / "cli-str")) == tmp_path / "cli-str"
+    assert data.resolve_data_dir("~/x") == tmp_path / "home" / "x"
+
+    monkeypatch.setenv(data.DATA_DIR_ENV, "")
+    assert data.resolve_data_dir(None) == default
+
+
+def test_load_mnist_uses_env_data_dir(
+    real_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(real_dir))
+    loaded = data.load_mnist(cache_dir=tmp_path, download=False)
+    assert loaded.test_y[0] == 7
