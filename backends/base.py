@@ -58,6 +58,10 @@ class Backend(ABC):
         """Logits of the current parameters for a batch of inputs (no dropout)."""
 
     @abstractmethod
+    def parameters(self) -> list[np.ndarray]:
+        """Current weights and biases as host arrays, in layer order (w1, b1, w2, b2, ...)."""
+
+    @abstractmethod
     def synchronize(self) -> None:
         """Wait until the device has finished all queued work."""
 

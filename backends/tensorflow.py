@@ -2,28 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 # Quiet TF's C++ start-up banner; errors still show. Must be set before tensorflow is imported.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import numpy as np
+import tensorflow as tf
 
-from backends.base import EVAL_BATCH, Backend, Device, Split, steps_per_epoch  # noqa: E402
-from bench.data import MnistSplits  # noqa: E402
-from bench.errors import BenchError  # noqa: E402
-from bench.seeding import SeededRun  # noqa: E402
-from bench.spec import StageSpec  # noqa: E402
+from backends.base import EVAL_BATCH, Backend, Device, Split, steps_per_epoch
+from bench.data import MnistSplits
+from bench.errors import BenchError
+from bench.seeding import SeededRun
+from bench.spec import StageSpec
 
 
 class TensorFlowBackend(Backend):
     name = "tensorflow"
 
     def __init__(self, device: Device, threads: int) -> None:
-        # Thread pools can only be set before TF initialises its runtime.
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
+        # Thread pools can only be set before TF initialises its runtime; a second backend in
+        # one process keeps the first one's (environment() records what is in force).
+        with contextlib.suppress(RuntimeError):
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
         gpus = tf.config.list_physical_devices("GPU")
         if device == "gpu" and not gpus:
             raise BenchError("--device gpu: TensorFlow sees no GPU; use --device cpu")
@@ -61,9 +64,7 @@ class TensorFlowBackend(Backend):
         self._steps = steps_per_epoch(int(self._train_x.shape[0]), spec.training.batch_size)
         with tf.device(self._device_name):
             self._params = [
-                tf.Variable(array)
-                for layer in run.layers
-                for array in (layer.weight, layer.bias)
+                tf.Variable(array) for layer in run.layers for array in (layer.weight, layer.bias)
             ]
             self._step = tf.Variable(0, dtype=tf.int64)  # steps taken; Adam's t, dropout key
             self._dropout_seed = tf.constant(run.dropout_seed, dtype=tf.int64)
@@ -86,7 +87,9 @@ class TensorFlowBackend(Backend):
                 logits = self._logits_fn(x[start : start + EVAL_BATCH])
                 correct += int(
                     tf.reduce_sum(
-                        tf.cast(tf.equal(self._predict(logits), y[start : start + EVAL_BATCH]), tf.int32)
+                        tf.cast(
+                            tf.equal(self._predict(logits), y[start : start + EVAL_BATCH]), tf.int32
+                        )
                     )
                 )
         return correct / int(x.shape[0])
@@ -94,6 +97,9 @@ class TensorFlowBackend(Backend):
     def logits(self, x: np.ndarray) -> np.ndarray:
         with tf.device(self._device_name):
             return np.asarray(self._logits_fn(tf.constant(x)).numpy())
+
+    def parameters(self) -> list[np.ndarray]:
+        return [np.asarray(p.numpy()) for p in self._params]
 
     def synchronize(self) -> None:
         # Host transfers already wait; this waits on anything still queued (GPU streams).
@@ -150,14 +156,14 @@ class TensorFlowBackend(Backend):
         opt = self._spec.optimizer
         lr = opt.learning_rate
         if opt.name == "sgd":
-            for p, g in zip(self._params, grads):
+            for p, g in zip(self._params, grads, strict=True):
                 p.assign_sub(lr * g)
             return
         assert opt.beta1 is not None and opt.beta2 is not None and opt.epsilon is not None
         # TF1 AdamOptimizer: bias correction folded into the step size, epsilon outside it.
         t = tf.cast(self._step, tf.float32)
         lr_t = lr * tf.sqrt(1.0 - opt.beta2**t) / (1.0 - opt.beta1**t)
-        for p, g, m, v in zip(self._params, grads, self._m, self._v):
+        for p, g, m, v in zip(self._params, grads, self._m, self._v, strict=True):
             m.assign(opt.beta1 * m + (1.0 - opt.beta1) * g)
             v.assign(opt.beta2 * v + (1.0 - opt.beta2) * tf.square(g))
             p.assign_sub(lr_t * m / (tf.sqrt(v) + opt.epsilon))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -19,7 +21,10 @@ class TorchBackend(Backend):
     def __init__(self, device: Device, threads: int) -> None:
         torch.set_num_threads(threads)
         # One inter-op thread: the model is a strict chain, so a second pool only competes.
-        torch.set_num_interop_threads(1)
+        # It can be set once per process only; a second backend in one process keeps it.
+        if torch.get_num_interop_threads() != 1:
+            with contextlib.suppress(RuntimeError):  # environment() records what is in force
+                torch.set_num_interop_threads(1)
         if device == "gpu" and not torch.cuda.is_available():
             raise BenchError("--device gpu: PyTorch sees no CUDA GPU; use --device cpu")
         self._device = torch.device("cuda" if device == "gpu" else "cpu")
@@ -91,6 +96,9 @@ class TorchBackend(Backend):
             out = self._forward(torch.from_numpy(x).to(self._device), training=False)
         return out.cpu().numpy()
 
+    def parameters(self) -> list[np.ndarray]:
+        return [p.detach().cpu().numpy().copy() for p in self._params]
+
     def synchronize(self) -> None:
         if self._device.type == "cuda":
             torch.cuda.synchronize(self._device)
@@ -124,7 +132,7 @@ class TorchBackend(Backend):
         assert opt.beta1 is not None and opt.beta2 is not None and opt.epsilon is not None
         # TF1 AdamOptimizer: bias correction folded into the step size, epsilon outside it.
         lr_t = lr * (1.0 - opt.beta2**self._t) ** 0.5 / (1.0 - opt.beta1**self._t)
-        for p, g, m, v in zip(self._params, grads, self._m, self._v):
+        for p, g, m, v in zip(self._params, grads, self._m, self._v, strict=True):
             m.mul_(opt.beta1).add_(g, alpha=1.0 - opt.beta1)
             v.mul_(opt.beta2).addcmul_(g, g, value=1.0 - opt.beta2)
             p.addcdiv_(m, v.sqrt().add_(opt.epsilon), value=-lr_t)

@@ -7,6 +7,7 @@ mistake prints one line and exits 2.
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 import time
@@ -146,7 +147,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         tags={"kind": "matrix"},
     )
     signal.signal(signal.SIGTERM, _raise_interrupt)  # a kill from outside ends runs KILLED
-    print(f"{len(plan.cells)} cells -> {plan.tracking_uri} (experiment {plan.experiment!r})")
+    print(
+        f"{len(plan.cells)} cells -> {plan.tracking_uri} (experiment {plan.experiment!r})",
+        flush=True,
+    )
     try:
         runs = run_matrix(
             plan.cells,
@@ -168,12 +172,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     tracker.end(parent_id, "FAILED" if failed else "FINISHED")
     print()
     print(results_table(runs, plan.specs))
-    print(f"\nrecorded as parent run {parent_id}; browse with: mlflow ui --backend-store-uri "
-          f"{plan.tracking_uri}")
+    print(
+        f"\nrecorded as parent run {parent_id}; browse with: mlflow ui --backend-store-uri "
+        f"{plan.tracking_uri}"
+    )
     return EXIT_CELL_FAILED if failed else 0
 
 
+def _show_progress_logs() -> None:
+    """The harness's own log lines (downloads, mirrors tried) go to stdout as plain lines, so
+    that stderr carries only the one-line error when there is one."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("bench")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _show_progress_logs()
     try:
         args = build_parser().parse_args(argv)
         if args.command == "list":

@@ -136,9 +136,7 @@ def _verify_present(path: Path, spec: MnistFile) -> None:
     """Raise BenchError unless the file at path has the published size and sha256."""
     fix = f"delete it to re-download it, or {_FIX_HINT}"
     if not path.is_file():
-        raise BenchError(
-            f"MNIST file {path} is not a regular file; remove it, or {_FIX_HINT}"
-        )
+        raise BenchError(f"MNIST file {path} is not a regular file; remove it, or {_FIX_HINT}")
     try:
         # Size first: it is free and catches the common truncated-download case.
         size = path.stat().st_size
@@ -167,13 +165,9 @@ def _download_one(url: str, dest: Path, spec: MnistFile, timeout: float) -> str 
 
     Local write problems raise BenchError instead: no other mirror would fix them.
     """
-    write_fix = (
-        f"make {dest.parent} writable, or point --data-dir or {DATA_DIR_ENV} elsewhere"
-    )
+    write_fix = f"make {dest.parent} writable, or point --data-dir or {DATA_DIR_ENV} elsewhere"
     try:
-        fd, tmp_name = tempfile.mkstemp(
-            prefix=f".{spec.name}.", suffix=".part", dir=dest.parent
-        )
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{spec.name}.", suffix=".part", dir=dest.parent)
     except OSError as exc:
         raise BenchError(
             f"cannot write to MNIST data dir {dest.parent} ({_one_line(exc)}); {write_fix}"
@@ -239,9 +233,7 @@ def _stream(url: str, out: BinaryIO, spec: MnistFile, timeout: float) -> str | N
     return None
 
 
-def _download(
-    dest: Path, spec: MnistFile, mirrors: Sequence[str], timeout: float
-) -> None:
+def _download(dest: Path, spec: MnistFile, mirrors: Sequence[str], timeout: float) -> None:
     """Try each mirror in turn; raise BenchError naming the file if none delivers it."""
     failures: list[str] = []
     for base in mirrors:
@@ -318,13 +310,8 @@ def read_idx(path: Path) -> npt.NDArray[np.uint8]:
                 )
             raw_dims = fh.read(4 * ndim)
             if len(raw_dims) != 4 * ndim:
-                raise BenchError(
-                    f"{bad}: header ends before its {ndim} dimension(s); {fix}"
-                )
-            dims = tuple(
-                int.from_bytes(raw_dims[i : i + 4], "big")
-                for i in range(0, 4 * ndim, 4)
-            )
+                raise BenchError(f"{bad}: header ends before its {ndim} dimension(s); {fix}")
+            dims = tuple(int.from_bytes(raw_dims[i : i + 4], "big") for i in range(0, 4 * ndim, 4))
             expected = math.prod(dims)
             # Read in chunks up to one byte past the expected end: trailing data is caught,
             # and a header claiming absurd sizes never makes us allocate them up front.
@@ -335,9 +322,7 @@ def read_idx(path: Path) -> npt.NDArray[np.uint8]:
                 data += chunk
     except (OSError, EOFError, zlib.error) as exc:
         # Not gzip -> BadGzipFile (an OSError); cut or damaged stream -> EOFError/zlib.error.
-        raise BenchError(
-            f"cannot read MNIST file {path} ({_one_line(exc)}); {fix}"
-        ) from exc
+        raise BenchError(f"cannot read MNIST file {path} ({_one_line(exc)}); {fix}") from exc
     if len(data) != expected:
         found = "more" if len(data) > expected else str(len(data))
         raise BenchError(
@@ -389,9 +374,7 @@ def _store_cached(path: Path, arr: npt.NDArray[np.uint8]) -> None:
     """Write arr atomically; any failure only means no cache, never an error."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(
-            prefix=f".{path.name}.", suffix=".part", dir=path.parent
-        )
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     except OSError as exc:
         log.info("not caching %s: %s", path, exc)
         return

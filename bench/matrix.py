@@ -45,7 +45,11 @@ class CellRun:
 
 class Executor(Protocol):
     def execute(
-        self, cell: Cell, options: RunOptions, work_dir: Path, on_epoch: Callable[[EpochRecord], None]
+        self,
+        cell: Cell,
+        options: RunOptions,
+        work_dir: Path,
+        on_epoch: Callable[[EpochRecord], None],
     ) -> CellRun: ...
 
 
@@ -53,7 +57,11 @@ class LocalExecutor:
     """Runs a cell as `python -m bench.worker` and streams its events."""
 
     def execute(
-        self, cell: Cell, options: RunOptions, work_dir: Path, on_epoch: Callable[[EpochRecord], None]
+        self,
+        cell: Cell,
+        options: RunOptions,
+        work_dir: Path,
+        on_epoch: Callable[[EpochRecord], None],
     ) -> CellRun:
         request = work_dir / "request.json"
         request.write_text(
@@ -140,4 +148,3 @@ def run_matrix(
         observer.cell_finished(run)
         runs.append(run)
     return runs
-

@@ -33,8 +33,11 @@ class Progress:
     def cell_finished(self, run: CellRun) -> None:
         start = "\r" if self._live else ""
         if run.result is None:
-            self._write(f"{start}{self._prefix}  FAILED: {run.error}\033[K" if self._live else
-                        f"{self._prefix}  FAILED: {run.error}")
+            self._write(
+                f"{start}{self._prefix}  FAILED: {run.error}\033[K"
+                if self._live
+                else f"{self._prefix}  FAILED: {run.error}"
+            )
             return
         r = run.result
         speed = f"{r.train_samples_per_s:,.0f} samples/s" if r.train_samples_per_s else "-"
@@ -50,28 +53,61 @@ class Progress:
 
 
 def _format_row(cells: list[str], widths: list[int]) -> str:
-    return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+    return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
 
 
 def results_table(runs: list[CellRun], specs: dict[str, StageSpec]) -> str:
     """The closing table: each cell's outcome and test accuracy beside the tutorial's."""
-    header = ["stage", "backend", "device", "seed", "outcome", "test acc", "tutorial",
-              "expected", "met", "samples/s"]
+    header = [
+        "stage",
+        "backend",
+        "device",
+        "seed",
+        "outcome",
+        "test acc",
+        "tutorial",
+        "expected",
+        "met",
+        "samples/s",
+    ]
     rows = []
     for run in runs:
         expected = specs[run.cell.stage].expected
         c = run.cell
         if run.result is None:
-            rows.append([c.stage, c.backend, c.device, str(c.seed), "FAILED", "-",
-                         expected.tutorial_reported, expected.describe(), "no", "-"])
+            rows.append(
+                [
+                    c.stage,
+                    c.backend,
+                    c.device,
+                    str(c.seed),
+                    "FAILED",
+                    "-",
+                    expected.tutorial_reported,
+                    expected.describe(),
+                    "no",
+                    "-",
+                ]
+            )
             continue
         r = run.result
         outcome = r.outcome + (f" @step {r.diverged_step}" if r.diverged_step else "")
         speed = f"{r.train_samples_per_s:,.0f}" if r.train_samples_per_s else "-"
         met = "yes" if expected.met_by(r.outcome, r.test_accuracy) else "NO"
-        rows.append([c.stage, c.backend, c.device, str(c.seed), outcome,
-                     f"{100 * r.test_accuracy:.2f}%", expected.tutorial_reported,
-                     expected.describe(), met, speed])
+        rows.append(
+            [
+                c.stage,
+                c.backend,
+                c.device,
+                str(c.seed),
+                outcome,
+                f"{100 * r.test_accuracy:.2f}%",
+                expected.tutorial_reported,
+                expected.describe(),
+                met,
+                speed,
+            ]
+        )
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = [_format_row(header, widths), _format_row(["-" * w for w in widths], widths)]
     lines += [_format_row(row, widths) for row in rows]

@@ -192,6 +192,7 @@ def _environment(framework_env: dict[str, str], options: RunOptions) -> dict[str
         "cpu_model": cpu_model(),
         "cores_available": str(available_cores()),
         "threads": str(options.threads),
+        # A busy machine slows a cell several-fold; the load at its start makes that visible.
+        "load_average_1m": f"{os.getloadavg()[0]:.2f}",
         "platform": platform.platform(),
     }
-

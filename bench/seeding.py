@@ -6,6 +6,7 @@ initial weights unchanged, and adding dropout leaves the epoch orders unchanged.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,7 +37,9 @@ class SeededRun:
 
 def _streams(seed: int) -> dict[str, np.random.Generator]:
     children = np.random.SeedSequence(seed).spawn(len(_PURPOSES))
-    return {name: np.random.default_rng(child) for name, child in zip(_PURPOSES, children)}
+    return {
+        name: np.random.default_rng(child) for name, child in zip(_PURPOSES, children, strict=True)
+    }
 
 
 def _draw(rng: np.random.Generator, init: InitSpec, shape: tuple[int, ...]) -> np.ndarray:
@@ -56,7 +59,7 @@ def _draw(rng: np.random.Generator, init: InitSpec, shape: tuple[int, ...]) -> n
 def initial_layers(spec: StageSpec, rng: np.random.Generator) -> tuple[Layer, ...]:
     sizes = spec.model.layer_sizes
     layers = []
-    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+    for fan_in, fan_out in itertools.pairwise(sizes):
         weight = _draw(rng, spec.init.weights, (fan_in, fan_out))
         bias = _draw(rng, spec.init.biases, (fan_out,))
         layers.append(Layer(weight, bias))

@@ -139,7 +139,9 @@ def _check_value(value: Any, hint: Any, where: str) -> Any:
     if origin is Literal:
         allowed = typing.get_args(hint)
         if value not in allowed:
-            raise BenchError(f"{where} = {value!r} is not one of {list(allowed)}; fix the stage file")
+            raise BenchError(
+                f"{where} = {value!r} is not one of {list(allowed)}; fix the stage file"
+            )
         return value
     if origin is tuple:
         item = typing.get_args(hint)[0]

@@ -43,6 +43,7 @@ def _quiet_mlflow() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
+
 def _quiet_loggers() -> None:
     # MLflow sets its loggers up on import; its INFO lines (database migrations) are noise here.
     for name in ("alembic", "mlflow"):

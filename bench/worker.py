@@ -7,8 +7,10 @@ prints is sent to stderr, which the parent keeps as the cell's log.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -19,6 +21,8 @@ import numpy as np
 from bench.errors import BenchError
 from bench.runner import Cell, EpochRecord, RunOptions, run_cell
 
+_PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
+
 
 def _event_stream() -> TextIO:
     # Keep the real stdout for events, and point fd 1 at stderr so stray prints cannot corrupt
@@ -28,11 +32,21 @@ def _event_stream() -> TextIO:
     return events
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to end this worker if the parent dies, so no orphan keeps training."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: the parent's own clean-up still ends the worker
+
+
 def _emit(stream: TextIO, kind: str, **payload: Any) -> None:
     stream.write(json.dumps({"type": kind, **payload}) + "\n")
 
 
 def main(request_path: str) -> int:
+    _die_with_parent()
     events = _event_stream()
     _emit(events, "started", at=time.time())
     request = json.loads(Path(request_path).read_text())

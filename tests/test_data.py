@@ -190,9 +190,7 @@ def test_cache_entry_is_what_gets_loaded(real_dir: Path, tmp_path: Path) -> None
     # return them, which proves it read the cache rather than re-parsing.
     (entry,) = tmp_path.glob("t10k-labels*.npy")
     np.save(entry, np.full(10000, 3, dtype=np.uint8))
-    assert set(
-        data.load_mnist(real_dir, cache_dir=tmp_path, download=False).test_y
-    ) == {3}
+    assert set(data.load_mnist(real_dir, cache_dir=tmp_path, download=False).test_y) == {3}
 
 
 def test_broken_cache_entry_is_rebuilt(real_dir: Path, tmp_path: Path) -> None:
@@ -237,9 +235,7 @@ def test_download_into_empty_dir(mirror: str, tmp_path: Path) -> None:
 
 
 def test_load_mnist_downloads(mirror: str, tmp_path: Path) -> None:
-    loaded = data.load_mnist(
-        tmp_path / "d", mirrors=[mirror + "good"], cache_dir=tmp_path / "c"
-    )
+    loaded = data.load_mnist(tmp_path / "d", mirrors=[mirror + "good"], cache_dir=tmp_path / "c")
     assert loaded.sizes == {"train": 55000, "val": 5000, "test": 10000}
     assert loaded.val_y[0] == 5
 
@@ -264,9 +260,7 @@ def test_only_bad_mirrors_raise_naming_the_file(
 ) -> None:
     bad = mirror + "bad/"
     with pytest.raises(BenchError) as info:
-        data.ensure_files(
-            tmp_path, [closed_port_url, mirror + "empty/", bad], timeout=10
-        )
+        data.ensure_files(tmp_path, [closed_port_url, mirror + "empty/", bad], timeout=10)
     first = data.FILES[0]
     msg = _assert_one_line_naming(
         info.value, first.name, first.sha256, closed_port_url, bad, "HTTP 404"
@@ -392,9 +386,7 @@ def test_read_idx_not_gzip_or_cut(real_dir: Path, tmp_path: Path) -> None:
 # --- where the data lives -------------------------------------------------------
 
 
-def test_resolve_data_dir_precedence(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_resolve_data_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     default = tmp_path / "home" / ".cache" / "mlp-bench" / "mnist"

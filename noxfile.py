@@ -1,0 +1,57 @@
+"""nox sessions: `bench` runs the matrix, `tests` the whole suite, `lint` ruff and mypy.
+
+Each session installs everything it needs, so these commands work on a fresh machine.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.sessions = ["tests", "lint"]
+
+ROOT = Path(__file__).parent
+PYPROJECT = nox.project.load_toml(ROOT / "pyproject.toml")
+CPU_CONSTRAINTS = ROOT / "constraints" / "cpu.txt"
+
+
+def _has_gpu() -> bool:
+    return shutil.which("nvidia-smi") is not None
+
+
+def install_project(session: nox.Session) -> None:
+    """The project with both frameworks: CUDA builds where a GPU is present, else CPU builds."""
+    if _has_gpu():
+        session.install("-e", ".[gpu]")
+    else:
+        # The constraint keeps pip from pulling the multi-GB CUDA build of torch.
+        session.install("-c", str(CPU_CONSTRAINTS), "-e", ".[cpu]")
+
+
+@nox.session(reuse_venv=True)
+def bench(session: nox.Session) -> None:
+    """Run the matrix; with no arguments, the whole tutorial (all stages, both backends, seed 0)."""
+    install_project(session)
+    session.run("python", "-m", "bench", "run", *session.posargs)
+
+
+@nox.session(reuse_venv=True)
+def tests(session: nox.Session) -> None:
+    """The whole test suite, the 30-epoch regression test included."""
+    install_project(session)
+    session.install(*nox.project.dependency_groups(PYPROJECT, "test"))
+    session.run("pytest", *(session.posargs or ["-q"]))
+
+
+@nox.session(reuse_venv=True)
+def lint(session: nox.Session) -> None:
+    """ruff (lint and format check) and mypy (strict) on bench/ and backends/."""
+    # mypy needs the typed packages only (torch, numpy); TensorFlow and MLflow are untyped.
+    session.install("-c", str(CPU_CONSTRAINTS), "numpy>=2.0", "torch")
+    session.install(*nox.project.dependency_groups(PYPROJECT, "lint", "test"))
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run("mypy")

@@ -1,0 +1,80 @@
+"""Shared fixtures: the MNIST folder, installed backends, small real datasets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from backends import BACKENDS, is_installed
+from bench.data import DATA_DIR_ENV, MnistSplits, load_mnist
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
+
+
+def mnist_dir() -> Path:
+    """Where the tests read MNIST: MLP_BENCH_DATA_DIR, else ../shared/data/mnist."""
+    return Path(os.environ.get(DATA_DIR_ENV) or SHARED_MNIST)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    path = mnist_dir()
+    if not (path / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"MNIST not found in {path}; set {DATA_DIR_ENV}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def mnist(data_dir: Path) -> MnistSplits:
+    return load_mnist(data_dir, download=False)
+
+
+def subset(splits: MnistSplits, n_train: int, n_eval: int = 1000) -> MnistSplits:
+    """A small slice of the real data, for fast backend tests."""
+    return MnistSplits(
+        train_x=splits.train_x[:n_train],
+        train_y=splits.train_y[:n_train],
+        val_x=splits.val_x[:n_eval],
+        val_y=splits.val_y[:n_eval],
+        test_x=splits.test_x[:n_eval],
+        test_y=splits.test_y[:n_eval],
+    )
+
+
+def backend_params() -> list[object]:
+    """Every registered backend; one whose framework is missing is skipped, not failed."""
+    return [
+        pytest.param(
+            name,
+            marks=pytest.mark.skipif(not is_installed(name), reason=f"{name} not installed"),
+        )
+        for name in BACKENDS
+    ]
+
+
+def gpu_available(backend: str) -> bool:
+    if backend == "torch":
+        import torch
+
+        return bool(torch.cuda.is_available())
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def device_params() -> list[object]:
+    return ["cpu", pytest.param("gpu", marks=pytest.mark.gpu)]
+
+
+def skip_without_gpu(backend: str, device: str) -> None:
+    if device == "gpu" and not gpu_available(backend):
+        pytest.skip(f"no GPU visible to {backend}")
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)

@@ -1,0 +1,90 @@
+"""Cells in their own processes, and how their ends are recorded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from backends import installed_backends
+from bench.matrix import CellRun, LocalExecutor, build_cells, run_matrix
+from bench.report import Progress, results_table
+from bench.runner import Cell, EpochRecord, RunOptions
+from bench.spec import load_stage, with_epochs
+from bench.tracking import MatrixRecord, Tracker
+from tests.conftest import mnist_dir
+
+
+def test_cells_are_the_product_stage_major() -> None:
+    cells = build_cells(["adam", "dropout"], ["torch", "tensorflow"], ["cpu"], [0, 1])
+    assert len(cells) == 8
+    assert [c.stage for c in cells[:4]] == ["adam"] * 4
+    assert cells[0] == Cell("adam", "torch", "cpu", 0)
+    assert cells[0].name == "adam/torch/cpu/seed0"
+
+
+@pytest.fixture
+def tracker(tmp_path: Path) -> Tracker:
+    return Tracker(f"sqlite:///{tmp_path}/mlflow.db", "matrix-test")
+
+
+def _record(tracker: Tracker, stage: str, epochs: int) -> tuple[MatrixRecord, str]:
+    parent = tracker.start_parent("test", {}, {})
+    return MatrixRecord(tracker, parent, {stage: with_epochs(load_stage(stage), epochs)}), parent
+
+
+def test_a_cell_runs_in_its_own_process_and_streams_epochs(
+    tracker: Tracker, tmp_path: Path
+) -> None:
+    backend = installed_backends()[0]
+    cells = [Cell("relu-xavier", backend, "cpu", 0)]
+    options = RunOptions(data_dir=str(mnist_dir()), threads=2, epochs=2)
+    record, _ = _record(tracker, "relu-xavier", 2)
+    seen: list[EpochRecord] = []
+
+    class Observer(Progress):
+        def epoch(self, cell: Cell, rec: EpochRecord, epochs: int) -> None:
+            seen.append(rec)
+
+    runs = run_matrix(cells, options, LocalExecutor(), record, Observer(), lambda cell: 2)
+    result = runs[0].result
+    assert result is not None and runs[0].error is None
+    assert [r.epoch for r in seen] == [1, 2] and result.epochs == seen
+    assert result.step_losses.shape == (1100,)
+    assert result.train_samples_per_s == pytest.approx(55000 / result.epochs[1].epoch_seconds)
+    assert {"framework_import", "data_load", "build", "train", "evaluate"} <= set(result.timings)
+    assert result.environment["framework"] == backend
+    table = results_table(runs, {"relu-xavier": load_stage("relu-xavier")})
+    assert "relu-xavier" in table and "98.02%" in table
+
+
+def test_a_failing_cell_is_recorded_failed_with_its_message(
+    tracker: Tracker, tmp_path: Path
+) -> None:
+    backend = installed_backends()[0]
+    cell = Cell("adam", backend, "cpu", 0)
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    options = RunOptions(data_dir=str(empty), threads=2, epochs=1)
+    record, _ = _record(tracker, "adam", 1)
+    runs = run_matrix([cell], options, LocalExecutor(), record, Progress(), lambda c: 1)
+    assert runs[0].result is None
+    assert runs[0].error is not None and "train-images-idx3-ubyte.gz" in runs[0].error
+    client = tracker._client
+    [run] = client.search_runs([tracker.experiment_id], filter_string="tags.stage = 'adam'")
+    assert run.info.status == "FAILED"
+    assert "train-images-idx3-ubyte.gz" in run.data.tags["error"]
+    assert "worker.log" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_an_interrupted_matrix_ends_the_cell_killed(tracker: Tracker, tmp_path: Path) -> None:
+    class Interrupted:
+        def execute(self, *args: object) -> CellRun:
+            raise KeyboardInterrupt
+
+    record, _ = _record(tracker, "dropout", 1)
+    cell = Cell("dropout", "torch", "cpu", 0)
+    with pytest.raises(KeyboardInterrupt):
+        run_matrix([cell], RunOptions("x", 1), Interrupted(), record, Progress(), lambda c: 1)
+    [run] = tracker._client.search_runs([tracker.experiment_id], "tags.stage = 'dropout'")
+    assert run.info.status == "KILLED"
