@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -13,7 +14,27 @@ from bench.spec import StageSpec
 
 Device = Literal["cpu", "gpu"]
 Split = Literal["val", "test"]
+DType = Literal["float32", "float64"]
 EVAL_BATCH = 10_000  # large evaluation batches: evaluation is not what is benchmarked
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How a backend computes, beyond the stage: precision, determinism, TF32 on GPUs."""
+
+    dtype: DType = "float32"
+    deterministic: bool = True  # TF op determinism / torch.use_deterministic_algorithms
+    tf32: bool = False  # TensorFloat-32 matmuls on Ampere+ GPUs: faster, not exact
+    # Parity: optimizer updates written out op by op, identically in every backend, instead
+    # of each framework's fastest fused kernels (same rule, different rounding).
+    parity: bool = False
+
+
+DEFAULT_SETTINGS = Settings()
+
+# Per hidden layer, for every step of an epoch: which units dropout keeps, shape
+# (steps, batch, units), drawn by numpy (parity mode). None: the framework's own seeded RNG.
+Masks = list[np.ndarray] | None
 
 
 class Backend(ABC):
@@ -26,12 +47,12 @@ class Backend(ABC):
     name: ClassVar[str]
 
     @abstractmethod
-    def __init__(self, device: Device, threads: int) -> None:
-        """Pin the device and the thread pools; must run before any other framework work."""
+    def __init__(self, device: Device, threads: int, settings: Settings = DEFAULT_SETTINGS) -> None:
+        """Pin the device, thread pools and numerics; must run before other framework work."""
 
     @abstractmethod
     def environment(self) -> dict[str, str]:
-        """Framework version, device model and thread settings, for the record."""
+        """Framework and library versions, device model, threads, determinism, for the record."""
 
     @abstractmethod
     def load_data(self, splits: MnistSplits) -> None:
@@ -42,8 +63,8 @@ class Backend(ABC):
         """Create parameters from the given initial weights, and the optimizer state."""
 
     @abstractmethod
-    def train_epoch(self, order: np.ndarray) -> np.ndarray:
-        """Train one epoch over train samples in `order`; return the per-step losses.
+    def train_epoch(self, order: np.ndarray, masks: Masks = None) -> np.ndarray:
+        """Train one step per full batch of `order` (sample indices); return the step losses.
 
         The returned host array means the device has finished the epoch (synchronised).
         A trailing partial batch is dropped, as the tutorial's int(55000 / 100) batches did.
@@ -68,3 +89,9 @@ class Backend(ABC):
 
 def steps_per_epoch(n_train: int, batch_size: int) -> int:
     return n_train // batch_size
+
+
+def adam_step_size(lr: float, beta1: float, beta2: float, t: int) -> float:
+    """TF1 AdamOptimizer's lr_t = lr * sqrt(1 - beta2^t) / (1 - beta1^t), in float64 on the
+    host, so that both backends use the very same number."""
+    return float(lr * np.sqrt(1.0 - beta2**t) / (1.0 - beta1**t))

@@ -11,7 +11,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import tensorflow as tf
 
-from backends.base import EVAL_BATCH, Backend, Device, Split, steps_per_epoch
+from backends.base import (
+    DEFAULT_SETTINGS,
+    EVAL_BATCH,
+    Backend,
+    Device,
+    Masks,
+    Settings,
+    Split,
+    adam_step_size,
+)
 from bench.data import MnistSplits
 from bench.errors import BenchError
 from bench.seeding import SeededRun
@@ -21,12 +30,16 @@ from bench.spec import StageSpec
 class TensorFlowBackend(Backend):
     name = "tensorflow"
 
-    def __init__(self, device: Device, threads: int) -> None:
+    def __init__(self, device: Device, threads: int, settings: Settings = DEFAULT_SETTINGS) -> None:
         # Thread pools can only be set before TF initialises its runtime; a second backend in
         # one process keeps the first one's (environment() records what is in force).
         with contextlib.suppress(RuntimeError):
             tf.config.threading.set_intra_op_parallelism_threads(threads)
             tf.config.threading.set_inter_op_parallelism_threads(1)
+        if settings.deterministic:
+            tf.config.experimental.enable_op_determinism()
+        # TF enables TF32 by default on Ampere+; off unless asked, so GPU results are exact.
+        tf.config.experimental.enable_tensor_float_32_execution(settings.tf32)
         gpus = tf.config.list_physical_devices("GPU")
         if device == "gpu" and not gpus:
             raise BenchError("--device gpu: TensorFlow sees no GPU; use --device cpu")
@@ -34,49 +47,69 @@ class TensorFlowBackend(Backend):
             tf.config.set_visible_devices([], "GPU")
         self._device_name = "/GPU:0" if device == "gpu" else "/CPU:0"
         self._device = device
-        self._threads = threads
+        self._settings = settings
+        self._dtype = tf.float64 if settings.dtype == "float64" else tf.float32
 
     def environment(self) -> dict[str, str]:
+        build = tf.sysconfig.get_build_info()
         env = {
             "framework": "tensorflow",
             "framework_version": tf.__version__,
             "intra_op_threads": str(tf.config.threading.get_intra_op_parallelism_threads()),
             "inter_op_threads": str(tf.config.threading.get_inter_op_parallelism_threads()),
+            "deterministic_ops": str(self._settings.deterministic).lower(),
+            "tf32": str(tf.config.experimental.tensor_float_32_execution_enabled()).lower(),
+            "dtype": self._settings.dtype,
+            # oneDNN changes CPU summation order; TF_ENABLE_ONEDNN_OPTS=0 turns it off.
+            "onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
+            "cuda_version": str(build.get("cuda_version", "none")),
+            "cudnn_version": str(build.get("cudnn_version", "none")),
         }
         if self._device == "gpu":
-            details = tf.config.experimental.get_device_details(
-                tf.config.list_physical_devices("GPU")[0]
-            )
+            gpu = tf.config.list_physical_devices("GPU")[0]
+            details = tf.config.experimental.get_device_details(gpu)
             env["gpu_model"] = str(details.get("device_name", "unknown"))
         return env
 
     def load_data(self, splits: MnistSplits) -> None:
+        def put(x: np.ndarray, y: np.ndarray) -> tuple[tf.Tensor, tf.Tensor]:
+            return tf.constant(x, dtype=self._dtype), tf.constant(y, dtype=tf.int32)
+
         with tf.device(self._device_name):
-            self._train_x = tf.constant(splits.train_x)
-            self._train_y = tf.constant(splits.train_y, dtype=tf.int32)
+            self._train_x, self._train_y = put(splits.train_x, splits.train_y)
             self._eval = {
-                "val": (tf.constant(splits.val_x), tf.constant(splits.val_y, dtype=tf.int32)),
-                "test": (tf.constant(splits.test_x), tf.constant(splits.test_y, dtype=tf.int32)),
+                "val": put(splits.val_x, splits.val_y),
+                "test": put(splits.test_x, splits.test_y),
             }
 
     def build(self, spec: StageSpec, run: SeededRun) -> None:
         self._spec = spec
-        self._steps = steps_per_epoch(int(self._train_x.shape[0]), spec.training.batch_size)
+        self._t = 0  # steps taken: Adam's t, and the dropout RNG's counter
         with tf.device(self._device_name):
             self._params = [
-                tf.Variable(array) for layer in run.layers for array in (layer.weight, layer.bias)
+                tf.Variable(tf.constant(array, dtype=self._dtype))
+                for layer in run.layers
+                for array in (layer.weight, layer.bias)
             ]
-            self._step = tf.Variable(0, dtype=tf.int64)  # steps taken; Adam's t, dropout key
             self._dropout_seed = tf.constant(run.dropout_seed, dtype=tf.int64)
             if spec.optimizer.name == "adam":
                 self._m = [tf.Variable(tf.zeros_like(p)) for p in self._params]
                 self._v = [tf.Variable(tf.zeros_like(p)) for p in self._params]
-        self._epoch_fn = tf.function(self._epoch, jit_compile=False)
-        self._logits_fn = tf.function(self._forward_eval)
+        self._epoch_fn = tf.function(self._epoch)
+        self._logits_fn = tf.function(lambda x: self._forward(x, None, None))
 
-    def train_epoch(self, order: np.ndarray) -> np.ndarray:
+    def train_epoch(self, order: np.ndarray, masks: Masks = None) -> np.ndarray:
+        batch = self._spec.training.batch_size
+        steps = len(order) // batch
+        step_sizes = self._step_sizes(steps)
         with tf.device(self._device_name):
-            losses = self._epoch_fn(tf.constant(order, dtype=tf.int32))
+            losses = self._epoch_fn(
+                tf.constant(order[: steps * batch].reshape(steps, batch), dtype=tf.int32),
+                tf.constant(step_sizes, dtype=self._dtype),
+                tf.constant(self._t, dtype=tf.int64),
+                None if masks is None else [tf.constant(m) for m in masks],
+            )
+        self._t += steps
         return np.asarray(losses.numpy())  # .numpy() waits for the device
 
     def accuracy(self, split: Split) -> float:
@@ -84,19 +117,14 @@ class TensorFlowBackend(Backend):
         correct = 0
         with tf.device(self._device_name):
             for start in range(0, int(x.shape[0]), EVAL_BATCH):
-                logits = self._logits_fn(x[start : start + EVAL_BATCH])
-                correct += int(
-                    tf.reduce_sum(
-                        tf.cast(
-                            tf.equal(self._predict(logits), y[start : start + EVAL_BATCH]), tf.int32
-                        )
-                    )
-                )
+                predicted = self._predict(self._logits_fn(x[start : start + EVAL_BATCH]))
+                hits = tf.equal(predicted, y[start : start + EVAL_BATCH])
+                correct += int(tf.reduce_sum(tf.cast(hits, tf.int32)))
         return correct / int(x.shape[0])
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         with tf.device(self._device_name):
-            return np.asarray(self._logits_fn(tf.constant(x)).numpy())
+            return np.asarray(self._logits_fn(tf.constant(x, dtype=self._dtype)).numpy())
 
     def parameters(self) -> list[np.ndarray]:
         return [np.asarray(p.numpy()) for p in self._params]
@@ -106,64 +134,101 @@ class TensorFlowBackend(Backend):
         if self._device == "gpu":
             tf.test.experimental.sync_devices()
 
-    # --- compiled pieces -------------------------------------------------------------------
+    # --- pieces ----------------------------------------------------------------------------
 
-    def _forward(self, x: tf.Tensor, training: bool) -> tf.Tensor:
+    def _step_sizes(self, steps: int) -> np.ndarray:
+        """The learning rate of each step of this epoch (Adam's varies with t)."""
+        opt = self._spec.optimizer
+        if opt.name == "sgd":
+            return np.full(steps, opt.learning_rate)
+        assert opt.beta1 is not None and opt.beta2 is not None
+        ts = range(self._t + 1, self._t + steps + 1)
+        return np.array([adam_step_size(opt.learning_rate, opt.beta1, opt.beta2, t) for t in ts])
+
+    def _forward(
+        self, x: tf.Tensor, keep: list[tf.Tensor] | None, key: tf.Tensor | None
+    ) -> tf.Tensor:
+        """Logits; with dropout when given numpy masks (`keep`) or an RNG key (`key`)."""
         rate = self._spec.model.dropout_rate
         n_layers = len(self._params) // 2
         h = x
         for i in range(n_layers):
             h = tf.matmul(h, self._params[2 * i]) + self._params[2 * i + 1]
-            if i < n_layers - 1:
-                h = tf.nn.relu(h)
-                if training and rate > 0.0:
-                    h = self._dropout(h, rate, i)
+            if i == n_layers - 1:
+                break
+            h = tf.nn.relu(h)
+            if rate > 0.0 and (keep is not None or key is not None):
+                if keep is not None:
+                    mask = keep[i]
+                else:
+                    assert key is not None
+                    # Stateless: the mask depends only on (seed, step, layer): reruns repeat it.
+                    seed = tf.stack([self._dropout_seed, key * 16 + i])
+                    mask = tf.random.stateless_uniform(tf.shape(h), seed=seed) >= rate
+                h = tf.where(mask, h / (1.0 - rate), tf.zeros_like(h))
         return h
-
-    def _forward_eval(self, x: tf.Tensor) -> tf.Tensor:
-        return self._forward(x, training=False)
-
-    def _dropout(self, h: tf.Tensor, rate: float, layer: int) -> tf.Tensor:
-        # Stateless: the mask depends only on (dropout seed, step, layer), so reruns repeat it.
-        key = tf.stack([self._dropout_seed, self._step * 16 + layer])
-        keep = tf.random.stateless_uniform(tf.shape(h), seed=key) >= rate
-        return tf.where(keep, h / (1.0 - rate), tf.zeros_like(h))
 
     def _predict(self, logits: tf.Tensor) -> tf.Tensor:
         if self._spec.loss.prediction == "argmax_relu_logits":
             logits = tf.nn.relu(logits)
         return tf.argmax(logits, axis=1, output_type=tf.int32)
 
-    def _epoch(self, order: tf.Tensor) -> tf.Tensor:
-        batch = self._spec.training.batch_size
-        losses = tf.TensorArray(tf.float32, size=self._steps)
-        for i in tf.range(self._steps):
-            idx = order[i * batch : (i + 1) * batch]
-            x = tf.gather(self._train_x, idx)
-            y = tf.gather(self._train_y, idx)
+    def _epoch(
+        self,
+        batches: tf.Tensor,
+        step_sizes: tf.Tensor,
+        first_step: tf.Tensor,
+        masks: list[tf.Tensor] | None,
+    ) -> tf.Tensor:
+        steps = tf.shape(batches)[0]
+        losses = tf.TensorArray(self._dtype, size=steps)
+        for i in tf.range(steps):
+            x = tf.gather(self._train_x, batches[i])
+            y = tf.gather(self._train_y, batches[i])
+            keep = None if masks is None else [m[i] for m in masks]
+            key = first_step + tf.cast(i, tf.int64) + 1
             with tf.GradientTape() as tape:
-                logits = self._forward(x, training=True)
+                logits = self._forward(x, keep, key)
                 loss = tf.reduce_mean(
                     tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
                 )
-            grads = tape.gradient(loss, self._params)
-            self._step.assign_add(1)
-            self._update(grads)
+            self._update(tape.gradient(loss, self._params), step_sizes[i])
             losses = losses.write(i, loss)
         return losses.stack()
 
-    def _update(self, grads: list[tf.Tensor]) -> None:
+    def _update(self, grads: list[tf.Tensor], lr: tf.Tensor) -> None:
+        if self._settings.parity:
+            self._update_explicit(grads, lr)
+            return
         opt = self._spec.optimizer
-        lr = opt.learning_rate
+        for i, (p, g) in enumerate(zip(self._params, grads, strict=True)):
+            if opt.name == "sgd":
+                tf.raw_ops.ResourceApplyGradientDescent(var=p.handle, alpha=lr, delta=g)
+            else:
+                # TF1's own fused kernel; powers of 0 make its lr_t equal our host lr_t.
+                zero = tf.zeros([], self._dtype)
+                tf.raw_ops.ResourceApplyAdam(
+                    var=p.handle,
+                    m=self._m[i].handle,
+                    v=self._v[i].handle,
+                    beta1_power=zero,
+                    beta2_power=zero,
+                    lr=lr,
+                    beta1=tf.constant(opt.beta1, self._dtype),
+                    beta2=tf.constant(opt.beta2, self._dtype),
+                    epsilon=tf.constant(opt.epsilon, self._dtype),
+                    grad=g,
+                )
+
+    def _update_explicit(self, grads: list[tf.Tensor], lr: tf.Tensor) -> None:
+        """Written out op by op, in the same order as the PyTorch backend's."""
+        opt = self._spec.optimizer
         if opt.name == "sgd":
             for p, g in zip(self._params, grads, strict=True):
                 p.assign_sub(lr * g)
             return
         assert opt.beta1 is not None and opt.beta2 is not None and opt.epsilon is not None
-        # TF1 AdamOptimizer: bias correction folded into the step size, epsilon outside it.
-        t = tf.cast(self._step, tf.float32)
-        lr_t = lr * tf.sqrt(1.0 - opt.beta2**t) / (1.0 - opt.beta1**t)
         for p, g, m, v in zip(self._params, grads, self._m, self._v, strict=True):
-            m.assign(opt.beta1 * m + (1.0 - opt.beta1) * g)
-            v.assign(opt.beta2 * v + (1.0 - opt.beta2) * tf.square(g))
-            p.assign_sub(lr_t * m / (tf.sqrt(v) + opt.epsilon))
+            m.assign(m * opt.beta1 + g * (1.0 - opt.beta1))
+            v.assign(v * opt.beta2 + (g * g) * (1.0 - opt.beta2))
+            p.assign_sub((m * lr) / (tf.sqrt(v) + opt.epsilon))

@@ -17,9 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
-
 from bench.runner import Cell, CellResult, EpochRecord, RunOptions
+from bench.stats import outcome_counts, summarize
 
 
 def build_cells(
@@ -50,7 +49,10 @@ class Executor(Protocol):
         options: RunOptions,
         work_dir: Path,
         on_epoch: Callable[[EpochRecord], None],
-    ) -> CellRun: ...
+        stage_text: str | None = None,
+    ) -> CellRun:
+        """Run one cell; `stage_text` replaces the named stage file (reproducing a record)."""
+        ...
 
 
 class LocalExecutor:
@@ -62,10 +64,18 @@ class LocalExecutor:
         options: RunOptions,
         work_dir: Path,
         on_epoch: Callable[[EpochRecord], None],
+        stage_text: str | None = None,
     ) -> CellRun:
         request = work_dir / "request.json"
         request.write_text(
-            json.dumps({"cell": asdict(cell), "options": asdict(options), "out_dir": str(work_dir)})
+            json.dumps(
+                {
+                    "cell": asdict(cell),
+                    "options": asdict(options),
+                    "out_dir": str(work_dir),
+                    "stage_text": stage_text,
+                }
+            )
         )
         log_path = work_dir / "worker.log"
         start = time.perf_counter()
@@ -93,9 +103,8 @@ class LocalExecutor:
         wall = time.perf_counter() - start
         result_path = work_dir / "result.json"
         if code == 0 and result_path.exists():
-            data = json.loads(result_path.read_text())
-            losses = np.load(work_dir / "step_losses.npy")
-            return CellRun(cell, CellResult.from_json(data, losses), None, wall, log_path)
+            result = CellResult.load(json.loads(result_path.read_text()), work_dir)
+            return CellRun(cell, result, None, wall, log_path)
         return CellRun(cell, None, error or _crash_message(code, log_path), wall, log_path)
 
 
@@ -148,3 +157,17 @@ def run_matrix(
         observer.cell_finished(run)
         runs.append(run)
     return runs
+
+
+def group_metrics(runs: list[CellRun]) -> dict[str, float]:
+    """Statistics over a group's seeds: accuracy and speed summaries, outcome counts."""
+    results = [run.result for run in runs if run.result is not None]
+    metrics: dict[str, float] = {}
+    for name in ("test_accuracy", "train_samples_per_s"):
+        values = [getattr(r, name) for r in results if getattr(r, name) is not None]
+        summary = summarize(values)
+        if summary is not None:
+            metrics.update(summary.metrics(name))
+    outcomes = [r.outcome for r in results] + ["failed"] * (len(runs) - len(results))
+    metrics.update({f"outcome_{k}": float(v) for k, v in outcome_counts(outcomes).items()})
+    return metrics

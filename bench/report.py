@@ -8,6 +8,7 @@ from typing import TextIO
 from bench.matrix import CellRun
 from bench.runner import Cell, EpochRecord
 from bench.spec import StageSpec
+from bench.stats import outcome_counts, summarize
 
 
 class Progress:
@@ -108,6 +109,60 @@ def results_table(runs: list[CellRun], specs: dict[str, StageSpec]) -> str:
                 speed,
             ]
         )
+    return _table(header, rows)
+
+
+def _mean_std(values: list[float], scale: float, digits: int) -> str:
+    summary = summarize(values)
+    if summary is None:
+        return "-"
+    return f"{scale * summary.mean:,.{digits}f} ± {scale * summary.std:,.{digits}f}"
+
+
+def group_table(runs: list[CellRun], specs: dict[str, StageSpec]) -> str:
+    """One row per stage x backend x device: mean ± std over its seeds, and the 95% CI."""
+    header = [
+        "stage",
+        "backend",
+        "device",
+        "seeds",
+        "outcomes",
+        "test acc (mean ± std)",
+        "95% CI",
+        "tutorial",
+        "samples/s (mean ± std)",
+    ]
+    groups: dict[str, list[CellRun]] = {}
+    for run in runs:
+        groups.setdefault(run.cell.group, []).append(run)
+    rows = []
+    for members in groups.values():
+        cell = members[0].cell
+        results = [r.result for r in members if r.result is not None]
+        accuracies = [r.test_accuracy for r in results]
+        speeds = [r.train_samples_per_s for r in results if r.train_samples_per_s is not None]
+        counts = outcome_counts(
+            [r.outcome for r in results] + ["failed"] * (len(members) - len(results))
+        )
+        summary = summarize(accuracies)
+        ci = f"[{100 * summary.ci95_low:.2f}, {100 * summary.ci95_high:.2f}]" if summary else "-"
+        rows.append(
+            [
+                cell.stage,
+                cell.backend,
+                cell.device,
+                str(len(members)),
+                ", ".join(f"{n} {k}" for k, n in counts.items() if n),
+                _mean_std(accuracies, 100, 2) + ("%" if accuracies else ""),
+                ci,
+                specs[cell.stage].expected.tutorial_reported,
+                _mean_std(speeds, 1, 0),
+            ]
+        )
+    return _table(header, rows)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = [_format_row(header, widths), _format_row(["-" * w for w in widths], widths)]
     lines += [_format_row(row, widths) for row in rows]

@@ -17,6 +17,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from backends.base import Backend, DType, Settings
+from bench.provenance import git_state
+from bench.seeding import SeededRun
 from bench.spec import StageSpec, load_stage, with_epochs
 
 Outcome = Literal["converged", "did-not-learn", "diverged"]
@@ -32,8 +35,13 @@ class Cell:
     seed: int
 
     @property
+    def group(self) -> str:
+        """The cells that differ only by seed form a group: statistics are taken over it."""
+        return f"{self.stage}/{self.backend}/{self.device}"
+
+    @property
     def name(self) -> str:
-        return f"{self.stage}/{self.backend}/{self.device}/seed{self.seed}"
+        return f"{self.group}/seed{self.seed}"
 
 
 @dataclass(frozen=True)
@@ -43,11 +51,34 @@ class RunOptions:
     data_dir: str
     threads: int
     epochs: int | None = None  # None: the stage file's epochs
+    parity: bool = False  # dropout masks from numpy, so both frameworks compute the same thing
+    dtype: DType = "float32"
+    deterministic: bool = True
+    tf32: bool = False
+    max_steps: int | None = None  # stop after this many training steps (parity checks)
+    keep_parameters: bool = False  # return the final weights (parity checks)
+
+    def settings(self) -> Settings:
+        return Settings(
+            dtype=self.dtype, deterministic=self.deterministic, tf32=self.tf32, parity=self.parity
+        )
+
+    def record(self) -> dict[str, str]:
+        """The options that change results, as MLflow params (what `reproduce` reads back)."""
+        return {
+            "option.parity": str(self.parity).lower(),
+            "option.dtype": self.dtype,
+            "option.deterministic": str(self.deterministic).lower(),
+            "option.tf32": str(self.tf32).lower(),
+            "option.threads": str(self.threads),
+            "option.dropout_masks": "numpy" if self.parity else "framework-rng",
+        }
 
 
 @dataclass(frozen=True)
 class EpochRecord:
     epoch: int  # 1-based
+    steps: int  # training steps (batches) in this epoch
     train_loss: float  # mean of the epoch's step losses
     val_accuracy: float
     epoch_seconds: float  # training only, device synchronised; evaluation excluded
@@ -64,20 +95,35 @@ class CellResult:
     timings: dict[str, float]  # seconds spent per phase inside the cell's process
     diverged_step: int | None = None  # 1-based global step of the first non-finite loss
     step_losses: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32), repr=False)
+    parameters: list[np.ndarray] = field(default_factory=list, repr=False)
 
     def to_json(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data.pop("step_losses")
+        """Everything but the arrays, which travel as .npy/.npz files (see save_arrays)."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        del data["step_losses"], data["parameters"]
+        data["cell"] = dataclasses.asdict(self.cell)
+        data["epochs"] = [dataclasses.asdict(e) for e in self.epochs]
         return data
 
+    def save_arrays(self, folder: Path) -> None:
+        np.save(folder / "step_losses.npy", self.step_losses)
+        if self.parameters:
+            np.savez(folder / "parameters.npz", *self.parameters)
+
     @classmethod
-    def from_json(cls, data: dict[str, Any], step_losses: np.ndarray) -> CellResult:
+    def load(cls, data: dict[str, Any], folder: Path) -> CellResult:
+        params_path = folder / "parameters.npz"
+        parameters = []
+        if params_path.exists():
+            with np.load(params_path) as arrays:
+                parameters = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
         return cls(
             **{
                 **data,
                 "cell": Cell(**data["cell"]),
                 "epochs": [EpochRecord(**e) for e in data["epochs"]],
-                "step_losses": step_losses,
+                "step_losses": np.load(folder / "step_losses.npy"),
+                "parameters": parameters,
             }
         )
 
@@ -96,10 +142,10 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def steady_throughput(epochs: list[EpochRecord], n_samples: int) -> float | None:
-    """Samples/s from the median epoch after the first (tracing and compilation stay out)."""
-    timed = [e.epoch_seconds for e in epochs[1:]]
-    return n_samples / float(np.median(timed)) if timed else None
+def steady_throughput(epochs: list[EpochRecord], batch_size: int) -> float | None:
+    """Samples/s of the median epoch after the first (tracing and compilation stay out)."""
+    rates = [e.steps * batch_size / e.epoch_seconds for e in epochs[1:]]
+    return float(np.median(rates)) if rates else None
 
 
 def classify(losses_finite: bool, test_accuracy: float) -> Outcome:
@@ -137,58 +183,99 @@ def run_cell(
     backend_cls = load_backend(cell.backend)
     clock.lap("framework_import")
     splits = load_mnist(Path(options.data_dir), download=False)
-    n_train = splits.train_x.shape[0]
-    run = seeded_run(spec, cell.seed, n_train)
+    run = seeded_run(spec, cell.seed, splits.train_x.shape[0])
     clock.lap("data_load")
-    backend = backend_cls(cell.device, options.threads)
+    backend = backend_cls(cell.device, options.threads, options.settings())
     backend.load_data(splits)
     backend.build(spec, run)
     clock.lap("build")
-
-    records: list[EpochRecord] = []
-    losses: list[np.ndarray] = []
-    diverged_step = None
-    for epoch in range(spec.training.epochs):
-        start = time.perf_counter()
-        step_losses = backend.train_epoch(run.epoch_orders[epoch])
-        backend.synchronize()
-        seconds = time.perf_counter() - start
-        clock.lap("train")
-        losses.append(step_losses)
-        bad = np.flatnonzero(~np.isfinite(step_losses))
-        record = EpochRecord(
-            epoch=epoch + 1,
-            train_loss=float(np.mean(step_losses)),
-            val_accuracy=backend.accuracy("val"),
-            epoch_seconds=seconds,
-        )
-        clock.lap("evaluate")
-        records.append(record)
-        on_epoch(record)
-        if bad.size:  # a non-finite loss stops the cell
-            diverged_step = sum(len(x) for x in losses[:-1]) + int(bad[0]) + 1
-            break
+    records, losses, diverged_step = _train(backend, spec, run, options, on_epoch, clock)
     test_accuracy = backend.accuracy("test")
     clock.lap("evaluate")
-    batch_samples = (n_train // spec.training.batch_size) * spec.training.batch_size
     return CellResult(
         cell=cell,
         outcome=classify(diverged_step is None, test_accuracy),
         test_accuracy=test_accuracy,
-        train_samples_per_s=steady_throughput(records, batch_samples),
+        train_samples_per_s=steady_throughput(records, spec.training.batch_size),
         epochs=records,
         environment=_environment(backend.environment(), options),
         timings=clock.timings,
         diverged_step=diverged_step,
-        step_losses=np.concatenate(losses),
+        step_losses=losses,
+        parameters=backend.parameters() if options.keep_parameters else [],
     )
+
+
+def _train(
+    backend: Backend,
+    spec: StageSpec,
+    run: SeededRun,
+    options: RunOptions,
+    on_epoch: Callable[[EpochRecord], None],
+    clock: _Clock,
+) -> tuple[list[EpochRecord], np.ndarray, int | None]:
+    """The timed epochs; a non-finite loss stops training (returned as the diverged step)."""
+    from bench.seeding import dropout_masks
+
+    batch = spec.training.batch_size
+    records: list[EpochRecord] = []
+    losses: list[np.ndarray] = []
+    for epoch in range(spec.training.epochs):
+        order = _epoch_order(
+            run.epoch_orders[epoch], batch, options.max_steps, sum(map(len, losses))
+        )
+        if len(order) < batch:
+            break
+        masks = None
+        if options.parity and spec.model.dropout_rate > 0:
+            masks = dropout_masks(spec, run, epoch, len(order) // batch)
+        clock.lap("dropout_masks")
+        start = time.perf_counter()
+        step_losses = backend.train_epoch(order, masks)
+        backend.synchronize()
+        seconds = time.perf_counter() - start
+        clock.lap("train")
+        losses.append(step_losses)
+        records.append(
+            EpochRecord(
+                epoch=epoch + 1,
+                steps=len(step_losses),
+                train_loss=float(np.mean(step_losses)),
+                val_accuracy=backend.accuracy("val"),
+                epoch_seconds=seconds,
+            )
+        )
+        clock.lap("evaluate")
+        on_epoch(records[-1])
+        bad = np.flatnonzero(~np.isfinite(step_losses))
+        if bad.size:
+            steps_before = sum(map(len, losses[:-1]))
+            return records, np.concatenate(losses), steps_before + int(bad[0]) + 1
+    return records, np.concatenate(losses), None
+
+
+def _epoch_order(order: np.ndarray, batch: int, max_steps: int | None, done: int) -> np.ndarray:
+    """The epoch's order, cut short where --steps ends training mid-epoch."""
+    if max_steps is None:
+        return order
+    return order[: max(0, min(len(order) // batch, max_steps - done)) * batch]
+
+
+def _numpy_blas() -> str:
+    try:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        return f"{blas['name']} {blas['version']}"
+    except (KeyError, TypeError):
+        return "unknown"
 
 
 def _environment(framework_env: dict[str, str], options: RunOptions) -> dict[str, str]:
     return {
         **framework_env,
+        **git_state(),
         "python_version": platform.python_version(),
         "numpy_version": np.__version__,
+        "numpy_blas": _numpy_blas(),
         "cpu_model": cpu_model(),
         "cores_available": str(available_cores()),
         "threads": str(options.threads),

@@ -82,3 +82,17 @@ def seeded_run(spec: StageSpec, seed: int, n_train: int) -> SeededRun:
         epoch_orders=epoch_orders(spec, n_train, streams["order"]),
         dropout_seed=int(streams["dropout"].integers(0, 2**31 - 1)),
     )
+
+
+def dropout_masks(spec: StageSpec, run: SeededRun, epoch: int, steps: int) -> list[np.ndarray]:
+    """Parity mode's dropout: which units each step keeps, per hidden layer, drawn by numpy.
+
+    Shape (steps, batch, units), bool. One stream per epoch, so any epoch can be redrawn alone.
+    """
+    rate = spec.model.dropout_rate
+    rng = np.random.default_rng(np.random.SeedSequence([run.dropout_seed, epoch]))
+    batch = spec.training.batch_size
+    return [
+        rng.random((steps, batch, units), dtype=np.float32) >= rate
+        for units in spec.model.layer_sizes[1:-1]
+    ]

@@ -9,12 +9,16 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
+
 from bench.errors import BenchError
-from bench.matrix import CellRun
-from bench.runner import Cell, CellResult, EpochRecord
+from bench.matrix import CellRun, group_metrics
+from bench.runner import Cell, CellResult, EpochRecord, RunOptions
 from bench.spec import StageSpec, stage_path
 
 DEFAULT_EXPERIMENT = "mnist-tutorial"
@@ -50,10 +54,24 @@ def _quiet_loggers() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+@dataclass(frozen=True)
+class RecordedCell:
+    """What the store holds of one cell run: enough to run it again."""
+
+    run_id: str
+    experiment_id: str
+    cell: Cell
+    params: dict[str, str]
+    metrics: dict[str, float]
+    stage_text: str
+    step_losses: np.ndarray
+
+
 class Tracker:
     """Opens the store and experiment up front, so a bad store fails before any training."""
 
-    def __init__(self, uri: str, experiment: str) -> None:
+    def __init__(self, uri: str, experiment: str | None) -> None:
+        """Open the store; with an experiment name, find or create that experiment."""
         _quiet_mlflow()
         import mlflow  # noqa: F401  (imported here so the CLI's `list` never pays for it)
         from mlflow.tracking import MlflowClient
@@ -64,6 +82,9 @@ class Tracker:
             if uri.startswith("sqlite:///"):
                 Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
             self._client = MlflowClient(tracking_uri=uri)
+            self._client.search_experiments(max_results=1)  # touches the store: fails here
+            if experiment is None:
+                return
             found = self._client.get_experiment_by_name(experiment)
             self.experiment_id = (
                 found.experiment_id
@@ -84,6 +105,19 @@ class Tracker:
         self._log_params(run.info.run_id, params)
         return str(run.info.run_id)
 
+    def start_group(self, parent_id: str, cell: Cell, seeds: list[int]) -> str:
+        """A run for one stage x backend x device group; its cells nest under it."""
+        tags = {
+            "mlflow.parentRunId": parent_id,
+            "kind": "group",
+            "stage": cell.stage,
+            "backend": cell.backend,
+            "device": cell.device,
+        }
+        run = self._client.create_run(self.experiment_id, run_name=cell.group, tags=tags)
+        self._log_params(run.info.run_id, {"seeds": ",".join(map(str, seeds))})
+        return str(run.info.run_id)
+
     def start_cell(self, parent_id: str, cell: Cell, params: dict[str, str]) -> str:
         tags = {
             "mlflow.parentRunId": parent_id,
@@ -91,6 +125,7 @@ class Tracker:
             "backend": cell.backend,
             "device": cell.device,
             "seed": str(cell.seed),
+            "kind": "cell",
         }
         run = self._client.create_run(self.experiment_id, run_name=cell.name, tags=tags)
         self._log_params(run.info.run_id, params)
@@ -132,6 +167,76 @@ class Tracker:
             self._client.log_artifact(run_id, str(path))
         self.end(run_id, "FINISHED")
 
+    def load_cell(self, run_id: str) -> RecordedCell:
+        """Read a recorded cell back: tags, params, metrics, stage file, per-step losses."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self._client.get_run(run_id)
+        except MlflowException:
+            raise BenchError(
+                f"no run {run_id!r} in {self.uri}; copy a cell's run id from the MLflow UI"
+                " and pass the store it is in with --tracking-uri"
+            ) from None
+        tags = run.data.tags
+        if tags.get("kind", "cell") != "cell" or "stage" not in tags or "seed" not in tags:
+            raise BenchError(
+                f"run {run_id} is not a cell run (kind {tags.get('kind')!r}); "
+                "give the id of a STAGE/BACKEND/DEVICE/seedN run"
+            )
+        cell = Cell(tags["stage"], tags["backend"], tags["device"], int(tags["seed"]))  # type: ignore[arg-type]
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                stage_file = self._client.download_artifacts(run_id, f"{cell.stage}.toml", tmp)
+                losses_file = self._client.download_artifacts(run_id, "step_losses.csv", tmp)
+            except (MlflowException, OSError):
+                raise BenchError(
+                    f"run {run_id} has no stage file or step losses (it did not"
+                    " finish); reproduce a finished cell"
+                ) from None
+            stage_text = Path(stage_file).read_text()
+            losses = np.loadtxt(losses_file, delimiter=",", skiprows=1, ndmin=2)[:, 1]
+        return RecordedCell(
+            run_id=run_id,
+            experiment_id=run.info.experiment_id,
+            cell=cell,
+            params=dict(run.data.params),
+            metrics=dict(run.data.metrics),
+            stage_text=stage_text,
+            step_losses=losses,
+        )
+
+    def record_reproduction(
+        self,
+        recorded: RecordedCell,
+        run: CellRun,
+        bit_identical: bool,
+        differences: dict[str, tuple[str, str]],
+    ) -> str:
+        """The rerun as its own run beside the original, tagged with the verdict."""
+        assert run.result is not None
+        tags = {
+            "kind": "reproduction",
+            "reproduces": recorded.run_id,
+            "stage": recorded.cell.stage,
+            "backend": recorded.cell.backend,
+            "device": recorded.cell.device,
+            "seed": str(recorded.cell.seed),
+            "bit_identical": str(bit_identical).lower(),
+            "environment_differences": ", ".join(differences)[:500] or "none",
+        }
+        new = self._client.create_run(
+            recorded.experiment_id, run_name=f"reproduce {recorded.cell.name}", tags=tags
+        )
+        run_id = str(new.info.run_id)
+        option_params = {k: v for k, v in recorded.params.items() if k.startswith("option.")}
+        self._log_params(run_id, option_params)
+        with tempfile.TemporaryDirectory() as tmp:
+            stage_file = Path(tmp) / f"{recorded.cell.stage}.toml"
+            stage_file.write_text(recorded.stage_text)
+            self.finish_cell(run_id, run.result, run.wall_seconds, [stage_file, run.log_path])
+        return run_id
+
     def log_artifact(self, run_id: str, path: Path) -> None:
         self._client.log_artifact(run_id, str(path))
 
@@ -171,15 +276,29 @@ def _now_ms() -> int:
 
 
 class MatrixRecord:
-    """Records the cells of one invocation as nested runs under its parent run."""
+    """Records an invocation's cells: invocation run -> one run per stage x backend x device
+    group (statistics over its seeds) -> one run per cell."""
 
-    def __init__(self, tracker: Tracker, parent_id: str, specs: dict[str, StageSpec]) -> None:
+    def __init__(
+        self,
+        tracker: Tracker,
+        parent_id: str,
+        specs: dict[str, StageSpec],
+        cells: list[Cell],
+        options: RunOptions,
+    ) -> None:
         self._tracker = tracker
         self._parent_id = parent_id
         self._specs = specs
+        self._options = options
+        self._pending = Counter(cell.group for cell in cells)
+        self._seeds = {g: [c.seed for c in cells if c.group == g] for g in self._pending}
+        self._group_ids: dict[str, str] = {}
+        self._group_runs: dict[str, list[CellRun]] = {}
 
     def start_cell(self, cell: Cell) -> str:
-        return self._tracker.start_cell(self._parent_id, cell, self._specs[cell.stage].flat())
+        params = {**self._specs[cell.stage].flat(), **self._options.record()}
+        return self._tracker.start_cell(self._group_id(cell), cell, params)
 
     def log_epoch(self, run_id: str, record: EpochRecord) -> None:
         self._tracker.log_epoch(run_id, record)
@@ -188,11 +307,38 @@ class MatrixRecord:
         files = [stage_path(run.cell.stage), run.log_path]
         if run.result is not None:
             self._tracker.finish_cell(run_id, run.result, run.wall_seconds, files)
-            return
-        self._tracker.set_tags(run_id, {"outcome": "failed", "error": (run.error or "")[:500]})
-        for path in files:
-            self._tracker.log_artifact(run_id, path)
-        self._tracker.end(run_id, "FAILED")
+        else:
+            self._tracker.set_tags(run_id, {"outcome": "failed", "error": (run.error or "")[:500]})
+            for path in files:
+                self._tracker.log_artifact(run_id, path)
+            self._tracker.end(run_id, "FAILED")
+        group = run.cell.group
+        self._group_runs[group].append(run)
+        self._pending[group] -= 1
+        if self._pending[group] == 0:
+            self._close_group(group)
 
     def end(self, run_id: str, status: str) -> None:
         self._tracker.end(run_id, status)  # type: ignore[arg-type]
+
+    def close(self, status: RunStatus) -> None:
+        """End the groups still open (an interrupted or failed invocation)."""
+        for group in list(self._group_ids):
+            if self._pending[group] > 0:
+                self._pending[group] = 0
+                self._tracker.end(self._group_ids[group], status)
+
+    def _group_id(self, cell: Cell) -> str:
+        group = cell.group
+        if group not in self._group_ids:
+            self._group_ids[group] = self._tracker.start_group(
+                self._parent_id, cell, self._seeds[group]
+            )
+            self._group_runs[group] = []
+        return self._group_ids[group]
+
+    def _close_group(self, group: str) -> None:
+        runs = self._group_runs[group]
+        self._tracker.log_metrics(self._group_ids[group], group_metrics(runs))
+        failed = any(run.result is None for run in runs)
+        self._tracker.end(self._group_ids[group], "FAILED" if failed else "FINISHED")

@@ -16,10 +16,9 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-import numpy as np
-
 from bench.errors import BenchError
 from bench.runner import Cell, EpochRecord, RunOptions, run_cell
+from bench.spec import parse_stage
 
 _PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 
@@ -58,11 +57,13 @@ def main(request_path: str) -> int:
         _emit(events, "epoch", **record.__dict__)
 
     try:
-        result = run_cell(cell, options, on_epoch)
+        text = request.get("stage_text")
+        spec = parse_stage(text, f"recorded {cell.stage}.toml") if text else None
+        result = run_cell(cell, options, on_epoch, spec)
     except BenchError as exc:
         _emit(events, "error", message=str(exc))
         return 2
-    np.save(out_dir / "step_losses.npy", result.step_losses)
+    result.save_arrays(out_dir)
     (out_dir / "result.json").write_text(json.dumps(result.to_json()))
     _emit(events, "result")
     return 0

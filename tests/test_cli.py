@@ -134,13 +134,21 @@ def test_run_records_parent_and_nested_cells(tmp_path: Path) -> None:
     experiment = client.get_experiment_by_name("e2e")
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    cells = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) == 1 and len(cells) == len(backends)
+    groups = [r for r in runs if r.data.tags.get("kind") == "group"]
+    cells = [r for r in runs if r.data.tags.get("kind") == "cell"]
+    assert len(parents) == 1 and len(groups) == len(cells) == len(backends)
+    assert len(runs) == 1 + 2 * len(backends)
     assert all(r.info.status == "FINISHED" for r in runs)
+    group_ids = {g.info.run_id: g for g in groups}
+    for group in groups:
+        assert group.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert group.data.metrics["test_accuracy_n"] == 1
+        assert group.data.metrics["outcome_converged"] == 1
     assert str(experiment.artifact_location).startswith((tmp_path / "artifacts").as_uri())
     for run in cells:
         tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
-        assert tags["mlflow.parentRunId"] == parents[0].info.run_id
+        group = group_ids[tags["mlflow.parentRunId"]]
+        assert group.info.run_name == f"relu-xavier/{tags['backend']}/cpu"
         assert run.info.run_name == f"relu-xavier/{tags['backend']}/cpu/seed3"
         assert (tags["stage"], tags["device"], tags["seed"], tags["outcome"]) == (
             "relu-xavier",
@@ -201,4 +209,4 @@ def test_interrupt_ends_runs_killed(tmp_path: Path) -> None:
     assert process.returncode == 130, err
     assert "Traceback" not in err
     runs = client.search_runs(experiments)
-    assert sorted(r.info.status for r in runs) == ["KILLED", "KILLED"]
+    assert sorted(r.info.status for r in runs) == ["KILLED"] * 3  # invocation, group, cell

@@ -28,9 +28,12 @@ def tracker(tmp_path: Path) -> Tracker:
     return Tracker(f"sqlite:///{tmp_path}/mlflow.db", "matrix-test")
 
 
-def _record(tracker: Tracker, stage: str, epochs: int) -> tuple[MatrixRecord, str]:
+def _record(
+    tracker: Tracker, stage: str, epochs: int, cells: list[Cell], options: RunOptions
+) -> MatrixRecord:
     parent = tracker.start_parent("test", {}, {})
-    return MatrixRecord(tracker, parent, {stage: with_epochs(load_stage(stage), epochs)}), parent
+    specs = {stage: with_epochs(load_stage(stage), epochs)}
+    return MatrixRecord(tracker, parent, specs, cells, options)
 
 
 def test_a_cell_runs_in_its_own_process_and_streams_epochs(
@@ -39,7 +42,7 @@ def test_a_cell_runs_in_its_own_process_and_streams_epochs(
     backend = installed_backends()[0]
     cells = [Cell("relu-xavier", backend, "cpu", 0)]
     options = RunOptions(data_dir=str(mnist_dir()), threads=2, epochs=2)
-    record, _ = _record(tracker, "relu-xavier", 2)
+    record = _record(tracker, "relu-xavier", 2, cells, options)
     seen: list[EpochRecord] = []
 
     class Observer(Progress):
@@ -52,6 +55,7 @@ def test_a_cell_runs_in_its_own_process_and_streams_epochs(
     assert [r.epoch for r in seen] == [1, 2] and result.epochs == seen
     assert result.step_losses.shape == (1100,)
     assert result.train_samples_per_s == pytest.approx(55000 / result.epochs[1].epoch_seconds)
+    assert [e.steps for e in result.epochs] == [550, 550]
     assert {"framework_import", "data_load", "build", "train", "evaluate"} <= set(result.timings)
     assert result.environment["framework"] == backend
     table = results_table(runs, {"relu-xavier": load_stage("relu-xavier")})
@@ -66,12 +70,14 @@ def test_a_failing_cell_is_recorded_failed_with_its_message(
     empty = tmp_path / "no-data"
     empty.mkdir()
     options = RunOptions(data_dir=str(empty), threads=2, epochs=1)
-    record, _ = _record(tracker, "adam", 1)
+    record = _record(tracker, "adam", 1, [cell], options)
     runs = run_matrix([cell], options, LocalExecutor(), record, Progress(), lambda c: 1)
     assert runs[0].result is None
     assert runs[0].error is not None and "train-images-idx3-ubyte.gz" in runs[0].error
     client = tracker._client
-    [run] = client.search_runs([tracker.experiment_id], filter_string="tags.stage = 'adam'")
+    [run] = client.search_runs(
+        [tracker.experiment_id], filter_string="tags.stage = 'adam' and tags.kind = 'cell'"
+    )
     assert run.info.status == "FAILED"
     assert "train-images-idx3-ubyte.gz" in run.data.tags["error"]
     assert "worker.log" in {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -82,9 +88,11 @@ def test_an_interrupted_matrix_ends_the_cell_killed(tracker: Tracker, tmp_path: 
         def execute(self, *args: object) -> CellRun:
             raise KeyboardInterrupt
 
-    record, _ = _record(tracker, "dropout", 1)
     cell = Cell("dropout", "torch", "cpu", 0)
+    options = RunOptions("x", 1)
+    record = _record(tracker, "dropout", 1, [cell], options)
     with pytest.raises(KeyboardInterrupt):
-        run_matrix([cell], RunOptions("x", 1), Interrupted(), record, Progress(), lambda c: 1)
-    [run] = tracker._client.search_runs([tracker.experiment_id], "tags.stage = 'dropout'")
-    assert run.info.status == "KILLED"
+        run_matrix([cell], options, Interrupted(), record, Progress(), lambda c: 1)
+    record.close("KILLED")
+    runs = tracker._client.search_runs([tracker.experiment_id], "tags.stage = 'dropout'")
+    assert sorted(r.info.status for r in runs) == ["KILLED", "KILLED"]  # the group and the cell

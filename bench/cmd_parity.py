@@ -1,0 +1,84 @@
+"""`python -m bench parity`: both backends, same seed, parity mode; compare step by step."""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from backends import check_backend
+from bench.cli import EXIT_FAILED, EXIT_INTERRUPTED, catch_sigterm
+from bench.data import ensure_files, resolve_data_dir
+from bench.devices import resolve_devices
+from bench.matrix import LocalExecutor
+from bench.parity import PARITY_BACKENDS, ParityReport, parity_options, run_parity, write_curve
+from bench.provenance import git_state
+from bench.runner import available_cores
+from bench.spec import load_stage
+from bench.tracking import DEFAULT_EXPERIMENT, Tracker, resolve_tracking_uri
+
+
+def _record(tracker: Tracker, report: ParityReport, steps: int) -> str:
+    run_id = tracker.start_parent(
+        f"parity-{report.stage}-{report.dtype}-{report.device}-seed{report.seed}",
+        params={
+            "stage": report.stage,
+            "dtype": report.dtype,
+            "device": report.device,
+            "seed": str(report.seed),
+            "steps": str(steps),
+            "backends": ",".join(PARITY_BACKENDS),
+            "tolerance": f"{report.tolerance:g}",
+            "tolerance_window": str(report.window),
+        },
+        tags={
+            "kind": "parity",
+            "stage": report.stage,
+            "passed": str(report.passed).lower(),
+            **git_state(),
+        },
+    )
+    metrics = {f"max_rel_loss_diff_first_{n}": v for n, v in report.windows.items()}
+    metrics |= {
+        "final_weights_max_rel_diff": report.weight_rel_diff,
+        "passed": float(report.passed),
+    }
+    tracker.log_metrics(run_id, {k: min(v, 1e308) for k, v in metrics.items()})
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in write_curve(report, Path(tmp)):
+            tracker.log_artifact(run_id, path)
+    tracker.end(run_id, "FINISHED")
+    return run_id
+
+
+def cmd_parity(args: argparse.Namespace) -> int:
+    for backend in PARITY_BACKENDS:
+        check_backend(backend)
+    [device] = resolve_devices([args.device])
+    spec = load_stage(args.stage)
+    data_dir = resolve_data_dir(args.data_dir)
+    ensure_files(data_dir)
+    uri = resolve_tracking_uri(args.tracking_uri)
+    tracker = Tracker(uri, args.experiment or DEFAULT_EXPERIMENT)
+    options = parity_options(
+        str(data_dir),
+        args.threads or available_cores(),
+        args.steps,
+        args.dtype,
+        spec.training.batch_size,
+    )
+    catch_sigterm()
+    print(
+        f"parity {args.stage}: training {' and '.join(PARITY_BACKENDS)} for {args.steps} "
+        f"steps ({args.dtype}, {device}, seed {args.seed})",
+        flush=True,
+    )
+    try:
+        report = run_parity(args.stage, device, args.seed, options, LocalExecutor())
+    except KeyboardInterrupt:
+        print("\ninterrupted: nothing recorded")
+        return EXIT_INTERRUPTED
+    print(report.describe())
+    run_id = _record(tracker, report, args.steps)
+    print(f"recorded as run {run_id} (curve: parity_curve.csv, parity_curve.png)")
+    return 0 if report.passed else EXIT_FAILED

@@ -1,0 +1,126 @@
+"""`python -m bench run`: validate everything, then run the matrix and record it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+
+from backends import check_backend, installed_backends
+from bench.cli import EXIT_FAILED, EXIT_INTERRUPTED, catch_sigterm
+from bench.data import ensure_files, resolve_data_dir
+from bench.devices import resolve_devices
+from bench.errors import BenchError
+from bench.matrix import LocalExecutor, build_cells, run_matrix
+from bench.report import Progress, group_table, results_table
+from bench.runner import Cell, RunOptions, available_cores
+from bench.spec import STAGE_NAMES, StageSpec, load_stage, with_epochs
+from bench.tracking import DEFAULT_EXPERIMENT, MatrixRecord, Tracker, resolve_tracking_uri
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated `run` invocation: everything known before any training starts."""
+
+    cells: list[Cell]
+    specs: dict[str, StageSpec]
+    options: RunOptions
+    tracking_uri: str
+    experiment: str
+
+
+def seeds_of(args: argparse.Namespace) -> list[int]:
+    """--seed values and --seeds K (0..K-1), in order, without repeats; default seed 0."""
+    seeds = list(args.seed or []) + list(range(args.seeds or 0))
+    return list(dict.fromkeys(seeds or [0]))
+
+
+def plan_run(args: argparse.Namespace) -> Plan:
+    stages = list(dict.fromkeys(args.stage or STAGE_NAMES))
+    specs = {name: with_epochs(load_stage(name), args.epochs) for name in stages}
+    backends = list(dict.fromkeys(args.backend or installed_backends()))
+    if not backends:
+        raise BenchError("no backend installed; install tensorflow or torch (nox -s bench does)")
+    for name in backends:
+        check_backend(name)
+    devices = resolve_devices(args.device or ["auto"])
+    data_dir = resolve_data_dir(args.data_dir)
+    ensure_files(data_dir)  # downloads what is missing, or fails now with the file's name
+    options = RunOptions(
+        data_dir=str(data_dir),
+        threads=args.threads or available_cores(),
+        epochs=args.epochs,
+        parity=args.parity,
+        dtype=args.dtype,
+        deterministic=not args.nondeterministic,
+        tf32=args.tf32,
+    )
+    return Plan(
+        cells=build_cells(stages, backends, devices, seeds_of(args)),
+        specs=specs,
+        options=options,
+        tracking_uri=resolve_tracking_uri(args.tracking_uri),
+        experiment=args.experiment or DEFAULT_EXPERIMENT,
+    )
+
+
+def _invocation_params(plan: Plan, args: argparse.Namespace) -> dict[str, str]:
+    return {
+        "stages": ",".join(plan.specs),
+        "cells": str(len(plan.cells)),
+        "seeds": ",".join(str(s) for s in seeds_of(args)),
+        "epochs": str(args.epochs or "stage file"),
+        "data_dir": plan.options.data_dir,
+        "command": " ".join(sys.argv[1:])[:500],
+        **plan.options.record(),
+    }
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bench.provenance import git_state
+
+    plan = plan_run(args)
+    tracker = Tracker(plan.tracking_uri, plan.experiment)
+    parent_id = tracker.start_parent(
+        f"matrix-{time.strftime('%Y%m%d-%H%M%S')}",
+        params=_invocation_params(plan, args),
+        tags={"kind": "matrix", **git_state()},
+    )
+    record = MatrixRecord(tracker, parent_id, plan.specs, plan.cells, plan.options)
+    catch_sigterm()
+    print(
+        f"{len(plan.cells)} cells -> {plan.tracking_uri} (experiment {plan.experiment!r})",
+        flush=True,
+    )
+    try:
+        runs = run_matrix(
+            plan.cells,
+            plan.options,
+            LocalExecutor(),
+            record,
+            Progress(),
+            epochs_of=lambda cell: plan.specs[cell.stage].training.epochs,
+        )
+    except KeyboardInterrupt:
+        record.close("KILLED")
+        tracker.end(parent_id, "KILLED")
+        print("\ninterrupted: the runs so far are recorded; the interrupted one is KILLED")
+        return EXIT_INTERRUPTED
+    except BaseException:
+        record.close("FAILED")
+        tracker.end(parent_id, "FAILED")
+        raise
+    failed = sum(run.result is None for run in runs)
+    tracker.log_metrics(parent_id, {"cells": len(runs), "cells_failed": failed})
+    tracker.end(parent_id, "FAILED" if failed else "FINISHED")
+    print()
+    print(results_table(runs, plan.specs))
+    if len(runs) > len({run.cell.group for run in runs}):
+        print()
+        print(group_table(runs, plan.specs))
+    print(
+        f"\nrecorded as parent run {parent_id}; browse with: "
+        f"mlflow ui --backend-store-uri {plan.tracking_uri}"
+    )
+    return EXIT_FAILED if failed else 0
