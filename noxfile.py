@@ -43,7 +43,26 @@ def tests(session: nox.Session) -> None:
     """The whole test suite, the 30-epoch regression test included."""
     install_project(session)
     session.install(*nox.project.dependency_groups(PYPROJECT, "test"))
-    session.run("pytest", *(session.posargs or ["-q"]))
+    session.run("pytest", "-m", "not microbench", *(session.posargs or ["-q"]))
+
+
+@nox.session(reuse_venv=True, default=False)
+def perf(session: nox.Session) -> None:
+    """Peaks, each stage on each backend (30 epochs), the Keras reference: the perf table."""
+    install_project(session)
+    session.run("python", "-m", "bench", "perf", *session.posargs)
+
+
+@nox.session(reuse_venv=True, default=False)
+def microbench(session: nox.Session) -> None:
+    """pytest-benchmark: one epoch per backend and stage, saved as JSON under results/."""
+    install_project(session)
+    session.install(*nox.project.dependency_groups(PYPROJECT, "test"))
+    session.run(
+        "pytest", "-m", "microbench", "--benchmark-only",
+        "--benchmark-storage=file://results/benchmarks", "--benchmark-autosave",
+        "--benchmark-columns=min,median,max,rounds", *session.posargs,
+    )
 
 
 @nox.session(reuse_venv=True)

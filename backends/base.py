@@ -28,6 +28,8 @@ class Settings:
     # Parity: optimizer updates written out op by op, identically in every backend, instead
     # of each framework's fastest fused kernels (same rule, different rounding).
     parity: bool = False
+    # The model is a strict chain of ops: a second inter-op pool only competes for the cores.
+    inter_op_threads: int = 1
 
 
 DEFAULT_SETTINGS = Settings()
@@ -81,6 +83,15 @@ class Backend(ABC):
     @abstractmethod
     def parameters(self) -> list[np.ndarray]:
         """Current weights and biases as host arrays, in layer order (w1, b1, w2, b2, ...)."""
+
+    @abstractmethod
+    def matmul_seconds(self, size: int, repeats: int) -> float:
+        """Seconds for `repeats` float32 products of two size x size matrices on the device,
+        after one warm-up product, synchronised before the clock is read (the peak rate)."""
+
+    @abstractmethod
+    def device_memory_peak_mb(self) -> float | None:
+        """Peak accelerator memory the framework allocated, in MiB; None on the CPU."""
 
     @abstractmethod
     def synchronize(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 
 # Quiet TF's C++ start-up banner; errors still show. Must be set before tensorflow is imported.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -35,7 +36,7 @@ class TensorFlowBackend(Backend):
         # one process keeps the first one's (environment() records what is in force).
         with contextlib.suppress(RuntimeError):
             tf.config.threading.set_intra_op_parallelism_threads(threads)
-            tf.config.threading.set_inter_op_parallelism_threads(1)
+            tf.config.threading.set_inter_op_parallelism_threads(settings.inter_op_threads)
         if settings.deterministic:
             tf.config.experimental.enable_op_determinism()
         # TF enables TF32 by default on Ampere+; off unless asked, so GPU results are exact.
@@ -128,6 +129,23 @@ class TensorFlowBackend(Backend):
 
     def parameters(self) -> list[np.ndarray]:
         return [np.asarray(p.numpy()) for p in self._params]
+
+    def matmul_seconds(self, size: int, repeats: int) -> float:
+        with tf.device(self._device_name):
+            a = tf.random.stateless_uniform([size, size], seed=[1, 2], dtype=tf.float32)
+            b = tf.random.stateless_uniform([size, size], seed=[3, 4], dtype=tf.float32)
+            tf.matmul(a, b).numpy()  # warm-up: kernel selection, thread pool start
+            start = time.perf_counter()
+            for _ in range(repeats):
+                c = tf.matmul(a, b)
+            c.numpy()  # waits for the device (products are serialised on one stream)
+            self.synchronize()
+            return time.perf_counter() - start
+
+    def device_memory_peak_mb(self) -> float | None:
+        if self._device != "gpu":
+            return None
+        return float(tf.config.experimental.get_memory_info("GPU:0")["peak"]) / 2**20
 
     def synchronize(self) -> None:
         # Host transfers already wait; this waits on anything still queued (GPU streams).

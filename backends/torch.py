@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import time
 
 import numpy as np
 import torch
@@ -31,11 +32,11 @@ class TorchBackend(Backend):
 
     def __init__(self, device: Device, threads: int, settings: Settings = DEFAULT_SETTINGS) -> None:
         torch.set_num_threads(threads)
-        # One inter-op thread: the model is a strict chain, so a second pool only competes.
-        # It can be set once per process only; a second backend in one process keeps it.
-        if torch.get_num_interop_threads() != 1:
-            with contextlib.suppress(RuntimeError):  # environment() records what is in force
-                torch.set_num_interop_threads(1)
+        # Settable once per process only; a second backend in one process keeps the first's
+        # (environment() records what is in force).
+        if torch.get_num_interop_threads() != settings.inter_op_threads:
+            with contextlib.suppress(RuntimeError):
+                torch.set_num_interop_threads(settings.inter_op_threads)
         if device == "gpu" and not torch.cuda.is_available():
             raise BenchError("--device gpu: PyTorch sees no CUDA GPU; use --device cpu")
         if settings.deterministic:
@@ -138,6 +139,22 @@ class TorchBackend(Backend):
 
     def parameters(self) -> list[np.ndarray]:
         return [p.detach().cpu().numpy().copy() for p in self._params]
+
+    def matmul_seconds(self, size: int, repeats: int) -> float:
+        generator = torch.Generator(device=self._device).manual_seed(1)
+        a, b = (torch.rand(size, size, device=self._device, generator=generator) for _ in range(2))
+        torch.mm(a, b)  # warm-up: kernel selection, thread pool start
+        self.synchronize()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            torch.mm(a, b)
+        self.synchronize()
+        return time.perf_counter() - start
+
+    def device_memory_peak_mb(self) -> float | None:
+        if self._device.type != "cuda":
+            return None
+        return torch.cuda.max_memory_allocated(self._device) / 2**20
 
     def synchronize(self) -> None:
         if self._device.type == "cuda":

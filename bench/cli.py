@@ -56,26 +56,48 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--experiment", help="MLflow experiment (default mnist-tutorial)")
 
 
+def _add_matrix(parser: argparse.ArgumentParser) -> None:
+    """Options of the commands that run a matrix of cells (run, perf)."""
+    parser.add_argument("--stage", action="append", choices=STAGE_NAMES, help="default: all")
+    parser.add_argument("--backend", action="append", help="default: all installed")
+    parser.add_argument("--device", action="append", choices=DEVICE_CHOICES, help="default: auto")
+    parser.add_argument("--seed", action="append", type=_non_negative_int, help="default: 0")
+    parser.add_argument("--seeds", type=_positive_int, help="seeds 0..K-1 (with --seed: both)")
+    parser.add_argument("--epochs", type=_positive_int, help="override the stage files' epochs")
+    parser.add_argument("--parity", action="store_true", help="dropout masks drawn by numpy")
+    parser.add_argument(
+        "--nondeterministic",
+        action="store_true",
+        help="leave framework op determinism off (to measure what determinism costs)",
+    )
+    parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls on GPUs")
+    parser.add_argument(
+        "--inter-op-threads",
+        type=_positive_int,
+        default=1,
+        help="framework inter-op threads; default 1 (the model is a chain of ops)",
+    )
+    parser.add_argument(
+        "--no-peak", action="store_true", help="skip the peak matmul measurement (no roofline)"
+    )
+    _add_common(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="bench", description="mlp-bench: the MNIST tutorial stages, benchmarked")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     commands.add_parser("list", help="show stages, backends and devices")
 
     run = commands.add_parser("run", help="run the matrix of cells and record it to MLflow")
-    run.add_argument("--stage", action="append", choices=STAGE_NAMES, help="default: all")
-    run.add_argument("--backend", action="append", help="default: all installed")
-    run.add_argument("--device", action="append", choices=DEVICE_CHOICES, help="default: auto")
-    run.add_argument("--seed", action="append", type=_non_negative_int, help="default: 0")
-    run.add_argument("--seeds", type=_positive_int, help="seeds 0..K-1 (with --seed: both)")
-    run.add_argument("--epochs", type=_positive_int, help="override the stage files' epochs")
-    run.add_argument("--parity", action="store_true", help="dropout masks drawn by numpy")
-    run.add_argument(
-        "--nondeterministic",
-        action="store_true",
-        help="leave framework op determinism off (to measure what determinism costs)",
+    perf = commands.add_parser("perf", help="throughput vs the peak and vs Keras model.fit")
+    for matrix_parser in (run, perf):
+        _add_matrix(matrix_parser)
+    perf.add_argument(
+        "--keras-epochs",
+        type=_non_negative_int,
+        default=4,
+        help="epochs of the Keras model.fit reference (0: skip it); default 4",
     )
-    run.add_argument("--tf32", action="store_true", help="allow TF32 matmuls on GPUs")
-    _add_common(run)
 
     parity = commands.add_parser("parity", help="train both backends in parity mode; compare")
     parity.add_argument("--stage", required=True, choices=STAGE_NAMES)
@@ -123,6 +145,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from bench.cmd_run import cmd_run
 
             return cmd_run(args)
+        if args.command == "perf":
+            from bench.cmd_perf import cmd_perf
+
+            return cmd_perf(args)
         if args.command == "parity":
             from bench.cmd_parity import cmd_parity
 

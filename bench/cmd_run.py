@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from backends import check_backend, installed_backends
 from bench.cli import EXIT_FAILED, EXIT_INTERRUPTED, catch_sigterm
 from bench.data import ensure_files, resolve_data_dir
 from bench.devices import resolve_devices
 from bench.errors import BenchError
-from bench.matrix import LocalExecutor, build_cells, run_matrix
+from bench.matrix import CellRun, LocalExecutor, build_cells, run_matrix
 from bench.report import Progress, group_table, results_table
 from bench.runner import Cell, RunOptions, available_cores
 from bench.spec import STAGE_NAMES, StageSpec, load_stage, with_epochs
@@ -55,6 +57,7 @@ def plan_run(args: argparse.Namespace) -> Plan:
         dtype=args.dtype,
         deterministic=not args.nondeterministic,
         tf32=args.tf32,
+        inter_op_threads=args.inter_op_threads,
     )
     return Plan(
         cells=build_cells(stages, backends, devices, seeds_of(args)),
@@ -77,23 +80,50 @@ def _invocation_params(plan: Plan, args: argparse.Namespace) -> dict[str, str]:
     }
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def measure_peaks(cells: list[Cell], threads: int) -> dict[tuple[str, str], float]:
+    """Each backend x device's peak float32 matmul rate, through the framework, once."""
+    peaks: dict[tuple[str, str], float] = {}
+    for backend, device in dict.fromkeys((c.backend, c.device) for c in cells):
+        with tempfile.TemporaryDirectory(prefix="mlp-bench-peak-") as tmp:
+            peaks[(backend, device)] = LocalExecutor().peak(backend, device, threads, Path(tmp))
+        print(
+            f"peak float32 matmul, {backend}/{device}: {peaks[(backend, device)]:,.0f} GFLOP/s",
+            flush=True,
+        )
+    return peaks
+
+
+@dataclass
+class Execution:
+    """A finished (or interrupted) invocation: its runs and where they are recorded."""
+
+    tracker: Tracker
+    parent_id: str
+    runs: list[CellRun]
+    peaks: dict[tuple[str, str], float]
+    interrupted: bool
+
+
+def execute(plan: Plan, args: argparse.Namespace, kind: str) -> Execution:
+    """Open the store, measure the peaks, run the matrix; the parent run stays open."""
     from bench.provenance import git_state
 
-    plan = plan_run(args)
     tracker = Tracker(plan.tracking_uri, plan.experiment)
     parent_id = tracker.start_parent(
-        f"matrix-{time.strftime('%Y%m%d-%H%M%S')}",
+        f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}",
         params=_invocation_params(plan, args),
-        tags={"kind": "matrix", **git_state()},
+        tags={"kind": kind, **git_state()},
     )
-    record = MatrixRecord(tracker, parent_id, plan.specs, plan.cells, plan.options)
     catch_sigterm()
     print(
         f"{len(plan.cells)} cells -> {plan.tracking_uri} (experiment {plan.experiment!r})",
         flush=True,
     )
+    record = None
     try:
+        peaks = {} if args.no_peak else measure_peaks(plan.cells, plan.options.threads)
+        tracker.log_metrics(parent_id, {f"peak_gflops_{b}_{d}": v for (b, d), v in peaks.items()})
+        record = MatrixRecord(tracker, parent_id, plan.specs, plan.cells, plan.options, peaks)
         runs = run_matrix(
             plan.cells,
             plan.options,
@@ -103,24 +133,40 @@ def cmd_run(args: argparse.Namespace) -> int:
             epochs_of=lambda cell: plan.specs[cell.stage].training.epochs,
         )
     except KeyboardInterrupt:
-        record.close("KILLED")
+        if record is not None:
+            record.close("KILLED")
         tracker.end(parent_id, "KILLED")
         print("\ninterrupted: the runs so far are recorded; the interrupted one is KILLED")
-        return EXIT_INTERRUPTED
+        return Execution(tracker, parent_id, [], {}, interrupted=True)
     except BaseException:
-        record.close("FAILED")
+        if record is not None:
+            record.close("FAILED")
         tracker.end(parent_id, "FAILED")
         raise
     failed = sum(run.result is None for run in runs)
     tracker.log_metrics(parent_id, {"cells": len(runs), "cells_failed": failed})
-    tracker.end(parent_id, "FAILED" if failed else "FINISHED")
-    print()
-    print(results_table(runs, plan.specs))
-    if len(runs) > len({run.cell.group for run in runs}):
-        print()
-        print(group_table(runs, plan.specs))
+    return Execution(tracker, parent_id, runs, peaks, interrupted=False)
+
+
+def finish(execution: Execution, plan: Plan) -> int:
+    """End the parent run with its true status, and say where it is."""
+    failed = any(run.result is None for run in execution.runs)
+    execution.tracker.end(execution.parent_id, "FAILED" if failed else "FINISHED")
     print(
-        f"\nrecorded as parent run {parent_id}; browse with: "
+        f"\nrecorded as parent run {execution.parent_id}; browse with: "
         f"mlflow ui --backend-store-uri {plan.tracking_uri}"
     )
     return EXIT_FAILED if failed else 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    plan = plan_run(args)
+    execution = execute(plan, args, "matrix")
+    if execution.interrupted:
+        return EXIT_INTERRUPTED
+    print()
+    print(results_table(execution.runs, plan.specs))
+    if len(execution.runs) > len({run.cell.group for run in execution.runs}):
+        print()
+        print(group_table(execution.runs, plan.specs))
+    return finish(execution, plan)

@@ -6,17 +6,19 @@ clean timing needs; a cluster executor (Ray) would implement the same `execute` 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
+from bench.errors import BenchError
 from bench.runner import Cell, CellResult, EpochRecord, RunOptions
 from bench.stats import outcome_counts, summarize
 
@@ -40,6 +42,10 @@ class CellRun:
     error: str | None
     wall_seconds: float
     log_path: Path
+    # Seconds measured outside the cell's process: process start, MLflow logging, display.
+    timings: dict[str, float] = field(default_factory=dict)
+    # What the recorder derived: time breakdown, harness share, GFLOP/s, roofline fraction.
+    speed: dict[str, float] = field(default_factory=dict)
 
 
 class Executor(Protocol):
@@ -55,8 +61,54 @@ class Executor(Protocol):
         ...
 
 
+@dataclass
+class WorkerExit:
+    """How a worker process went: exit code, its error event if any, its events, timings."""
+
+    code: int
+    error: str | None
+    events: list[dict[str, Any]]
+    wall_seconds: float
+    start_seconds: float  # spawn until the worker's first event: interpreter and harness import
+
+
+def spawn_worker(
+    request: dict[str, Any], work_dir: Path, on_event: Callable[[dict[str, Any]], None]
+) -> WorkerExit:
+    """Run `python -m bench.worker` on a request; stream its events; never leave it running."""
+    request_path = work_dir / "request.json"
+    request_path.write_text(json.dumps({**request, "out_dir": str(work_dir)}))
+    start = time.perf_counter()
+    started = None
+    error = None
+    events = []
+    with (work_dir / "worker.log").open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bench.worker", str(request_path)],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
+        try:
+            assert process.stdout is not None
+            for line in process.stdout:
+                event = json.loads(line)
+                started = started or time.perf_counter()
+                events.append(event)
+                if event["type"] == "error":
+                    error = event["message"]
+                on_event(event)
+            code = process.wait()
+        except BaseException:  # interrupted: never leave the worker running
+            process.kill()
+            process.wait()
+            raise
+    end = time.perf_counter()
+    return WorkerExit(code, error, events, end - start, (started or end) - start)
+
+
 class LocalExecutor:
-    """Runs a cell as `python -m bench.worker` and streams its events."""
+    """Runs each cell as its own `python -m bench.worker` process, one at a time."""
 
     def execute(
         self,
@@ -66,46 +118,53 @@ class LocalExecutor:
         on_epoch: Callable[[EpochRecord], None],
         stage_text: str | None = None,
     ) -> CellRun:
-        request = work_dir / "request.json"
-        request.write_text(
-            json.dumps(
-                {
-                    "cell": asdict(cell),
-                    "options": asdict(options),
-                    "out_dir": str(work_dir),
-                    "stage_text": stage_text,
-                }
-            )
-        )
+        def on_event(event: dict[str, Any]) -> None:
+            if event["type"] == "epoch":
+                on_epoch(EpochRecord(**{k: v for k, v in event.items() if k != "type"}))
+
+        request = {
+            "mode": "cell",
+            "cell": asdict(cell),
+            "options": asdict(options),
+            "stage_text": stage_text,
+        }
+        done = spawn_worker(request, work_dir, on_event)
         log_path = work_dir / "worker.log"
-        start = time.perf_counter()
-        error = None
-        with log_path.open("w") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "bench.worker", str(request)],
-                stdout=subprocess.PIPE,
-                stderr=log,
-                text=True,
-            )
-            try:
-                assert process.stdout is not None
-                for line in process.stdout:
-                    event = json.loads(line)
-                    if event["type"] == "epoch":
-                        on_epoch(EpochRecord(**{k: v for k, v in event.items() if k != "type"}))
-                    elif event["type"] == "error":
-                        error = event["message"]
-                code = process.wait()
-            except BaseException:  # interrupted: never leave the worker running
-                process.kill()
-                process.wait()
-                raise
-        wall = time.perf_counter() - start
         result_path = work_dir / "result.json"
-        if code == 0 and result_path.exists():
+        timings = {"process_start": done.start_seconds}
+        if done.code == 0 and result_path.exists():
             result = CellResult.load(json.loads(result_path.read_text()), work_dir)
-            return CellRun(cell, result, None, wall, log_path)
-        return CellRun(cell, None, error or _crash_message(code, log_path), wall, log_path)
+            return CellRun(cell, result, None, done.wall_seconds, log_path, timings)
+        error = done.error or _crash_message(done.code, log_path)
+        return CellRun(cell, None, error, done.wall_seconds, log_path, timings)
+
+    def peak(self, backend: str, device: str, threads: int, work_dir: Path) -> float:
+        """The device's peak float32 matmul GFLOP/s, measured through the framework."""
+        request = {"mode": "peak", "backend": backend, "device": device, "threads": threads}
+        return _measure(request, work_dir, "peak", "gflops", f"peak on {backend}/{device}")
+
+    def keras_reference(
+        self, stage: str, options: RunOptions, epochs: int, work_dir: Path
+    ) -> float:
+        """Samples/s of the stage's model trained with Keras `model.fit` (the reference)."""
+        request = {
+            "mode": "keras",
+            "stage": stage,
+            "data_dir": options.data_dir,
+            "threads": options.threads,
+            "epochs": epochs,
+        }
+        return _measure(request, work_dir, "keras", "samples_per_s", "the Keras reference")
+
+
+def _measure(request: dict[str, Any], work_dir: Path, kind: str, key: str, what: str) -> float:
+    """Run a measuring worker and return the one number its `kind` event carries."""
+    done = spawn_worker(request, work_dir, lambda event: None)
+    values = [e[key] for e in done.events if e["type"] == kind]
+    if not values:
+        reason = done.error or _crash_message(done.code, work_dir / "worker.log")
+        raise BenchError(f"measuring {what} failed: {reason}")
+    return float(values[0])
 
 
 def _crash_message(code: int, log_path: Path) -> str:
@@ -129,6 +188,22 @@ class CellTracker(Protocol):
     def end(self, run_id: str, status: str) -> None: ...
 
 
+class _PhaseClock:
+    """Seconds spent per named phase around a cell, measured in the parent process."""
+
+    def __init__(self) -> None:
+        self.started_at = time.perf_counter()
+        self.seconds: dict[str, float] = {"mlflow_logging": 0.0, "display": 0.0}
+
+    @contextlib.contextmanager
+    def timing(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - start
+
+
 def run_matrix(
     cells: list[Cell],
     options: RunOptions,
@@ -140,16 +215,28 @@ def run_matrix(
     """Run every cell in order; record each in MLflow; end each run with its true status."""
     runs = []
     for index, cell in enumerate(cells, start=1):
-        observer.cell_started(index, len(cells), cell)
-        run_id = tracker.start_cell(cell)
+        clock = _PhaseClock()
+        with clock.timing("display"):
+            observer.cell_started(index, len(cells), cell)
+        with clock.timing("mlflow_logging"):
+            run_id = tracker.start_cell(cell)
         try:
             with tempfile.TemporaryDirectory(prefix="mlp-bench-") as tmp:
 
-                def on_epoch(record: EpochRecord, cell: Cell = cell, run_id: str = run_id) -> None:
-                    tracker.log_epoch(run_id, record)
-                    observer.epoch(cell, record, epochs_of(cell))
+                def on_epoch(
+                    record: EpochRecord,
+                    cell: Cell = cell,
+                    run_id: str = run_id,
+                    clock: _PhaseClock = clock,
+                ) -> None:
+                    with clock.timing("mlflow_logging"):
+                        tracker.log_epoch(run_id, record)
+                    with clock.timing("display"):
+                        observer.epoch(cell, record, epochs_of(cell))
 
                 run = executor.execute(cell, options, Path(tmp), on_epoch)
+                run.timings.update(clock.seconds)
+                run.timings["started_at"] = clock.started_at
                 tracker.finish_cell(run_id, run)
         except BaseException:
             tracker.end(run_id, "KILLED")

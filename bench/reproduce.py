@@ -44,6 +44,7 @@ def options_from(params: dict[str, str], data_dir: str) -> RunOptions:
             dtype=params["option.dtype"],  # type: ignore[arg-type]
             deterministic=params["option.deterministic"] == "true",
             tf32=params["option.tf32"] == "true",
+            inter_op_threads=int(params.get("option.inter_op_threads", "1")),
         )
     except KeyError as missing:
         raise BenchError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
+import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,12 +56,17 @@ class RunOptions:
     dtype: DType = "float32"
     deterministic: bool = True
     tf32: bool = False
+    inter_op_threads: int = 1
     max_steps: int | None = None  # stop after this many training steps (parity checks)
     keep_parameters: bool = False  # return the final weights (parity checks)
 
     def settings(self) -> Settings:
         return Settings(
-            dtype=self.dtype, deterministic=self.deterministic, tf32=self.tf32, parity=self.parity
+            dtype=self.dtype,
+            deterministic=self.deterministic,
+            tf32=self.tf32,
+            parity=self.parity,
+            inter_op_threads=self.inter_op_threads,
         )
 
     def record(self) -> dict[str, str]:
@@ -71,6 +77,7 @@ class RunOptions:
             "option.deterministic": str(self.deterministic).lower(),
             "option.tf32": str(self.tf32).lower(),
             "option.threads": str(self.threads),
+            "option.inter_op_threads": str(self.inter_op_threads),
             "option.dropout_masks": "numpy" if self.parity else "framework-rng",
         }
 
@@ -90,6 +97,8 @@ class CellResult:
     outcome: Outcome
     test_accuracy: float
     train_samples_per_s: float | None  # None with a single epoch: the first is warm-up
+    spread: dict[str, float]  # min, p25, p75, max of the steady epochs' samples/s
+    memory: dict[str, float]  # peak_rss_mb (the cell's process), peak_gpu_memory_mb
     epochs: list[EpochRecord]
     environment: dict[str, str]
     timings: dict[str, float]  # seconds spent per phase inside the cell's process
@@ -142,10 +151,24 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def steady_rates(epochs: list[EpochRecord], batch_size: int) -> list[float]:
+    """Samples/s of each epoch after the first (tracing and compilation stay out)."""
+    return [e.steps * batch_size / e.epoch_seconds for e in epochs[1:]]
+
+
 def steady_throughput(epochs: list[EpochRecord], batch_size: int) -> float | None:
-    """Samples/s of the median epoch after the first (tracing and compilation stay out)."""
-    rates = [e.steps * batch_size / e.epoch_seconds for e in epochs[1:]]
+    """The median of the steady epochs' samples/s."""
+    rates = steady_rates(epochs, batch_size)
     return float(np.median(rates)) if rates else None
+
+
+def throughput_spread(epochs: list[EpochRecord], batch_size: int) -> dict[str, float]:
+    """Min, quartiles and max of the steady epochs' samples/s: how noisy the median is."""
+    rates = steady_rates(epochs, batch_size)
+    if not rates:
+        return {}
+    p25, p75 = np.percentile(rates, [25, 75])
+    return {"min": min(rates), "p25": float(p25), "p75": float(p75), "max": max(rates)}
 
 
 def classify(losses_finite: bool, test_accuracy: float) -> Outcome:
@@ -197,6 +220,8 @@ def run_cell(
         outcome=classify(diverged_step is None, test_accuracy),
         test_accuracy=test_accuracy,
         train_samples_per_s=steady_throughput(records, spec.training.batch_size),
+        spread=throughput_spread(records, spec.training.batch_size),
+        memory=_memory(backend),
         epochs=records,
         environment=_environment(backend.environment(), options),
         timings=clock.timings,
@@ -259,6 +284,15 @@ def _epoch_order(order: np.ndarray, batch: int, max_steps: int | None, done: int
     if max_steps is None:
         return order
     return order[: max(0, min(len(order) // batch, max_steps - done)) * batch]
+
+
+def _memory(backend: Backend) -> dict[str, float]:
+    # ru_maxrss is in KiB on Linux: the peak resident memory of this cell's whole process.
+    memory = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    gpu = backend.device_memory_peak_mb()
+    if gpu is not None:
+        memory["peak_gpu_memory_mb"] = gpu
+    return memory
 
 
 def _numpy_blas() -> str:

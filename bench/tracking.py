@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 
 from bench.errors import BenchError
 from bench.matrix import CellRun, group_metrics
+from bench.perf import flops_per_sample, roofline, time_breakdown
 from bench.runner import Cell, CellResult, EpochRecord, RunOptions
 from bench.spec import StageSpec, stage_path
 
@@ -144,27 +146,36 @@ class Tracker:
         )
 
     def finish_cell(
-        self, run_id: str, result: CellResult, wall_seconds: float, files: list[Path]
+        self, run_id: str, result: CellResult, files: list[Path], metrics: dict[str, float]
     ) -> None:
-        """Record a finished cell's final metrics, environment and artifacts, then end it."""
+        """Record a finished cell's environment and artifacts, then its final metrics, and end
+        it FINISHED."""
+        self.log_cell_details(run_id, result, files)
+        self.log_cell_finals(run_id, result, metrics)
+
+    def log_cell_details(self, run_id: str, result: CellResult, files: list[Path]) -> None:
+        """Environment params, per-step losses and the given files as artifacts."""
+        self._log_params(run_id, result.environment)
+        self._log_losses(run_id, result)
+        for path in files:
+            self._client.log_artifact(run_id, str(path))
+
+    def log_cell_finals(self, run_id: str, result: CellResult, metrics: dict[str, float]) -> None:
+        """Accuracy, throughput and the given metrics; the outcome tag; then end the run."""
         from mlflow.entities import Metric, RunTag
 
-        now = _now_ms()
-        finals = {"test_accuracy": result.test_accuracy, "wall_seconds": wall_seconds}
+        finals = {"test_accuracy": result.test_accuracy, **result.memory, **metrics}
         if result.train_samples_per_s is not None:
             finals["train_samples_per_s"] = result.train_samples_per_s
+            finals.update({f"train_samples_per_s_{k}": v for k, v in result.spread.items()})
         if result.diverged_step is not None:
             finals["diverged_step"] = float(result.diverged_step)
-        finals.update({f"time_{k}_seconds": v for k, v in result.timings.items()})
+        now = _now_ms()
         self._client.log_batch(
             run_id,
             metrics=[Metric(k, float(v), now, 0) for k, v in finals.items()],
             tags=[RunTag("outcome", result.outcome)],
         )
-        self._log_params(run_id, result.environment)
-        self._log_losses(run_id, result)
-        for path in files:
-            self._client.log_artifact(run_id, str(path))
         self.end(run_id, "FINISHED")
 
     def load_cell(self, run_id: str) -> RecordedCell:
@@ -234,7 +245,9 @@ class Tracker:
         with tempfile.TemporaryDirectory() as tmp:
             stage_file = Path(tmp) / f"{recorded.cell.stage}.toml"
             stage_file.write_text(recorded.stage_text)
-            self.finish_cell(run_id, run.result, run.wall_seconds, [stage_file, run.log_path])
+            self.finish_cell(
+                run_id, run.result, [stage_file, run.log_path], {"wall_seconds": run.wall_seconds}
+            )
         return run_id
 
     def log_artifact(self, run_id: str, path: Path) -> None:
@@ -270,8 +283,6 @@ class Tracker:
 
 
 def _now_ms() -> int:
-    import time
-
     return int(time.time() * 1000)
 
 
@@ -286,8 +297,10 @@ class MatrixRecord:
         specs: dict[str, StageSpec],
         cells: list[Cell],
         options: RunOptions,
+        peaks: dict[tuple[str, str], float] | None = None,
     ) -> None:
         self._tracker = tracker
+        self._peaks = peaks or {}
         self._parent_id = parent_id
         self._specs = specs
         self._options = options
@@ -306,7 +319,11 @@ class MatrixRecord:
     def finish_cell(self, run_id: str, run: CellRun) -> None:
         files = [stage_path(run.cell.stage), run.log_path]
         if run.result is not None:
-            self._tracker.finish_cell(run_id, run.result, run.wall_seconds, files)
+            start = time.perf_counter()
+            self._tracker.log_cell_details(run_id, run.result, files)
+            run.timings["mlflow_logging"] += time.perf_counter() - start
+            run.speed = self._speed_metrics(run)
+            self._tracker.log_cell_finals(run_id, run.result, run.speed)
         else:
             self._tracker.set_tags(run_id, {"outcome": "failed", "error": (run.error or "")[:500]})
             for path in files:
@@ -320,6 +337,22 @@ class MatrixRecord:
 
     def end(self, run_id: str, status: str) -> None:
         self._tracker.end(run_id, status)  # type: ignore[arg-type]
+
+    def _speed_metrics(self, run: CellRun) -> dict[str, float]:
+        """Wall time, where it went, and throughput against the device's measured peak."""
+        assert run.result is not None
+        result = run.result
+        parent = {k: v for k, v in run.timings.items() if k != "started_at"}
+        parent["total"] = time.perf_counter() - run.timings["started_at"]
+        metrics = {"wall_seconds": run.wall_seconds}
+        metrics |= time_breakdown(result.timings, parent, [e.epoch_seconds for e in result.epochs])
+        peak = self._peaks.get((run.cell.backend, run.cell.device))
+        if peak:
+            metrics["peak_gflops"] = peak
+        spec = self._specs[run.cell.stage]
+        metrics |= roofline(result.train_samples_per_s, spec, peak)
+        metrics["flops_per_sample"] = float(flops_per_sample(spec))
+        return metrics
 
     def close(self, status: RunStatus) -> None:
         """End the groups still open (an interrupted or failed invocation)."""

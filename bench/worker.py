@@ -44,11 +44,7 @@ def _emit(stream: TextIO, kind: str, **payload: Any) -> None:
     stream.write(json.dumps({"type": kind, **payload}) + "\n")
 
 
-def main(request_path: str) -> int:
-    _die_with_parent()
-    events = _event_stream()
-    _emit(events, "started", at=time.time())
-    request = json.loads(Path(request_path).read_text())
+def _run_cell(request: dict[str, Any], events: TextIO) -> None:
     cell = Cell(**request["cell"])
     options = RunOptions(**request["options"])
     out_dir = Path(request["out_dir"])
@@ -56,16 +52,49 @@ def main(request_path: str) -> int:
     def on_epoch(record: EpochRecord) -> None:
         _emit(events, "epoch", **record.__dict__)
 
-    try:
-        text = request.get("stage_text")
-        spec = parse_stage(text, f"recorded {cell.stage}.toml") if text else None
-        result = run_cell(cell, options, on_epoch, spec)
-    except BenchError as exc:
-        _emit(events, "error", message=str(exc))
-        return 2
+    text = request.get("stage_text")
+    spec = parse_stage(text, f"recorded {cell.stage}.toml") if text else None
+    result = run_cell(cell, options, on_epoch, spec)
     result.save_arrays(out_dir)
     (out_dir / "result.json").write_text(json.dumps(result.to_json()))
     _emit(events, "result")
+
+
+def _run_peak(request: dict[str, Any], events: TextIO) -> None:
+    from bench.perf import measure_peak
+
+    gflops = measure_peak(request["backend"], request["device"], request["threads"])
+    _emit(events, "peak", gflops=gflops)
+
+
+def _run_keras(request: dict[str, Any], events: TextIO) -> None:
+    from backends.keras_reference import keras_fit_samples_per_s
+    from bench.data import load_mnist
+    from bench.seeding import seeded_run
+    from bench.spec import load_stage
+
+    spec = load_stage(request["stage"])
+    splits = load_mnist(Path(request["data_dir"]), download=False)
+    run = seeded_run(spec, 0, splits.train_x.shape[0])
+    rate = keras_fit_samples_per_s(spec, run, splits, request["epochs"], request["threads"])
+    _emit(events, "keras", samples_per_s=rate)
+
+
+def main(request_path: str) -> int:
+    _die_with_parent()
+    events = _event_stream()
+    _emit(events, "started", at=time.time())
+    request = json.loads(Path(request_path).read_text())
+    try:
+        if request.get("mode") == "peak":
+            _run_peak(request, events)
+        elif request.get("mode") == "keras":
+            _run_keras(request, events)
+        else:
+            _run_cell(request, events)
+    except BenchError as exc:
+        _emit(events, "error", message=str(exc))
+        return 2
     return 0
 
 

@@ -1,35 +1,72 @@
 """The regression test: every stage, every installed backend, the full 30 epochs on CPU.
 
 Each cell must meet its stage file's expectation (a minimum test accuracy, or for relu-normal
-that it does not learn). Each runs in its own process, exactly as `python -m bench run` does.
+that it does not learn), and the two frameworks' mean accuracies per stage must agree within
+what their seed-to-seed noise allows. Cells run in their own processes, as `bench run` runs them.
 """
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from backends import BACKENDS, installed_backends
 from bench.matrix import LocalExecutor
-from bench.runner import Cell, RunOptions, available_cores
+from bench.runner import Cell, CellResult, RunOptions, available_cores
 from bench.spec import STAGE_NAMES, load_stage
-from tests.conftest import backend_params
+from bench.stats import combined_noise, summarize
+from tests.conftest import backend_params, mnist_dir
+
+SEEDS = (0, 1, 2)
+# Two means differ "by more than their noise allows" past this many standard errors of the
+# difference: Student t at 99.9% two-sided for Welch's ~4 degrees of freedom (3 + 3 seeds).
+T_BOUND = 8.61
+
+pytestmark = pytest.mark.slow
+_cache: dict[tuple[str, str], list[CellResult]] = {}
 
 
-@pytest.mark.slow
+def results(stage: str, backend: str) -> list[CellResult]:
+    """The stage's cells on this backend over SEEDS, run once per test session."""
+    if (stage, backend) not in _cache:
+        options = RunOptions(data_dir=str(mnist_dir()), threads=available_cores())
+        runs = []
+        for seed in SEEDS:
+            with tempfile.TemporaryDirectory(prefix="mlp-bench-regression-") as tmp:
+                cell = Cell(stage, backend, "cpu", seed)
+                run = LocalExecutor().execute(cell, options, Path(tmp), lambda record: None)
+            assert run.result is not None, f"{cell.name}: {run.error}"
+            runs.append(run.result)
+        _cache[(stage, backend)] = runs
+    return _cache[(stage, backend)]
+
+
 @pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("stage", STAGE_NAMES)
-def test_stage_meets_its_expectation(
-    stage: str, backend: str, data_dir: Path, tmp_path: Path
-) -> None:
-    spec = load_stage(stage)
-    options = RunOptions(data_dir=str(data_dir), threads=available_cores())
-    run = LocalExecutor().execute(Cell(stage, backend, "cpu", 0), options, tmp_path, lambda r: None)
-    assert run.result is not None, run.error
-    result = run.result
-    if spec.expected.expect == "min_test_accuracy":
-        assert len(result.epochs) == spec.training.epochs
-    assert spec.expected.met_by(result.outcome, result.test_accuracy), (
-        f"{stage}/{backend}: {result.outcome}, test accuracy {result.test_accuracy:.4f}; "
-        f"expected {spec.expected.describe()}"
+def test_stage_meets_its_expectation_on_every_seed(stage: str, backend: str) -> None:
+    expected = load_stage(stage).expected
+    for result in results(stage, backend):
+        if expected.expect == "min_test_accuracy":
+            assert len(result.epochs) == load_stage(stage).training.epochs
+        assert expected.met_by(result.outcome, result.test_accuracy), (
+            f"{result.cell.name}: {result.outcome}, test accuracy {result.test_accuracy:.4f}; "
+            f"expected {expected.describe()}"
+        )
+
+
+@pytest.mark.skipif(len(installed_backends()) < len(BACKENDS), reason="needs both backends")
+@pytest.mark.parametrize("stage", [s for s in STAGE_NAMES if s != "relu-normal"])
+def test_frameworks_agree_within_seed_noise(stage: str) -> None:
+    tf, torch = (
+        summarize([r.test_accuracy for r in results(stage, name)]) for name in BACKENDS
+    )
+    assert tf is not None and torch is not None
+    gap = abs(tf.mean - torch.mean)
+    # Floor: one test image (0.01 points), so identical runs on both sides cannot divide by 0.
+    allowed = T_BOUND * max(combined_noise(tf, torch), 1e-4)
+    assert gap <= allowed, (
+        f"{stage}: tensorflow {100 * tf.mean:.2f}% vs torch {100 * torch.mean:.2f}% differ by "
+        f"{100 * gap:.2f} points; their noise allows {100 * allowed:.2f}"
     )

@@ -1,0 +1,37 @@
+"""Bitwise reruns: same backend, device, seed and versions give identical losses and accuracy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.matrix import LocalExecutor
+from bench.runner import Cell, CellResult, RunOptions
+from bench.spec import STAGE_NAMES
+from tests.conftest import backend_params, device_params, mnist_dir, skip_without_gpu
+
+
+def _run(cell: Cell, tmp_path: Path, name: str) -> CellResult:
+    work = tmp_path / name
+    work.mkdir()
+    options = RunOptions(data_dir=str(mnist_dir()), threads=2, epochs=2)
+    run = LocalExecutor().execute(cell, options, work, lambda record: None)
+    assert run.result is not None, run.error
+    return run.result
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("stage", STAGE_NAMES)
+def test_two_runs_are_bit_identical(stage: str, backend: str, device: str, tmp_path: Path) -> None:
+    skip_without_gpu(backend, device)
+    cell = Cell(stage, backend, device, 3)  # type: ignore[arg-type]
+    first, second = _run(cell, tmp_path, "first"), _run(cell, tmp_path, "second")
+    assert first.step_losses.tobytes() == second.step_losses.tobytes()
+    assert first.test_accuracy == second.test_accuracy
+    assert [e.val_accuracy for e in first.epochs] == [e.val_accuracy for e in second.epochs]
+    assert first.environment["deterministic_ops"] == "true"
+    if stage != "relu-normal":
+        assert np.isfinite(first.step_losses).all()
