@@ -59,9 +59,14 @@ def microbench(session: nox.Session) -> None:
     install_project(session)
     session.install(*nox.project.dependency_groups(PYPROJECT, "test"))
     session.run(
-        "pytest", "-m", "microbench", "--benchmark-only",
-        "--benchmark-storage=file://results/benchmarks", "--benchmark-autosave",
-        "--benchmark-columns=min,median,max,rounds", *session.posargs,
+        "pytest",
+        "-m",
+        "microbench",
+        "--benchmark-only",
+        "--benchmark-storage=file://results/benchmarks",
+        "--benchmark-autosave",
+        "--benchmark-columns=min,median,max,rounds",
+        *session.posargs,
     )
 
 

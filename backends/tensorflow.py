@@ -61,6 +61,7 @@ class TensorFlowBackend(Backend):
             "deterministic_ops": str(self._settings.deterministic).lower(),
             "tf32": str(tf.config.experimental.tensor_float_32_execution_enabled()).lower(),
             "dtype": self._settings.dtype,
+            "xla": str(self._settings.xla).lower(),
             # oneDNN changes CPU summation order; TF_ENABLE_ONEDNN_OPTS=0 turns it off.
             "onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
             "cuda_version": str(build.get("cuda_version", "none")),
@@ -96,7 +97,7 @@ class TensorFlowBackend(Backend):
             if spec.optimizer.name == "adam":
                 self._m = [tf.Variable(tf.zeros_like(p)) for p in self._params]
                 self._v = [tf.Variable(tf.zeros_like(p)) for p in self._params]
-        self._epoch_fn = tf.function(self._epoch)
+        self._epoch_fn = tf.function(self._epoch, jit_compile=self._settings.xla)
         self._logits_fn = tf.function(lambda x: self._forward(x, None, None))
 
     def train_epoch(self, order: np.ndarray, masks: Masks = None) -> np.ndarray:

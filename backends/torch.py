@@ -27,6 +27,15 @@ from bench.seeding import SeededRun
 from bench.spec import StageSpec
 
 
+def _views(flat: torch.Tensor, like: list[np.ndarray]) -> list[torch.Tensor]:
+    """Consecutive views of `flat` shaped like the given arrays."""
+    views, start = [], 0
+    for array in like:
+        views.append(flat[start : start + array.size].view(array.shape))
+        start += array.size
+    return views
+
+
 class TorchBackend(Backend):
     name = "torch"
 
@@ -91,17 +100,34 @@ class TorchBackend(Backend):
         self._t = 0  # steps taken: Adam's t
         # Tensors, not Python floats, so each scalar is rounded to the dtype as in TensorFlow.
         self._lr = torch.tensor(spec.optimizer.learning_rate, dtype=self._dtype)
-        self._keep_scale = torch.tensor(1.0 - spec.model.dropout_rate, dtype=self._dtype)
-        self._params = [
-            torch.tensor(array, device=self._device, dtype=self._dtype, requires_grad=True)
-            for layer in run.layers
-            for array in (layer.weight, layer.bias)
-        ]
+        self._keep_scale = torch.tensor(
+            1.0 - spec.model.dropout_rate, dtype=self._dtype, device=self._device
+        )
+        arrays = [array for layer in run.layers for array in (layer.weight, layer.bias)]
+        if self._settings.parity:  # autograd leaves, one tensor each
+            self._params = [
+                torch.tensor(a, device=self._device, dtype=self._dtype, requires_grad=True)
+                for a in arrays
+            ]
+        else:
+            # Views into one flat buffer (and so the gradients and Adam's m and v): each
+            # optimizer op is then one large multithreaded kernel instead of six small ones.
+            flat = torch.cat([torch.from_numpy(a).reshape(-1) for a in arrays])
+            self._flat = flat.to(self._device, self._dtype)
+            self._params = _views(self._flat, arrays)
+            self._flat_grad = torch.zeros_like(self._flat)
+            self._grads = _views(self._flat_grad, arrays)
+        self._rows = torch.arange(spec.training.batch_size, device=self._device)
         self._generator = torch.Generator(device=self._device)
         self._generator.manual_seed(run.dropout_seed)
         if spec.optimizer.name == "adam":
-            self._m = [torch.zeros_like(p) for p in self._params]
-            self._v = [torch.zeros_like(p) for p in self._params]
+            if self._settings.parity:
+                self._m = [torch.zeros_like(p) for p in self._params]
+                self._v = [torch.zeros_like(p) for p in self._params]
+            else:
+                self._m_flat = torch.zeros_like(self._flat)
+                self._v_flat = torch.zeros_like(self._flat)
+                self._denominator = torch.zeros_like(self._flat)
 
     def train_epoch(self, order: np.ndarray, masks: Masks = None) -> np.ndarray:
         batch = self._spec.training.batch_size
@@ -109,17 +135,16 @@ class TorchBackend(Backend):
         batches = torch.from_numpy(order[: steps * batch]).to(self._device).view(steps, batch)
         keep = None if masks is None else [torch.from_numpy(m).to(self._device) for m in masks]
         losses = torch.empty(steps, device=self._device, dtype=self._dtype)
+        step = self._step_autograd if self._settings.parity else self._step_manual
         for i in range(steps):
             idx = batches[i]
-            logits = self._forward(
-                self._train_x.index_select(0, idx), None if keep is None else [k[i] for k in keep]
-            )
-            loss = F.cross_entropy(logits, self._train_y.index_select(0, idx))
-            grads = torch.autograd.grad(loss, self._params)
             self._t += 1
-            with torch.no_grad():
-                self._update(grads)
-                losses[i] = loss  # stays on the device: no host sync per step
+            # The loss stays on the device: no host sync per step.
+            losses[i] = step(
+                self._train_x.index_select(0, idx),
+                self._train_y.index_select(0, idx),
+                None if keep is None else [k[i] for k in keep],
+            )
         return losses.cpu().numpy()  # the copy to host waits for the device
 
     def accuracy(self, split: Split) -> float:
@@ -183,29 +208,88 @@ class TorchBackend(Backend):
                 h = torch.where(mask, h / self._keep_scale.to(h.device), torch.zeros_like(h))
         return h
 
+    def _step_autograd(
+        self, x: torch.Tensor, y: torch.Tensor, keep: list[torch.Tensor] | None
+    ) -> torch.Tensor:
+        """Parity: autograd, then the update written out op by op as in TensorFlow."""
+        loss = F.cross_entropy(self._forward(x, keep), y)
+        grads = torch.autograd.grad(loss, self._params)
+        with torch.no_grad():
+            self._update_explicit(grads)
+        return loss.detach()
+
+    @torch.no_grad()
+    def _step_manual(
+        self, x: torch.Tensor, y: torch.Tensor, keep: list[torch.Tensor] | None
+    ) -> torch.Tensor:
+        """The fast path: forward and backward written out, no autograd tape, in-place ops.
+
+        Per step this launches about half the kernels autograd does; with SGD the update is
+        folded into the weight-gradient product (W.addmm_(h.T, d, alpha=-lr)).
+        """
+        n_layers = len(self._params) // 2
+        rate = self._spec.model.dropout_rate
+        inputs = [x]  # each layer's input (post-ReLU, post-dropout)
+        h = x
+        for i in range(n_layers):
+            h = torch.addmm(self._params[2 * i + 1], h, self._params[2 * i])
+            if i < n_layers - 1:
+                h.relu_()
+                if rate > 0.0:  # h * mask / keep, in place; equals TF's where(mask, h / keep, 0)
+                    if keep is not None:
+                        h.mul_(keep[i])
+                    else:
+                        uniform = torch.rand(h.shape, device=h.device, generator=self._generator)
+                        h.mul_(uniform.ge_(rate))
+                    h.div_(self._keep_scale)
+                inputs.append(h)
+        # Softmax cross-entropy and its gradient (softmax - onehot) / batch, from one log_softmax.
+        log_probs = torch.log_softmax(h, dim=1)
+        picked = log_probs.gather(1, y.unsqueeze(1))
+        loss = -picked.mean()
+        delta = log_probs.exp_()
+        delta[self._rows[: len(y)], y] -= 1.0
+        delta.div_(len(y))
+        for i in reversed(range(n_layers)):
+            weight, bias = self._params[2 * i], self._params[2 * i + 1]
+            below = None
+            if i > 0:  # the gradient for the layer below, before this layer's weights change
+                below = torch.ops.aten.threshold_backward(delta @ weight.T, inputs[i], 0.0)
+                if rate > 0.0:
+                    below.div_(self._keep_scale)  # dropped units are already 0
+            if self._spec.optimizer.name == "sgd":
+                weight.addmm_(inputs[i].T, delta, alpha=-self._spec.optimizer.learning_rate)
+                bias.add_(delta.sum(0), alpha=-self._spec.optimizer.learning_rate)
+            else:
+                torch.mm(inputs[i].T, delta, out=self._grads[2 * i])
+                torch.sum(delta, 0, out=self._grads[2 * i + 1])
+            if below is not None:
+                delta = below
+        if self._spec.optimizer.name != "sgd":
+            self._adam_flat()
+        return loss
+
     def _predict(self, logits: torch.Tensor) -> torch.Tensor:
         if self._spec.loss.prediction == "argmax_relu_logits":
             logits = torch.relu(logits)
         return logits.argmax(dim=1)
 
-    def _update(self, grads: tuple[torch.Tensor, ...]) -> None:
-        if self._settings.parity:
-            self._update_explicit(grads)
-            return
-        # Multi-tensor (_foreach) kernels: the TF1 rule in a handful of launches.
+    def _adam_flat(self) -> None:
+        """The TF1 Adam rule on the flat buffers: seven kernels for all parameters."""
         opt = self._spec.optimizer
-        if opt.name == "sgd":
-            torch._foreach_add_(self._params, grads, alpha=-opt.learning_rate)
-            return
         assert opt.beta1 is not None and opt.beta2 is not None and opt.epsilon is not None
         lr_t = adam_step_size(opt.learning_rate, opt.beta1, opt.beta2, self._t)
-        torch._foreach_mul_(self._m, opt.beta1)
-        torch._foreach_add_(self._m, grads, alpha=1.0 - opt.beta1)
-        torch._foreach_mul_(self._v, opt.beta2)
-        torch._foreach_addcmul_(self._v, grads, grads, value=1.0 - opt.beta2)
-        denominators = torch._foreach_sqrt(self._v)
-        torch._foreach_add_(denominators, opt.epsilon)
-        torch._foreach_addcdiv_(self._params, self._m, denominators, value=-lr_t)
+        g = self._flat_grad
+        self._m_flat.mul_(opt.beta1).add_(g, alpha=1.0 - opt.beta1)
+        self._v_flat.mul_(opt.beta2).addcmul_(g, g, value=1.0 - opt.beta2)
+        if self._device.type == "cpu":
+            # torch's CPU sqrt takes a slow path on exact zeros (~8x slower), and v is 0
+            # wherever a pixel was never lit; numpy's sqrt is the same IEEE-rounded result.
+            np.sqrt(self._v_flat.numpy(), out=self._denominator.numpy())
+        else:
+            torch.sqrt(self._v_flat, out=self._denominator)
+        self._denominator.add_(opt.epsilon)
+        self._flat.addcdiv_(self._m_flat, self._denominator, value=-lr_t)
 
     def _update_explicit(self, grads: tuple[torch.Tensor, ...]) -> None:
         """Written out op by op, in the same order as the TensorFlow backend's."""

@@ -78,6 +78,9 @@ def _add_matrix(parser: argparse.ArgumentParser) -> None:
         help="framework inter-op threads; default 1 (the model is a chain of ops)",
     )
     parser.add_argument(
+        "--no-xla", action="store_true", help="TensorFlow: plain graph instead of XLA"
+    )
+    parser.add_argument(
         "--no-peak", action="store_true", help="skip the peak matmul measurement (no roofline)"
     )
     _add_common(parser)

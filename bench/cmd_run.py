@@ -58,6 +58,7 @@ def plan_run(args: argparse.Namespace) -> Plan:
         deterministic=not args.nondeterministic,
         tf32=args.tf32,
         inter_op_threads=args.inter_op_threads,
+        xla=not args.no_xla,
     )
     return Plan(
         cells=build_cells(stages, backends, devices, seeds_of(args)),

@@ -45,6 +45,7 @@ def options_from(params: dict[str, str], data_dir: str) -> RunOptions:
             deterministic=params["option.deterministic"] == "true",
             tf32=params["option.tf32"] == "true",
             inter_op_threads=int(params.get("option.inter_op_threads", "1")),
+            xla=params.get("option.xla", "false") == "true",
         )
     except KeyError as missing:
         raise BenchError(

@@ -57,6 +57,7 @@ class RunOptions:
     deterministic: bool = True
     tf32: bool = False
     inter_op_threads: int = 1
+    xla: bool = True
     max_steps: int | None = None  # stop after this many training steps (parity checks)
     keep_parameters: bool = False  # return the final weights (parity checks)
 
@@ -67,6 +68,7 @@ class RunOptions:
             tf32=self.tf32,
             parity=self.parity,
             inter_op_threads=self.inter_op_threads,
+            xla=self.xla,
         )
 
     def record(self) -> dict[str, str]:
@@ -78,6 +80,7 @@ class RunOptions:
             "option.tf32": str(self.tf32).lower(),
             "option.threads": str(self.threads),
             "option.inter_op_threads": str(self.inter_op_threads),
+            "option.xla": str(self.xla).lower(),
             "option.dropout_masks": "numpy" if self.parity else "framework-rng",
         }
 

@@ -59,9 +59,7 @@ def test_stage_meets_its_expectation_on_every_seed(stage: str, backend: str) -> 
 @pytest.mark.skipif(len(installed_backends()) < len(BACKENDS), reason="needs both backends")
 @pytest.mark.parametrize("stage", [s for s in STAGE_NAMES if s != "relu-normal"])
 def test_frameworks_agree_within_seed_noise(stage: str) -> None:
-    tf, torch = (
-        summarize([r.test_accuracy for r in results(stage, name)]) for name in BACKENDS
-    )
+    tf, torch = (summarize([r.test_accuracy for r in results(stage, name)]) for name in BACKENDS)
     assert tf is not None and torch is not None
     gap = abs(tf.mean - torch.mean)
     # Floor: one test image (0.01 points), so identical runs on both sides cannot divide by 0.

@@ -32,6 +32,4 @@ def test_one_epoch(benchmark: Any, stage: str, backend_name: str, mnist: MnistSp
     backend.build(spec, run)
     backend.train_epoch(run.epoch_orders[0])  # warm-up: tracing, kernel selection
     benchmark.extra_info.update({"stage": stage, "backend": backend_name, "samples": 55_000})
-    benchmark.pedantic(
-        lambda: backend.train_epoch(run.epoch_orders[1]), rounds=3, iterations=1
-    )
+    benchmark.pedantic(lambda: backend.train_epoch(run.epoch_orders[1]), rounds=3, iterations=1)
