@@ -409,10 +409,13 @@ def _parsed(path: Path, spec: MnistFile, cache_dir: Path) -> npt.NDArray[np.uint
 
 
 def _to_x(images: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
-    """Flatten to (N, 784) float32 in [0, 1]."""
-    x = images.reshape(len(images), N_PIXELS).astype(np.float32)
-    x /= np.float32(255.0)
-    return x
+    """Flatten to (N, 784) float32 in [0, 1].
+
+    Through a 256-entry table: the same float32 values as x.astype(float32) / 255, in one
+    pass instead of two over 172 MB (it is part of every cell's start-up time).
+    """
+    table = np.arange(256, dtype=np.float32) / np.float32(255.0)
+    return table[images.reshape(len(images), N_PIXELS)]
 
 
 def load_mnist(

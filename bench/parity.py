@@ -106,7 +106,8 @@ def weights_difference(a: list[np.ndarray], b: list[np.ndarray]) -> float:
 
 
 def compare(stage: str, dtype: DType, results: dict[str, CellResult]) -> ParityReport:
-    first, second = (results[name] for name in PARITY_BACKENDS)
+    """Compare two runs (named by backend, or by backend/device) of the same stage and seed."""
+    first, second = results.values()
     n = min(len(first.step_losses), len(second.step_losses))
     window, tolerance = TOLERANCES[dtype]
     return ParityReport(
@@ -114,7 +115,7 @@ def compare(stage: str, dtype: DType, results: dict[str, CellResult]) -> ParityR
         dtype=dtype,
         device=first.cell.device,
         seed=first.cell.seed,
-        losses={name: results[name].step_losses for name in PARITY_BACKENDS},
+        losses={name: result.step_losses for name, result in results.items()},
         rel_diff=relative_difference(first.step_losses[:n], second.step_losses[:n]),
         weight_rel_diff=weights_difference(first.parameters, second.parameters),
         window=window,

@@ -6,6 +6,7 @@ KILLED by the code that started it, so no run is left RUNNING.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -24,6 +25,7 @@ from bench.runner import Cell, CellResult, EpochRecord, RunOptions
 from bench.spec import StageSpec, stage_path
 
 DEFAULT_EXPERIMENT = "mnist-tutorial"
+FLUSH_SECONDS = 10.0  # how often buffered per-epoch metrics are written during a cell
 RESULTS_DIR = Path("results")
 RunStatus = Literal["FINISHED", "FAILED", "KILLED"]
 
@@ -133,7 +135,8 @@ class Tracker:
         self._log_params(run.info.run_id, params)
         return str(run.info.run_id)
 
-    def log_epoch(self, run_id: str, record: EpochRecord) -> None:
+    def log_epochs(self, run_id: str, records: list[EpochRecord]) -> None:
+        """Per-epoch metrics (step = epoch), several epochs in one write."""
         from mlflow.entities import Metric
 
         now = _now_ms()
@@ -141,6 +144,7 @@ class Tracker:
             run_id,
             metrics=[
                 Metric(key, float(getattr(record, key)), now, record.epoch)
+                for record in records
                 for key in ("train_loss", "val_accuracy", "epoch_seconds")
             ],
         )
@@ -308,16 +312,32 @@ class MatrixRecord:
         self._seeds = {g: [c.seed for c in cells if c.group == g] for g in self._pending}
         self._group_ids: dict[str, str] = {}
         self._group_runs: dict[str, list[CellRun]] = {}
+        self._pending_epochs: dict[str, list[EpochRecord]] = {}
+        self._last_flush: dict[str, float] = {}
 
     def start_cell(self, cell: Cell) -> str:
         params = {**self._specs[cell.stage].flat(), **self._options.record()}
         return self._tracker.start_cell(self._group_id(cell), cell, params)
 
     def log_epoch(self, run_id: str, record: EpochRecord) -> None:
-        self._tracker.log_epoch(run_id, record)
+        """Buffered: written every FLUSH_SECONDS, so the live view in the MLflow UI stays
+        current while the store is not written (and the cores not disturbed) every epoch."""
+        pending = self._pending_epochs.setdefault(run_id, [])
+        pending.append(record)
+        if time.perf_counter() - self._last_flush.get(run_id, 0.0) >= FLUSH_SECONDS:
+            self._flush(run_id)
+
+    def _flush(self, run_id: str) -> None:
+        records = self._pending_epochs.pop(run_id, [])
+        if records:
+            self._tracker.log_epochs(run_id, records)
+        self._last_flush[run_id] = time.perf_counter()
 
     def finish_cell(self, run_id: str, run: CellRun) -> None:
         files = [stage_path(run.cell.stage), run.log_path]
+        start = time.perf_counter()
+        self._flush(run_id)
+        run.timings["mlflow_logging"] += time.perf_counter() - start
         if run.result is not None:
             start = time.perf_counter()
             self._tracker.log_cell_details(run_id, run.result, files)
@@ -336,6 +356,8 @@ class MatrixRecord:
             self._close_group(group)
 
     def end(self, run_id: str, status: str) -> None:
+        with contextlib.suppress(Exception):  # the epochs so far, if the store still answers
+            self._flush(run_id)
         self._tracker.end(run_id, status)  # type: ignore[arg-type]
 
     def _speed_metrics(self, run: CellRun) -> dict[str, float]:

@@ -110,8 +110,12 @@ def _client(uri: str):  # type: ignore[no-untyped-def]
     return MlflowClient(tracking_uri=uri)
 
 
-def test_run_records_parent_and_nested_cells(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+@pytest.fixture(scope="module")
+def recorded(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[str, subprocess.CompletedProcess[str]]:
+    """One real 2-epoch invocation, recorded to its own store, shared by the tests below."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('store')}/mlflow.db"
     done = bench(
         "run",
         "--stage",
@@ -128,8 +132,16 @@ def test_run_records_parent_and_nested_cells(tmp_path: Path) -> None:
         "e2e",
     )
     assert done.returncode == 0, done.stderr
+    return uri, done
+
+
+def test_run_records_parent_and_nested_cells(
+    recorded: tuple[str, subprocess.CompletedProcess[str]],
+) -> None:
+    uri, done = recorded
     backends = installed_backends()
     assert "98.02%" in done.stdout  # the tutorial's number beside ours
+    assert "peak float32 matmul" in done.stdout
     client = _client(uri)
     experiment = client.get_experiment_by_name("e2e")
     runs = client.search_runs([experiment.experiment_id])
@@ -139,12 +151,13 @@ def test_run_records_parent_and_nested_cells(tmp_path: Path) -> None:
     assert len(parents) == 1 and len(groups) == len(cells) == len(backends)
     assert len(runs) == 1 + 2 * len(backends)
     assert all(r.info.status == "FINISHED" for r in runs)
+    assert parents[0].data.tags["git_commit"]
+    assert str(experiment.artifact_location).endswith("/artifacts")
     group_ids = {g.info.run_id: g for g in groups}
     for group in groups:
         assert group.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         assert group.data.metrics["test_accuracy_n"] == 1
         assert group.data.metrics["outcome_converged"] == 1
-    assert str(experiment.artifact_location).startswith((tmp_path / "artifacts").as_uri())
     for run in cells:
         tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
         group = group_ids[tags["mlflow.parentRunId"]]
@@ -158,10 +171,24 @@ def test_run_records_parent_and_nested_cells(tmp_path: Path) -> None:
         )
         assert params["optimizer.learning_rate"] == "0.1" and params["training.epochs"] == "2"
         assert params["framework"] == tags["backend"] and params["threads"]
-        for key in ("framework_version", "python_version", "cpu_model", "intra_op_threads"):
+        assert params["option.deterministic"] == "true" and params["deterministic_ops"] == "true"
+        for key in (
+            "framework_version",
+            "python_version",
+            "cpu_model",
+            "intra_op_threads",
+            "numpy_blas",
+            "git_commit",
+            "git_dirty",
+            "tf32",
+            "dtype",
+        ):
             assert params[key]
         assert metrics["test_accuracy"] > 0.9 and metrics["train_samples_per_s"] > 0
-        assert metrics["wall_seconds"] > 0
+        assert metrics["wall_seconds"] > 0 and metrics["peak_rss_mb"] > 100
+        assert 0 < metrics["roofline_fraction"] < 1.5 and metrics["peak_gflops"] > 0
+        assert 0 < metrics["harness_fraction"] < 1
+        assert metrics["flops_per_sample"] == 1_612_800
         for key in ("train_loss", "val_accuracy", "epoch_seconds"):
             history = client.get_metric_history(run.info.run_id, key)
             assert [m.step for m in history] == [1, 2]
@@ -210,3 +237,106 @@ def test_interrupt_ends_runs_killed(tmp_path: Path) -> None:
     assert "Traceback" not in err
     runs = client.search_runs(experiments)
     assert sorted(r.info.status for r in runs) == ["KILLED"] * 3  # invocation, group, cell
+
+
+def _cell_id(uri: str, backend: str) -> str:
+    client = _client(uri)
+    experiment = client.get_experiment_by_name("e2e")
+    [run] = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.kind = 'cell' and tags.backend = '{backend}'",
+    )
+    return str(run.info.run_id)
+
+
+def test_reproduce_reports_bit_identical(
+    recorded: tuple[str, subprocess.CompletedProcess[str]],
+) -> None:
+    uri, _ = recorded
+    run_id = _cell_id(uri, installed_backends()[-1])
+    done = bench("reproduce", run_id, "--tracking-uri", uri, "--data-dir", str(mnist_dir()))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "bit-identical: yes" in done.stdout
+    client = _client(uri)
+    [copy] = client.search_runs(
+        [client.get_experiment_by_name("e2e").experiment_id],
+        filter_string=f"tags.reproduces = '{run_id}'",
+    )
+    assert copy.data.tags["bit_identical"] == "true"
+
+
+def test_reproduce_names_what_differs(
+    recorded: tuple[str, subprocess.CompletedProcess[str]], tmp_path: Path
+) -> None:
+    """A record whose losses were altered: the rerun is not bit-identical, and says where."""
+    uri, _ = recorded
+    run_id = _cell_id(uri, installed_backends()[0])
+    client = _client(uri)
+    losses = Path(client.download_artifacts(run_id, "step_losses.csv", str(tmp_path)))
+    lines = losses.read_text().splitlines()
+    step, loss = lines[7].split(",")
+    lines[7] = f"{step},{float(loss) * 1.5!r}"
+    losses.write_text("\n".join(lines) + "\n")
+    client.log_artifact(run_id, str(losses))  # replaces the recorded file
+    done = bench("reproduce", run_id, "--tracking-uri", uri, "--data-dir", str(mnist_dir()))
+    assert done.returncode == 1
+    assert "bit-identical: NO" in done.stdout and "first at step 7" in done.stdout
+
+
+def test_reproduce_unknown_run_is_one_line(
+    recorded: tuple[str, subprocess.CompletedProcess[str]],
+) -> None:
+    done = bench("reproduce", "0123456789abcdef", "--tracking-uri", recorded[0])
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "no run '0123456789abcdef'" in done.stderr
+
+
+@pytest.mark.skipif(len(installed_backends()) < 2, reason="parity needs both backends")
+def test_parity_command_prints_windows_and_records_the_curve(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    done = bench(
+        "parity",
+        "--stage",
+        "relu-xavier",
+        "--steps",
+        "60",
+        "--tracking-uri",
+        uri,
+        "--data-dir",
+        str(mnist_dir()),
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    for window in ("N =     1", "N =    10", "N =    50", "N =    60", "PASS"):
+        assert window in done.stdout
+    client = _client(uri)
+    [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.data.tags["kind"] == "parity" and run.data.tags["passed"] == "true"
+    assert run.data.metrics["max_rel_loss_diff_first_50"] <= 1e-5
+    assert {"parity_curve.csv", "parity_curve.png"} <= {
+        a.path for a in client.list_artifacts(run.info.run_id)
+    }
+
+
+def test_perf_command_prints_the_table(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    done = bench(
+        "perf",
+        "--stage",
+        "relu-xavier",
+        "--epochs",
+        "2",
+        "--keras-epochs",
+        "2",
+        "--tracking-uri",
+        uri,
+        "--data-dir",
+        str(mnist_dir()),
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    for column in ("GFLOP/s", "roofline", "x Keras fit", "harness share"):
+        assert column in done.stdout
+    client = _client(uri)
+    parents = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], filter_string="tags.kind = 'perf'"
+    )
+    assert parents[0].data.metrics["keras_fit_samples_per_s"] > 0
