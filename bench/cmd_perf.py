@@ -14,7 +14,7 @@ from pathlib import Path
 from bench.cli import EXIT_INTERRUPTED
 from bench.cmd_run import Plan, execute, finish, plan_run
 from bench.matrix import CellRun, LocalExecutor
-from bench.report import _table
+from bench.report import table
 
 REFERENCE_STAGE = "relu-xavier"
 
@@ -59,7 +59,7 @@ def perf_table(runs: list[CellRun], keras: float | None) -> str:
                 f"{100 * run.speed.get('harness_fraction', 0):.2f}%",
             ]
         )
-    return _table(header, rows)
+    return table(header, rows)
 
 
 def _keras(plan: Plan, epochs: int) -> float:
@@ -78,11 +78,11 @@ def cmd_perf(args: argparse.Namespace) -> int:
     if args.keras_epochs and any(c.device == "cpu" for c in plan.cells):
         keras = _keras(plan, args.keras_epochs)
         execution.tracker.log_metrics(execution.parent_id, {"keras_fit_samples_per_s": keras})
-    table = perf_table(execution.runs, keras)
+    text = perf_table(execution.runs, keras)
     print()
-    print(table)
+    print(text)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "perf_table.txt"
-        path.write_text(table + "\n")
+        path.write_text(text + "\n")
         execution.tracker.log_artifact(execution.parent_id, path)
     return finish(execution, plan)

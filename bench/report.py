@@ -32,21 +32,17 @@ class Progress:
             )
 
     def cell_finished(self, run: CellRun) -> None:
-        start = "\r" if self._live else ""
         if run.result is None:
-            self._write(
-                f"{start}{self._prefix}  FAILED: {run.error}\033[K"
-                if self._live
-                else f"{self._prefix}  FAILED: {run.error}"
+            text = f"{self._prefix}  FAILED: {run.error}"
+        else:
+            r = run.result
+            speed = f"{r.train_samples_per_s:,.0f} samples/s" if r.train_samples_per_s else "-"
+            text = (
+                f"{self._prefix}  {r.outcome}  test {100 * r.test_accuracy:.2f}%  {speed}"
+                f"  {run.wall_seconds:.1f}s"
             )
-            return
-        r = run.result
-        speed = f"{r.train_samples_per_s:,.0f} samples/s" if r.train_samples_per_s else "-"
-        text = (
-            f"{self._prefix}  {r.outcome}  test {100 * r.test_accuracy:.2f}%  {speed}"
-            f"  {run.wall_seconds:.1f}s"
-        )
-        self._write(f"{start}{text}\033[K" if self._live else text)
+        # On a terminal, overwrite the live epoch line and clear what is left of it.
+        self._write(f"\r{text}\033[K" if self._live else text)
 
     def _write(self, text: str, end: str = "\n") -> None:
         self._stream.write(text + end)
@@ -109,7 +105,7 @@ def results_table(runs: list[CellRun], specs: dict[str, StageSpec]) -> str:
                 speed,
             ]
         )
-    return _table(header, rows)
+    return table(header, rows)
 
 
 def _mean_std(values: list[float], scale: float, digits: int) -> str:
@@ -159,10 +155,11 @@ def group_table(runs: list[CellRun], specs: dict[str, StageSpec]) -> str:
                 _mean_std(speeds, 1, 0),
             ]
         )
-    return _table(header, rows)
+    return table(header, rows)
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def table(header: list[str], rows: list[list[str]]) -> str:
+    """Left-aligned columns under a header and a rule."""
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = [_format_row(header, widths), _format_row(["-" * w for w in widths], widths)]
     lines += [_format_row(row, widths) for row in rows]

@@ -199,7 +199,8 @@ class Tracker:
                 f"run {run_id} is not a cell run (kind {tags.get('kind')!r}); "
                 "give the id of a STAGE/BACKEND/DEVICE/seedN run"
             )
-        cell = Cell(tags["stage"], tags["backend"], tags["device"], int(tags["seed"]))  # type: ignore[arg-type]
+        device: Literal["cpu", "gpu"] = "gpu" if tags["device"] == "gpu" else "cpu"
+        cell = Cell(tags["stage"], tags["backend"], device, int(tags["seed"]))
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 stage_file = self._client.download_artifacts(run_id, f"{cell.stage}.toml", tmp)
