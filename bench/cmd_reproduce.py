@@ -10,7 +10,8 @@ from bench.cli import EXIT_FAILED, EXIT_INTERRUPTED, catch_sigterm
 from bench.data import ensure_files, resolve_data_dir
 from bench.errors import BenchError
 from bench.matrix import LocalExecutor
-from bench.reproduce import compare, options_from, spec_differences
+from bench.reproduce import compare, spec_differences
+from bench.runner import RunOptions
 from bench.tracking import Tracker, resolve_tracking_uri
 
 
@@ -27,7 +28,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         )
     data_dir = resolve_data_dir(args.data_dir)
     ensure_files(data_dir)
-    options = options_from(recorded.params, str(data_dir))
+    options = RunOptions.from_record(recorded.params, str(data_dir))
     catch_sigterm()
     print(f"reproducing {recorded.cell.name} (run {args.run_id})", flush=True)
     try:

@@ -6,8 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.errors import BenchError
-from bench.runner import CellResult, RunOptions
+from bench.runner import CellResult
 from bench.spec import parse_stage, with_epochs
 
 # Environment params whose change can explain a result that is not bit-identical.
@@ -31,27 +30,6 @@ ENVIRONMENT_KEYS = (
     "git_commit",
     "git_dirty",
 )
-
-
-def options_from(params: dict[str, str], data_dir: str) -> RunOptions:
-    """The recorded run options (see RunOptions.record)."""
-    try:
-        return RunOptions(
-            data_dir=data_dir,
-            threads=int(params["option.threads"]),
-            epochs=int(params["training.epochs"]),
-            parity=params["option.parity"] == "true",
-            dtype=params["option.dtype"],  # type: ignore[arg-type]
-            deterministic=params["option.deterministic"] == "true",
-            tf32=params["option.tf32"] == "true",
-            inter_op_threads=int(params.get("option.inter_op_threads", "1")),
-            xla=params.get("option.xla", "false") == "true",
-        )
-    except KeyError as missing:
-        raise BenchError(
-            f"the run lacks param {missing}; it was recorded by an older"
-            " mlp-bench that did not record its options"
-        ) from None
 
 
 def spec_differences(stage_text: str, params: dict[str, str]) -> dict[str, tuple[str, str]]:

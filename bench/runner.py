@@ -20,6 +20,7 @@ from typing import Any, Literal
 import numpy as np
 
 from backends.base import Backend, DType, Settings
+from bench.errors import BenchError
 from bench.provenance import git_state
 from bench.seeding import SeededRun
 from bench.spec import StageSpec, load_stage, with_epochs
@@ -84,6 +85,27 @@ class RunOptions:
             "option.xla": str(self.xla).lower(),
             "option.dropout_masks": "numpy" if self.parity else "framework-rng",
         }
+
+    @classmethod
+    def from_record(cls, params: dict[str, str], data_dir: str) -> RunOptions:
+        """The inverse of record(), from a cell's MLflow params (with its training.epochs)."""
+        try:
+            return cls(
+                data_dir=data_dir,
+                threads=int(params["option.threads"]),
+                epochs=int(params["training.epochs"]),
+                parity=params["option.parity"] == "true",
+                dtype="float64" if params["option.dtype"] == "float64" else "float32",
+                deterministic=params["option.deterministic"] == "true",
+                tf32=params["option.tf32"] == "true",
+                inter_op_threads=int(params.get("option.inter_op_threads", "1")),
+                xla=params.get("option.xla", "false") == "true",
+            )
+        except KeyError as missing:
+            raise BenchError(
+                f"the run lacks param {missing}; it was recorded by an older"
+                " mlp-bench that did not record its options"
+            ) from None
 
 
 @dataclass(frozen=True)
