@@ -109,3 +109,15 @@ def adam_step_size(lr: float, beta1: float, beta2: float, t: int) -> float:
     """TF1 AdamOptimizer's lr_t = lr * sqrt(1 - beta2^t) / (1 - beta1^t), in float64 on the
     host, so that both backends use the very same number."""
     return float(lr * np.sqrt(1.0 - beta2**t) / (1.0 - beta1**t))
+
+
+def dropout_threshold(rate: float) -> int:
+    """Outside parity, each framework's dropout draws 16-bit uniforms (cheaper than floats:
+    several per random word) and drops a unit when its value is below this threshold; the
+    drop probability is then this over 2**16 (0.3 becomes 0.3000031), far below what training
+    can detect. Both backends use the same rule, so the record states one effective rate."""
+    return round(rate * 2**16)
+
+
+def effective_dropout_rate(rate: float) -> float:
+    return dropout_threshold(rate) / 2**16

@@ -20,6 +20,7 @@ from backends.base import (
     Settings,
     Split,
     adam_step_size,
+    dropout_threshold,
 )
 from bench.data import MnistSplits
 from bench.errors import BenchError
@@ -34,6 +35,48 @@ def _views(flat: torch.Tensor, like: list[np.ndarray]) -> list[torch.Tensor]:
         views.append(flat[start : start + array.size].view(array.shape))
         start += array.size
     return views
+
+
+# A step count at which 1 - beta**step is exactly 1 in double precision for any beta < 0.99999.
+_NO_BIAS_CORRECTION = 1e9
+
+
+class _Dropout:
+    """PyTorch's own seeded dropout masks, all hidden layers of a step in one draw.
+
+    torch.rand costs ~3.3 ns per element on CPU (one 32-bit Mersenne Twister draw each); here
+    each 64-bit draw gives four 16-bit uniforms, compared against dropout_threshold, so a
+    step's masks cost about a third.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        shapes: list[tuple[int, int]],
+        generator: torch.Generator,
+        dtype: torch.dtype,
+    ) -> None:
+        sizes = [rows * cols for rows, cols in shapes]
+        device = generator.device
+        self._bits = torch.empty((sum(sizes) + 3) // 4, dtype=torch.int64, device=device)
+        self._flat = torch.empty(sum(sizes), dtype=dtype, device=device)
+        starts = np.cumsum([0, *sizes])
+        self._masks = [
+            self._flat[start : start + size].view(shape)
+            for start, size, shape in zip(starts, sizes, shapes, strict=False)
+        ]
+        self._generator = generator
+        # As signed 16-bit values u in [-32768, 32767], a unit is kept when u + 32768 >=
+        # threshold, i.e. when u + 32769 - threshold >= 1; dropped ones give <= 0: clamp to 0/1.
+        self._offset = float(32769 - dropout_threshold(rate))
+
+    def draw(self) -> list[torch.Tensor]:
+        """Masks for every hidden layer of one step: 0 for dropped units, 1 for kept ones."""
+        # from=-2**63, to=None: the full 64-bit range (plain random_() leaves the sign bit 0).
+        self._bits.random_(-(2**63), None, generator=self._generator)
+        self._flat.copy_(self._bits.view(torch.int16)[: self._flat.numel()])
+        self._flat.add_(self._offset).clamp_(0.0, 1.0)
+        return self._masks
 
 
 class TorchBackend(Backend):
@@ -74,6 +117,7 @@ class TorchBackend(Backend):
             "dtype": self._settings.dtype,
             "framework_blas": blas.group(1) if blas else "unknown",
             "flush_denormal": "true",
+            "dropout_rng": "torch.Generator (Mersenne Twister), 16-bit thresholds",
             "mkldnn": str(torch.backends.mkldnn.is_available()).lower(),  # type: ignore[no-untyped-call]
             "cuda_version": str(torch.version.cuda or "none"),
             "cudnn_version": str(torch.backends.cudnn.version() or "none"),  # type: ignore[no-untyped-call]
@@ -118,6 +162,7 @@ class TorchBackend(Backend):
             self._flat_grad = torch.zeros_like(self._flat)
             self._grads = _views(self._flat_grad, arrays)
         self._rows = torch.arange(spec.training.batch_size, device=self._device)
+        self._zero = torch.zeros((), device=self._device, dtype=self._dtype)  # addmm, beta=0
         self._generator = torch.Generator(device=self._device)
         self._generator.manual_seed(run.dropout_seed)
         if spec.optimizer.name == "adam":
@@ -127,7 +172,19 @@ class TorchBackend(Backend):
             else:
                 self._m_flat = torch.zeros_like(self._flat)
                 self._v_flat = torch.zeros_like(self._flat)
-                self._denominator = torch.zeros_like(self._flat)
+                # The fused kernel divides by 1 - beta^step; a step this large makes both
+                # corrections exactly 1, so it applies the TF1 rule with our own lr_t and eps.
+                self._fused_step = torch.tensor(
+                    _NO_BIAS_CORRECTION, dtype=torch.float32, device=self._device
+                )
+        if spec.model.dropout_rate > 0.0:
+            hidden = spec.model.layer_sizes[1:-1]
+            self._dropout = _Dropout(
+                spec.model.dropout_rate,
+                [(spec.training.batch_size, width) for width in hidden],
+                self._generator,
+                self._dtype,
+            )
 
     def train_epoch(self, order: np.ndarray, masks: Masks = None) -> np.ndarray:
         batch = self._spec.training.batch_size
@@ -193,19 +250,17 @@ class TorchBackend(Backend):
         """Logits; dropout in training, from numpy masks (`keep`) or the seeded generator."""
         rate = self._spec.model.dropout_rate
         n_layers = len(self._params) // 2
+        own = self._dropout.draw() if training and rate > 0.0 and keep is None else None
         h = x
         for i in range(n_layers):
             h = torch.addmm(self._params[2 * i + 1], h, self._params[2 * i])
             if i == n_layers - 1:
                 break
             h = torch.relu(h)
-            if training and rate > 0.0:
-                mask = (
-                    keep[i]
-                    if keep is not None
-                    else torch.rand(h.shape, device=h.device, generator=self._generator) >= rate
-                )
-                h = torch.where(mask, h / self._keep_scale.to(h.device), torch.zeros_like(h))
+            if keep is not None and training and rate > 0.0:  # as TensorFlow writes it
+                h = torch.where(keep[i], h / self._keep_scale.to(h.device), torch.zeros_like(h))
+            elif own is not None:
+                h = h * own[i][: len(h)] / self._keep_scale
         return h
 
     def _step_autograd(
@@ -225,23 +280,24 @@ class TorchBackend(Backend):
         """The fast path: forward and backward written out, no autograd tape, in-place ops.
 
         Per step this launches about half the kernels autograd does; with SGD the update is
-        folded into the weight-gradient product (W.addmm_(h.T, d, alpha=-lr)).
+        folded into the weight-gradient product (W.addmm_(h.T, d, alpha=-lr)). Dropout keeps
+        0/1 masks and folds its 1 / keep into the products' alpha, saving three passes.
         """
         n_layers = len(self._params) // 2
         rate = self._spec.model.dropout_rate
-        inputs = [x]  # each layer's input (post-ReLU, post-dropout)
+        masks: list[torch.Tensor] = []
+        if rate > 0.0:  # numpy's masks (tests) or this framework's own
+            masks = self._dropout.draw() if keep is None else [k.to(x.dtype) for k in keep]
+        # alphas[i] scales layer i's input: 1 / keep for a hidden layer's dropped-out output.
+        alphas = [1.0] + [1.0 / (1.0 - rate)] * (n_layers - 1)
+        inputs = [x]  # each layer's input: post-ReLU, masked, not yet scaled
         h = x
         for i in range(n_layers):
-            h = torch.addmm(self._params[2 * i + 1], h, self._params[2 * i])
+            h = torch.addmm(self._params[2 * i + 1], h, self._params[2 * i], alpha=alphas[i])
             if i < n_layers - 1:
                 h.relu_()
-                if rate > 0.0:  # h * mask / keep, in place; equals TF's where(mask, h / keep, 0)
-                    if keep is not None:
-                        h.mul_(keep[i])
-                    else:
-                        uniform = torch.rand(h.shape, device=h.device, generator=self._generator)
-                        h.mul_(uniform.ge_(rate))
-                    h.div_(self._keep_scale)
+                if masks:
+                    h.mul_(masks[i][: len(h)])
                 inputs.append(h)
         # Softmax cross-entropy and its gradient (softmax - onehot) / batch, from one log_softmax.
         log_probs = torch.log_softmax(h, dim=1)
@@ -250,18 +306,20 @@ class TorchBackend(Backend):
         delta = log_probs.exp_()
         delta[self._rows[: len(y)], y] -= 1.0
         delta.div_(len(y))
+        lr = self._spec.optimizer.learning_rate
         for i in reversed(range(n_layers)):
-            weight, bias = self._params[2 * i], self._params[2 * i + 1]
+            weight, bias, alpha = self._params[2 * i], self._params[2 * i + 1], alphas[i]
             below = None
-            if i > 0:  # the gradient for the layer below, before this layer's weights change
-                below = torch.ops.aten.threshold_backward(delta @ weight.T, inputs[i], 0.0)
-                if rate > 0.0:
-                    below.div_(self._keep_scale)  # dropped units are already 0
+            if i > 0:  # the gradient for the layer below, before this layer's weights change;
+                # dropped and inactive units are 0 in inputs[i], so one threshold masks both
+                product = torch.addmm(self._zero, delta, weight.T, beta=0.0, alpha=alpha)
+                below = torch.ops.aten.threshold_backward(product, inputs[i], 0.0)
             if self._spec.optimizer.name == "sgd":
-                weight.addmm_(inputs[i].T, delta, alpha=-self._spec.optimizer.learning_rate)
-                bias.add_(delta.sum(0), alpha=-self._spec.optimizer.learning_rate)
+                weight.addmm_(inputs[i].T, delta, alpha=-lr * alpha)
+                bias.add_(delta.sum(0), alpha=-lr)
             else:
-                torch.mm(inputs[i].T, delta, out=self._grads[2 * i])
+                grad = self._grads[2 * i]
+                torch.addmm(grad, inputs[i].T, delta, beta=0.0, alpha=alpha, out=grad)
                 torch.sum(delta, 0, out=self._grads[2 * i + 1])
             if below is not None:
                 delta = below
@@ -275,21 +333,28 @@ class TorchBackend(Backend):
         return logits.argmax(dim=1)
 
     def _adam_flat(self) -> None:
-        """The TF1 Adam rule on the flat buffers: seven kernels for all parameters."""
+        """The TF1 Adam rule on the flat buffers, in PyTorch's fused (one-pass) Adam kernel.
+
+        With its bias corrections made exactly 1 (see build), the kernel computes
+        p -= lr * m / (sqrt(v) + eps): the TF1 rule when lr is TF1's lr_t and eps its epsilon.
+        """
         opt = self._spec.optimizer
         assert opt.beta1 is not None and opt.beta2 is not None and opt.epsilon is not None
-        lr_t = adam_step_size(opt.learning_rate, opt.beta1, opt.beta2, self._t)
-        g = self._flat_grad
-        self._m_flat.mul_(opt.beta1).add_(g, alpha=1.0 - opt.beta1)
-        self._v_flat.mul_(opt.beta2).addcmul_(g, g, value=1.0 - opt.beta2)
-        if self._device.type == "cpu":
-            # torch's CPU sqrt takes a slow path on exact zeros (~8x slower), and v is 0
-            # wherever a pixel was never lit; numpy's sqrt is the same IEEE-rounded result.
-            np.sqrt(self._v_flat.numpy(), out=self._denominator.numpy())
-        else:
-            torch.sqrt(self._v_flat, out=self._denominator)
-        self._denominator.add_(opt.epsilon)
-        self._flat.addcdiv_(self._m_flat, self._denominator, value=-lr_t)
+        torch._fused_adam_(
+            [self._flat],
+            [self._flat_grad],
+            [self._m_flat],
+            [self._v_flat],
+            [],
+            [self._fused_step],
+            lr=adam_step_size(opt.learning_rate, opt.beta1, opt.beta2, self._t),
+            beta1=opt.beta1,
+            beta2=opt.beta2,
+            weight_decay=0.0,
+            eps=opt.epsilon,
+            amsgrad=False,
+            maximize=False,
+        )
 
     def _update_explicit(self, grads: tuple[torch.Tensor, ...]) -> None:
         """Written out op by op, in the same order as the TensorFlow backend's."""

@@ -83,7 +83,8 @@ class RunOptions:
             "option.threads": str(self.threads),
             "option.inter_op_threads": str(self.inter_op_threads),
             "option.xla": str(self.xla).lower(),
-            "option.dropout_masks": "numpy" if self.parity else "framework-rng",
+            # Outside parity each framework's own RNG, with backends.base.dropout_threshold.
+            "option.dropout_masks": "numpy" if self.parity else "framework-rng-16bit",
         }
 
     @classmethod

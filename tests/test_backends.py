@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from backends import BACKENDS, is_installed, load_backend
-from backends.base import Backend
+from backends.base import Backend, effective_dropout_rate
 from bench.data import MnistSplits
 from bench.seeding import seeded_run
 from bench.spec import StageSpec, load_stage, with_epochs
@@ -89,6 +89,33 @@ def test_dropout_is_seeded_and_changes_training(name: str, small: MnistSplits) -
     plain = make(name, "cpu", with_epochs(load_stage("relu-xavier"), 1), small).train_epoch(order)
     np.testing.assert_array_equal(first, again)
     assert first[0] != plain[0]  # the masks are applied from the very first step
+
+
+def _own_masks(backend: Backend, draws: int) -> np.ndarray:
+    """`draws` steps of a backend's own dropout masks (hidden layer 1), 1 where kept."""
+    if backend.name == "torch":
+        return np.stack([backend._dropout.draw()[0].numpy().copy() for _ in range(draws)])  # type: ignore[attr-defined]
+    import tensorflow as tf
+
+    return np.stack(
+        [
+            backend._own_mask(tf.TensorShape([100, 256]), tf.constant([7, k], tf.int64)).numpy()  # type: ignore[attr-defined]
+            for k in range(draws)
+        ]
+    ).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", backend_params())
+def test_own_dropout_drops_units_at_the_stated_rate(name: str, small: MnistSplits) -> None:
+    """The 16-bit masks: the rate over all units and over each 16-bit lane of a random word
+    (a lane whose sign bit is never set would drop ~0.6 of its units), within 5 sigma."""
+    masks = _own_masks(make(name, "cpu", load_stage("dropout"), small), draws=200)
+    rate = effective_dropout_rate(load_stage("dropout").model.dropout_rate)
+    dropped = 1.0 - masks.reshape(-1, 4)  # lanes: four 16-bit values per 64-bit word
+    sigma = np.sqrt(rate * (1 - rate) / dropped.shape[0])
+    assert np.all(np.abs(dropped.mean(axis=0) - rate) < 5 * sigma)
+    assert abs(float(dropped.mean()) - rate) < 5 * sigma / 2
+    assert not np.array_equal(masks[0], masks[1])  # a fresh mask every step
 
 
 @pytest.mark.parametrize("name", backend_params())
