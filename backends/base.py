@@ -28,6 +28,12 @@ class Settings:
     # Parity: optimizer updates written out op by op, identically in every backend, instead
     # of each framework's fastest fused kernels (same rule, different rounding).
     parity: bool = False
+    # Parity in float32: products, sums, the loss and its gradient computed in float64 and
+    # rounded once to float32 (parameters, gradients, optimizer state and updates stay float32).
+    # Each framework's float32 kernels sum in their own order, ~1e-7 apart, which Adam and
+    # N(0, 1) weights amplify past any tolerance within 50 steps; rounded once, the two agree
+    # to the last bit in nearly every element. "native": the frameworks' float32 kernels.
+    parity_accumulate: Literal["float64", "native"] = "float64"
     # TensorFlow: compile the whole-epoch loop with XLA (fuses the elementwise ops; on this
     # model's CPU runs it is ~1.7x faster than the plain graph executor).
     xla: bool = True
@@ -36,6 +42,14 @@ class Settings:
 
 
 DEFAULT_SETTINGS = Settings()
+
+
+def compute_dtype(settings: Settings) -> DType:
+    """The dtype a training step computes in (see Settings.parity_accumulate)."""
+    if settings.parity and settings.parity_accumulate == "float64":
+        return "float64"
+    return settings.dtype
+
 
 # Per hidden layer, for every step of an epoch: which units dropout keeps, shape
 # (steps, batch, units), drawn by numpy (parity mode). None: the framework's own seeded RNG.

@@ -21,6 +21,7 @@ from backends.base import (
     Settings,
     Split,
     adam_step_size,
+    compute_dtype,
     dropout_threshold,
 )
 from bench.data import MnistSplits
@@ -40,6 +41,11 @@ class TensorFlowBackend(Backend):
             tf.config.threading.set_inter_op_parallelism_threads(settings.inter_op_threads)
         if settings.deterministic:
             tf.config.experimental.enable_op_determinism()
+        if settings.parity:
+            # Parity wants each op as written, rounded as written: Grappler rewrites graphs
+            # ((g * g) * c comes out 1 ulp off in a third of the elements) and XLA's code
+            # generator fuses p - lr * g into one FMA (one rounding instead of two).
+            tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
         # TF enables TF32 by default on Ampere+; off unless asked, so GPU results are exact.
         tf.config.experimental.enable_tensor_float_32_execution(settings.tf32)
         gpus = tf.config.list_physical_devices("GPU")
@@ -50,7 +56,9 @@ class TensorFlowBackend(Backend):
         self._device_name = "/GPU:0" if device == "gpu" else "/CPU:0"
         self._device = device
         self._settings = settings
+        self._xla = settings.xla and not settings.parity
         self._dtype = tf.float64 if settings.dtype == "float64" else tf.float32
+        self._compute = tf.float64 if compute_dtype(settings) == "float64" else tf.float32
 
     def environment(self) -> dict[str, str]:
         build = tf.sysconfig.get_build_info()
@@ -62,7 +70,9 @@ class TensorFlowBackend(Backend):
             "deterministic_ops": str(self._settings.deterministic).lower(),
             "tf32": str(tf.config.experimental.tensor_float_32_execution_enabled()).lower(),
             "dtype": self._settings.dtype,
-            "xla": str(self._settings.xla).lower(),
+            "compute_dtype": compute_dtype(self._settings),
+            "xla": str(self._xla).lower(),
+            "grappler": "off" if self._settings.parity else "on",
             "dropout_rng": "stateless Philox per (seed, step, layer), 16-bit thresholds",
             # oneDNN changes CPU summation order; TF_ENABLE_ONEDNN_OPTS=0 turns it off.
             "onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
@@ -99,7 +109,7 @@ class TensorFlowBackend(Backend):
             if spec.optimizer.name == "adam":
                 self._m = [tf.Variable(tf.zeros_like(p)) for p in self._params]
                 self._v = [tf.Variable(tf.zeros_like(p)) for p in self._params]
-        self._epoch_fn = tf.function(self._epoch, jit_compile=self._settings.xla)
+        self._epoch_fn = tf.function(self._epoch, jit_compile=self._xla)
         self._logits_fn = tf.function(lambda x: self._forward(x, None, None))
 
     def train_epoch(self, order: np.ndarray, masks: Masks = None) -> np.ndarray:
@@ -167,14 +177,19 @@ class TensorFlowBackend(Backend):
         return np.array([adam_step_size(opt.learning_rate, opt.beta1, opt.beta2, t) for t in ts])
 
     def _forward(
-        self, x: tf.Tensor, keep: list[tf.Tensor] | None, key: tf.Tensor | None
+        self,
+        x: tf.Tensor,
+        keep: list[tf.Tensor] | None,
+        key: tf.Tensor | None,
+        params: list[tf.Tensor] | None = None,
     ) -> tf.Tensor:
         """Logits; with dropout when given numpy masks (`keep`) or an RNG key (`key`)."""
         rate = self._spec.model.dropout_rate
-        n_layers = len(self._params) // 2
+        params = self._params if params is None else params
+        n_layers = len(params) // 2
         h = x
         for i in range(n_layers):
-            h = tf.matmul(h, self._params[2 * i]) + self._params[2 * i + 1]
+            h = tf.matmul(h, params[2 * i]) + params[2 * i + 1]
             if i == n_layers - 1:
                 break
             h = tf.nn.relu(h)
@@ -222,12 +237,14 @@ class TensorFlowBackend(Backend):
             keep = None if masks is None else [m[i] for m in masks]
             key = first_step + tf.cast(i, tf.int64) + 1
             with tf.GradientTape() as tape:
-                logits = self._forward(x, keep, key)
+                # In compute_dtype; the casts' gradients round back to the parameters' dtype.
+                params = [tf.cast(p, self._compute) for p in self._params]
+                logits = self._forward(tf.cast(x, self._compute), keep, key, params)
                 loss = tf.reduce_mean(
                     tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
                 )
             self._update(tape.gradient(loss, self._params), step_sizes[i])
-            losses = losses.write(i, loss)
+            losses = losses.write(i, tf.cast(loss, self._dtype))
         return losses.stack()
 
     def _update(self, grads: list[tf.Tensor], lr: tf.Tensor) -> None:

@@ -51,6 +51,13 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     """Options every training command shares."""
     parser.add_argument("--threads", type=_positive_int, help="default: the cores available")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    parser.add_argument(
+        "--accumulate",
+        choices=("float64", "native"),
+        default="float64",
+        help="parity mode: compute products, sums and the loss in float64, rounding once to "
+        "the dtype (default), or in the frameworks' native float32 kernels",
+    )
     parser.add_argument("--data-dir", help="folder of the MNIST .gz files (or MLP_BENCH_DATA_DIR)")
     parser.add_argument("--tracking-uri", help="MLflow store (or MLFLOW_TRACKING_URI)")
     parser.add_argument("--experiment", help="MLflow experiment (default mnist-tutorial)")

@@ -20,10 +20,11 @@ from bench.tracking import DEFAULT_EXPERIMENT, Tracker, resolve_tracking_uri
 
 def _record(tracker: Tracker, report: ParityReport, steps: int) -> str:
     run_id = tracker.start_parent(
-        f"parity-{report.stage}-{report.dtype}-{report.device}-seed{report.seed}",
+        f"parity-{report.stage}-{report.dtype}-{report.accumulate}-{report.device}-seed{report.seed}",
         params={
             "stage": report.stage,
             "dtype": report.dtype,
+            "accumulate": report.accumulate,
             "device": report.device,
             "seed": str(report.seed),
             "steps": str(steps),
@@ -66,11 +67,12 @@ def cmd_parity(args: argparse.Namespace) -> int:
         args.steps,
         args.dtype,
         spec.training.batch_size,
+        args.accumulate,
     )
     catch_sigterm()
     print(
         f"parity {args.stage}: training {' and '.join(PARITY_BACKENDS)} for {args.steps} "
-        f"steps ({args.dtype}, {device}, seed {args.seed})",
+        f"steps ({args.dtype}, accumulating in {args.accumulate}, {device}, seed {args.seed})",
         flush=True,
     )
     try:

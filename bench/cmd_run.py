@@ -55,6 +55,7 @@ def plan_run(args: argparse.Namespace) -> Plan:
         epochs=args.epochs,
         parity=args.parity,
         dtype=args.dtype,
+        accumulate=args.accumulate,
         deterministic=not args.nondeterministic,
         tf32=args.tf32,
         inter_op_threads=args.inter_op_threads,

@@ -80,7 +80,7 @@ def main() -> None:
             results = {
                 f"torch/{d}": _cell(Cell(stage, "torch", d, 0), options) for d in ("gpu", "cpu")
             }
-            report = compare(stage, dtype, results)  # type: ignore[arg-type]
+            report = compare(stage, options, results)
             parity[f"{stage} {dtype}"] = {
                 "measured": report.measured,
                 "passed": report.passed,

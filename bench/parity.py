@@ -2,7 +2,10 @@
 
 In parity mode the dropout masks come from numpy and the optimizer updates are written out op by
 op in the same order in both backends, so any difference is floating-point rounding (matmul
-summation order, library kernels) and how chaos amplifies it.
+summation order, library kernels) and how chaos amplifies it. In float32 the products, sums and
+loss are by default computed in float64 and rounded once (Settings.parity_accumulate), so that
+the check sees the float32 parameters, gradients and updates, not the kernels' summation order;
+`accumulate="native"` shows how the frameworks' own float32 kernels drift apart.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -30,6 +34,7 @@ WINDOWS = (1, 10, 50)
 class ParityReport:
     stage: str
     dtype: DType
+    accumulate: Literal["float64", "native"]
     device: str
     seed: int
     losses: dict[str, np.ndarray]  # backend -> per-step losses
@@ -58,9 +63,17 @@ class ParityReport:
     def passed(self) -> bool:
         return self.measured <= self.tolerance
 
+    @property
+    def precision(self) -> str:
+        """The dtype, and for float32 how its products and sums were computed."""
+        if self.dtype == "float64":
+            return "float64"
+        kernels = "float64, rounded once" if self.accumulate == "float64" else "native kernels"
+        return f"float32 ({kernels})"
+
     def describe(self) -> str:
         rows = [
-            f"parity {self.stage}  {self.dtype}  {self.device}  seed {self.seed}: "
+            f"parity {self.stage}  {self.precision}  {self.device}  seed {self.seed}: "
             f"{' vs '.join(self.losses)}, {self.steps} steps",
             "  largest relative loss difference within the first N steps:",
         ]
@@ -105,14 +118,15 @@ def weights_difference(a: list[np.ndarray], b: list[np.ndarray]) -> float:
     return worst
 
 
-def compare(stage: str, dtype: DType, results: dict[str, CellResult]) -> ParityReport:
+def compare(stage: str, options: RunOptions, results: dict[str, CellResult]) -> ParityReport:
     """Compare two runs (named by backend, or by backend/device) of the same stage and seed."""
     first, second = results.values()
     n = min(len(first.step_losses), len(second.step_losses))
-    window, tolerance = TOLERANCES[dtype]
+    window, tolerance = TOLERANCES[options.dtype]
     return ParityReport(
         stage=stage,
-        dtype=dtype,
+        dtype=options.dtype,
+        accumulate=options.accumulate,
         device=first.cell.device,
         seed=first.cell.seed,
         losses={name: result.step_losses for name, result in results.items()},
@@ -124,7 +138,12 @@ def compare(stage: str, dtype: DType, results: dict[str, CellResult]) -> ParityR
 
 
 def parity_options(
-    data_dir: str, threads: int, steps: int, dtype: DType, batch_size: int
+    data_dir: str,
+    threads: int,
+    steps: int,
+    dtype: DType,
+    batch_size: int,
+    accumulate: Literal["float64", "native"] = "float64",
 ) -> RunOptions:
     """Parity mode, deterministic, stopping after `steps`, keeping the final weights."""
     epochs = math.ceil(steps / steps_per_epoch(MNIST_TRAIN, batch_size))
@@ -134,6 +153,7 @@ def parity_options(
         epochs=epochs,
         parity=True,
         dtype=dtype,
+        accumulate=accumulate,
         deterministic=True,
         max_steps=steps,
         keep_parameters=True,
@@ -152,7 +172,7 @@ def run_parity(
         if run.result is None:
             raise BenchError(f"parity: the {backend} run failed: {run.error}")
         results[backend] = run.result
-    return compare(stage, options.dtype, results)
+    return compare(stage, options, results)
 
 
 def write_curve(report: ParityReport, folder: Path) -> list[Path]:
@@ -182,7 +202,7 @@ def _plot(report: ParityReport, path: Path) -> Path:
     ax.set(
         xlabel="step",
         ylabel="relative loss difference",
-        title=f"parity {report.stage} {report.dtype} {report.device} seed {report.seed}",
+        title=f"parity {report.stage} {report.precision} {report.device} seed {report.seed}",
     )
     ax.legend(loc="lower right")
     fig.tight_layout()

@@ -60,6 +60,7 @@ class RunOptions:
     tf32: bool = False
     inter_op_threads: int = 1
     xla: bool = True
+    accumulate: Literal["float64", "native"] = "float64"  # parity only: Settings.parity_accumulate
     max_steps: int | None = None  # stop after this many training steps (parity checks)
     keep_parameters: bool = False  # return the final weights (parity checks)
 
@@ -69,6 +70,7 @@ class RunOptions:
             deterministic=self.deterministic,
             tf32=self.tf32,
             parity=self.parity,
+            parity_accumulate=self.accumulate,
             inter_op_threads=self.inter_op_threads,
             xla=self.xla,
         )
@@ -85,6 +87,7 @@ class RunOptions:
             "option.xla": str(self.xla).lower(),
             # Outside parity each framework's own RNG, with backends.base.dropout_threshold.
             "option.dropout_masks": "numpy" if self.parity else "framework-rng-16bit",
+            "option.parity_accumulate": self.accumulate,
         }
 
     @classmethod
@@ -101,6 +104,10 @@ class RunOptions:
                 tf32=params["option.tf32"] == "true",
                 inter_op_threads=int(params.get("option.inter_op_threads", "1")),
                 xla=params.get("option.xla", "false") == "true",
+                # Runs recorded before the option computed parity in the native kernels.
+                accumulate="float64"
+                if params.get("option.parity_accumulate") == "float64"
+                else "native",
             )
         except KeyError as missing:
             raise BenchError(

@@ -20,15 +20,10 @@ from tests.conftest import mnist_dir
 pytestmark = pytest.mark.skipif(
     not all(is_installed(n) for n in BACKENDS), reason="parity needs both backends"
 )
-# Adam at lr 0.01 and N(0, 1) weights are chaotic in float32: the frameworks' kernels differ
-# by ~1e-7 (exp, reductions, matmul summation order) and these stages amplify that past 1e-5
-# within 50 steps (adam seed 0 from step 39, relu-normal from step 16). float64 shows that the
-# two implementations are the same function; for these stages float32 holds over 10 steps.
-CHAOTIC = {"adam", "relu-normal"}
 
 
-def _parity(stage: str, steps: int, dtype: str) -> ParityReport:
-    options = parity_options(str(mnist_dir()), 2, steps, dtype, 100)  # type: ignore[arg-type]
+def _parity(stage: str, steps: int, dtype: str, accumulate: str = "float64") -> ParityReport:
+    options = parity_options(str(mnist_dir()), 2, steps, dtype, 100, accumulate)  # type: ignore[arg-type]
     return run_parity(stage, "cpu", 0, options, LocalExecutor())
 
 
@@ -43,11 +38,18 @@ def test_float64_parity_over_a_whole_epoch(stage: str) -> None:
 @pytest.mark.parametrize("stage", STAGE_NAMES)
 def test_float32_parity_over_the_first_steps(stage: str) -> None:
     report = _parity(stage, 50, "float32")
+    assert report.steps == 50
+    assert report.passed, report.describe()
+
+
+@pytest.mark.parametrize("stage", ["relu-xavier", "dropout"])
+def test_float32_parity_in_the_native_kernels(stage: str) -> None:
+    """The frameworks' own float32 kernels sum in different orders (~1e-7 apart); SGD from
+    Glorot weights keeps that below the tolerance (Adam at lr 0.01 and N(0, 1) weights
+    amplify it past 1e-5 within 50 steps: the output shows where)."""
+    report = _parity(stage, 50, "float32", "native")
     assert report.windows[1] <= 1e-6  # the same initial weights and first batch
-    if stage in CHAOTIC:
-        assert report.max_within(10) <= 1e-5, report.describe()
-    else:
-        assert report.passed, report.describe()
+    assert report.passed, report.describe()
 
 
 def test_relative_difference_treats_equal_non_finite_values_as_equal() -> None:
