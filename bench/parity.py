@@ -79,6 +79,11 @@ class ParityReport:
         ]
         rows += [f"    N = {first:>5}: {value:.3e}" for first, value in self.windows.items()]
         rows.append(f"  final weights, largest relative difference: {self.weight_rel_diff:.3e}")
+        if math.isinf(self.weight_rel_diff):
+            rows.append(
+                "    (non-finite in one backend where the other has a number: after a divergence"
+                " the frameworks' kernels spread NaN differently)"
+            )
         first_bad = _first_above(self.rel_diff, self.tolerance)
         if first_bad is not None:
             rows.append(f"  differences first exceed {self.tolerance:.0e} at step {first_bad}")
