@@ -91,6 +91,12 @@ class TensorFlowBackend(Backend):
 
         with tf.device(self._device_name):
             self._train_x, self._train_y = put(splits.train_x, splits.train_y)
+            # XLA's gather costs per element: float32 rows gathered as int64 words (two
+            # pixels each, the same bits) make a step's batch ~5% of a step cheaper.
+            self._train_words = None
+            if self._dtype == tf.float32 and splits.train_x.shape[1] % 2 == 0:
+                words = np.ascontiguousarray(splits.train_x, dtype=np.float32).view(np.int64)
+                self._train_words = tf.constant(words)
             self._eval = {
                 "val": put(splits.val_x, splits.val_y),
                 "test": put(splits.test_x, splits.test_y),
@@ -203,6 +209,12 @@ class TensorFlowBackend(Backend):
                 h = tf.where(mask, h / (1.0 - rate), tf.zeros_like(h))
         return h
 
+    def _batch_x(self, rows: tf.Tensor) -> tf.Tensor:
+        if self._train_words is None:
+            return tf.gather(self._train_x, rows)
+        pairs = tf.bitcast(tf.gather(self._train_words, rows), tf.float32)
+        return tf.reshape(pairs, [-1, self._train_x.shape[1]])
+
     def _own_mask(self, shape: tf.TensorShape, seed: tf.Tensor) -> tf.Tensor:
         """TensorFlow's seeded dropout mask: True where a unit is kept.
 
@@ -232,7 +244,7 @@ class TensorFlowBackend(Backend):
         steps = tf.shape(batches)[0]
         losses = tf.TensorArray(self._dtype, size=steps)
         for i in tf.range(steps):
-            x = tf.gather(self._train_x, batches[i])
+            x = self._batch_x(batches[i])
             y = tf.gather(self._train_y, batches[i])
             keep = None if masks is None else [m[i] for m in masks]
             key = first_step + tf.cast(i, tf.int64) + 1

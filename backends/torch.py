@@ -6,6 +6,7 @@ import contextlib
 import os
 import re
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -80,6 +81,64 @@ class _Dropout:
         return self._masks
 
 
+class _GraphedStep:
+    """CUDA graphs (--cuda-graphs): the fast training step captured once, then replayed.
+
+    A step is ~40 small kernels; on a GPU their launches, not the arithmetic, bound this
+    model, and a replay submits them all at once. The first steps run eagerly on a side
+    stream (capture needs warmed-up cuBLAS handles and allocator pools); the next is captured
+    and every later step replays it, reading its batch and Adam's lr_t from static tensors.
+    """
+
+    WARMUP_STEPS = 3
+
+    def __init__(
+        self,
+        step: Callable[[torch.Tensor, torch.Tensor, None], torch.Tensor],
+        train_x: torch.Tensor,
+        train_y: torch.Tensor,
+        batch: int,
+        generator: torch.Generator | None,  # the dropout RNG, advanced by each replay
+    ) -> None:
+        device = train_x.device
+        self._step, self._train_x, self._train_y = step, train_x, train_y
+        self._batch = torch.zeros(batch, dtype=torch.int64, device=device)
+        self._x = torch.empty((batch, train_x.shape[1]), dtype=train_x.dtype, device=device)
+        self._y = torch.empty(batch, dtype=train_y.dtype, device=device)
+        self.lr_t = torch.zeros((), dtype=torch.float32, device=device)
+        self._generator = generator
+        self._warmup_left = self.WARMUP_STEPS
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._loss = torch.empty(())
+        self._side = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
+
+    def step(self, batch: torch.Tensor, lr_t: float | None) -> torch.Tensor:
+        """One training step on these sample indices; its loss (on the device)."""
+        self._batch.copy_(batch)
+        if lr_t is not None:
+            self.lr_t.fill_(lr_t)
+        if self._warmup_left:
+            self._warmup_left -= 1
+            self._side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self._side):
+                loss = self._run()
+            torch.cuda.current_stream().wait_stream(self._side)
+            return loss
+        if self._graph is None:  # capture records the step without running it
+            self._graph = torch.cuda.CUDAGraph()
+            if self._generator is not None:
+                self._graph.register_generator_state(self._generator)
+            with torch.cuda.graph(self._graph):
+                self._loss = self._run()
+        self._graph.replay()
+        return self._loss
+
+    def _run(self) -> torch.Tensor:
+        torch.index_select(self._train_x, 0, self._batch, out=self._x)
+        torch.index_select(self._train_y, 0, self._batch, out=self._y)
+        return self._step(self._x, self._y, None)
+
+
 class TorchBackend(Backend):
     name = "torch"
 
@@ -92,6 +151,8 @@ class TorchBackend(Backend):
                 torch.set_num_interop_threads(settings.inter_op_threads)
         if device == "gpu" and not torch.cuda.is_available():
             raise BenchError("--device gpu: PyTorch sees no CUDA GPU; use --device cpu")
+        if settings.cuda_graphs and (device != "gpu" or settings.parity):
+            raise BenchError("--cuda-graphs: PyTorch on a GPU, outside parity mode, only")
         if settings.deterministic:
             # cuBLAS needs a fixed workspace to be deterministic; set before CUDA starts.
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -120,6 +181,7 @@ class TorchBackend(Backend):
             "compute_dtype": compute_dtype(self._settings),
             "framework_blas": blas.group(1) if blas else "unknown",
             "flush_denormal": "true",
+            "cuda_graphs": str(self._settings.cuda_graphs).lower(),
             "dropout_rng": "torch.Generator (Mersenne Twister), 16-bit thresholds",
             "mkldnn": str(torch.backends.mkldnn.is_available()).lower(),  # type: ignore[no-untyped-call]
             "cuda_version": str(torch.version.cuda or "none"),
@@ -164,7 +226,7 @@ class TorchBackend(Backend):
             self._params = _views(self._flat, arrays)
             self._flat_grad = torch.zeros_like(self._flat)
             self._grads = _views(self._flat_grad, arrays)
-        self._rows = torch.arange(spec.training.batch_size, device=self._device)
+        self._classes = torch.arange(spec.model.layer_sizes[-1], device=self._device)
         self._zero = torch.zeros((), device=self._device, dtype=self._dtype)  # addmm, beta=0
         self._generator = torch.Generator(device=self._device)
         self._generator.manual_seed(run.dropout_seed)
@@ -180,6 +242,15 @@ class TorchBackend(Backend):
                 self._fused_step = torch.tensor(
                     _NO_BIAS_CORRECTION, dtype=torch.float32, device=self._device
                 )
+        self._graphs = None
+        if self._settings.cuda_graphs:
+            self._graphs = _GraphedStep(
+                self._step_manual,
+                self._train_x,
+                self._train_y,
+                spec.training.batch_size,
+                self._generator if spec.model.dropout_rate > 0.0 else None,
+            )
         if spec.model.dropout_rate > 0.0:
             hidden = spec.model.layer_sizes[1:-1]
             self._dropout = _Dropout(
@@ -195,6 +266,12 @@ class TorchBackend(Backend):
         batches = torch.from_numpy(order[: steps * batch]).to(self._device).view(steps, batch)
         keep = None if masks is None else [torch.from_numpy(m).to(self._device) for m in masks]
         losses = torch.empty(steps, device=self._device, dtype=self._dtype)
+        if self._graphs is not None:
+            adam = self._spec.optimizer.name == "adam"
+            for i in range(steps):
+                self._t += 1
+                losses[i] = self._graphs.step(batches[i], self._adam_lr() if adam else None)
+            return losses.cpu().numpy()
         step = self._step_autograd if self._settings.parity else self._step_manual
         for i in range(steps):
             idx = batches[i]
@@ -317,7 +394,9 @@ class TorchBackend(Backend):
         picked = log_probs.gather(1, y.unsqueeze(1))
         loss = -picked.mean()
         delta = log_probs.exp_()
-        delta[self._rows[: len(y)], y] -= 1.0
+        # softmax - onehot, elementwise (an indexed write would sort under determinism on
+        # CUDA and could not be captured in a CUDA graph); x - 0 and x - 1 round as before.
+        delta.sub_((self._classes == y.unsqueeze(1)).to(delta.dtype))
         delta.div_(len(y))
         lr = self._spec.optimizer.learning_rate
         for i in reversed(range(n_layers)):
@@ -360,7 +439,8 @@ class TorchBackend(Backend):
             [self._v_flat],
             [],
             [self._fused_step],
-            lr=adam_step_size(opt.learning_rate, opt.beta1, opt.beta2, self._t),
+            # A captured CUDA graph reads lr_t from a tensor that each replay's step refills.
+            lr=self._graphs.lr_t if self._graphs else self._adam_lr(),
             beta1=opt.beta1,
             beta2=opt.beta2,
             weight_decay=0.0,
@@ -368,6 +448,11 @@ class TorchBackend(Backend):
             amsgrad=False,
             maximize=False,
         )
+
+    def _adam_lr(self) -> float:
+        opt = self._spec.optimizer
+        assert opt.beta1 is not None and opt.beta2 is not None
+        return adam_step_size(opt.learning_rate, opt.beta1, opt.beta2, self._t)
 
     def _sqrt(self, v: torch.Tensor) -> torch.Tensor:
         """The correctly rounded square root, as TensorFlow's: torch's CPU sqrt (SLEEF, within

@@ -79,6 +79,11 @@ def _add_matrix(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls on GPUs")
     parser.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="PyTorch on a GPU: capture the training step in a CUDA graph and replay it",
+    )
+    parser.add_argument(
         "--inter-op-threads",
         type=_positive_int,
         default=1,

@@ -47,6 +47,11 @@ def plan_run(args: argparse.Namespace) -> Plan:
     for name in backends:
         check_backend(name)
     devices = resolve_devices(args.device or ["auto"])
+    if args.cuda_graphs and (devices != ["gpu"] or args.parity):
+        raise BenchError(
+            "--cuda-graphs replays PyTorch's fast step on a GPU: give --device gpu (alone),"
+            " without --parity"
+        )
     data_dir = resolve_data_dir(args.data_dir)
     ensure_files(data_dir)  # downloads what is missing, or fails now with the file's name
     options = RunOptions(
@@ -60,6 +65,7 @@ def plan_run(args: argparse.Namespace) -> Plan:
         tf32=args.tf32,
         inter_op_threads=args.inter_op_threads,
         xla=not args.no_xla,
+        cuda_graphs=args.cuda_graphs,
     )
     return Plan(
         cells=build_cells(stages, backends, devices, seeds_of(args)),

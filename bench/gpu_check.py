@@ -2,9 +2,10 @@
 
 Made for a lent GPU machine that has PyTorch but neither TensorFlow nor MLflow; runs in a few
 minutes. It measures the peak float32 matmul rate on the GPU (and the CPU for scale), trains
-every stage on torch/gpu (TF32 off, the default), relu-xavier again with TF32 on and again to
-check bitwise reruns, and checks parity of torch/gpu against torch/cpu (float64 over one epoch,
-float32 over 50 steps). It writes gpu_table.txt and gpu_check.json into --out.
+every stage on torch/gpu (TF32 off, the default), the training stages again with CUDA graphs,
+relu-xavier with TF32 on, adam twice to check bitwise reruns, and checks parity of torch/gpu
+against torch/cpu (float64 over one epoch, float32 over 50 steps). It writes gpu_table.txt and
+gpu_check.json into --out.
 """
 
 from __future__ import annotations
@@ -62,6 +63,12 @@ def main() -> None:
     rows = [
         _row(f"{s}/torch/gpu", _cell(Cell(s, "torch", "gpu", 0), base), peaks["gpu"])
         for s in STAGE_NAMES
+    ]
+    graphs = RunOptions(data_dir=args.data_dir, threads=4, epochs=args.epochs, cuda_graphs=True)
+    rows += [
+        _row(f"{s}/torch/gpu cuda-graphs", _cell(Cell(s, "torch", "gpu", 0), graphs), peaks["gpu"])
+        for s in STAGE_NAMES
+        if s != "relu-normal"
     ]
     tf32 = RunOptions(data_dir=args.data_dir, threads=4, epochs=args.epochs, tf32=True)
     rows.append(

@@ -61,6 +61,7 @@ class RunOptions:
     inter_op_threads: int = 1
     xla: bool = True
     accumulate: Literal["float64", "native"] = "float64"  # parity only: Settings.parity_accumulate
+    cuda_graphs: bool = False  # PyTorch on GPUs: Settings.cuda_graphs
     max_steps: int | None = None  # stop after this many training steps (parity checks)
     keep_parameters: bool = False  # return the final weights (parity checks)
 
@@ -71,6 +72,7 @@ class RunOptions:
             tf32=self.tf32,
             parity=self.parity,
             parity_accumulate=self.accumulate,
+            cuda_graphs=self.cuda_graphs,
             inter_op_threads=self.inter_op_threads,
             xla=self.xla,
         )
@@ -88,6 +90,7 @@ class RunOptions:
             # Outside parity each framework's own RNG, with backends.base.dropout_threshold.
             "option.dropout_masks": "numpy" if self.parity else "framework-rng-16bit",
             "option.parity_accumulate": self.accumulate,
+            "option.cuda_graphs": str(self.cuda_graphs).lower(),
         }
 
     @classmethod
@@ -104,6 +107,7 @@ class RunOptions:
                 tf32=params["option.tf32"] == "true",
                 inter_op_threads=int(params.get("option.inter_op_threads", "1")),
                 xla=params.get("option.xla", "false") == "true",
+                cuda_graphs=params.get("option.cuda_graphs", "false") == "true",
                 # Runs recorded before the option computed parity in the native kernels.
                 accumulate="float64"
                 if params.get("option.parity_accumulate") == "float64"

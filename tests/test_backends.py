@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from backends import BACKENDS, is_installed, load_backend
-from backends.base import Backend, effective_dropout_rate
+from backends.base import Backend, Settings, effective_dropout_rate
 from bench.data import MnistSplits
 from bench.seeding import seeded_run
-from bench.spec import StageSpec, load_stage, with_epochs
+from bench.spec import STAGE_NAMES, StageSpec, load_stage, with_epochs
 from tests import reference
 from tests.conftest import backend_params, device_params, skip_without_gpu, subset
 
@@ -89,6 +89,25 @@ def test_dropout_is_seeded_and_changes_training(name: str, small: MnistSplits) -
     plain = make(name, "cpu", with_epochs(load_stage("relu-xavier"), 1), small).train_epoch(order)
     np.testing.assert_array_equal(first, again)
     assert first[0] != plain[0]  # the masks are applied from the very first step
+
+
+@pytest.mark.parametrize("stage", STAGE_NAMES)
+def test_cuda_graphs_train_exactly_as_the_eager_step(stage: str, mnist: MnistSplits) -> None:
+    """--cuda-graphs replays the captured fast step: the same kernels, so the same bits
+    (10 steps: 3 eager warm-up steps, the capture, 6 more replays)."""
+    skip_without_gpu("torch", "gpu")
+    spec, data = with_epochs(load_stage(stage), 1), subset(mnist, n_train=1000)
+    order = seeded_run(spec, 0, 1000).epoch_orders[0]
+    losses, params = [], []
+    for graphs in (False, True):
+        backend = load_backend("torch")("gpu", 2, Settings(cuda_graphs=graphs))
+        backend.load_data(data)
+        backend.build(spec, seeded_run(spec, 0, 1000))
+        losses.append(backend.train_epoch(order))
+        params.append(backend.parameters())
+    np.testing.assert_array_equal(losses[0], losses[1])
+    for eager, graphed in zip(*params, strict=True):
+        np.testing.assert_array_equal(eager, graphed)
 
 
 def _own_masks(backend: Backend, draws: int) -> np.ndarray:
