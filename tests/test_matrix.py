@@ -60,6 +60,9 @@ def test_a_cell_runs_in_its_own_process_and_streams_epochs(
     assert result.environment["framework"] == backend
     table = results_table(runs, {"relu-xavier": load_stage("relu-xavier")})
     assert "relu-xavier" in table and "98.02%" in table
+    # The minimum was set for 30 epochs: a 2-epoch run is not judged against it.
+    short = results_table(runs, {"relu-xavier": with_epochs(load_stage("relu-xavier"), 2)})
+    assert "n/a (2 of 30 epochs)" in short and " NO " not in short
 
 
 def test_a_failing_cell_is_recorded_failed_with_its_message(
