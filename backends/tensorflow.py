@@ -37,8 +37,8 @@ def _mean_cross_entropy(logits: tf.Tensor, labels: tf.Tensor) -> Any:
 
     This is the gradient TensorFlow takes by default. With op determinism on, TF instead
     differentiates a one-hot formulation (its GPU kernel is not deterministic); under XLA on
-    a CPU that made the Adam stage ~9% slower, while the fused op is deterministic there (the
-    bitwise-rerun tests check it).
+    a CPU that made the Adam stage ~9% slower, while the fused op is deterministic on a CPU
+    (the bitwise-rerun tests check it).
     """
     xent, backprop = tf.raw_ops.SparseSoftmaxCrossEntropyWithLogits(features=logits, labels=labels)
 
@@ -231,7 +231,9 @@ class TensorFlowBackend(Backend):
 
     def _loss(self, logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
         """Mean softmax cross-entropy of the batch."""
-        if self._settings.parity:  # as written, differentiated by the tape
+        # Parity: as written, differentiated by the tape. GPUs: TF's fused kernel is not
+        # deterministic there, so op determinism needs TF's one-hot form.
+        if self._settings.parity or self._device == "gpu":
             return tf.reduce_mean(
                 tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
             )
