@@ -62,10 +62,9 @@ class _Dropout:
         device = generator.device
         self._bits = torch.empty((sum(sizes) + 3) // 4, dtype=torch.int64, device=device)
         self._flat = torch.empty(sum(sizes), dtype=dtype, device=device)
-        starts = np.cumsum([0, *sizes])
         self._masks = [
-            self._flat[start : start + size].view(shape)
-            for start, size, shape in zip(starts, sizes, shapes, strict=False)
+            part.view(shape)
+            for part, shape in zip(torch.split(self._flat, sizes), shapes, strict=True)
         ]
         self._generator = generator
         # As signed 16-bit values u in [-32768, 32767], a unit is kept when u + 32768 >=
@@ -226,6 +225,10 @@ class TorchBackend(Backend):
             self._params = _views(self._flat, arrays)
             self._flat_grad = torch.zeros_like(self._flat)
             self._grads = _views(self._flat_grad, arrays)
+        # _alphas[i] scales layer i's input in the fast step: 1 / keep for a hidden layer's
+        # dropped-out output (1 without dropout).
+        keep_prob = 1.0 - spec.model.dropout_rate
+        self._alphas = [1.0] + [1.0 / keep_prob] * (len(spec.model.layer_sizes) - 2)
         self._classes = torch.arange(spec.model.layer_sizes[-1], device=self._device)
         self._zero = torch.zeros((), device=self._device, dtype=self._dtype)  # addmm, beta=0
         self._generator = torch.Generator(device=self._device)
@@ -378,8 +381,7 @@ class TorchBackend(Backend):
         masks: list[torch.Tensor] = []
         if rate > 0.0:  # numpy's masks (tests) or this framework's own
             masks = self._dropout.draw() if keep is None else [k.to(x.dtype) for k in keep]
-        # alphas[i] scales layer i's input: 1 / keep for a hidden layer's dropped-out output.
-        alphas = [1.0] + [1.0 / (1.0 - rate)] * (n_layers - 1)
+        alphas = self._alphas
         inputs = [x]  # each layer's input: post-ReLU, masked, not yet scaled
         h = x
         for i in range(n_layers):
