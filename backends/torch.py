@@ -156,6 +156,10 @@ class TorchBackend(Backend):
             # cuBLAS needs a fixed workspace to be deterministic; set before CUDA starts.
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(settings.deterministic)
+        # Deterministic mode also fills each new tensor with NaN, a debugging aid against
+        # reading uninitialised memory, which cost ~2% here. No step reads such memory: with
+        # the fill on, every stage's numbers were finite and bit-identical to these.
+        torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
         # Flush subnormals to zero, as TensorFlow's CPU threads do: Adam's g * g underflows into
         # subnormals, which x86 computes ~100x slower; flushing also keeps the two frameworks'
         # numbers alike.
@@ -175,6 +179,9 @@ class TorchBackend(Backend):
             "intra_op_threads": str(torch.get_num_threads()),
             "inter_op_threads": str(torch.get_num_interop_threads()),
             "deterministic_ops": str(torch.are_deterministic_algorithms_enabled()).lower(),
+            "fill_uninitialized_memory": str(
+                torch.utils.deterministic.fill_uninitialized_memory  # type: ignore[attr-defined]
+            ).lower(),
             "tf32": str(torch.backends.cuda.matmul.allow_tf32).lower(),
             "dtype": self._settings.dtype,
             "compute_dtype": compute_dtype(self._settings),
@@ -267,6 +274,7 @@ class TorchBackend(Backend):
         batch = self._spec.training.batch_size
         steps = len(order) // batch
         batches = torch.from_numpy(order[: steps * batch]).to(self._device).view(steps, batch)
+        labels = self._train_y.index_select(0, batches.view(-1)).view(steps, batch)  # one gather
         keep = None if masks is None else [torch.from_numpy(m).to(self._device) for m in masks]
         losses = torch.empty(steps, device=self._device, dtype=self._dtype)
         if self._graphs is not None:
@@ -282,7 +290,7 @@ class TorchBackend(Backend):
             # The loss stays on the device: no host sync per step.
             losses[i] = step(
                 self._train_x.index_select(0, idx),
-                self._train_y.index_select(0, idx),
+                labels[i],
                 None if keep is None else [k[i] for k in keep],
             )
         return losses.cpu().numpy()  # the copy to host waits for the device
