@@ -3,6 +3,7 @@
 Measures each device's peak matmul rate, runs the stages (30 epochs by default, so the
 harness's share is measured on real cells), runs the Keras reference, and prints and records a
 table: samples/s, GFLOP/s, roofline fraction, ratio to Keras, ratio to relu-xavier, overhead.
+Then it measures the peaks again: one that moved under the run makes its figures suspect.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import tempfile
 from pathlib import Path
 
 from bench.cli import EXIT_INTERRUPTED
-from bench.cmd_run import Plan, execute, finish, plan_run
+from bench.cmd_run import Execution, Plan, execute, finish, measure_peaks, plan_run
 from bench.matrix import CellRun, LocalExecutor
+from bench.perf import DRIFT_LIMIT, drift_lines
 from bench.report import table
 
 REFERENCE_STAGE = "relu-xavier"
@@ -62,6 +64,18 @@ def perf_table(runs: list[CellRun], keras: float | None) -> str:
     return table(header, rows)
 
 
+def _check_drift(execution: Execution, plan: Plan) -> list[str]:
+    """Measure the peaks again, record how far they moved, and return the report's lines."""
+    end = measure_peaks(plan.cells, plan.options.threads, when=" at the end")
+    drift, lines = drift_lines(execution.peaks, end)
+    metrics = {f"peak_gflops_end_{b}_{d}": v for (b, d), v in end.items()}
+    metrics |= {f"peak_drift_{k.replace('/', '_')}": v for k, v in drift.items()}
+    execution.tracker.log_metrics(execution.parent_id, metrics)
+    stable = all(abs(v) <= DRIFT_LIMIT for v in drift.values())
+    execution.tracker.set_tags(execution.parent_id, {"speed_stable": str(stable).lower()})
+    return lines
+
+
 def _keras(plan: Plan, epochs: int) -> float:
     with tempfile.TemporaryDirectory(prefix="mlp-bench-keras-") as tmp:
         rate = LocalExecutor().keras_reference(REFERENCE_STAGE, plan.options, epochs, Path(tmp))
@@ -79,6 +93,8 @@ def cmd_perf(args: argparse.Namespace) -> int:
         keras = _keras(plan, args.keras_epochs)
         execution.tracker.log_metrics(execution.parent_id, {"keras_fit_samples_per_s": keras})
     text = perf_table(execution.runs, keras)
+    if execution.peaks:  # measured at the start unless --no-peak
+        text += "\n\n" + "\n".join(_check_drift(execution, plan))
     print()
     print(text)
     with tempfile.TemporaryDirectory() as tmp:

@@ -88,14 +88,15 @@ def _invocation_params(plan: Plan, args: argparse.Namespace) -> dict[str, str]:
     }
 
 
-def measure_peaks(cells: list[Cell], threads: int) -> dict[tuple[str, str], float]:
+def measure_peaks(cells: list[Cell], threads: int, when: str = "") -> dict[tuple[str, str], float]:
     """Each backend x device's peak float32 matmul rate, through the framework, once."""
     peaks: dict[tuple[str, str], float] = {}
     for backend, device in dict.fromkeys((c.backend, c.device) for c in cells):
         with tempfile.TemporaryDirectory(prefix="mlp-bench-peak-") as tmp:
             peaks[(backend, device)] = LocalExecutor().peak(backend, device, threads, Path(tmp))
         print(
-            f"peak float32 matmul, {backend}/{device}: {peaks[(backend, device)]:,.0f} GFLOP/s",
+            f"peak float32 matmul{when}, {backend}/{device}: "
+            f"{peaks[(backend, device)]:,.0f} GFLOP/s",
             flush=True,
         )
     return peaks

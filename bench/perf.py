@@ -8,6 +8,9 @@ import math
 from bench.spec import StageSpec
 
 PEAK_SECONDS = 1.0  # each timed burst of products; the best of three bursts is kept
+# A peak that moves by more than this between the start and the end of the run means that the
+# machine's speed changed under it (other load, throttling, a noisy neighbour on a shared host).
+DRIFT_LIMIT = 0.10
 
 
 def flops_per_sample(spec: StageSpec) -> int:
@@ -75,3 +78,20 @@ def time_breakdown(
     metrics["harness_seconds"] = harness
     metrics["harness_fraction"] = harness / total if total > 0 else 0.0
     return metrics
+
+
+def drift_lines(
+    start: dict[tuple[str, str], float], end: dict[tuple[str, str], float]
+) -> tuple[dict[str, float], list[str]]:
+    """Each peak's relative change over the run, and the lines that report it (a warning when
+    one moved past DRIFT_LIMIT: the run's speed figures are then not comparable)."""
+    drift = {f"{b}/{d}": end[(b, d)] / start[(b, d)] - 1.0 for (b, d) in start if (b, d) in end}
+    lines = ["peak drift over the run: " + ", ".join(f"{k} {v:+.1%}" for k, v in drift.items())]
+    moved = [k for k, v in drift.items() if abs(v) > DRIFT_LIMIT]
+    if moved:
+        lines.append(
+            f"WARNING: the peak of {', '.join(moved)} moved by more than {DRIFT_LIMIT:.0%} during"
+            " the run, so the machine's speed changed under it and these figures are not"
+            " comparable; rerun on a quiet machine"
+        )
+    return drift, lines

@@ -341,3 +341,8 @@ def test_perf_command_prints_the_table(tmp_path: Path) -> None:
         [e.experiment_id for e in client.search_experiments()], filter_string="tags.kind = 'perf'"
     )
     assert parents[0].data.metrics["keras_fit_samples_per_s"] > 0
+    [drift] = [line for line in done.stdout.splitlines() if line.startswith("peak drift")]
+    assert "torch/cpu" in drift
+    assert parents[0].data.metrics["peak_gflops_end_torch_cpu"] > 0
+    assert "peak_drift_torch_cpu" in parents[0].data.metrics
+    assert parents[0].data.tags["speed_stable"] in ("true", "false")

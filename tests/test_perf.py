@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.perf import flops_per_sample, roofline, time_breakdown
+from bench.perf import DRIFT_LIMIT, drift_lines, flops_per_sample, roofline, time_breakdown
 from bench.spec import load_stage
 
 
@@ -35,3 +35,18 @@ def test_time_breakdown_accounts_for_every_second() -> None:
     assert metrics["time_compilation_seconds"] == pytest.approx(1.0)
     assert metrics["harness_seconds"] == pytest.approx(0.2 + 0.3 + 0.01 + 0.49)
     assert metrics["harness_fraction"] == pytest.approx(1.0 / 35.0)
+
+
+def test_a_steady_peak_is_reported_without_a_warning() -> None:
+    drift, lines = drift_lines({("torch", "cpu"): 360.0}, {("torch", "cpu"): 351.0})
+    assert drift == {"torch/cpu": pytest.approx(-0.025)}
+    assert lines == ["peak drift over the run: torch/cpu -2.5%"]
+
+
+def test_a_peak_that_moved_under_the_run_is_a_warning() -> None:
+    start = {("torch", "cpu"): 360.0, ("tensorflow", "cpu"): 350.0}
+    end = {("torch", "cpu"): 360.0 * (1 - DRIFT_LIMIT) - 1, ("tensorflow", "cpu"): 350.0}
+    drift, lines = drift_lines(start, end)
+    assert abs(drift["torch/cpu"]) > DRIFT_LIMIT and drift["tensorflow/cpu"] == 0.0
+    assert len(lines) == 2
+    assert lines[1].startswith("WARNING: the peak of torch/cpu moved by more than 10%")
