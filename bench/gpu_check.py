@@ -54,8 +54,8 @@ class Row:
     def line(self) -> str:
         if self.test_accuracy is None:  # failed or skipped
             return f"{self.cell:<34} {self.outcome}"
-        if self.samples_per_s is None:  # one epoch: no steady state to measure
-            speed = f"{'n/a':>12} samples/s (needs 2+ epochs)"
+        if self.samples_per_s is None:  # one epoch (or a divergence): no steady state
+            speed = f"{'n/a':>12} samples/s (fewer than 2 epochs ran)"
         else:
             speed = (
                 f"{self.samples_per_s:>12,.0f} samples/s  {self.train_gflops:8.1f} GFLOP/s  "
