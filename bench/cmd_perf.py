@@ -83,22 +83,36 @@ def _keras(plan: Plan, epochs: int) -> float:
     return rate
 
 
+def _table(execution: Execution, plan: Plan, keras_epochs: int) -> str:
+    """The Keras reference, the table and the peaks' drift, recorded on the parent run."""
+    keras = None
+    if keras_epochs and any(c.device == "cpu" for c in plan.cells):
+        keras = _keras(plan, keras_epochs)
+        execution.tracker.log_metrics(execution.parent_id, {"keras_fit_samples_per_s": keras})
+    text = perf_table(execution.runs, keras)
+    if execution.peaks:  # measured at the start unless --no-peak
+        text += "\n\n" + "\n".join(_check_drift(execution, plan))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "perf_table.txt"
+        path.write_text(text + "\n")
+        execution.tracker.log_artifact(execution.parent_id, path)
+    return text
+
+
 def cmd_perf(args: argparse.Namespace) -> int:
     plan = plan_run(args)
     execution = execute(plan, args, "perf")
     if execution.interrupted:
         return EXIT_INTERRUPTED
-    keras = None
-    if args.keras_epochs and any(c.device == "cpu" for c in plan.cells):
-        keras = _keras(plan, args.keras_epochs)
-        execution.tracker.log_metrics(execution.parent_id, {"keras_fit_samples_per_s": keras})
-    text = perf_table(execution.runs, keras)
-    if execution.peaks:  # measured at the start unless --no-peak
-        text += "\n\n" + "\n".join(_check_drift(execution, plan))
+    try:
+        text = _table(execution, plan, args.keras_epochs)
+    except KeyboardInterrupt:
+        execution.tracker.end(execution.parent_id, "KILLED")
+        print("\ninterrupted: the cells are recorded, the perf table is not")
+        return EXIT_INTERRUPTED
+    except BaseException:  # a failed Keras reference or peak: the parent run must not stay open
+        execution.tracker.end(execution.parent_id, "FAILED")
+        raise
     print()
     print(text)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "perf_table.txt"
-        path.write_text(text + "\n")
-        execution.tracker.log_artifact(execution.parent_id, path)
     return finish(execution, plan)
