@@ -135,7 +135,7 @@ class _GraphedStep:
     def _run(self) -> torch.Tensor:
         torch.index_select(self._train_x, 0, self._batch, out=self._x)
         torch.index_select(self._train_y, 0, self._batch, out=self._y)
-        return self._step(self._x, self._y, None)
+        return self._step(self._x, self._y.view(-1, 1), None)
 
 
 class TorchBackend(Backend):
@@ -274,26 +274,29 @@ class TorchBackend(Backend):
         batch = self._spec.training.batch_size
         steps = len(order) // batch
         batches = torch.from_numpy(order[: steps * batch]).to(self._device).view(steps, batch)
-        labels = self._train_y.index_select(0, batches.view(-1)).view(steps, batch)  # one gather
         keep = None if masks is None else [torch.from_numpy(m).to(self._device) for m in masks]
-        losses = torch.empty(steps, device=self._device, dtype=self._dtype)
         if self._graphs is not None:
+            losses = torch.empty(steps, device=self._device, dtype=self._dtype)
             adam = self._spec.optimizer.name == "adam"
             for i in range(steps):
                 self._t += 1
                 losses[i] = self._graphs.step(batches[i], self._adam_lr() if adam else None)
             return losses.cpu().numpy()
-        step = self._step_autograd if self._settings.parity else self._step_manual
+        # Per epoch rather than per step (a few small ops fewer each step): the labels, as
+        # columns, and the fast step's one-hot rows.
+        labels = self._train_y.index_select(0, batches.view(-1)).view(steps, batch, 1)
+        fast = not self._settings.parity
+        onehots = (labels == self._classes).to(self._dtype) if fast else None
+        step_losses = []  # on the device: no host sync per step
         for i in range(steps):
-            idx = batches[i]
+            x = self._train_x.index_select(0, batches[i])
+            kept = None if keep is None else [k[i] for k in keep]
             self._t += 1
-            # The loss stays on the device: no host sync per step.
-            losses[i] = step(
-                self._train_x.index_select(0, idx),
-                labels[i],
-                None if keep is None else [k[i] for k in keep],
-            )
-        return losses.cpu().numpy()  # the copy to host waits for the device
+            if onehots is not None:
+                step_losses.append(self._step_manual(x, labels[i], kept, onehots[i]))
+            else:
+                step_losses.append(self._step_autograd(x, labels[i].view(-1), kept))
+        return torch.stack(step_losses).cpu().numpy()  # the copy to host waits for the device
 
     def accuracy(self, split: Split) -> float:
         x, y = self._eval[split]
@@ -376,7 +379,11 @@ class TorchBackend(Backend):
 
     @torch.no_grad()
     def _step_manual(
-        self, x: torch.Tensor, y: torch.Tensor, keep: list[torch.Tensor] | None
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,  # the labels as a column, (batch, 1)
+        keep: list[torch.Tensor] | None,
+        onehot: torch.Tensor | None = None,  # y's one-hot rows, when computed ahead
     ) -> torch.Tensor:
         """The fast path: forward and backward written out, no autograd tape, in-place ops.
 
@@ -401,12 +408,12 @@ class TorchBackend(Backend):
                 inputs.append(h)
         # Softmax cross-entropy and its gradient (softmax - onehot) / batch, from one log_softmax.
         log_probs = torch.log_softmax(h, dim=1)
-        picked = log_probs.gather(1, y.unsqueeze(1))
+        picked = log_probs.gather(1, y)
         loss = -picked.mean()
         delta = log_probs.exp_()
         # softmax - onehot, elementwise (an indexed write would sort under determinism on
         # CUDA and could not be captured in a CUDA graph); x - 0 and x - 1 round as before.
-        delta.sub_((self._classes == y.unsqueeze(1)).to(delta.dtype))
+        delta.sub_((self._classes == y).to(delta.dtype) if onehot is None else onehot)
         delta.div_(len(y))
         lr = self._spec.optimizer.learning_rate
         for i in reversed(range(n_layers)):
