@@ -248,12 +248,15 @@ class TensorFlowBackend(Backend):
     def _own_mask(self, shape: tf.TensorShape, seed: tf.Tensor) -> tf.Tensor:
         """TensorFlow's seeded dropout mask: True where a unit is kept.
 
-        Two 16-bit uniforms per 32-bit Philox word, against a 16-bit threshold (see
-        dropout_threshold): a float uniform per unit made dropout cost 1.3x a step here.
+        16-bit uniforms from Philox's stream, against a 16-bit threshold (see
+        dropout_threshold): a float uniform per unit made dropout cost 1.3x a step here. The
+        stream is drawn as 64-bit words: the same bits as 32-bit words (checked, with and
+        without XLA), but XLA's CPU code draws 32-bit words 3x slower (97 against 31 ms an
+        epoch).
         """
         size = shape.num_elements()
         words = tf.random.stateless_uniform(
-            [(size + 1) // 2], seed=seed, minval=None, maxval=None, dtype=tf.uint32
+            [(size + 3) // 4], seed=seed, minval=None, maxval=None, dtype=tf.uint64
         )
         halves = tf.reshape(tf.bitcast(words, tf.uint16), [-1])[:size]
         threshold = dropout_threshold(self._spec.model.dropout_rate)
