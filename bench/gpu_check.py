@@ -78,9 +78,12 @@ class Report:
     bitwise: str = "not run"  # "identical", "DIFFERENT", or why not run
     parity: dict[str, dict[str, Any]] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)  # items the budget left out
+    finished: bool = False  # False in a file saved midway (or left by a run cut short)
 
     @property
     def passed(self) -> bool:
+        if not self.finished:
+            return False
         ran = not self.skipped and not any(r.outcome.startswith("FAILED") for r in self.rows)
         float64 = [v["passed"] for k, v in self.parity.items() if k.endswith("float64")]
         return ran and self.bitwise == "identical" and bool(float64) and all(float64)
@@ -99,7 +102,8 @@ class Report:
                 f"parity {name}: {v['measured']:.3e} ({verdict}), weights {v['weights']:.3e}"
             )
         lines += [f"skipped (budget spent): {what}" for what in self.skipped]
-        return [*lines, f"check {'passed' if self.passed else 'FAILED'}"]
+        verdict = "passed" if self.passed else "FAILED"
+        return [*lines, f"check {verdict}" if self.finished else "check unfinished (cut short?)"]
 
     def save(self) -> None:
         """Both files, each written whole and then renamed into place."""
@@ -110,15 +114,16 @@ class Report:
             "bitwise": self.bitwise,
             "parity": self.parity,
             "skipped": self.skipped,
+            "finished": self.finished,
             "passed": self.passed,
         }
         for name, text in (
             ("gpu_table.txt", "\n".join(self.lines()) + "\n"),
             ("gpu_check.json", json.dumps(document, indent=1)),
         ):
-            partial = self.out / f".{name}.partial"
-            partial.write_text(text)
-            partial.replace(self.out / name)
+            staged = self.out / f".{name}.partial"
+            staged.write_text(text)
+            staged.replace(self.out / name)
 
 
 def _cell(cell: Cell, options: RunOptions) -> CellResult | str:
@@ -168,6 +173,8 @@ class Check:
         for dtype, steps in PARITY_RUNS:
             for stage in self.stages:
                 self._item(f"parity {stage} {dtype}", partial(self._parity, stage, dtype, steps))
+        self.report.finished = True
+        self.report.save()
         return self.report
 
     def _item(self, what: str, body: Callable[[], None]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ def test_the_cpu_rehearsal_runs_every_item_but_the_gpu_only_rows(
         data_dir, tmp_path, "--device", "cpu", "--epochs", "2", "--stages", "relu-xavier"
     )
     assert code == 0, stderr
-    assert report["passed"] and report["bitwise"] == "identical"
+    assert report["finished"] and report["passed"] and report["bitwise"] == "identical"
     outcomes = {row["cell"]: row["outcome"] for row in report["rows"]}
     assert outcomes == {
         "relu-xavier/torch/cpu": "converged",
@@ -73,7 +74,7 @@ def test_items_past_the_budget_are_listed_as_skipped_and_fail_the_check(
         data_dir, tmp_path, "--device", "cpu", "--stages", "adam", "--budget-s", "0"
     )
     assert code == 1
-    assert report["peaks"]["cpu"] > 0 and not report["passed"]
+    assert report["finished"] and report["peaks"]["cpu"] > 0 and not report["passed"]
     assert report["skipped"] == [
         "adam/torch/cpu",
         "bitwise rerun",
@@ -81,6 +82,31 @@ def test_items_past_the_budget_are_listed_as_skipped_and_fail_the_check(
         "parity adam float32",
     ]
     assert "skipped (budget spent): bitwise rerun" in (tmp_path / "gpu_table.txt").read_text()
+
+
+@needs_torch
+def test_a_run_cut_short_leaves_what_it_measured_marked_unfinished(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    command = [sys.executable, "-m", "bench.gpu_check", "--data-dir", str(data_dir)]
+    check = subprocess.Popen(
+        [*command, "--out", str(tmp_path), "--device", "cpu", "--stages", "relu-xavier"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "gpu_check.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)  # the first save comes once the peaks are measured
+    finally:
+        check.kill()
+        check.wait()
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["peaks"]["cpu"] > 0
+    assert not report["finished"] and not report["passed"]
+    table = (tmp_path / "gpu_table.txt").read_text().splitlines()
+    assert table[-1] == "check unfinished (cut short?)"
 
 
 def test_a_bad_data_dir_is_one_line(tmp_path: Path) -> None:
