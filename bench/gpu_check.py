@@ -30,7 +30,7 @@ from typing import Any, Literal
 from backends.base import DType
 from bench.data import ensure_files, resolve_data_dir
 from bench.errors import BenchError
-from bench.matrix import LocalExecutor
+from bench.matrix import LocalExecutor, run_alone
 from bench.parity import compare, parity_options
 from bench.perf import flops_per_sample
 from bench.runner import Cell, CellResult, RunOptions
@@ -128,8 +128,7 @@ class Report:
 
 def _cell(cell: Cell, options: RunOptions) -> CellResult | str:
     """The cell's result, or why it failed."""
-    with tempfile.TemporaryDirectory(prefix="mlp-bench-gpu-") as tmp:
-        run = LocalExecutor().execute(cell, options, Path(tmp), lambda record: None)
+    run = run_alone(cell, options)
     return run.result if run.result is not None else f"FAILED: {run.error}"
 
 

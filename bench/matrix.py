@@ -157,6 +157,12 @@ class LocalExecutor:
         return _measure(request, work_dir, "keras", "samples_per_s", "the Keras reference")
 
 
+def run_alone(cell: Cell, options: RunOptions, executor: Executor | None = None) -> CellRun:
+    """One cell outside a matrix: no progress display, no MLflow, its work folder removed."""
+    with tempfile.TemporaryDirectory(prefix="mlp-bench-") as tmp:
+        return (executor or LocalExecutor()).execute(cell, options, Path(tmp), lambda r: None)
+
+
 def _measure(request: dict[str, Any], work_dir: Path, kind: str, key: str, what: str) -> float:
     """Run a measuring worker and return the one number its `kind` event carries."""
     done = spawn_worker(request, work_dir, lambda event: None)

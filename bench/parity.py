@@ -11,7 +11,6 @@ the check sees the float32 parameters, gradients and updates, not the kernels' s
 from __future__ import annotations
 
 import math
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -20,7 +19,7 @@ import numpy as np
 
 from backends.base import DType, steps_per_epoch
 from bench.errors import BenchError
-from bench.matrix import Executor
+from bench.matrix import Executor, run_alone
 from bench.runner import Cell, CellResult, RunOptions
 
 PARITY_BACKENDS = ("tensorflow", "torch")
@@ -171,9 +170,7 @@ def run_parity(
     """Train each backend in its own process, then compare them."""
     results: dict[str, CellResult] = {}
     for backend in PARITY_BACKENDS:
-        cell = Cell(stage, backend, device, seed)  # type: ignore[arg-type]
-        with tempfile.TemporaryDirectory(prefix="mlp-bench-parity-") as tmp:
-            run = executor.execute(cell, options, Path(tmp), lambda record: None)
+        run = run_alone(Cell(stage, backend, device, seed), options, executor)  # type: ignore[arg-type]
         if run.result is None:
             raise BenchError(f"parity: the {backend} run failed: {run.error}")
         results[backend] = run.result

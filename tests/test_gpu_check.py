@@ -31,6 +31,11 @@ def _gpu_check(data_dir: Path, out: Path, *options: str) -> tuple[int, str, dict
     return done.returncode, done.stderr, report
 
 
+def _rehearse(data_dir: Path, out: Path, *options: str) -> tuple[int, str, dict[str, Any]]:
+    """The script's CPU rehearsal (--device cpu)."""
+    return _gpu_check(data_dir, out, "--device", "cpu", *options)
+
+
 @needs_torch
 @pytest.mark.gpu
 @pytest.mark.skipif(not is_installed("torch") or not gpu_available("torch"), reason="no GPU")
@@ -46,9 +51,7 @@ def test_gpu_check_writes_its_table(data_dir: Path, tmp_path: Path) -> None:
 def test_the_cpu_rehearsal_runs_every_item_but_the_gpu_only_rows(
     data_dir: Path, tmp_path: Path
 ) -> None:
-    code, stderr, report = _gpu_check(
-        data_dir, tmp_path, "--device", "cpu", "--epochs", "2", "--stages", "relu-xavier"
-    )
+    code, stderr, report = _rehearse(data_dir, tmp_path, "--epochs", "2", "--stages", "relu-xavier")
     assert code == 0, stderr
     assert report["finished"] and report["passed"] and report["bitwise"] == "identical"
     outcomes = {row["cell"]: row["outcome"] for row in report["rows"]}
@@ -70,9 +73,7 @@ def test_the_cpu_rehearsal_runs_every_item_but_the_gpu_only_rows(
 def test_items_past_the_budget_are_listed_as_skipped_and_fail_the_check(
     data_dir: Path, tmp_path: Path
 ) -> None:
-    code, _, report = _gpu_check(
-        data_dir, tmp_path, "--device", "cpu", "--stages", "adam", "--budget-s", "0"
-    )
+    code, _, report = _rehearse(data_dir, tmp_path, "--stages", "adam", "--budget-s", "0")
     assert code == 1
     assert report["finished"] and report["peaks"]["cpu"] > 0 and not report["passed"]
     assert report["skipped"] == [
@@ -113,7 +114,7 @@ def test_a_bad_data_dir_is_one_line(tmp_path: Path) -> None:
     empty = tmp_path / "no-mnist"
     empty.mkdir()
     (empty / "train-images-idx3-ubyte.gz").write_bytes(b"not gzip")
-    code, stderr, _ = _gpu_check(empty, tmp_path / "out", "--device", "cpu")
+    code, stderr, _ = _rehearse(empty, tmp_path / "out")
     assert code == 2
     assert stderr.startswith("gpu_check: ") and len(stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
