@@ -16,6 +16,7 @@ nox.options.sessions = ["tests", "lint"]
 ROOT = Path(__file__).parent
 PYPROJECT = nox.project.load_toml(ROOT / "pyproject.toml")
 CPU_CONSTRAINTS = ROOT / "constraints" / "cpu.txt"
+GPU_CONSTRAINTS = ROOT / "constraints" / "gpu.txt"
 
 
 def _has_gpu() -> bool:
@@ -25,7 +26,8 @@ def _has_gpu() -> bool:
 def install_project(session: nox.Session) -> None:
     """The project with both frameworks: CUDA builds where a GPU is present, else CPU builds."""
     if _has_gpu():
-        session.install("-e", ".[gpu]")
+        # A torch on TensorFlow's CUDA major: one CUDA stack and one libcudnn in the process.
+        session.install("-c", str(GPU_CONSTRAINTS), "-e", ".[gpu]")
     else:
         # The constraint keeps pip from pulling the multi-GB CUDA build of torch.
         session.install("-c", str(CPU_CONSTRAINTS), "-e", ".[cpu]")

@@ -14,6 +14,9 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "torch": ("backends.torch:TorchBackend", "torch"),
 }
 
+# RunOptions fields that only one framework has; other backends' cells record them as "n/a".
+FRAMEWORK_ONLY_OPTIONS: dict[str, str] = {"xla": "tensorflow", "cuda_graphs": "torch"}
+
 
 def is_installed(name: str) -> bool:
     """Whether the framework behind a backend can be imported (checked without importing it)."""

@@ -72,6 +72,12 @@ class Backend(ABC):
     def __init__(self, device: Device, threads: int, settings: Settings = DEFAULT_SETTINGS) -> None:
         """Pin the device, thread pools and numerics; must run before other framework work."""
 
+    @staticmethod
+    @abstractmethod
+    def visible_gpus() -> int:
+        """How many GPUs the framework itself can use in this process (0 on a CPU-only build,
+        with CUDA_VISIBLE_DEVICES hiding them, or with a driver too old for its CUDA)."""
+
     @abstractmethod
     def environment(self) -> dict[str, str]:
         """Framework and library versions, device model, threads, determinism, for the record."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -16,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from bench.data import MnistSplits
+from bench.errors import BenchError
 from bench.seeding import SeededRun
 from bench.spec import StageSpec
 
@@ -32,12 +34,36 @@ class _EpochTimer(keras.callbacks.Callback):  # type: ignore[misc]
         self.seconds.append(time.perf_counter() - self._start)
 
 
+@dataclass(frozen=True)
+class KerasFit:
+    samples_per_s: float  # the median of the epochs after the first
+    ran_on: str  # the device that held the model's weights, as TensorFlow names it
+    tf32: bool
+
+
+def _pin(device: str) -> str:
+    """Run on the device of the cells the reference is compared with, with TF32 off as they
+    are: left alone, Keras takes a GPU wherever there is one, with TF's default TF32 on."""
+    tf.config.experimental.enable_tensor_float_32_execution(False)
+    gpus = tf.config.list_physical_devices("GPU")
+    if device == "gpu" and not gpus:
+        raise BenchError("the Keras reference on the GPU: TensorFlow sees no GPU")
+    if device == "cpu" and gpus:
+        tf.config.set_visible_devices([], "GPU")
+    return "/GPU:0" if device == "gpu" else "/CPU:0"
+
+
 def keras_fit_samples_per_s(
-    spec: StageSpec, run: SeededRun, splits: MnistSplits, epochs: int, threads: int
-) -> float:
+    spec: StageSpec, run: SeededRun, splits: MnistSplits, epochs: int, threads: int, device: str
+) -> KerasFit:
     """Median samples/s over the epochs after the first of `model.fit` (SGD, the same weights)."""
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
+    with tf.device(_pin(device)):
+        return _fit(spec, run, splits, epochs)
+
+
+def _fit(spec: StageSpec, run: SeededRun, splits: MnistSplits, epochs: int) -> KerasFit:
     sizes = spec.model.layer_sizes
     layers: list[keras.layers.Layer] = [keras.Input((sizes[0],))]
     for width in sizes[1:-1]:
@@ -63,4 +89,8 @@ def keras_fit_samples_per_s(
     )
     batches = len(splits.train_x) // spec.training.batch_size
     samples = batches * spec.training.batch_size  # Keras also runs the last partial batch
-    return float(np.median([samples / s for s in timer.seconds[1:]]))
+    return KerasFit(
+        samples_per_s=float(np.median([samples / s for s in timer.seconds[1:]])),
+        ran_on=str(model.weights[0].value.device),
+        tf32=bool(tf.config.experimental.tensor_float_32_execution_enabled()),
+    )

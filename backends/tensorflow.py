@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 # Quiet TF's C++ start-up banner; errors still show. Must be set before tensorflow is imported.
@@ -30,15 +31,18 @@ from bench.errors import BenchError
 from bench.seeding import SeededRun
 from bench.spec import StageSpec
 
+# A batch's mean softmax cross-entropy, from (logits, integer labels).
+CrossEntropy = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+
 
 @tf.custom_gradient  # type: ignore[untyped-decorator]
 def _mean_cross_entropy(logits: tf.Tensor, labels: tf.Tensor) -> Any:
     """The mean of TF's fused sparse softmax cross-entropy, its own backprop as the gradient.
 
     This is the gradient TensorFlow takes by default. With op determinism on, TF instead
-    differentiates a one-hot formulation (its GPU kernel is not deterministic); under XLA on
-    a CPU that made the Adam stage ~9% slower, while the fused op is deterministic on a CPU
-    (the bitwise-rerun tests check it).
+    differentiates log_softmax and a gather of each row's label (its GPU kernel is not
+    deterministic); under XLA on a CPU that made the Adam stage ~9% slower, while the fused
+    op is deterministic on a CPU (the bitwise-rerun tests check it).
     """
     xent, backprop = tf.raw_ops.SparseSoftmaxCrossEntropyWithLogits(features=logits, labels=labels)
 
@@ -48,6 +52,54 @@ def _mean_cross_entropy(logits: tf.Tensor, labels: tf.Tensor) -> Any:
         return backprop * per_row, None
 
     return tf.reduce_mean(xent), grad
+
+
+@tf.custom_gradient  # type: ignore[untyped-decorator]
+def _mean_cross_entropy_dense(logits: tf.Tensor, labels: tf.Tensor) -> Any:
+    """The same mean cross-entropy from one-hot rows, gradient (softmax - onehot) / batch.
+
+    For GPUs under op determinism. TF's deterministic form gathers each row's log-probability
+    and differentiates the gather into a scatter-add, which XLA with deterministic ops may
+    expand into a serial loop. Here every op is elementwise or a per-row reduction (no
+    gather, no scatter; a test reads the compiled HLO), as in the torch backend's fast step.
+    """
+    log_probs = tf.nn.log_softmax(logits)
+    onehot = tf.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+
+    def grad(upstream: tf.Tensor) -> tuple[tf.Tensor, None]:
+        per_row = upstream / tf.cast(tf.shape(logits)[0], logits.dtype)
+        return (tf.exp(log_probs) - onehot) * per_row, None
+
+    return -tf.reduce_mean(tf.reduce_sum(onehot * log_probs, axis=1)), grad
+
+
+def _mean_cross_entropy_taped(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    """TF's own sparse cross-entropy, differentiated by the tape (parity: ops as written)."""
+    return tf.reduce_mean(
+        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    )
+
+
+# Outside parity: the fused kernel's own backprop is deterministic on a CPU only.
+_FAST_CROSS_ENTROPY: dict[Device, CrossEntropy] = {
+    "cpu": _mean_cross_entropy,
+    "gpu": _mean_cross_entropy_dense,
+}
+
+
+def mean_cross_entropy_for(parity: bool, device: Device) -> CrossEntropy:
+    """The loss a training step differentiates: in parity mode TF's op as written, for the
+    tape; otherwise a deterministic form with a hand-written gradient, per device."""
+    return _mean_cross_entropy_taped if parity else _FAST_CROSS_ENTROPY[device]
+
+
+def _memory_growth(gpu: Any) -> bool:
+    """Whether TF grows its memory on this GPU: TF_FORCE_GPU_ALLOW_GROWTH, when "true" or
+    "false", overrides the setting (TF's GPU allocator reads it)."""
+    forced = os.environ.get("TF_FORCE_GPU_ALLOW_GROWTH")
+    if forced in ("true", "false"):
+        return forced == "true"
+    return bool(tf.config.experimental.get_memory_growth(gpu))
 
 
 class TensorFlowBackend(Backend):
@@ -71,14 +123,35 @@ class TensorFlowBackend(Backend):
         gpus = tf.config.list_physical_devices("GPU")
         if device == "gpu" and not gpus:
             raise BenchError("--device gpu: TensorFlow sees no GPU; use --device cpu")
+        if device == "gpu":
+            # By default TF reserves nearly all GPU memory when its runtime starts, and PyTorch
+            # in the same process (tests run both) then finds none. Settable before the runtime
+            # initialises only; a later backend keeps the first's (environment() records it).
+            for gpu in gpus:
+                with contextlib.suppress(RuntimeError):
+                    tf.config.experimental.set_memory_growth(gpu, True)
         if device == "cpu" and gpus:
-            tf.config.set_visible_devices([], "GPU")
+            # Keeps a CPU cell's process off the GPU; once TF's runtime is up (a GPU backend
+            # earlier in this process) it cannot change, and /CPU:0 scopes place the work.
+            with contextlib.suppress(RuntimeError):
+                tf.config.set_visible_devices([], "GPU")
+        if device == "gpu" and not tf.config.get_visible_devices("GPU"):
+            # Else TF would place the work on the CPU without a word.
+            raise BenchError(
+                "--device gpu: a CPU backend earlier in this process hid TensorFlow's GPUs;"
+                " run GPU cells in a process of their own (the harness does)"
+            )
         self._device_name = "/GPU:0" if device == "gpu" else "/CPU:0"
         self._device = device
         self._settings = settings
         self._xla = settings.xla and not settings.parity
+        self._cross_entropy = mean_cross_entropy_for(settings.parity, device)
         self._dtype = tf.float64 if settings.dtype == "float64" else tf.float32
         self._compute = tf.float64 if compute_dtype(settings) == "float64" else tf.float32
+
+    @staticmethod
+    def visible_gpus() -> int:
+        return len(tf.config.list_physical_devices("GPU"))
 
     def environment(self) -> dict[str, str]:
         build = tf.sysconfig.get_build_info()
@@ -103,6 +176,7 @@ class TensorFlowBackend(Backend):
             gpu = tf.config.list_physical_devices("GPU")[0]
             details = tf.config.experimental.get_device_details(gpu)
             env["gpu_model"] = str(details.get("device_name", "unknown"))
+            env["gpu_memory_growth"] = str(_memory_growth(gpu)).lower()
         return env
 
     def load_data(self, splits: MnistSplits) -> None:
@@ -173,11 +247,14 @@ class TensorFlowBackend(Backend):
         with tf.device(self._device_name):
             a = tf.random.stateless_uniform([size, size], seed=[1, 2], dtype=tf.float32)
             b = tf.random.stateless_uniform([size, size], seed=[3, 4], dtype=tf.float32)
-            tf.matmul(a, b).numpy()  # warm-up: kernel selection, thread pool start
+            tf.matmul(a, b)  # warm-up: kernel selection, thread pool start
+            self.synchronize()
             start = time.perf_counter()
             for _ in range(repeats):
-                c = tf.matmul(a, b)
-            c.numpy()  # waits for the device (products are serialised on one stream)
+                tf.matmul(a, b)
+            # No copy of the result to the host (256 MiB at 8192^2 on a GPU, inside the clock):
+            # synchronize() waits for the GPU's queue; on a CPU eager ops run synchronously
+            # (a 2048^2 product returned after 0.16 s, its copy then took 3 ms).
             self.synchronize()
             return time.perf_counter() - start
 
@@ -229,16 +306,6 @@ class TensorFlowBackend(Backend):
                 h = tf.where(mask, h / (1.0 - rate), tf.zeros_like(h))
         return h
 
-    def _loss(self, logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
-        """Mean softmax cross-entropy of the batch."""
-        # Parity: as written, differentiated by the tape. GPUs: TF's fused kernel is not
-        # deterministic there, so op determinism needs TF's one-hot form.
-        if self._settings.parity or self._device == "gpu":
-            return tf.reduce_mean(
-                tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-            )
-        return _mean_cross_entropy(logits, labels)
-
     def _batch_x(self, rows: tf.Tensor) -> tf.Tensor:
         if self._train_words is None:
             return tf.gather(self._train_x, rows)
@@ -285,7 +352,7 @@ class TensorFlowBackend(Backend):
                 # In compute_dtype; the casts' gradients round back to the parameters' dtype.
                 params = [tf.cast(p, self._compute) for p in self._params]
                 logits = self._forward(tf.cast(x, self._compute), keep, key, params)
-                loss = self._loss(logits, y)
+                loss = self._cross_entropy(logits, y)
             self._update(tape.gradient(loss, self._params), step_sizes[i])
             losses = losses.write(i, tf.cast(loss, self._dtype))
         return losses.stack()

@@ -25,6 +25,7 @@ from backends.base import (
     dropout_threshold,
 )
 from bench.data import MnistSplits
+from bench.devices import gpu_driver_version
 from bench.errors import BenchError
 from bench.seeding import SeededRun
 from bench.spec import StageSpec
@@ -37,6 +38,22 @@ def _views(flat: torch.Tensor, like: list[np.ndarray]) -> list[torch.Tensor]:
         views.append(flat[start : start + array.size].view(array.shape))
         start += array.size
     return views
+
+
+# The algorithm behind torch.Generator on each device type.
+_GENERATORS = {"cpu": "Mersenne Twister", "cuda": "Philox4x32-10"}
+
+
+def check_cuda_graphs(settings: Settings, device: Device) -> None:
+    """--cuda-graphs replays the fast float32 step on a GPU; say why anything else is refused."""
+    if not settings.cuda_graphs:
+        return
+    if settings.dtype == "float64":
+        # The fused Adam kernel reads a captured lr_t from a float32 tensor, while the eager
+        # step hands it a double: the graph would round lr_t where the eager step does not.
+        raise BenchError("--cuda-graphs trains in float32 only; drop --dtype float64")
+    if device != "gpu" or settings.parity:
+        raise BenchError("--cuda-graphs: PyTorch on a GPU, outside parity mode, only")
 
 
 # A step count at which 1 - beta**step is exactly 1 in double precision for any beta < 0.99999.
@@ -150,8 +167,7 @@ class TorchBackend(Backend):
                 torch.set_num_interop_threads(settings.inter_op_threads)
         if device == "gpu" and not torch.cuda.is_available():
             raise BenchError("--device gpu: PyTorch sees no CUDA GPU; use --device cpu")
-        if settings.cuda_graphs and (device != "gpu" or settings.parity):
-            raise BenchError("--cuda-graphs: PyTorch on a GPU, outside parity mode, only")
+        check_cuda_graphs(settings, device)
         if settings.deterministic:
             # cuBLAS needs a fixed workspace to be deterministic; set before CUDA starts.
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -162,14 +178,18 @@ class TorchBackend(Backend):
         torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
         # Flush subnormals to zero, as TensorFlow's CPU threads do: Adam's g * g underflows into
         # subnormals, which x86 computes ~100x slower; flushing also keeps the two frameworks'
-        # numbers alike.
-        torch.set_flush_denormal(True)
+        # numbers alike. It sets the CPU's own flags: CUDA kernels keep subnormals regardless.
+        self._flush_denormal = torch.set_flush_denormal(True) and device == "cpu"
         torch.backends.cuda.matmul.allow_tf32 = settings.tf32
         torch.backends.cudnn.allow_tf32 = settings.tf32
         self._device = torch.device("cuda" if device == "gpu" else "cpu")
         self._settings = settings
         self._dtype = torch.float64 if settings.dtype == "float64" else torch.float32
         self._compute = torch.float64 if compute_dtype(settings) == "float64" else torch.float32
+
+    @staticmethod
+    def visible_gpus() -> int:
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
     def environment(self) -> dict[str, str]:
         blas = re.search(r"BLAS_INFO=(\w+)", torch.__config__.show())
@@ -186,15 +206,17 @@ class TorchBackend(Backend):
             "dtype": self._settings.dtype,
             "compute_dtype": compute_dtype(self._settings),
             "framework_blas": blas.group(1) if blas else "unknown",
-            "flush_denormal": "true",
+            "flush_denormal": str(self._flush_denormal).lower(),
             "cuda_graphs": str(self._settings.cuda_graphs).lower(),
-            "dropout_rng": "torch.Generator (Mersenne Twister), 16-bit thresholds",
+            # The device's own generator draws the masks: CUDA's is Philox4x32-10.
+            "dropout_rng": f"torch.Generator ({_GENERATORS[self._device.type]}), 16-bit thresholds",
             "mkldnn": str(torch.backends.mkldnn.is_available()).lower(),  # type: ignore[no-untyped-call]
             "cuda_version": str(torch.version.cuda or "none"),
             "cudnn_version": str(torch.backends.cudnn.version() or "none"),  # type: ignore[no-untyped-call]
         }
         if self._device.type == "cuda":
             env["gpu_model"] = torch.cuda.get_device_name(self._device)
+            env["gpu_driver"] = gpu_driver_version()
         return env
 
     def load_data(self, splits: MnistSplits) -> None:

@@ -55,7 +55,7 @@ def _record(tracker: Tracker, report: ParityReport, steps: int) -> str:
 def cmd_parity(args: argparse.Namespace) -> int:
     for backend in PARITY_BACKENDS:
         check_backend(backend)
-    [device] = resolve_devices([args.device])
+    [device] = resolve_devices([args.device], list(PARITY_BACKENDS)).devices
     spec = load_stage(args.stage)
     data_dir = resolve_data_dir(args.data_dir)
     ensure_files(data_dir)

@@ -21,7 +21,8 @@ from bench.report import table
 REFERENCE_STAGE = "relu-xavier"
 
 
-def perf_table(runs: list[CellRun], keras: float | None) -> str:
+def perf_table(runs: list[CellRun], keras: dict[str, float]) -> str:
+    """`keras`: the Keras reference's samples/s on each device (each cell against its own)."""
     header = [
         "stage",
         "backend",
@@ -46,6 +47,7 @@ def perf_table(runs: list[CellRun], keras: float | None) -> str:
             continue
         speed = result.train_samples_per_s
         base = reference.get((c.backend, c.device))
+        fit = keras.get(c.device)
         rows.append(
             [
                 c.stage,
@@ -56,7 +58,7 @@ def perf_table(runs: list[CellRun], keras: float | None) -> str:
                 f"{run.speed['roofline_fraction']:.2f}"
                 if "roofline_fraction" in run.speed
                 else "-",
-                f"{speed / keras:.2f}" if keras else "-",
+                f"{speed / fit:.2f}" if fit else "-",
                 f"{speed / base:.2f}" if base else "-",
                 f"{100 * run.speed.get('harness_fraction', 0):.2f}%",
             ]
@@ -66,7 +68,7 @@ def perf_table(runs: list[CellRun], keras: float | None) -> str:
 
 def _check_drift(execution: Execution, plan: Plan) -> list[str]:
     """Measure the peaks again, record how far they moved, and return the report's lines."""
-    end = measure_peaks(plan.cells, plan.options.threads, when=" at the end")
+    end = measure_peaks(plan.cells, plan.options, when=" at the end")
     drift, lines = drift_lines(execution.peaks, end)
     metrics = {f"peak_gflops_end_{b}_{d}": v for (b, d), v in end.items()}
     metrics |= {f"peak_drift_{k.replace('/', '_')}": v for k, v in drift.items()}
@@ -76,19 +78,27 @@ def _check_drift(execution: Execution, plan: Plan) -> list[str]:
     return lines
 
 
-def _keras(plan: Plan, epochs: int) -> float:
+def _keras(plan: Plan, epochs: int, device: str) -> float:
     with tempfile.TemporaryDirectory(prefix="mlp-bench-keras-") as tmp:
-        rate = LocalExecutor().keras_reference(REFERENCE_STAGE, plan.options, epochs, Path(tmp))
-    print(f"Keras model.fit reference, {REFERENCE_STAGE}: {rate:,.0f} samples/s", flush=True)
+        rate = LocalExecutor().keras_reference(
+            REFERENCE_STAGE, plan.options, epochs, device, Path(tmp)
+        )
+    print(
+        f"Keras model.fit reference, {REFERENCE_STAGE} on {device}: {rate:,.0f} samples/s",
+        flush=True,
+    )
     return rate
 
 
 def _table(execution: Execution, plan: Plan, keras_epochs: int) -> str:
-    """The Keras reference, the table and the peaks' drift, recorded on the parent run."""
-    keras = None
-    if keras_epochs and any(c.device == "cpu" for c in plan.cells):
-        keras = _keras(plan, keras_epochs)
-        execution.tracker.log_metrics(execution.parent_id, {"keras_fit_samples_per_s": keras})
+    """The Keras reference on each device, the table and the peaks' drift, recorded on the
+    parent run."""
+    keras: dict[str, float] = {}
+    if keras_epochs:
+        for device in dict.fromkeys(c.device for c in plan.cells):
+            keras[device] = _keras(plan, keras_epochs, device)
+        metrics = {f"keras_fit_samples_per_s_{d}": v for d, v in keras.items()}
+        execution.tracker.log_metrics(execution.parent_id, metrics)
     text = perf_table(execution.runs, keras)
     if execution.peaks:  # measured at the start unless --no-peak
         text += "\n\n" + "\n".join(_check_drift(execution, plan))

@@ -46,7 +46,12 @@ def plan_run(args: argparse.Namespace) -> Plan:
         raise BenchError("no backend installed; install tensorflow or torch (nox -s bench does)")
     for name in backends:
         check_backend(name)
-    devices = resolve_devices(args.device or ["auto"])
+    if args.cuda_graphs and args.dtype == "float64":
+        raise BenchError("--cuda-graphs trains in float32 only; drop --dtype float64")
+    choice = resolve_devices(args.device or ["auto"], backends)
+    devices = choice.devices
+    if choice.note:
+        print(choice.note, flush=True)
     if args.cuda_graphs and (devices != ["gpu"] or args.parity):
         raise BenchError(
             "--cuda-graphs replays PyTorch's fast step on a GPU: give --device gpu (alone),"
@@ -88,14 +93,26 @@ def _invocation_params(plan: Plan, args: argparse.Namespace) -> dict[str, str]:
     }
 
 
-def measure_peaks(cells: list[Cell], threads: int, when: str = "") -> dict[tuple[str, str], float]:
-    """Each backend x device's peak float32 matmul rate, through the framework, once."""
+def peak_uses_tf32(device: str, options: RunOptions) -> bool:
+    """Whether a device's cells may use TF32, so that their limit is the TF32 peak (on an H200
+    several times the float32 one); CPUs have no TF32."""
+    return options.tf32 and device == "gpu"
+
+
+def measure_peaks(
+    cells: list[Cell], options: RunOptions, when: str = ""
+) -> dict[tuple[str, str], float]:
+    """Each backend x device's peak matmul rate, through the framework, once: float32, or
+    TF32 where the cells may use it."""
     peaks: dict[tuple[str, str], float] = {}
     for backend, device in dict.fromkeys((c.backend, c.device) for c in cells):
+        tf32 = peak_uses_tf32(device, options)
         with tempfile.TemporaryDirectory(prefix="mlp-bench-peak-") as tmp:
-            peaks[(backend, device)] = LocalExecutor().peak(backend, device, threads, Path(tmp))
+            peaks[(backend, device)] = LocalExecutor().peak(
+                backend, device, options.threads, Path(tmp), tf32=tf32
+            )
         print(
-            f"peak float32 matmul{when}, {backend}/{device}: "
+            f"peak {'TF32' if tf32 else 'float32'} matmul{when}, {backend}/{device}: "
             f"{peaks[(backend, device)]:,.0f} GFLOP/s",
             flush=True,
         )
@@ -130,7 +147,7 @@ def execute(plan: Plan, args: argparse.Namespace, kind: str) -> Execution:
     )
     record = None
     try:
-        peaks = {} if args.no_peak else measure_peaks(plan.cells, plan.options.threads)
+        peaks = {} if args.no_peak else measure_peaks(plan.cells, plan.options)
         tracker.log_metrics(parent_id, {f"peak_gflops_{b}_{d}": v for (b, d), v in peaks.items()})
         record = MatrixRecord(tracker, parent_id, plan.specs, plan.cells, plan.options, peaks)
         runs = run_matrix(

@@ -46,6 +46,8 @@ class CellRun:
     timings: dict[str, float] = field(default_factory=dict)
     # What the recorder derived: time breakdown, harness share, GFLOP/s, roofline fraction.
     speed: dict[str, float] = field(default_factory=dict)
+    # The end of a failed worker's log, kept where the log itself does not outlive the run.
+    log_tail: str = ""
 
 
 class Executor(Protocol):
@@ -138,29 +140,51 @@ class LocalExecutor:
         error = done.error or _crash_message(done.code, log_path)
         return CellRun(cell, None, error, done.wall_seconds, log_path, timings)
 
-    def peak(self, backend: str, device: str, threads: int, work_dir: Path) -> float:
-        """The device's peak float32 matmul GFLOP/s, measured through the framework."""
-        request = {"mode": "peak", "backend": backend, "device": device, "threads": threads}
-        return _measure(request, work_dir, "peak", "gflops", f"peak on {backend}/{device}")
+    def peak(
+        self, backend: str, device: str, threads: int, work_dir: Path, tf32: bool = False
+    ) -> float:
+        """The device's peak float32 matmul GFLOP/s, measured through the framework; with
+        `tf32`, the TF32 rate that rows trained with TF32 are held against (GPUs only)."""
+        request = {
+            "mode": "peak",
+            "backend": backend,
+            "device": device,
+            "threads": threads,
+            "tf32": tf32,
+        }
+        what = f"peak on {backend}/{device}{' with TF32' if tf32 else ''}"
+        return _measure(request, work_dir, "peak", "gflops", what)
 
     def keras_reference(
-        self, stage: str, options: RunOptions, epochs: int, work_dir: Path
+        self, stage: str, options: RunOptions, epochs: int, device: str, work_dir: Path
     ) -> float:
-        """Samples/s of the stage's model trained with Keras `model.fit` (the reference)."""
+        """Samples/s of the stage's model trained with Keras `model.fit` (the reference), on
+        the device whose cells it is compared with, TF32 off as in those cells."""
         request = {
             "mode": "keras",
             "stage": stage,
             "data_dir": options.data_dir,
             "threads": options.threads,
             "epochs": epochs,
+            "device": device,
         }
-        return _measure(request, work_dir, "keras", "samples_per_s", "the Keras reference")
+        return _measure(
+            request, work_dir, "keras", "samples_per_s", f"the Keras reference on {device}"
+        )
+
+
+LOG_TAIL_LINES = 60
 
 
 def run_alone(cell: Cell, options: RunOptions, executor: Executor | None = None) -> CellRun:
-    """One cell outside a matrix: no progress display, no MLflow, its work folder removed."""
+    """One cell outside a matrix: no progress display, no MLflow, its work folder removed
+    (a failed cell keeps the end of its log in `log_tail`)."""
     with tempfile.TemporaryDirectory(prefix="mlp-bench-") as tmp:
-        return (executor or LocalExecutor()).execute(cell, options, Path(tmp), lambda r: None)
+        run = (executor or LocalExecutor()).execute(cell, options, Path(tmp), lambda r: None)
+        if run.result is None and run.log_path.exists():
+            lines = run.log_path.read_text(errors="replace").splitlines()
+            run.log_tail = "\n".join(lines[-LOG_TAIL_LINES:])
+        return run
 
 
 def _measure(request: dict[str, Any], work_dir: Path, kind: str, key: str, what: str) -> float:
@@ -174,9 +198,23 @@ def _measure(request: dict[str, Any], work_dir: Path, kind: str, key: str, what:
 
 
 def _crash_message(code: int, log_path: Path) -> str:
-    lines = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
-    last = lines[-1].strip() if lines else "no output"
-    return f"worker exited with code {code}: {last[:300]} (full log: worker.log artifact)"
+    """Why a worker died without saying so itself: its exit, and the exception line of the
+    last traceback in its log (CUDA errors end with hints, not with what went wrong)."""
+    how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+    text = log_path.read_text(errors="replace") if log_path.exists() else ""
+    return f"worker {how}: {exception_line(text)[:300]}"
+
+
+def exception_line(log: str) -> str:
+    """The line that names a traceback's exception (`RuntimeError: CUDA error: ...`): the
+    first unindented line after the last `Traceback` header; else the last non-empty line."""
+    lines = [line for line in log.splitlines() if line.strip()]
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent")]
+    if starts:
+        after = [line for line in lines[starts[-1] + 1 :] if not line.startswith((" ", "\t"))]
+        if after:
+            return after[0].strip()
+    return lines[-1].strip() if lines else "no output"
 
 
 class CellObserver(Protocol):

@@ -25,12 +25,14 @@ def peak_size(device: str) -> int:
     return 8192 if device == "gpu" else 2048
 
 
-def measure_peak(backend_name: str, device: str, threads: int) -> float:
-    """Peak dense float32 matmul GFLOP/s through the framework itself (best of 3 bursts)."""
+def measure_peak(backend_name: str, device: str, threads: int, tf32: bool = False) -> float:
+    """Peak dense float32 matmul GFLOP/s through the framework itself (best of 3 bursts);
+    with `tf32`, TF32 products allowed, as in the cells that it is the limit of."""
     from backends import load_backend
     from backends.base import Settings
 
-    backend = load_backend(backend_name)(device, threads, Settings(deterministic=False))  # type: ignore[arg-type]
+    settings = Settings(deterministic=False, tf32=tf32)
+    backend = load_backend(backend_name)(device, threads, settings)  # type: ignore[arg-type]
     size = peak_size(device)
     probe = backend.matmul_seconds(size, 2) / 2
     repeats = max(3, math.ceil(PEAK_SECONDS / max(probe, 1e-6)))

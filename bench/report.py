@@ -33,7 +33,7 @@ class Progress:
 
     def cell_finished(self, run: CellRun) -> None:
         if run.result is None:
-            text = f"{self._prefix}  FAILED: {run.error}"
+            text = f"{self._prefix}  FAILED: {run.error} (full log: worker.log artifact)"
         else:
             r = run.result
             speed = f"{r.train_samples_per_s:,.0f} samples/s" if r.train_samples_per_s else "-"

@@ -77,9 +77,15 @@ class RunOptions:
             xla=self.xla,
         )
 
-    def record(self) -> dict[str, str]:
-        """The options that change results, as MLflow params (what `reproduce` reads back)."""
-        return {
+    def record(self, backend: str | None = None) -> dict[str, str]:
+        """The options that change results, as MLflow params (what `reproduce` reads back).
+
+        For one backend's cells, an option that only another framework has is "n/a": a
+        TensorFlow cell never ran a CUDA graph, whatever the invocation asked of PyTorch.
+        """
+        from backends import FRAMEWORK_ONLY_OPTIONS
+
+        params = {
             "option.parity": str(self.parity).lower(),
             "option.dtype": self.dtype,
             "option.deterministic": str(self.deterministic).lower(),
@@ -92,6 +98,10 @@ class RunOptions:
             "option.parity_accumulate": self.accumulate,
             "option.cuda_graphs": str(self.cuda_graphs).lower(),
         }
+        for option, framework in FRAMEWORK_ONLY_OPTIONS.items():
+            if backend is not None and backend != framework:
+                params[f"option.{option}"] = "n/a"
+        return params
 
     @classmethod
     def from_record(cls, params: dict[str, str], data_dir: str) -> RunOptions:

@@ -317,7 +317,7 @@ class MatrixRecord:
         self._last_flush: dict[str, float] = {}
 
     def start_cell(self, cell: Cell) -> str:
-        params = {**self._specs[cell.stage].flat(), **self._options.record()}
+        params = {**self._specs[cell.stage].flat(), **self._options.record(cell.backend)}
         return self._tracker.start_cell(self._group_id(cell), cell, params)
 
     def log_epoch(self, run_id: str, record: EpochRecord) -> None:

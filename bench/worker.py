@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -63,7 +64,9 @@ def _run_cell(request: dict[str, Any], events: TextIO) -> None:
 def _run_peak(request: dict[str, Any], events: TextIO) -> None:
     from bench.perf import measure_peak
 
-    gflops = measure_peak(request["backend"], request["device"], request["threads"])
+    gflops = measure_peak(
+        request["backend"], request["device"], request["threads"], request.get("tf32", False)
+    )
     _emit(events, "peak", gflops=gflops)
 
 
@@ -76,8 +79,10 @@ def _run_keras(request: dict[str, Any], events: TextIO) -> None:
     spec = load_stage(request["stage"])
     splits = load_mnist(Path(request["data_dir"]), download=False)
     run = seeded_run(spec, 0, splits.train_x.shape[0])
-    rate = keras_fit_samples_per_s(spec, run, splits, request["epochs"], request["threads"])
-    _emit(events, "keras", samples_per_s=rate)
+    fit = keras_fit_samples_per_s(
+        spec, run, splits, request["epochs"], request["threads"], request.get("device", "cpu")
+    )
+    _emit(events, "keras", samples_per_s=fit.samples_per_s, ran_on=fit.ran_on, tf32=fit.tf32)
 
 
 def main(request_path: str) -> int:
@@ -95,7 +100,18 @@ def main(request_path: str) -> int:
     except BenchError as exc:
         _emit(events, "error", message=str(exc))
         return 2
+    except Exception as exc:  # a framework's error: the traceback to the log, its gist upward
+        traceback.print_exc()
+        _emit(events, "error", message=describe(exc))
+        return 1
     return 0
+
+
+def describe(exc: BaseException) -> str:
+    """An exception on one line: its type and the first non-empty line of its message (CUDA
+    errors put what went wrong first, then lines of hints)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 if __name__ == "__main__":

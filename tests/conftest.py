@@ -73,6 +73,12 @@ def device_params() -> list[object]:
 def skip_without_gpu(backend: str, device: str) -> None:
     if device == "gpu" and not gpu_available(backend):
         pytest.skip(f"no GPU visible to {backend}")
+    if device == "gpu" and backend == "tensorflow":
+        import tensorflow as tf
+
+        # A TensorFlow CPU backend hides the GPUs for the rest of its process.
+        if not tf.config.get_visible_devices("GPU"):
+            pytest.skip("an earlier CPU backend in this process hid TensorFlow's GPUs")
 
 
 @pytest.fixture

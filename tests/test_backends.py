@@ -91,6 +91,7 @@ def test_dropout_is_seeded_and_changes_training(name: str, small: MnistSplits) -
     assert first[0] != plain[0]  # the masks are applied from the very first step
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("stage", STAGE_NAMES)
 def test_cuda_graphs_train_exactly_as_the_eager_step(stage: str, mnist: MnistSplits) -> None:
     """--cuda-graphs replays the captured fast step: the same kernels, so the same bits
@@ -144,3 +145,27 @@ def test_relu_normal_losses_become_non_finite(name: str, mnist: MnistSplits) -> 
     losses = make(name, "cpu", spec, mnist).train_epoch(seeded_run(spec, 0, 55000).epoch_orders[0])
     assert losses.shape == (550,)
     assert not np.isfinite(losses).all()
+
+
+@pytest.mark.skipif(not is_installed("torch"), reason="torch not installed")
+def test_cuda_graphs_refuse_float64() -> None:
+    """A captured step reads Adam's lr_t from a float32 tensor, the eager one gets a double."""
+    from bench.errors import BenchError
+
+    with pytest.raises(BenchError, match="--cuda-graphs trains in float32 only"):
+        load_backend("torch")("cpu", 1, Settings(cuda_graphs=True, dtype="float64"))
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.skipif(not is_installed("torch"), reason="torch not installed")
+def test_torch_records_the_generator_and_subnormals_of_its_device(device: str) -> None:
+    """CUDA's generator is Philox4x32-10, the CPU's Mersenne Twister; flushing subnormals is a
+    CPU setting that CUDA kernels do not follow."""
+    skip_without_gpu("torch", device)
+    env = load_backend("torch")(device, 2).environment()  # type: ignore[arg-type]
+    if device == "cpu":
+        assert "Mersenne Twister" in env["dropout_rng"] and env["flush_denormal"] == "true"
+        assert "gpu_model" not in env and "gpu_driver" not in env
+    else:
+        assert "Philox4x32-10" in env["dropout_rng"] and env["flush_denormal"] == "false"
+        assert env["gpu_model"] and env["gpu_driver"] != "none" and env["cuda_version"] != "none"

@@ -56,6 +56,7 @@ BAD_INPUTS = [
     (["--threads", "0"], "0 is not allowed"),
     (["--frobnicate"], "unrecognized arguments: --frobnicate"),
     (["--cuda-graphs", "--device", "cpu"], "--cuda-graphs replays PyTorch's fast step on a GPU"),
+    (["--cuda-graphs", "--dtype", "float64"], "--cuda-graphs trains in float32 only"),
     (["--tracking-uri", "sqlite:////proc/no-such-dir/mlflow.db"], "tracking store"),
     (["--tracking-uri", "http://127.0.0.1:9"], "tracking store http://127.0.0.1:9 is not usable"),
 ]

@@ -1,24 +1,55 @@
-"""The GPU check script end to end: on a GPU where there is one, else its CPU rehearsal."""
+"""The GPU check script: on a GPU where there is one, else its CPU rehearsal, with GPU faults
+injected into real workers where only a failing GPU would take a path."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from backends import is_installed
+from bench.devices import gpu_names
+from bench.gpu_check import GPU_ONLY, Check, Report, Row, losses_verdict, parse_args
 from tests.conftest import ROOT, gpu_available
+from tests.faults import inject
 
 needs_torch = pytest.mark.skipif(not is_installed("torch"), reason="torch not installed")
 
+GPU_PLAN = [
+    "peak gpu",
+    "relu-xavier/torch/gpu",
+    "adam/torch/gpu",
+    "adam/torch/gpu cuda-graphs",
+    "dropout/torch/gpu",
+    "dropout/torch/gpu cuda-graphs",
+    "bitwise rerun",
+    "parity relu-xavier float64",
+    "parity adam float64",
+    "relu-xavier/torch/gpu cuda-graphs",
+    "peak gpu tf32",
+    "relu-xavier/torch/gpu tf32",
+    "relu-normal/torch/gpu",
+    "parity relu-normal float64",
+    "parity dropout float64",
+    "parity relu-normal float32",
+    "parity relu-xavier float32",
+    "parity adam float32",
+    "parity dropout float32",
+    "peak cpu",
+]
 
-def _gpu_check(data_dir: Path, out: Path, *options: str) -> tuple[int, str, dict[str, Any]]:
-    """Run the script; its exit status, stderr and JSON report."""
+
+def _gpu_check(
+    data_dir: Path, out: Path, *options: str, env: dict[str, str] | None = None
+) -> tuple[int, str, dict[str, Any]]:
+    """Run the script; its exit status, stderr and JSON report (strict JSON: no Infinity)."""
     command = [sys.executable, "-m", "bench.gpu_check", "--data-dir", str(data_dir)]
     done = subprocess.run(
         [*command, "--out", str(out), *options],
@@ -26,14 +57,23 @@ def _gpu_check(data_dir: Path, out: Path, *options: str) -> tuple[int, str, dict
         capture_output=True,
         text=True,
         timeout=900,
+        env=env,
     )
-    report = json.loads((out / "gpu_check.json").read_text()) if done.returncode < 2 else {}
+    report = {}
+    if done.returncode < 2:
+        report = json.loads((out / "gpu_check.json").read_text(), parse_constant=_no_constant)
     return done.returncode, done.stderr, report
 
 
-def _rehearse(data_dir: Path, out: Path, *options: str) -> tuple[int, str, dict[str, Any]]:
+def _no_constant(name: str) -> None:
+    raise AssertionError(f"gpu_check.json holds {name}, which is not JSON")
+
+
+def _rehearse(
+    data_dir: Path, out: Path, *options: str, env: dict[str, str] | None = None
+) -> tuple[int, str, dict[str, Any]]:
     """The script's CPU rehearsal (--device cpu)."""
-    return _gpu_check(data_dir, out, "--device", "cpu", *options)
+    return _gpu_check(data_dir, out, "--device", "cpu", *options, env=env)
 
 
 @needs_torch
@@ -43,8 +83,30 @@ def test_gpu_check_writes_its_table(data_dir: Path, tmp_path: Path) -> None:
     code, stderr, report = _gpu_check(data_dir, tmp_path, "--epochs", "2")
     assert code == 0, stderr
     assert report["peaks"]["gpu"] > report["peaks"]["cpu"]
+    assert report["peaks"]["gpu tf32"] > report["peaks"]["gpu"]
+    assert set(report["graphs"].values()) == {"identical"}
+    assert report["bitwise_cell"] == "dropout/torch/gpu cuda-graphs"
     assert report["bitwise"] == "identical"
     assert all(v["passed"] for k, v in report["parity"].items() if "float64" in k)
+    assert {"framework_version", "cuda_version", "cudnn_version", "gpu_model", "driver"} <= set(
+        report["environment"]
+    )
+
+
+def test_the_plan_puts_the_most_valuable_items_first() -> None:
+    check = Check(parse_args(["--out", "unused", "--device", "gpu"]))
+    assert [item.name for item in check.plan()] == GPU_PLAN
+
+
+def test_the_cpu_rehearsal_plans_the_same_order_without_gpu_peaks() -> None:
+    check = Check(parse_args(["--out", "unused", "--device", "cpu"]))
+    expected = [
+        n.replace("/gpu", "/cpu").replace("peak gpu", "peak cpu")
+        for n in GPU_PLAN[:-1]
+        if n != "peak gpu tf32"
+    ]
+    assert [item.name for item in check.plan()] == expected
+    assert check.report.bitwise_cell == "dropout/torch/cpu"
 
 
 @needs_torch
@@ -57,15 +119,20 @@ def test_the_cpu_rehearsal_runs_every_item_but_the_gpu_only_rows(
     outcomes = {row["cell"]: row["outcome"] for row in report["rows"]}
     assert outcomes == {
         "relu-xavier/torch/cpu": "converged",
-        "relu-xavier/torch/cpu cuda-graphs": "skipped: GPU only",
-        "relu-xavier/torch/cpu tf32": "skipped: GPU only",
+        "relu-xavier/torch/cpu cuda-graphs": GPU_ONLY,
+        "relu-xavier/torch/cpu tf32": GPU_ONLY,
     }
-    assert report["rows"][0]["samples_per_s"] > 0
+    assert report["graphs"] == {"relu-xavier": GPU_ONLY}
+    first = report["rows"][0]
+    assert first["samples_per_s"] > 0 and first["peak"] == "cpu" and first["roofline"] > 0
+    assert len(first["step_losses_sha256"]) == 64
     assert set(report["parity"]) == {
         f"torch/cpu vs torch/cpu relu-xavier {dtype}" for dtype in ("float64", "float32")
     }
+    assert report["environment"]["framework_version"].startswith("2.")
     table = (tmp_path / "gpu_table.txt").read_text()
     assert table.splitlines()[-1] == "check passed"
+    assert "bitwise rerun of relu-xavier/torch/cpu: identical" in table
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu_check.json", "gpu_table.txt"]
 
 
@@ -75,14 +142,63 @@ def test_items_past_the_budget_are_listed_as_skipped_and_fail_the_check(
 ) -> None:
     code, _, report = _rehearse(data_dir, tmp_path, "--stages", "adam", "--budget-s", "0")
     assert code == 1
-    assert report["finished"] and report["peaks"]["cpu"] > 0 and not report["passed"]
+    assert report["finished"] and not report["passed"] and report["peaks"] == {}
     assert report["skipped"] == [
+        "peak cpu",
         "adam/torch/cpu",
+        "adam/torch/cpu cuda-graphs",
         "bitwise rerun",
         "parity adam float64",
         "parity adam float32",
     ]
     assert "skipped (budget spent): bitwise rerun" in (tmp_path / "gpu_table.txt").read_text()
+
+
+@needs_torch
+def test_a_failing_cell_keeps_its_exception_line_and_its_log_tail(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """A CUDA error's last log line is a hint; the row keeps the line that says what failed."""
+    env = inject(tmp_path / "fault", "bench.runner", "run_cell", "args[0].stage == 'adam'")
+    out = tmp_path / "out"
+    code, stderr, report = _rehearse(
+        data_dir, out, "--epochs", "2", "--stages", "relu-xavier,adam", env=env
+    )
+    assert code == 1, stderr
+    assert report["finished"] and not report["passed"]
+    outcomes = {row["cell"]: row["outcome"] for row in report["rows"]}
+    assert outcomes["relu-xavier/torch/cpu"] == "converged"
+    expected = (
+        "FAILED: RuntimeError: CUDA error: an illegal memory access was encountered"
+        " (log tail: failed_logs.txt)"
+    )
+    assert outcomes["adam/torch/cpu"] == expected
+    assert "TORCH_USE_CUDA_DSA" not in outcomes["adam/torch/cpu"]
+    logs = (out / "failed_logs.txt").read_text()
+    assert "=== adam/torch/cpu: RuntimeError: CUDA error" in logs
+    assert "Traceback (most recent call last)" in logs and "TORCH_USE_CUDA_DSA" in logs
+    assert report["parity"]["torch/cpu vs torch/cpu relu-xavier float64"]["passed"]
+
+
+@needs_torch
+def test_a_failed_peak_is_an_item_of_its_own_and_the_rows_go_on(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    env = inject(tmp_path / "fault", "bench.perf", "measure_peak")
+    out = tmp_path / "out"
+    code, stderr, report = _rehearse(
+        data_dir, out, "--epochs", "2", "--stages", "relu-xavier", env=env
+    )
+    assert code == 1, stderr
+    assert report["finished"] and not report["passed"] and report["peaks"] == {}
+    assert "illegal memory access" in report["peak_failures"]["cpu"]
+    row = report["rows"][0]
+    assert row["outcome"] == "converged" and row["samples_per_s"] > 0
+    assert row["roofline"] is None and row["peak"] is None
+    table = (out / "gpu_table.txt").read_text()
+    assert "cpu FAILED: measuring peak on torch/cpu failed: RuntimeError: CUDA error" in table
+    assert "roofline n/a (no peak measured)" in table
+    assert report["bitwise"] == "identical"
 
 
 @needs_torch
@@ -99,7 +215,7 @@ def test_a_run_cut_short_leaves_what_it_measured_marked_unfinished(
     try:
         deadline = time.monotonic() + 120
         while not (tmp_path / "gpu_check.json").exists() and time.monotonic() < deadline:
-            time.sleep(0.1)  # the first save comes once the peaks are measured
+            time.sleep(0.1)  # the first save comes once the peak is measured
     finally:
         check.kill()
         check.wait()
@@ -118,3 +234,63 @@ def test_a_bad_data_dir_is_one_line(tmp_path: Path) -> None:
     assert code == 2
     assert stderr.startswith("gpu_check: ") and len(stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_missing_data_is_not_downloaded_on_the_lent_machine(data_dir: Path, tmp_path: Path) -> None:
+    """The lent machine has no network: a missing file is named at once, no mirror tried."""
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
+        shutil.copy(data_dir / name, partial / name)
+    started = time.monotonic()
+    code, stderr, _ = _rehearse(partial, tmp_path / "out")
+    assert code == 2 and len(stderr.strip().splitlines()) == 1
+    assert "missing" in stderr and "t10k-images-idx3-ubyte.gz" in stderr
+    assert "download" not in stderr.split(";")[0]
+    assert time.monotonic() - started < 60  # generous: a download attempt would not be quick
+
+
+@pytest.mark.skipif(bool(gpu_names()), reason="this machine has a GPU")
+def test_device_gpu_without_a_gpu_is_one_line(data_dir: Path, tmp_path: Path) -> None:
+    code, stderr, _ = _gpu_check(data_dir, tmp_path / "out")
+    assert code == 2 and "no NVIDIA GPU" in stderr and len(stderr.strip().splitlines()) == 1
+
+
+def test_identical_losses_are_compared_as_bits() -> None:
+    losses = np.array([2.3, 1.1, np.nan], np.float32)
+    assert losses_verdict(losses, losses.copy()) == "identical"  # NaN bits compare equal
+    moved = losses.copy()
+    moved[1] = np.nextafter(moved[1], np.float32(2))
+    assert losses_verdict(losses, moved).startswith("DIFFERENT from step 2")
+    assert losses_verdict(losses, losses[:2]).startswith("DIFFERENT: 3 float32 against 2")
+
+
+def _passing_report(tmp_path: Path) -> Report:
+    report = Report(out=tmp_path, device="gpu", peaks={"gpu": 50_000.0}, finished=True)
+    report.rows = [Row("adam/torch/gpu", "converged", 0.97)]
+    report.graphs = {"adam": "identical", "dropout": "identical"}
+    report.bitwise = "identical"
+    report.parity = {"x float64": {"measured": 0.0, "passed": True, "weights": 0.0}}
+    return report
+
+
+def test_the_verdict_counts_graphs_peaks_and_the_rerun(tmp_path: Path) -> None:
+    report = _passing_report(tmp_path)
+    assert report.passed
+    report.graphs["dropout"] = "DIFFERENT from step 4"
+    assert not report.passed
+    report = _passing_report(tmp_path)
+    report.peak_failures["gpu tf32"] = "measuring failed"
+    assert not report.passed
+    report = _passing_report(tmp_path)
+    report.bitwise = "DIFFERENT from step 1"
+    assert not report.passed
+
+
+def test_the_report_is_strict_json_when_a_difference_is_infinite(tmp_path: Path) -> None:
+    report = _passing_report(tmp_path)
+    report.parity["y float32"] = {"measured": float("inf"), "passed": False, "weights": np.inf}
+    report.save()
+    saved = json.loads((tmp_path / "gpu_check.json").read_text(), parse_constant=_no_constant)
+    assert saved["parity"]["y float32"]["measured"] is None
+    assert "parity y float32: inf (FAIL)" in (tmp_path / "gpu_table.txt").read_text()

@@ -99,3 +99,43 @@ def test_an_interrupted_matrix_ends_the_cell_killed(tracker: Tracker, tmp_path: 
     record.close("KILLED")
     runs = tracker._client.search_runs([tracker.experiment_id], "tags.stage = 'dropout'")
     assert sorted(r.info.status for r in runs) == ["KILLED", "KILLED"]  # the group and the cell
+
+
+CUDA_TRACEBACK = """\
+some library banner
+Traceback (most recent call last):
+  File "/x/bench/worker.py", line 90, in main
+    _run_cell(request, events)
+  File "/x/backends/torch.py", line 300, in train_epoch
+    return torch.stack(step_losses).cpu().numpy()
+           ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
+RuntimeError: CUDA error: an illegal memory access was encountered
+CUDA kernel errors might be asynchronously reported at some other API call.
+For debugging consider passing CUDA_LAUNCH_BLOCKING=1
+Compile with `TORCH_USE_CUDA_DSA` to enable device-side assertions.
+
+"""
+
+
+def test_a_crash_is_described_by_its_exception_line_not_the_last_hint(tmp_path: Path) -> None:
+    from bench.matrix import _crash_message, exception_line
+
+    expected = "RuntimeError: CUDA error: an illegal memory access was encountered"
+    assert exception_line(CUDA_TRACEBACK) == expected
+    chained = CUDA_TRACEBACK + "\nDuring handling...\n\nTraceback (most recent call last):\n"
+    chained += '  File "x.py", line 1\nMemoryError: out of memory\nhint\n'
+    assert exception_line(chained) == "MemoryError: out of memory"
+    assert exception_line("Segmentation fault\n") == "Segmentation fault"
+    assert exception_line("") == "no output"
+    log = tmp_path / "worker.log"
+    log.write_text(CUDA_TRACEBACK)
+    assert _crash_message(-11, log) == f"worker killed by signal 11: {expected}"
+    assert _crash_message(1, log) == f"worker exited with code 1: {expected}"
+
+
+def test_a_worker_reports_an_exception_by_type_and_first_line() -> None:
+    from bench.worker import describe
+
+    error = RuntimeError("\nCUDA error: out of memory\nCompile with `TORCH_USE_CUDA_DSA`")
+    assert describe(error) == "RuntimeError: CUDA error: out of memory"
+    assert describe(MemoryError()) == "MemoryError"

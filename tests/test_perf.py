@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from backends import is_installed
 from bench.perf import DRIFT_LIMIT, drift_lines, flops_per_sample, roofline, time_breakdown
 from bench.spec import load_stage
+from tests.conftest import device_params, skip_without_gpu
 
 
 def test_flops_per_sample_is_the_issue_figure() -> None:
@@ -50,3 +54,63 @@ def test_a_peak_that_moved_under_the_run_is_a_warning() -> None:
     assert abs(drift["torch/cpu"]) > DRIFT_LIMIT and drift["tensorflow/cpu"] == 0.0
     assert len(lines) == 2
     assert lines[1].startswith("WARNING: the peak of torch/cpu moved by more than 10%")
+
+
+def test_the_peak_is_tf32_only_where_the_cells_may_use_tf32() -> None:
+    from bench.cmd_run import peak_uses_tf32
+    from bench.runner import RunOptions
+
+    tf32 = RunOptions(data_dir="d", threads=1, tf32=True)
+    assert peak_uses_tf32("gpu", tf32)
+    assert not peak_uses_tf32("cpu", tf32)  # CPUs have no TF32
+    assert not peak_uses_tf32("gpu", RunOptions(data_dir="d", threads=1))
+
+
+def _peak(device: str, tf32: bool, tmp_path: Path) -> float:
+    from bench.matrix import LocalExecutor
+
+    folder = tmp_path / f"{device}-{tf32}"
+    folder.mkdir()
+    return LocalExecutor().peak("torch", device, 2, folder, tf32=tf32)
+
+
+@pytest.mark.skipif(not is_installed("torch"), reason="torch not installed")
+def test_a_tf32_peak_is_measured_through_the_worker(tmp_path: Path) -> None:
+    """On a CPU TF32 changes nothing: the request reaches the framework and a rate comes back."""
+    assert 0 < _peak("cpu", True, tmp_path) < 1e6
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not is_installed("torch"), reason="torch not installed")
+def test_the_tf32_peak_is_the_faster_limit_on_a_gpu(tmp_path: Path) -> None:
+    skip_without_gpu("torch", "gpu")
+    assert _peak("gpu", True, tmp_path) > 1.5 * _peak("gpu", False, tmp_path)
+
+
+def _keras_event(device: str, data_dir: Path, tmp_path: Path) -> dict[str, object]:
+    from bench.matrix import spawn_worker
+
+    request = {
+        "mode": "keras",
+        "stage": "relu-xavier",
+        "data_dir": str(data_dir),
+        "threads": 2,
+        "epochs": 2,
+        "device": device,
+    }
+    done = spawn_worker(request, tmp_path, lambda event: None)
+    events = [e for e in done.events if e["type"] == "keras"]
+    assert done.code == 0 and events, (tmp_path / "worker.log").read_text()[-2000:]
+    return events[0]
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.skipif(not is_installed("tensorflow"), reason="tensorflow not installed")
+def test_the_keras_reference_runs_on_the_device_it_is_compared_with(
+    device: str, data_dir: Path, tmp_path: Path
+) -> None:
+    """Left alone, Keras takes the GPU (with TF32) even as the baseline of CPU cells."""
+    skip_without_gpu("tensorflow", device)
+    event = _keras_event(device, data_dir, tmp_path)
+    assert f"{device.upper()}:0" in str(event["ran_on"]) and event["tf32"] is False
+    assert float(event["samples_per_s"]) > 0  # type: ignore[arg-type]
