@@ -1,4 +1,4 @@
-"""Command line: `python -m bench list | run | parity | reproduce`.
+"""Command line: `python -m bench list | run | perf | parity | reproduce | record-pending`.
 
 Every input is checked, and the tracking store opened, before any training starts; a user's
 mistake prints one line and exits 2. Each command lives in its own module (bench/cmd_*.py).
@@ -8,53 +8,59 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
+import os
 import sys
-from collections.abc import Sequence
-from types import FrameType
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
+from bench import interrupts
 from bench.devices import DEVICE_CHOICES
-from bench.errors import BenchError
-from bench.spec import STAGE_NAMES
+from bench.errors import BenchError, StoreUnwritable
+from bench.matrix import CELL_TIMEOUT_BASE_S, CELL_TIMEOUT_PER_EPOCH_S, MAX_CELL_TIMEOUT_S
+from bench.spec import MAX_EPOCHS
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1  # a cell crashed, a parity check failed, a reproduction differs
 EXIT_INTERRUPTED = 130
+# Ranges of the numeric options: a typo is an error here, not an overflow in a worker.
+MAX_THREADS = 1024
+MAX_SEED = 2**32 - 1
+MAX_SEEDS = 10_000
+MAX_PARITY_STEPS = 100_000
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a usage mistake on one line, without the usage block."""
 
     def error(self, message: str) -> NoReturn:
-        raise BenchError(f"{message}; see `python -m bench {self.prog.split()[-1]} --help`")
+        command = " ".join(["python -m bench", *self.prog.split()[1:], "--help"])
+        raise BenchError(f"{message}; see `{command}`")
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is negative")
-    return value
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer from `low` to `high`; the message names both."""
 
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is outside {low}..{high}")
+        return value
 
-def _positive_int(text: str) -> int:
-    value = _non_negative_int(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("0 is not allowed; give at least 1")
-    return value
+    return parse
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     """Options every training command shares."""
-    parser.add_argument("--threads", type=_positive_int, help="default: the cores available")
+    parser.add_argument(
+        "--threads", type=_int_in(1, MAX_THREADS), help="default: the cores available"
+    )
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     parser.add_argument(
         "--accumulate",
         choices=("float64", "native"),
-        default="float64",
         help="parity mode: compute products, sums and the loss in float64, rounding once to "
         "the dtype (default), or in the frameworks' native float32 kernels",
     )
@@ -65,12 +71,19 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 def _add_matrix(parser: argparse.ArgumentParser) -> None:
     """Options of the commands that run a matrix of cells (run, perf)."""
-    parser.add_argument("--stage", action="append", choices=STAGE_NAMES, help="default: all")
+    parser.add_argument("--stage", action="append", help="default: every stage file's stage")
+    parser.add_argument(
+        "--stage-file", action="append", help="a stage file of your own (repeatable)"
+    )
     parser.add_argument("--backend", action="append", help="default: all installed")
     parser.add_argument("--device", action="append", choices=DEVICE_CHOICES, help="default: auto")
-    parser.add_argument("--seed", action="append", type=_non_negative_int, help="default: 0")
-    parser.add_argument("--seeds", type=_positive_int, help="seeds 0..K-1 (with --seed: both)")
-    parser.add_argument("--epochs", type=_positive_int, help="override the stage files' epochs")
+    parser.add_argument("--seed", action="append", type=_int_in(0, MAX_SEED), help="default: 0")
+    parser.add_argument(
+        "--seeds", type=_int_in(1, MAX_SEEDS), help="seeds 0..K-1 (with --seed: both)"
+    )
+    parser.add_argument(
+        "--epochs", type=_int_in(1, MAX_EPOCHS), help="override the stage files' epochs"
+    )
     parser.add_argument("--parity", action="store_true", help="dropout masks drawn by numpy")
     parser.add_argument(
         "--nondeterministic",
@@ -85,7 +98,7 @@ def _add_matrix(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--inter-op-threads",
-        type=_positive_int,
+        type=_int_in(1, MAX_THREADS),
         default=1,
         help="framework inter-op threads; default 1 (the model is a chain of ops)",
     )
@@ -94,6 +107,12 @@ def _add_matrix(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--no-peak", action="store_true", help="skip the peak matmul measurement (no roofline)"
+    )
+    parser.add_argument(
+        "--cell-timeout",
+        type=_int_in(1, MAX_CELL_TIMEOUT_S),
+        help="seconds a cell may run before it is killed and recorded FAILED; default "
+        f"{CELL_TIMEOUT_BASE_S} + {CELL_TIMEOUT_PER_EPOCH_S} per epoch",
     )
     _add_common(parser)
 
@@ -109,32 +128,31 @@ def build_parser() -> argparse.ArgumentParser:
         _add_matrix(matrix_parser)
     perf.add_argument(
         "--keras-epochs",
-        type=_non_negative_int,
+        type=_int_in(0, MAX_EPOCHS),
         default=4,
         help="epochs of the Keras model.fit reference (0: skip it); default 4",
     )
 
     parity = commands.add_parser("parity", help="train both backends in parity mode; compare")
-    parity.add_argument("--stage", required=True, choices=STAGE_NAMES)
-    parity.add_argument("--steps", type=_positive_int, default=550, help="default: 550 (1 epoch)")
+    parity.add_argument("--stage", required=True)
+    parity.add_argument(
+        "--steps", type=_int_in(1, MAX_PARITY_STEPS), default=550, help="default: 550 (1 epoch)"
+    )
     parity.add_argument("--device", choices=DEVICE_CHOICES, default="cpu")
-    parity.add_argument("--seed", type=_non_negative_int, default=0)
+    parity.add_argument("--seed", type=_int_in(0, MAX_SEED), default=0)
     _add_common(parity)
+    parity.set_defaults(accumulate="float64")  # run and perf: only with --parity
 
     reproduce = commands.add_parser("reproduce", help="rerun a recorded cell and compare")
     reproduce.add_argument("run_id", help="the MLflow run id of a cell")
     reproduce.add_argument("--data-dir", help="folder of the MNIST .gz files")
     reproduce.add_argument("--tracking-uri", help="MLflow store (or MLFLOW_TRACKING_URI)")
+
+    pending = commands.add_parser(
+        "record-pending", help="record the cells a locked or read-only store could not take"
+    )
+    pending.add_argument("folder", help="the folder the error named (.../unrecorded)")
     return parser
-
-
-def raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    """SIGTERM handler: unwind like Ctrl-C, so open runs are ended KILLED."""
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def catch_sigterm() -> None:
-    signal.signal(signal.SIGTERM, raise_interrupt)
 
 
 def _show_progress_logs() -> None:
@@ -149,7 +167,11 @@ def _show_progress_logs() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # MLflow 3 reports usage to an outside host unless told not to; every process started from
+    # here (workers included) inherits the setting. A user's own setting wins.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     _show_progress_logs()
+    interrupts.install()
     try:
         args = build_parser().parse_args(argv)
         if args.command == "list":
@@ -168,9 +190,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             from bench.cmd_parity import cmd_parity
 
             return cmd_parity(args)
+        if args.command == "record-pending":
+            from bench.cmd_record_pending import cmd_record_pending
+
+            return cmd_record_pending(args)
         from bench.cmd_reproduce import cmd_reproduce
 
         return cmd_reproduce(args)
+    except StoreUnwritable as exc:  # after training: what it could not record is kept on disk
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # before any run was opened, or after all were ended
+        print("\ninterrupted", flush=True)
+        return EXIT_INTERRUPTED

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 from backends import BACKENDS, is_installed
 from bench.devices import gpu_names
-from bench.spec import STAGE_NAMES, load_stage
+from bench.spec import discover_stages
 
 
 def cmd_list() -> int:
     print("stages:")
-    for name in STAGE_NAMES:
-        spec = load_stage(name)
-        print(f"  {name:<12} {spec.description} (tutorial: {spec.expected.tutorial_reported})")
+    for stage in discover_stages():
+        # An invalid file is shown with its reason; it never hides the valid ones.
+        spec = stage.spec
+        about = (
+            f"{spec.description} (tutorial: {spec.expected.tutorial})"
+            if spec is not None
+            else f"INVALID: {stage.error}"
+        )
+        print(f"  {stage.name:<12} {about}")
     print("backends:")
     for name in BACKENDS:
         print(f"  {name:<12} {'installed' if is_installed(name) else 'not installed'}")

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 from backends import check_backend
-from bench.cli import EXIT_FAILED, EXIT_INTERRUPTED, catch_sigterm
+from bench.cli import EXIT_FAILED, EXIT_INTERRUPTED
 from bench.data import ensure_files, resolve_data_dir
 from bench.devices import resolve_devices
 from bench.matrix import LocalExecutor
@@ -30,7 +30,7 @@ def _record(tracker: Tracker, report: ParityReport, steps: int) -> str:
             "steps": str(steps),
             "backends": ",".join(PARITY_BACKENDS),
             "tolerance": f"{report.tolerance:g}",
-            "tolerance_window": str(report.window),
+            "tolerance_window": str(report.checked),
         },
         tags={
             "kind": "parity",
@@ -69,7 +69,6 @@ def cmd_parity(args: argparse.Namespace) -> int:
         spec.training.batch_size,
         args.accumulate,
     )
-    catch_sigterm()
     print(
         f"parity {args.stage}: training {' and '.join(PARITY_BACKENDS)} for {args.steps} "
         f"steps ({args.dtype}, accumulating in {args.accumulate}, {device}, seed {args.seed})",

@@ -6,7 +6,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from bench.cli import EXIT_FAILED, EXIT_INTERRUPTED, catch_sigterm
+from bench.cli import EXIT_FAILED, EXIT_INTERRUPTED
 from bench.data import ensure_files, resolve_data_dir
 from bench.errors import BenchError
 from bench.matrix import LocalExecutor
@@ -19,7 +19,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     uri = resolve_tracking_uri(args.tracking_uri)
     tracker = Tracker(uri, experiment=None)
     recorded = tracker.load_cell(args.run_id)
-    mismatched = spec_differences(recorded.stage_text, recorded.params)
+    mismatched = spec_differences(recorded.stage_text, recorded.params, args.run_id)
     if mismatched:
         key, (param, artifact) = next(iter(mismatched.items()))
         raise BenchError(
@@ -29,7 +29,6 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     data_dir = resolve_data_dir(args.data_dir)
     ensure_files(data_dir)
     options = RunOptions.from_record(recorded.params, str(data_dir))
-    catch_sigterm()
     print(f"reproducing {recorded.cell.name} (run {args.run_id})", flush=True)
     try:
         with tempfile.TemporaryDirectory(prefix="mlp-bench-") as tmp:

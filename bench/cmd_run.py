@@ -10,14 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backends import check_backend, installed_backends
-from bench.cli import EXIT_FAILED, EXIT_INTERRUPTED, catch_sigterm
+from bench.cli import EXIT_FAILED, EXIT_INTERRUPTED
 from bench.data import ensure_files, resolve_data_dir
 from bench.devices import resolve_devices
 from bench.errors import BenchError
 from bench.matrix import CellRun, LocalExecutor, build_cells, run_matrix
 from bench.report import Progress, group_table, results_table
 from bench.runner import Cell, RunOptions, available_cores
-from bench.spec import STAGE_NAMES, StageSpec, load_stage, with_epochs
+from bench.seeding import describe_seeds
+from bench.spec import StageSpec, select_stages
 from bench.tracking import DEFAULT_EXPERIMENT, MatrixRecord, Tracker, resolve_tracking_uri
 
 
@@ -39,8 +40,13 @@ def seeds_of(args: argparse.Namespace) -> list[int]:
 
 
 def plan_run(args: argparse.Namespace) -> Plan:
-    stages = list(dict.fromkeys(args.stage or STAGE_NAMES))
-    specs = {name: with_epochs(load_stage(name), args.epochs) for name in stages}
+    # Each stage file is read here, once: its text is what the workers train from.
+    specs = select_stages(args.stage or [], args.stage_file or [], args.epochs)
+    if args.accumulate and not args.parity:
+        raise BenchError(
+            f"--accumulate {args.accumulate} applies in parity mode only; add --parity or drop"
+            " --accumulate"
+        )
     backends = list(dict.fromkeys(args.backend or installed_backends()))
     if not backends:
         raise BenchError("no backend installed; install tensorflow or torch (nox -s bench does)")
@@ -65,7 +71,7 @@ def plan_run(args: argparse.Namespace) -> Plan:
         epochs=args.epochs,
         parity=args.parity,
         dtype=args.dtype,
-        accumulate=args.accumulate,
+        accumulate=args.accumulate or "float64",
         deterministic=not args.nondeterministic,
         tf32=args.tf32,
         inter_op_threads=args.inter_op_threads,
@@ -73,7 +79,7 @@ def plan_run(args: argparse.Namespace) -> Plan:
         cuda_graphs=args.cuda_graphs,
     )
     return Plan(
-        cells=build_cells(stages, backends, devices, seeds_of(args)),
+        cells=build_cells(specs, backends, devices, seeds_of(args)),
         specs=specs,
         options=options,
         tracking_uri=resolve_tracking_uri(args.tracking_uri),
@@ -85,7 +91,7 @@ def _invocation_params(plan: Plan, args: argparse.Namespace) -> dict[str, str]:
     return {
         "stages": ",".join(plan.specs),
         "cells": str(len(plan.cells)),
-        "seeds": ",".join(str(s) for s in seeds_of(args)),
+        "seeds": describe_seeds(seeds_of(args)),
         "epochs": str(args.epochs or "stage file"),
         "data_dir": plan.options.data_dir,
         "command": " ".join(sys.argv[1:])[:500],
@@ -140,13 +146,12 @@ def execute(plan: Plan, args: argparse.Namespace, kind: str) -> Execution:
         params=_invocation_params(plan, args),
         tags={"kind": kind, **git_state()},
     )
-    catch_sigterm()
-    print(
-        f"{len(plan.cells)} cells -> {plan.tracking_uri} (experiment {plan.experiment!r})",
-        flush=True,
-    )
     record = None
     try:
+        print(
+            f"{len(plan.cells)} cells -> {plan.tracking_uri} (experiment {plan.experiment!r})",
+            flush=True,
+        )
         peaks = {} if args.no_peak else measure_peaks(plan.cells, plan.options)
         tracker.log_metrics(parent_id, {f"peak_gflops_{b}_{d}": v for (b, d), v in peaks.items()})
         record = MatrixRecord(tracker, parent_id, plan.specs, plan.cells, plan.options, peaks)
@@ -157,7 +162,11 @@ def execute(plan: Plan, args: argparse.Namespace, kind: str) -> Execution:
             record,
             Progress(),
             epochs_of=lambda cell: plan.specs[cell.stage].training.epochs,
+            stage_texts={name: spec.text for name, spec in plan.specs.items()},
+            cell_timeout_s=args.cell_timeout,
         )
+        failed = sum(run.result is None for run in runs)
+        tracker.log_metrics(parent_id, {"cells": len(runs), "cells_failed": failed})
     except KeyboardInterrupt:
         if record is not None:
             record.close("KILLED")
@@ -169,8 +178,6 @@ def execute(plan: Plan, args: argparse.Namespace, kind: str) -> Execution:
             record.close("FAILED")
         tracker.end(parent_id, "FAILED")
         raise
-    failed = sum(run.result is None for run in runs)
-    tracker.log_metrics(parent_id, {"cells": len(runs), "cells_failed": failed})
     return Execution(tracker, parent_id, runs, peaks, interrupted=False)
 
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,6 +23,17 @@ from typing import Any, Protocol
 from bench.errors import BenchError
 from bench.runner import Cell, CellResult, EpochRecord, RunOptions
 from bench.stats import outcome_counts, summarize
+
+# A cell's default time limit: generous, so that only a hung worker meets it. On 2 CPU cores
+# the dropout stage trains at 54k (PyTorch) to 89k (TensorFlow) samples/s, ~1 s an epoch, and a
+# second process on the same cores slows PyTorch more than ten-fold: 30 epochs get 32 minutes.
+CELL_TIMEOUT_BASE_S = 120
+CELL_TIMEOUT_PER_EPOCH_S = 60
+MAX_CELL_TIMEOUT_S = 7 * 24 * 3600
+
+
+def cell_time_limit(epochs: int) -> int:
+    return CELL_TIMEOUT_BASE_S + CELL_TIMEOUT_PER_EPOCH_S * epochs
 
 
 def build_cells(
@@ -58,8 +71,10 @@ class Executor(Protocol):
         work_dir: Path,
         on_epoch: Callable[[EpochRecord], None],
         stage_text: str | None = None,
+        timeout_s: float | None = None,
     ) -> CellRun:
-        """Run one cell; `stage_text` replaces the named stage file (reproducing a record)."""
+        """Run one cell; `stage_text` replaces the named stage file (reproducing a record);
+        past `timeout_s` the cell is ended and fails."""
         ...
 
 
@@ -72,12 +87,17 @@ class WorkerExit:
     events: list[dict[str, Any]]
     wall_seconds: float
     start_seconds: float  # spawn until the worker's first event: interpreter and harness import
+    timed_out: bool = False  # killed at its time limit
 
 
 def spawn_worker(
-    request: dict[str, Any], work_dir: Path, on_event: Callable[[dict[str, Any]], None]
+    request: dict[str, Any],
+    work_dir: Path,
+    on_event: Callable[[dict[str, Any]], None],
+    timeout_s: float | None = None,
 ) -> WorkerExit:
-    """Run `python -m bench.worker` on a request; stream its events; never leave it running."""
+    """Run `python -m bench.worker` on a request; stream its events; never leave it running,
+    nor waiting past `timeout_s` (a hung worker was waited on forever)."""
     request_path = work_dir / "request.json"
     request_path.write_text(json.dumps({**request, "out_dir": str(work_dir)}))
     start = time.perf_counter()
@@ -91,6 +111,15 @@ def spawn_worker(
             stderr=log,
             text=True,
         )
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            process.kill()
+
+        timer = threading.Timer(timeout_s or threading.TIMEOUT_MAX, expire)
+        timer.daemon = True
+        timer.start()
         try:
             assert process.stdout is not None
             for line in process.stdout:
@@ -105,8 +134,12 @@ def spawn_worker(
             process.kill()
             process.wait()
             raise
+        finally:
+            timer.cancel()
     end = time.perf_counter()
-    return WorkerExit(code, error, events, end - start, (started or end) - start)
+    return WorkerExit(
+        code, error, events, end - start, (started or end) - start, timed_out=expired.is_set()
+    )
 
 
 class LocalExecutor:
@@ -119,6 +152,7 @@ class LocalExecutor:
         work_dir: Path,
         on_epoch: Callable[[EpochRecord], None],
         stage_text: str | None = None,
+        timeout_s: float | None = None,
     ) -> CellRun:
         def on_event(event: dict[str, Any]) -> None:
             if event["type"] == "epoch":
@@ -130,14 +164,17 @@ class LocalExecutor:
             "options": asdict(options),
             "stage_text": stage_text,
         }
-        done = spawn_worker(request, work_dir, on_event)
+        done = spawn_worker(request, work_dir, on_event, timeout_s)
         log_path = work_dir / "worker.log"
         result_path = work_dir / "result.json"
         timings = {"process_start": done.start_seconds}
         if done.code == 0 and result_path.exists():
             result = CellResult.load(json.loads(result_path.read_text()), work_dir)
             return CellRun(cell, result, None, done.wall_seconds, log_path, timings)
-        error = done.error or _crash_message(done.code, log_path)
+        if done.timed_out:
+            error = f"exceeded --cell-timeout {timeout_s:g} s; the worker was killed"
+        else:
+            error = done.error or _crash_message(done.code, log_path)
         return CellRun(cell, None, error, done.wall_seconds, log_path, timings)
 
     def peak(
@@ -200,9 +237,17 @@ def _measure(request: dict[str, Any], work_dir: Path, kind: str, key: str, what:
 def _crash_message(code: int, log_path: Path) -> str:
     """Why a worker died without saying so itself: its exit, and the exception line of the
     last traceback in its log (CUDA errors end with hints, not with what went wrong)."""
-    how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+    how = f"killed by signal {_signal_name(-code)}" if code < 0 else f"exited with code {code}"
     text = log_path.read_text(errors="replace") if log_path.exists() else ""
     return f"worker {how}: {exception_line(text)[:300]}"
+
+
+def _signal_name(number: int) -> str:
+    """`9 (SIGKILL)`: the number as the exit status shows it, and what it means."""
+    try:
+        return f"{number} ({signal.Signals(number).name})"
+    except ValueError:
+        return str(number)
 
 
 def exception_line(log: str) -> str:
@@ -255,8 +300,13 @@ def run_matrix(
     tracker: CellTracker,
     observer: CellObserver,
     epochs_of: Callable[[Cell], int],
+    stage_texts: Mapping[str, str] | None = None,
+    cell_timeout_s: int | None = None,
 ) -> list[CellRun]:
-    """Run every cell in order; record each in MLflow; end each run with its true status."""
+    """Run every cell in order; record each in MLflow; end each run with its true status.
+    `stage_texts` (stage -> its text, read once at planning) is what each worker trains from;
+    without it a worker reads the stage from the stages folder. A cell running past
+    `cell_timeout_s` (default: `cell_time_limit` of its epochs) is killed and FAILED."""
     runs = []
     for index, cell in enumerate(cells, start=1):
         clock = _PhaseClock()
@@ -278,12 +328,14 @@ def run_matrix(
                     with clock.timing("display"):
                         observer.epoch(cell, record, epochs_of(cell))
 
-                run = executor.execute(cell, options, Path(tmp), on_epoch)
+                stage_text = (stage_texts or {}).get(cell.stage)
+                limit = cell_timeout_s or cell_time_limit(epochs_of(cell))
+                run = executor.execute(cell, options, Path(tmp), on_epoch, stage_text, limit)
                 run.timings.update(clock.seconds)
                 run.timings["started_at"] = clock.started_at
                 tracker.finish_cell(run_id, run)
-        except BaseException:
-            tracker.end(run_id, "KILLED")
+        except BaseException as exc:  # interrupted: KILLED; the recording broke: FAILED
+            tracker.end(run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
             raise
         observer.cell_finished(run)
         runs.append(run)

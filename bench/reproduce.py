@@ -11,6 +11,7 @@ from bench.spec import parse_stage, with_epochs
 
 # Environment params whose change can explain a result that is not bit-identical.
 ENVIRONMENT_KEYS = (
+    "data_sha256",
     "framework_version",
     "numpy_version",
     "numpy_blas",
@@ -30,13 +31,22 @@ ENVIRONMENT_KEYS = (
     "git_commit",
     "git_dirty",
 )
+# A recorded stage text is part of the record: no stage file of the user's can fix it.
+_RECORD_FIX = (
+    "no stage file can fix a record: it was altered, or made by an mlp-bench that checks"
+    " stages differently (see its git_commit param); reproduce it with that version"
+)
+# What a key means, where its name alone does not say it.
+_KEY_LABELS = {"data_sha256": "data_sha256 (the MNIST arrays trained and evaluated on)"}
 
 
-def spec_differences(stage_text: str, params: dict[str, str]) -> dict[str, tuple[str, str]]:
+def spec_differences(
+    stage_text: str, params: dict[str, str], run_id: str
+) -> dict[str, tuple[str, str]]:
     """Recorded spec params that the recorded stage file (with the recorded epochs) disagrees
     with: a sign that the artifact and the params do not belong together."""
     spec = with_epochs(
-        parse_stage(stage_text, "recorded stage file"),
+        parse_stage(stage_text, f"the recorded stage text of run {run_id}", _RECORD_FIX),
         int(params.get("training.epochs", "0")) or None,
     )
     return {k: (params.get(k, "-"), v) for k, v in spec.flat().items() if params.get(k) != v}
@@ -75,9 +85,12 @@ class Comparison:
         )
         if self.environment:
             lines.append("  environment differences (recorded -> now):")
-            lines += [f"    {k}: {old} -> {new}" for k, (old, new) in self.environment.items()]
+            lines += [
+                f"    {_KEY_LABELS.get(k, k)}: {old} -> {new}"
+                for k, (old, new) in self.environment.items()
+            ]
         else:
-            lines.append("  environment: same versions, hardware, threads and settings")
+            lines.append("  environment: same data, versions, hardware, threads and settings")
         return "\n".join(lines)
 
 

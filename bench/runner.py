@@ -275,7 +275,7 @@ def run_cell(
         spread=throughput_spread(records, spec.training.batch_size),
         memory=_memory(backend),
         epochs=records,
-        environment=_environment(backend.environment(), options),
+        environment=_environment(backend.environment(), options, splits.sha256),
         timings=clock.timings,
         diverged_step=diverged_step,
         step_losses=losses,
@@ -355,9 +355,13 @@ def _numpy_blas() -> str:
         return "unknown"
 
 
-def _environment(framework_env: dict[str, str], options: RunOptions) -> dict[str, str]:
+def _environment(
+    framework_env: dict[str, str], options: RunOptions, data_sha256: str
+) -> dict[str, str]:
     return {
         **framework_env,
+        # The arrays the cell trained and evaluated on, so that `reproduce` can name the data.
+        "data_sha256": data_sha256,
         **git_state(),
         "python_version": platform.python_version(),
         "numpy_version": np.__version__,

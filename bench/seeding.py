@@ -7,6 +7,7 @@ initial weights unchanged, and adding dropout leaves the epoch orders unchanged.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,21 +26,60 @@ class Layer:
     bias: np.ndarray
 
 
+class EpochOrders:
+    """The sample order of each epoch ((n_train,) int64), drawn when asked for: drawn up front,
+    10,000 epochs of 55,000 samples would take 4.4 GB before the first step. The orders are
+    drawn in sequence from one stream, as they always were, so the same seed gives the same
+    orders; asking for an earlier epoch again redraws the stream from its start."""
+
+    def __init__(
+        self, stream: np.random.SeedSequence, epochs: int, n_train: int, reshuffle: bool
+    ) -> None:
+        self._stream = stream
+        self._epochs = epochs
+        self._n_train = n_train
+        self._reshuffle = reshuffle
+        self._rng = np.random.default_rng(stream)
+        self._drawn = 0  # orders drawn from self._rng so far
+        self._last = np.empty(0, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return self._epochs
+
+    def __getitem__(self, index: int | slice) -> np.ndarray:
+        """One epoch's order, or a slice of epochs' as an (epochs, n_train) array."""
+        if isinstance(index, slice):
+            rows = [self[i] for i in range(*index.indices(self._epochs))]
+            return np.stack(rows) if rows else np.empty((0, self._n_train), dtype=np.int64)
+        epoch = index + self._epochs if index < 0 else index
+        if not 0 <= epoch < self._epochs:
+            raise IndexError(f"epoch {index} of {self._epochs}")
+        # Without reshuffling every epoch repeats the first order.
+        wanted = epoch + 1 if self._reshuffle else 1
+        if wanted < self._drawn:
+            self._rng, self._drawn = np.random.default_rng(self._stream), 0
+        while self._drawn < wanted:
+            self._last = self._rng.permutation(self._n_train)
+            self._drawn += 1
+        return self._last
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (self[epoch] for epoch in range(self._epochs))
+
+
 @dataclass(frozen=True)
 class SeededRun:
     """What a backend receives so that every framework runs the same experiment."""
 
     seed: int
     layers: tuple[Layer, ...]
-    epoch_orders: np.ndarray  # (epochs, n_train) int64: the sample order of each epoch
+    epoch_orders: EpochOrders
     dropout_seed: int  # seeds the framework's own dropout RNG (outside parity mode)
 
 
-def _streams(seed: int) -> dict[str, np.random.Generator]:
+def _children(seed: int) -> dict[str, np.random.SeedSequence]:
     children = np.random.SeedSequence(seed).spawn(len(_PURPOSES))
-    return {
-        name: np.random.default_rng(child) for name, child in zip(_PURPOSES, children, strict=True)
-    }
+    return dict(zip(_PURPOSES, children, strict=True))
 
 
 def _draw(rng: np.random.Generator, init: InitSpec, shape: tuple[int, ...]) -> np.ndarray:
@@ -66,22 +106,30 @@ def initial_layers(spec: StageSpec, rng: np.random.Generator) -> tuple[Layer, ..
     return tuple(layers)
 
 
-def epoch_orders(spec: StageSpec, n_train: int, rng: np.random.Generator) -> np.ndarray:
-    epochs = spec.training.epochs
-    if not spec.training.reshuffle_every_epoch:
-        return np.tile(rng.permutation(n_train), (epochs, 1))
-    return np.stack([rng.permutation(n_train) for _ in range(epochs)])
-
-
 def seeded_run(spec: StageSpec, seed: int, n_train: int) -> SeededRun:
     """Derive weights, orders and the dropout seed of one cell from its integer seed."""
-    streams = _streams(seed)
+    children = _children(seed)
+    training = spec.training
     return SeededRun(
         seed=seed,
-        layers=initial_layers(spec, streams["init"]),
-        epoch_orders=epoch_orders(spec, n_train, streams["order"]),
-        dropout_seed=int(streams["dropout"].integers(0, 2**31 - 1)),
+        layers=initial_layers(spec, np.random.default_rng(children["init"])),
+        epoch_orders=EpochOrders(
+            children["order"], training.epochs, n_train, training.reshuffle_every_epoch
+        ),
+        dropout_seed=int(np.random.default_rng(children["dropout"]).integers(0, 2**31 - 1)),
     )
+
+
+def describe_seeds(seeds: Iterable[int]) -> str:
+    """Seeds as runs of consecutive numbers ("0-1999", "0-4,7"): listed one by one, 2,000
+    seeds overflow MLflow's 6,000-character param value."""
+    spans: list[tuple[int, int]] = []
+    for seed in seeds:
+        if spans and seed == spans[-1][1] + 1:
+            spans[-1] = (spans[-1][0], seed)
+        else:
+            spans.append((seed, seed))
+    return ",".join(str(first) if first == last else f"{first}-{last}" for first, last in spans)
 
 
 def dropout_masks(spec: StageSpec, run: SeededRun, epoch: int, steps: int) -> list[np.ndarray]:

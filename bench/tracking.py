@@ -1,7 +1,8 @@
 """MLflow recording: the only module that imports mlflow.
 
 One parent run per invocation and one nested run per cell. Every run is ended FINISHED, FAILED or
-KILLED by the code that started it, so no run is left RUNNING.
+KILLED by the code that started it, so no run is left RUNNING; where that code could not (a
+`kill -9`, a store that stopped taking writes), the next invocation on the store ends it KILLED.
 """
 
 from __future__ import annotations
@@ -18,20 +19,22 @@ from typing import Literal
 
 import numpy as np
 
-from bench.errors import BenchError
+from bench import store, unrecorded
+from bench.errors import BenchError, StoreUnwritable
 from bench.matrix import CellRun, group_metrics
 from bench.perf import flops_per_sample, roofline, time_breakdown
 from bench.runner import Cell, CellResult, EpochRecord, RunOptions
-from bench.spec import StageSpec, stage_path
+from bench.seeding import describe_seeds
+from bench.spec import StageSpec
 
 DEFAULT_EXPERIMENT = "mnist-tutorial"
 FLUSH_SECONDS = 10.0  # how often buffered per-epoch metrics are written during a cell
-RESULTS_DIR = Path("results")
 RunStatus = Literal["FINISHED", "FAILED", "KILLED"]
+log = logging.getLogger(__name__)
 
 
 def default_tracking_uri() -> str:
-    return f"sqlite:///{(RESULTS_DIR / 'mlflow.db').resolve()}"
+    return f"sqlite:///{(store.RESULTS_DIR / 'mlflow.db').resolve()}"
 
 
 def resolve_tracking_uri(cli_value: str | None) -> str:
@@ -41,9 +44,10 @@ def resolve_tracking_uri(cli_value: str | None) -> str:
 
 def _artifact_location(uri: str) -> str | None:
     """Artifacts beside a local SQLite store (results/artifacts); servers choose their own."""
-    if not uri.startswith("sqlite:///"):
+    database = store.sqlite_path(uri)
+    if database is None:
         return None
-    return (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
+    return (database.parent / "artifacts").resolve().as_uri()
 
 
 def _quiet_mlflow() -> None:
@@ -56,6 +60,9 @@ def _quiet_loggers() -> None:
     # MLflow sets its loggers up on import; its INFO lines (database migrations) are noise here.
     for name in ("alembic", "mlflow"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # It logs each failed query with its traceback before raising it: a locked store printed
+    # ~400 lines. The exception itself is retried, or becomes the one-line error.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 @dataclass(frozen=True)
@@ -75,39 +82,76 @@ class Tracker:
     """Opens the store and experiment up front, so a bad store fails before any training."""
 
     def __init__(self, uri: str, experiment: str | None) -> None:
-        """Open the store; with an experiment name, find or create that experiment."""
+        """Open the store; with an experiment name, find or create that experiment. Runs left
+        RUNNING by a process that is gone are ended KILLED."""
         _quiet_mlflow()
         import mlflow  # noqa: F401  (imported here so the CLI's `list` never pays for it)
         from mlflow.tracking import MlflowClient
 
         _quiet_loggers()
         self.uri = uri
+        retry_s = store.store_retry_s()
         try:
-            if uri.startswith("sqlite:///"):
-                Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-            self._client = MlflowClient(tracking_uri=uri)
-            self._client.search_experiments(max_results=1)  # touches the store: fails here
-            if experiment is None:
-                return
-            found = self._client.get_experiment_by_name(experiment)
-            self.experiment_id = (
-                found.experiment_id
-                if found is not None
-                else self._client.create_experiment(
-                    experiment, artifact_location=_artifact_location(uri)
-                )
-            )
-        except Exception as exc:  # any failure here means the store is not usable
+            with store.opening(uri):
+                self._client = store.PatientClient(MlflowClient(tracking_uri=uri), uri, retry_s)
+                self._client.search_experiments(max_results=1)  # touches the store: fails here
+                if experiment is not None:
+                    self.experiment_id = self._experiment(experiment)
+                self._end_orphans()
+        except StoreUnwritable as exc:  # before any training: a usage error (exit 2)
+            raise BenchError(str(exc)) from None
+        except BenchError:
+            raise
+        except Exception as exc:  # any other failure here means the store is not usable
             reason = " ".join(str(exc).split())[:200]
             raise BenchError(
                 f"tracking store {uri} is not usable ({type(exc).__name__}: {reason}); "
                 "start it or pass a working --tracking-uri / MLFLOW_TRACKING_URI"
             ) from None
 
-    def start_parent(self, name: str, params: dict[str, str], tags: dict[str, str]) -> str:
-        run = self._client.create_run(self.experiment_id, run_name=name, tags=tags)
-        self._log_params(run.info.run_id, params)
+    def _experiment(self, name: str) -> str:
+        """The experiment's id, created if new; a deleted one or an artifact folder that cannot
+        be written fails now, not after the first cell trained."""
+        found = self._client.get_experiment_by_name(name)
+        if found is not None and found.lifecycle_stage == "deleted":
+            raise BenchError(
+                f"experiment {name!r} in {self.uri} is deleted; restore it with "
+                f"`MLFLOW_TRACKING_URI={self.uri} mlflow experiments restore --experiment-id "
+                f"{found.experiment_id}`, or pass another --experiment"
+            )
+        location = found.artifact_location if found is not None else _artifact_location(self.uri)
+        store.check_artifact_root(location, name)
+        if found is not None:
+            return str(found.experiment_id)
+        return str(self._client.create_experiment(name, artifact_location=location))
+
+    def _end_orphans(self) -> None:
+        """End KILLED the runs left RUNNING by a process of this host that is gone (`kill -9`,
+        a crash, a store that stopped taking writes), and say so in one line."""
+        experiments = [e.experiment_id for e in self._client.search_experiments()]
+        if not experiments:
+            return
+        running = self._client.search_runs(experiments, filter_string=store.OPEN_HERE)
+        gone = [run for run in running if store.owner_gone(run.data.tags)]
+        for run in gone:
+            self._client.set_terminated(run.info.run_id, "KILLED")
+        if gone:
+            pids = ", ".join(sorted({run.data.tags["owner_pid"] for run in gone}))
+            log.info(
+                f"{len(gone)} run(s) in {self.uri} left RUNNING by a process that is gone (pid"
+                f" {pids}): marked KILLED"
+            )
+
+    def _create_run(self, experiment_id: str, name: str, tags: dict[str, str]) -> str:
+        run = self._client.create_run(
+            experiment_id, run_name=name, tags={**tags, **store.owner_tags()}
+        )
         return str(run.info.run_id)
+
+    def start_parent(self, name: str, params: dict[str, str], tags: dict[str, str]) -> str:
+        run_id = self._create_run(self.experiment_id, name, tags)
+        self._log_params(run_id, params)
+        return run_id
 
     def start_group(self, parent_id: str, cell: Cell, seeds: list[int]) -> str:
         """A run for one stage x backend x device group; its cells nest under it."""
@@ -118,9 +162,9 @@ class Tracker:
             "backend": cell.backend,
             "device": cell.device,
         }
-        run = self._client.create_run(self.experiment_id, run_name=cell.group, tags=tags)
-        self._log_params(run.info.run_id, {"seeds": ",".join(map(str, seeds))})
-        return str(run.info.run_id)
+        run_id = self._create_run(self.experiment_id, cell.group, tags)
+        self._log_params(run_id, {"seeds": describe_seeds(seeds)})
+        return run_id
 
     def start_cell(self, parent_id: str, cell: Cell, params: dict[str, str]) -> str:
         tags = {
@@ -131,9 +175,9 @@ class Tracker:
             "seed": str(cell.seed),
             "kind": "cell",
         }
-        run = self._client.create_run(self.experiment_id, run_name=cell.name, tags=tags)
-        self._log_params(run.info.run_id, params)
-        return str(run.info.run_id)
+        run_id = self._create_run(self.experiment_id, cell.name, tags)
+        self._log_params(run_id, params)
+        return run_id
 
     def log_epochs(self, run_id: str, records: list[EpochRecord]) -> None:
         """Per-epoch metrics (step = epoch), several epochs in one write."""
@@ -241,10 +285,7 @@ class Tracker:
             "bit_identical": str(bit_identical).lower(),
             "environment_differences": ", ".join(differences)[:500] or "none",
         }
-        new = self._client.create_run(
-            recorded.experiment_id, run_name=f"reproduce {recorded.cell.name}", tags=tags
-        )
-        run_id = str(new.info.run_id)
+        run_id = self._create_run(recorded.experiment_id, f"reproduce {recorded.cell.name}", tags)
         option_params = {k: v for k, v in recorded.params.items() if k.startswith("option.")}
         self._log_params(run_id, option_params)
         with tempfile.TemporaryDirectory() as tmp:
@@ -269,7 +310,22 @@ class Tracker:
         self._client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
 
     def end(self, run_id: str, status: RunStatus) -> None:
-        self._client.set_terminated(run_id, status)
+        """End a run. Once the store has stopped taking writes, the run stays RUNNING: the next
+        invocation on the store ends it (its process is gone), record-pending records it."""
+        if not self._client.gave_up:
+            self._client.set_terminated(run_id, status)
+
+    def record_failed(self, run_id: str, error: str, files: list[Path]) -> None:
+        """A cell that failed: its error, its files (the log says why), ended FAILED."""
+        self.set_tags(run_id, {"outcome": "failed", "error": error[:500]})
+        for path in files:
+            self.log_artifact(run_id, path)
+        self.end(run_id, "FAILED")
+
+    def epochs_logged(self, run_id: str) -> int:
+        """The last epoch whose metrics a run holds (0: none)."""
+        history = self._client.get_metric_history(run_id, "train_loss")
+        return max((int(metric.step) for metric in history), default=0)
 
     def _log_params(self, run_id: str, params: dict[str, str]) -> None:
         from mlflow.entities import Param
@@ -326,7 +382,9 @@ class MatrixRecord:
         pending = self._pending_epochs.setdefault(run_id, [])
         pending.append(record)
         if time.perf_counter() - self._last_flush.get(run_id, 0.0) >= FLUSH_SECONDS:
-            self._flush(run_id)
+            # A store that stopped taking writes does not stop the cell: its end keeps it.
+            with contextlib.suppress(StoreUnwritable):
+                self._flush(run_id)
 
     def _flush(self, run_id: str) -> None:
         records = self._pending_epochs.pop(run_id, [])
@@ -335,7 +393,29 @@ class MatrixRecord:
         self._last_flush[run_id] = time.perf_counter()
 
     def finish_cell(self, run_id: str, run: CellRun) -> None:
-        files = [stage_path(run.cell.stage), run.log_path]
+        # The stage text read at planning, which the worker trained from and the params come
+        # from; the stage file itself may have been edited since.
+        stage_file = run.log_path.parent / f"{run.cell.stage}.toml"
+        stage_file.write_text(self._specs[run.cell.stage].text)
+        files = [stage_file, run.log_path]
+        try:
+            self._record(run_id, run, files)
+        except StoreUnwritable as exc:  # the trained result is kept, not lost
+            if run.result is not None and not run.speed:
+                run.speed = self._speed_metrics(run)
+            uri = self._tracker.uri
+            kept = unrecorded.keep(store.unrecorded_dir(uri), uri, run_id, run, files)
+            raise StoreUnwritable(
+                f"{exc}; {run.cell.name} is kept in {kept}: once the store takes writes, record"
+                f" it with `python -m bench record-pending {kept.parent}`"
+            ) from None
+        group = run.cell.group
+        self._group_runs[group].append(run)
+        self._pending[group] -= 1
+        if self._pending[group] == 0:
+            self._close_group(group)
+
+    def _record(self, run_id: str, run: CellRun, files: list[Path]) -> None:
         start = time.perf_counter()
         self._flush(run_id)
         run.timings["mlflow_logging"] += time.perf_counter() - start
@@ -346,15 +426,7 @@ class MatrixRecord:
             run.speed = self._speed_metrics(run)
             self._tracker.log_cell_finals(run_id, run.result, run.speed)
         else:
-            self._tracker.set_tags(run_id, {"outcome": "failed", "error": (run.error or "")[:500]})
-            for path in files:
-                self._tracker.log_artifact(run_id, path)
-            self._tracker.end(run_id, "FAILED")
-        group = run.cell.group
-        self._group_runs[group].append(run)
-        self._pending[group] -= 1
-        if self._pending[group] == 0:
-            self._close_group(group)
+            self._tracker.record_failed(run_id, run.error or "", files)
 
     def end(self, run_id: str, status: str) -> None:
         with contextlib.suppress(Exception):  # the epochs so far, if the store still answers

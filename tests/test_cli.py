@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from backends import installed_backends
+from bench import data
 from bench.devices import gpu_names
-from tests.conftest import ROOT, mnist_dir
+from bench.spec import STAGES_DIR, STAGES_DIR_ENV
+from tests.conftest import ROOT, mnist_dir, plant_cache_entry
+from tests.live import finish, start_run, wait_until, worker_started
 
 
 def bench(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -47,13 +53,21 @@ def corrupt_data(tmp_path: Path) -> Path:
 
 
 BAD_INPUTS = [
-    (["--stage", "relu-tanh"], "invalid choice: 'relu-tanh'"),
+    (["--stage", "relu-tanh"], "unknown stage 'relu-tanh'"),
     (["--backend", "jax"], "unknown backend 'jax'"),
     (["--device", "tpu"], "invalid choice: 'tpu'"),
-    (["--seed", "-1"], "-1 is negative"),
+    (["--seed", "-1"], "argument --seed: -1 is outside 0..4294967295"),
     (["--seed", "one"], "'one' is not an integer"),
-    (["--epochs", "0"], "0 is not allowed"),
-    (["--threads", "0"], "0 is not allowed"),
+    (["--epochs", "0"], "argument --epochs: 0 is outside 1..10000"),
+    (["--threads", "0"], "argument --threads: 0 is outside 1..1024"),
+    # Issue 9, item 3: every number has a range, checked before the store is opened.
+    (["--epochs", "1000000000"], "argument --epochs: 1000000000 is outside 1..10000"),
+    (["--threads", "4294967296"], "argument --threads: 4294967296 is outside 1..1024"),
+    (["--inter-op-threads", "4294967296"], "--inter-op-threads: 4294967296 is outside 1..1024"),
+    (["--seeds", "10001"], "argument --seeds: 10001 is outside 1..10000"),
+    (["--seed", "4294967296"], "argument --seed: 4294967296 is outside 0..4294967295"),
+    (["--accumulate", "native"], "--accumulate native applies in parity mode only; add --parity"),
+    (["--stage-file", "/no/such/stage.toml"], "cannot read --stage-file /no/such/stage.toml"),
     (["--frobnicate"], "unrecognized arguments: --frobnicate"),
     (["--cuda-graphs", "--device", "cpu"], "--cuda-graphs replays PyTorch's fast step on a GPU"),
     (["--cuda-graphs", "--dtype", "float64"], "--cuda-graphs trains in float32 only"),
@@ -87,6 +101,7 @@ def test_corrupt_data_file_is_named(corrupt_data: Path, tmp_path: Path) -> None:
 
 def test_empty_data_dir_without_network_names_the_files(tmp_path: Path) -> None:
     """No mirror is reachable from CI: the error says which file and how to get it."""
+    (tmp_path / "empty").mkdir()  # a --data-dir that does not exist is refused, not created
     done = bench(
         "run",
         "--data-dir",
@@ -188,7 +203,11 @@ def test_run_records_parent_and_nested_cells(
             assert params[key]
         assert metrics["test_accuracy"] > 0.9 and metrics["train_samples_per_s"] > 0
         assert metrics["wall_seconds"] > 0 and metrics["peak_rss_mb"] > 100
-        assert 0 < metrics["roofline_fraction"] < 1.5 and metrics["peak_gflops"] > 0
+        # The ratio's size depends on the machine's load when the peak and the cell ran (a
+        # busy machine gave 2.09); what must hold is that it is the ratio of the two figures.
+        assert metrics["peak_gflops"] > 0 and metrics["train_gflops"] > 0
+        ratio = metrics["train_gflops"] / metrics["peak_gflops"]
+        assert metrics["roofline_fraction"] == pytest.approx(ratio)
         assert 0 < metrics["harness_fraction"] < 1
         assert metrics["flops_per_sample"] == 1_612_800
         for key in ("train_loss", "val_accuracy", "epoch_seconds"):
@@ -199,43 +218,22 @@ def test_run_records_parent_and_nested_cells(
 
 
 def test_interrupt_ends_runs_killed(tmp_path: Path) -> None:
+    """SIGINT to the main process once its cell has logged an epoch. Each wait is for an event
+    and allows minutes: on a loaded machine a fixed 120 s wait and `communicate(timeout=60)`
+    ran out."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "bench",
-            "run",
-            "--stage",
-            "relu-xavier",
-            "--backend",
-            installed_backends()[-1],
-            "--data-dir",
-            str(mnist_dir()),
-            "--tracking-uri",
-            uri,
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        assert "cells ->" in process.stdout.readline()  # the store is created and migrated
-        client = _client(uri)
-        experiments = [e.experiment_id for e in client.search_experiments()]
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:  # wait until the cell has logged an epoch
-            time.sleep(0.5)
-            if client.search_runs(experiments, filter_string="metrics.epoch_seconds > 0"):
-                break
-        process.send_signal(signal.SIGINT)
-    except BaseException:
-        process.kill()
-        raise
-    _, err = process.communicate(timeout=60)
-    assert process.returncode == 130, err
+    process = start_run(tmp_path, uri)
+    wait_until(worker_started(tmp_path), process, "a running worker")  # the store is made
+    client = _client(uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+
+    def epoch_logged() -> bool:
+        return bool(client.search_runs(experiments, filter_string="metrics.epoch_seconds > 0"))
+
+    wait_until(epoch_logged, process, "a logged epoch")
+    process.send_signal(signal.SIGINT)
+    code, _, err = finish(process)
+    assert code == 130, err
     assert "Traceback" not in err
     runs = client.search_runs(experiments)
     assert sorted(r.info.status for r in runs) == ["KILLED"] * 3  # invocation, group, cell
@@ -341,9 +339,366 @@ def test_perf_command_prints_the_table(tmp_path: Path) -> None:
     parents = client.search_runs(
         [e.experiment_id for e in client.search_experiments()], filter_string="tags.kind = 'perf'"
     )
-    assert parents[0].data.metrics["keras_fit_samples_per_s"] > 0
+    assert parents[0].data.metrics["keras_fit_samples_per_s_cpu"] > 0
     [drift] = [line for line in done.stdout.splitlines() if line.startswith("peak drift")]
     assert "torch/cpu" in drift
     assert parents[0].data.metrics["peak_gflops_end_torch_cpu"] > 0
     assert "peak_drift_torch_cpu" in parents[0].data.metrics
     assert parents[0].data.tags["speed_stable"] in ("true", "false")
+
+
+# --- issue 9, items 1 and 13: the data a cell uses, and data-dir mistakes ----------------
+
+
+def _built_cache(folder: Path) -> Path:
+    """A parsed-array cache of the real data, built in this process."""
+    data.load_mnist(mnist_dir(), cache_dir=folder, download=False)
+    return folder
+
+
+def test_planted_cache_is_rebuilt_and_said_before_training(tmp_path: Path) -> None:
+    """Issue 9, item 1: test labels replaced by zeros in the cache gave "did-not-learn 10.24%",
+    recorded FINISHED. Now the command says it rebuilds the entry, and the cell learns."""
+    cache = _built_cache(tmp_path / "cache")
+    (entry,) = cache.glob("t10k-labels*.npy")
+    np.save(entry, np.zeros(10000, dtype=np.uint8))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    backend = installed_backends()[-1]
+    done = bench(
+        *("run", "--stage", "relu-xavier", "--backend", backend, "--epochs", "1", "--no-peak"),
+        *("--data-dir", str(mnist_dir()), "--tracking-uri", uri),
+        env={data.CACHE_DIR_ENV: str(cache)},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    [line] = [line for line in done.stdout.splitlines() if "rebuilding" in line]
+    assert str(entry) in line and "does not match its digest" in line
+    client = _client(uri)
+    [cell] = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], "tags.kind = 'cell'"
+    )
+    assert cell.data.tags["outcome"] == "converged" and cell.data.metrics["test_accuracy"] > 0.8
+    assert cell.data.params["data_sha256"] == data.load_mnist(mnist_dir(), cache_dir=cache).sha256
+
+
+def test_reproduce_names_the_data_as_the_difference(
+    recorded: tuple[str, subprocess.CompletedProcess[str]], tmp_path: Path
+) -> None:
+    """Issue 9, item 1: a rerun on other data (here a cache planted with a digest to match,
+    which no check can catch) must name the data, not report the same everything."""
+    uri, _ = recorded
+    run_id = _cell_id(uri, installed_backends()[0])
+    recorded_digest = _client(uri).get_run(run_id).data.params["data_sha256"]
+    cache = _built_cache(tmp_path / "cache")
+    (entry,) = cache.glob("t10k-labels*.npy")
+    plant_cache_entry(entry, np.zeros(10000, dtype=np.uint8))
+    done = bench(
+        *("reproduce", run_id, "--tracking-uri", uri, "--data-dir", str(mnist_dir())),
+        env={data.CACHE_DIR_ENV: str(cache)},
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "bit-identical: NO" in done.stdout
+    [line] = [line for line in done.stdout.splitlines() if "data_sha256" in line]
+    assert "the MNIST arrays" in line and line.split()[-3] == recorded_digest
+
+
+def _not_mnist(tmp_path: Path) -> tuple[Path, str]:
+    """A data dir whose test labels are a valid IDX file of the right shape, not MNIST's."""
+    folder = tmp_path / "fashion"
+    folder.mkdir()
+    for source in mnist_dir().glob("*.gz"):
+        shutil.copy(source, folder / source.name)
+    labels = np.random.default_rng(0).integers(0, 10, 10000, dtype=np.uint8)
+    with gzip.open(folder / "t10k-labels-idx1-ubyte.gz", "wb") as fh:
+        fh.write((0x801).to_bytes(4, "big") + (10000).to_bytes(4, "big") + labels.tobytes())
+    return folder, "is a valid IDX file (10000 labels) but not the MNIST file: its sha256 is"
+
+
+def _a_file(tmp_path: Path) -> tuple[Path, str]:
+    afile = tmp_path / "mnist.tar"
+    afile.write_bytes(b"x")
+    return afile, "is a file, not a folder"
+
+
+def _mistyped(tmp_path: Path) -> tuple[Path, str]:
+    return tmp_path / "mnsit", "does not exist; check the path given by --data-dir"
+
+
+@pytest.mark.parametrize("make", [_not_mnist, _a_file, _mistyped], ids=lambda f: f.__name__)
+def test_data_dir_mistakes_are_named_before_the_store(
+    make: Callable[[Path], tuple[Path, str]], tmp_path: Path
+) -> None:
+    """Issue 9, item 13: Fashion-MNIST was "corrupt, delete it"; a file was "cannot create"; a
+    mistyped --data-dir was created empty. One line each, exit 2, nothing created."""
+    folder, message = make(tmp_path)
+    store = tmp_path / "m.db"
+    done = bench("run", "--data-dir", str(folder), "--tracking-uri", f"sqlite:///{store}")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1
+    assert str(folder) in done.stderr and message in done.stderr
+    assert "corrupt" not in done.stderr and "cannot create" not in done.stderr
+    assert not store.exists()
+    if make is _mistyped:
+        assert not folder.exists()  # not created empty
+
+
+# Issue 9, items 2, 3, 12 and 14: stages, validation and messages.
+
+MINE = (STAGES_DIR / "adam.toml").read_text().replace('name = "adam"', 'name = "mine"', 1)
+BAD_STAGE_FILES = [
+    ("batch_size = 100", "batch_size = 55001", "training.batch_size = 55001 is outside [1, 55000]"),
+    ("beta1 = 0.9", "beta1 = nan", "optimizer.beta1 = nan is not a finite number"),
+    ("beta1 = 0.9", "beta1 = 1", "optimizer.beta1 = 1.0 is outside [0, 1)"),
+    ("beta2 = 0.999", "beta2 = 2", "optimizer.beta2 = 2.0 is outside [0, 1)"),
+    ("epsilon = 1e-8", "epsilon = -1e-8", "optimizer.epsilon = -1e-08 is outside (0, 1]"),
+    ("std = 1.0", "std = inf", "init.biases.std = inf is not a finite number"),
+    ("min_test_accuracy = 0.9545", "min_test_accuracy = nan", "min_test_accuracy = nan is not a"),
+    ("min_test_accuracy = 0.9545", "min_test_accuracy = 2.0", "accuracy = 2.0 is outside [0, 1]"),
+    ("[784, 256, 256, 10]", "[784, 100000000, 10]", "layer_sizes[1] = 100000000 is outside [1, "),
+    ("[784, 256, 256, 10]", "[784, 65536, 65536, 10]", "weights, more than 100,000,000"),
+    ("learning_rate = 0.01", "learning_rate = 0", "learning_rate = 0.0 is outside (0, 1000]"),
+    ("epochs = 30", "epochs = 1000000000", "training.epochs = 1000000000 is outside [1, 10000]"),
+    ("dropout_rate = 0.0", "dropout_rate = 1.0", "model.dropout_rate = 1.0 is outside [0, 1)"),
+    ('name = "mine"', 'name = "a/b"', "name = 'a/b': use 1 to 64 letters"),
+    ('name = "mine"', 'name = "relu-xavier"', "is named 'relu-xavier', as another stage"),
+]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"), BAD_STAGE_FILES, ids=[c[1] for c in BAD_STAGE_FILES]
+)
+def test_bad_stage_file_is_one_line_exit_2_and_writes_nothing(
+    old: str, new: str, message: str, tmp_path: Path
+) -> None:
+    """Each of these was accepted and then crashed, ran or "diverged" inside the worker."""
+    assert old in MINE
+    stage_file = tmp_path / "mine.toml"
+    stage_file.write_text(MINE.replace(old, new, 1))
+    store = tmp_path / "mlflow.db"
+    done = bench(
+        "run",
+        "--stage-file",
+        str(stage_file),
+        "--data-dir",
+        str(mnist_dir()),
+        "--tracking-uri",
+        f"sqlite:///{store}",
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.startswith("error: ") and f"{stage_file}" in done.stderr
+    assert message in done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert not store.exists()
+
+
+def test_usage_mistakes_point_at_the_real_help() -> None:
+    done = bench()
+    assert done.returncode == 2 and "see `python -m bench --help`" in done.stderr
+    done = bench("run", "--epochs", "x")
+    assert done.returncode == 2 and "see `python -m bench run --help`" in done.stderr
+
+
+TINY = f"""name = "tiny"
+description = "a stage the tutorial never ran: 784-32-10, SGD lr 0.1, one epoch"
+tutorial_deviations = "none"
+
+[model]
+layer_sizes = [784, 32, 10]
+hidden_activation = "relu"
+dropout_rate = 0.0
+
+[init.weights]
+kind = "glorot_uniform"
+
+[init.biases]
+kind = "zeros"
+
+[optimizer]
+name = "sgd"
+learning_rate = 0.1
+
+[loss]
+loss = "softmax_cross_entropy"
+prediction = "argmax_logits"
+
+[training]
+epochs = 1
+batch_size = 100
+reshuffle_every_epoch = true
+
+[data]
+{(STAGES_DIR / "adam.toml").read_text().split("[data]")[1].split("[expected]")[0].strip()}
+
+[expected]
+expect = "no_reference"
+"""
+
+
+def _stages_folder(tmp_path: Path) -> Path:
+    """A stages folder of its own: a new stage (`extra`, placed first) and a broken file."""
+    folder = tmp_path / "stages"
+    folder.mkdir()
+    (folder / "relu-xavier.toml").write_text((STAGES_DIR / "relu-xavier.toml").read_text())
+    extra = TINY.replace('name = "tiny"', 'name = "extra"\norder = 0')
+    (folder / "extra.toml").write_text(extra)
+    (folder / "broken.toml").write_text(MINE.replace("beta1 = 0.9", "beta1 = 1.0"))
+    return folder
+
+
+def test_stages_are_found_on_disk_and_a_broken_one_breaks_only_itself(tmp_path: Path) -> None:
+    env = {STAGES_DIR_ENV: str(_stages_folder(tmp_path))}
+    listing = bench("list", env=env)
+    assert listing.returncode == 0, listing.stderr
+    names = [line.split()[0] for line in listing.stdout.split("backends:")[0].splitlines()[1:]]
+    assert names == ["extra", "relu-xavier", "broken"]
+    reason = "broken.toml: optimizer.beta1 = 1.0 is outside [0, 1); fix the stage file"
+    assert f"broken       INVALID: {reason}" in listing.stdout
+    store = tmp_path / "mlflow.db"
+    for stages in (["--stage", "broken"], []):  # named, or among all the folder's stages
+        done = bench(
+            "run",
+            *stages,
+            "--data-dir",
+            str(mnist_dir()),
+            "--tracking-uri",
+            f"sqlite:///{store}",
+            env=env,
+        )
+        assert done.returncode == 2 and done.stderr.count("\n") == 1
+        assert f"error: stage 'broken' cannot run: {reason}" in done.stderr
+        assert not store.exists()
+
+
+def _start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """`python -m bench ARGS` in the background, its output piped."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "bench", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def _wait_for_line(process: subprocess.Popen[str], text: str) -> None:
+    assert process.stdout is not None
+    for line in process.stdout:
+        if text in line:
+            return
+    raise AssertionError(f"the run ended before printing {text!r}: {process.communicate()}")
+
+
+def _wait_for_cell(uri: str) -> None:
+    """Until the store holds a cell run (its worker is being started); no time limit of its
+    own: a loaded machine only makes this slower."""
+    client = _client(uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    while not client.search_runs(experiments, filter_string="tags.kind = 'cell'"):
+        time.sleep(0.2)
+
+
+def test_a_stage_file_edited_during_a_run_is_trained_and_recorded_as_planned(
+    tmp_path: Path,
+) -> None:
+    """Issue 9, item 2: each worker re-read the stage file, the artifact was copied at the end:
+    a cell trained at lr 0.01 was recorded with 0.1. Here both stages' files are edited once
+    the first cell has started; both cells still train and record lr 0.1. Also items 12: a
+    stage from MLP_BENCH_STAGES_DIR beside a broken file, a --stage-file, no reference ("-")."""
+    folder = _stages_folder(tmp_path)
+    mine = tmp_path / "mine.toml"
+    mine.write_text(TINY)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    stages = ["--stage", "extra", "--stage-file", str(mine)]
+    where = ["--data-dir", str(mnist_dir()), "--tracking-uri", uri]
+    backend = ["--backend", installed_backends()[-1], "--no-peak"]
+    process = _start(["run", *stages, *backend, *where], env={STAGES_DIR_ENV: str(folder)})
+    try:
+        _wait_for_line(process, "cells ->")  # the store is open: it can be read
+        _wait_for_cell(uri)
+        for path in (folder / "extra.toml", mine):
+            path.write_text(path.read_text().replace("learning_rate = 0.1", "learning_rate = 1e-9"))
+        out, err = process.communicate(timeout=600)
+    finally:
+        process.kill()
+    assert process.returncode == 0, out + err
+    client = _client(uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    cells = client.search_runs(experiments, filter_string="tags.kind = 'cell'")
+    assert sorted(run.data.tags["stage"] for run in cells) == ["extra", "tiny"]
+    for run in cells:
+        stage = run.data.tags["stage"]
+        assert run.data.params["optimizer.learning_rate"] == "0.1"
+        recorded = Path(client.download_artifacts(run.info.run_id, f"{stage}.toml", str(tmp_path)))
+        assert "learning_rate = 0.1\n" in recorded.read_text()
+        # Trained at 1e-9 it would stay near chance (~10%).
+        assert run.data.metrics["test_accuracy"] > 0.5, stage
+    [row] = [line for line in out.splitlines() if line.startswith("tiny ")]
+    assert row.split()[-4:-1] == ["-", "-", "-"]  # tutorial, expected, met
+
+
+def test_many_seeds_are_recorded_as_a_range(tmp_path: Path) -> None:
+    """Issue 9, item 14: `--seeds 2000` listed one by one was cut at MLflow's 6,000 characters.
+    The params are written before the first cell; the run is then interrupted."""
+    mine = tmp_path / "mine.toml"
+    mine.write_text(TINY)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    where = ["--data-dir", str(mnist_dir()), "--tracking-uri", uri]
+    backend = ["--backend", installed_backends()[-1], "--no-peak"]
+    process = _start(["run", "--stage-file", str(mine), "--seeds", "2000", *backend, *where])
+    try:
+        _wait_for_line(process, "cells ->")
+        _wait_for_cell(uri)  # its group run, with the group's seeds, exists too
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=600)
+    finally:
+        process.kill()
+    client = _client(uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    parent = [r for r in runs if r.data.tags.get("kind") == "matrix"]
+    group = [r for r in runs if r.data.tags.get("kind") == "group"]
+    assert [r.data.params["seeds"] for r in parent + group] == ["0-1999", "0-1999"]
+
+
+def test_reproduce_of_an_invalid_recorded_stage_blames_the_record(tmp_path: Path) -> None:
+    """Issue 9, item 14: a recorded stage text that fails the checks said "fix the stage file",
+    which no stage file of the user's can do."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = _client(uri)
+    experiment = client.create_experiment("e", artifact_location=(tmp_path / "a").as_uri())
+    cell = {"kind": "cell", "stage": "mine", "backend": "torch", "device": "cpu", "seed": "0"}
+    run_id = client.create_run(experiment, tags=cell).info.run_id
+    (tmp_path / "mine.toml").write_text(MINE.replace("learning_rate = 0.01", "learning_rate = 0"))
+    (tmp_path / "step_losses.csv").write_text("step,loss\n1,2.3\n")
+    for name in ("mine.toml", "step_losses.csv"):
+        client.log_artifact(run_id, str(tmp_path / name))
+    client.set_terminated(run_id)
+    done = bench("reproduce", run_id, "--tracking-uri", uri, "--data-dir", str(mnist_dir()))
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert (
+        f"error: the recorded stage text of run {run_id}: optimizer.learning_rate = 0.0 is"
+        " outside (0, 1000]; no stage file can fix a record" in done.stderr
+    )
+    assert "fix the stage file" not in done.stderr
+
+
+@pytest.mark.skipif(len(installed_backends()) < 2, reason="parity needs both backends")
+def test_parity_names_the_steps_it_checked(tmp_path: Path) -> None:
+    """Issue 9, item 14: after 20 steps the verdict said "first 50 steps"."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    done = bench(
+        "parity",
+        "--stage",
+        "relu-xavier",
+        "--steps",
+        "20",
+        "--tracking-uri",
+        uri,
+        "--data-dir",
+        str(mnist_dir()),
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "tolerance: first 20 steps <= 1e-05" in done.stdout
+    assert "first 50 steps" not in done.stdout
+    client = _client(uri)
+    [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.data.params["tolerance_window"] == "20"

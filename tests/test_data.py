@@ -5,9 +5,14 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.server
+import logging
+import os
 import shutil
 import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -17,11 +22,14 @@ import pytest
 
 from bench import data
 from bench.errors import BenchError
+from tests.conftest import plant_cache_entry
 
-REAL_DIR = Path(__file__).resolve().parents[2] / "shared/data/mnist"
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 SMALL = "t10k-labels-idx1-ubyte.gz"  # the smallest file, for cheap corruption tests
+# The digest of the four parsed arrays of the real files: a parser that reads them differently
+# changes it.
+MNIST_DATA_SHA256 = "2fc903ffb3afda6e73a0d94c150d365b1e58bceedc6c4f0b647c597abcef298d"
 
 
 def _assert_one_line_naming(exc: BenchError, *needles: str) -> str:
@@ -34,16 +42,23 @@ def _assert_one_line_naming(exc: BenchError, *needles: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def real_dir() -> Path:
-    """The read-only folder with the four original files; skip if it is not there."""
-    if not all((REAL_DIR / f.name).is_file() for f in data.FILES):
-        pytest.skip(f"real MNIST files not found in {REAL_DIR}")
-    return REAL_DIR
+def real_dir(data_dir: Path) -> Path:
+    """The read-only folder with the four original files (conftest's: MLP_BENCH_DATA_DIR, else
+    ../shared/data/mnist); skip if it is not there."""
+    if not all((data_dir / f.name).is_file() for f in data.FILES):
+        pytest.skip(f"real MNIST files not found in {data_dir}")
+    return data_dir
 
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(autouse=True)
+def _module_cache(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ensure_files parses into the cache too: keep it in this module's folder, not ~/.cache."""
+    monkeypatch.setenv(data.CACHE_DIR_ENV, str(cache_dir))
 
 
 @pytest.fixture(scope="module")
@@ -122,10 +137,12 @@ def _write_idx(path: Path, magic: int, dims: tuple[int, ...], payload: bytes) ->
 
 
 def test_file_table_matches_shipped_checksums(real_dir: Path) -> None:
+    _assert_real_files(real_dir)
+    if not (real_dir / "SHA256SUMS").is_file():
+        pytest.skip(f"no SHA256SUMS beside the files in {real_dir}")
     lines = (real_dir / "SHA256SUMS").read_text().splitlines()
     sums = {name: sha for sha, name in (line.split() for line in lines)}
     assert {f.name: f.sha256 for f in data.FILES} == sums
-    _assert_real_files(real_dir)
 
 
 # --- loading the real files -----------------------------------------------------
@@ -170,27 +187,86 @@ def test_scaling_is_divide_by_255(real_dir: Path, splits: data.MnistSplits) -> N
 
 
 def test_cache_is_written_and_reused(
-    real_dir: Path, cache_dir: Path, splits: data.MnistSplits
+    real_dir: Path, cache_dir: Path, splits: data.MnistSplits, caplog: pytest.LogCaptureFixture
 ) -> None:
     cached = sorted(cache_dir.glob("*.npy"))
     assert len(cached) == 4
     # Keyed by the file's sha256, so a different source file can never hit.
     for f in data.FILES:
         assert any(f.sha256 in p.name for p in cached)
-    assert not [p for p in cache_dir.iterdir() if p.suffix != ".npy"]
+    # Beside each array, its digest; nothing else (no temp files).
+    digests = sorted(p.name for p in cache_dir.iterdir() if p.suffix != ".npy")
+    assert digests == [p.name + ".sha256" for p in cached]
 
     again = data.load_mnist(real_dir, cache_dir=cache_dir, download=False)
     for field in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y"):
         np.testing.assert_array_equal(getattr(again, field), getattr(splits, field))
+    assert again.sha256 == splits.sha256 == MNIST_DATA_SHA256
+    assert "rebuilding" not in caplog.text  # a sound cache is used as it is
 
 
-def test_cache_entry_is_what_gets_loaded(real_dir: Path, tmp_path: Path) -> None:
+def _rebuild_warning(caplog: pytest.LogCaptureFixture, entry: Path) -> str:
+    """The one warning line that says entry was rebuilt; fails if there is none."""
+    [line] = [r.getMessage() for r in caplog.records if "rebuilding" in r.getMessage()]
+    assert str(entry) in line and "\n" not in line
+    return line
+
+
+def test_planted_cache_entry_is_rebuilt(
+    real_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 9, item 1: a cached test-labels array replaced by zeros of the right shape gave
+    "did-not-learn 10.24%". It must fail its digest, be rebuilt, and say so."""
     data.load_mnist(real_dir, cache_dir=tmp_path, download=False)
-    # Replace the cached test labels with a valid array of all 3s: a second load must
-    # return them, which proves it read the cache rather than re-parsing.
     (entry,) = tmp_path.glob("t10k-labels*.npy")
-    np.save(entry, np.full(10000, 3, dtype=np.uint8))
-    assert set(data.load_mnist(real_dir, cache_dir=tmp_path, download=False).test_y) == {3}
+    np.save(entry, np.zeros(10000, dtype=np.uint8))
+    with caplog.at_level(logging.WARNING, logger="bench"):
+        loaded = data.load_mnist(real_dir, cache_dir=tmp_path, download=False)
+    assert np.bincount(loaded.test_y, minlength=10).tolist() == TEST_COUNTS
+    assert loaded.sha256 == MNIST_DATA_SHA256
+    assert "does not match its digest" in _rebuild_warning(caplog, entry)
+    assert np.bincount(np.load(entry), minlength=10).tolist() == TEST_COUNTS  # rewritten
+
+
+def test_flipped_bit_in_cache_is_rebuilt_before_training(
+    real_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One flipped bit in the cached training images made `reproduce` say "bit-identical: NO"
+    with nothing to blame. ensure_files (what the commands run before training) finds it."""
+    data.load_mnist(real_dir, cache_dir=tmp_path, download=False)
+    (entry,) = tmp_path.glob("train-images*.npy")
+    raw = bytearray(entry.read_bytes())
+    raw[-1000] ^= 0x01
+    entry.write_bytes(bytes(raw))
+    with caplog.at_level(logging.WARNING, logger="bench"):
+        data.ensure_files(real_dir, download=False, cache_dir=tmp_path)
+    _rebuild_warning(caplog, entry)
+    caplog.clear()
+    loaded = data.load_mnist(real_dir, cache_dir=tmp_path, download=False)
+    assert loaded.sha256 == MNIST_DATA_SHA256 and not caplog.records  # rebuilt once, sound now
+
+
+def test_cache_entry_without_digest_is_rebuilt(
+    real_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data.load_mnist(real_dir, cache_dir=tmp_path, download=False)
+    (digest,) = tmp_path.glob("train-labels*.npy.sha256")
+    digest.unlink()
+    with caplog.at_level(logging.WARNING, logger="bench"):
+        loaded = data.load_mnist(real_dir, cache_dir=tmp_path, download=False)
+    assert "has no digest" in _rebuild_warning(caplog, digest.with_suffix(""))
+    assert loaded.val_y[0] == 5 and digest.is_file()
+
+
+def test_a_consistent_planted_cache_changes_the_data_digest(real_dir: Path, tmp_path: Path) -> None:
+    """An array planted together with a matching digest passes the check (nothing can tell it
+    from a sound entry), but the data digest a cell records then differs: reproduce names it."""
+    data.load_mnist(real_dir, cache_dir=tmp_path, download=False)
+    (entry,) = tmp_path.glob("t10k-labels*.npy")
+    plant_cache_entry(entry, np.zeros(10000, dtype=np.uint8))
+    loaded = data.load_mnist(real_dir, cache_dir=tmp_path, download=False)
+    assert set(loaded.test_y) == {0}
+    assert loaded.sha256 != MNIST_DATA_SHA256
 
 
 def test_broken_cache_entry_is_rebuilt(real_dir: Path, tmp_path: Path) -> None:
@@ -225,7 +301,8 @@ def test_cache_dir_from_env(
 
 
 def test_download_into_empty_dir(mirror: str, tmp_path: Path) -> None:
-    target = tmp_path / "new" / "mnist"  # does not exist yet
+    target = tmp_path / "mnist"
+    target.mkdir()
     paths = data.ensure_files(target, [mirror + "good/"], timeout=10)
     assert paths == {f.name: target / f.name for f in data.FILES}
     _assert_real_files(target)
@@ -234,10 +311,16 @@ def test_download_into_empty_dir(mirror: str, tmp_path: Path) -> None:
     assert data.ensure_files(target, [], download=True) == paths
 
 
-def test_load_mnist_downloads(mirror: str, tmp_path: Path) -> None:
-    loaded = data.load_mnist(tmp_path / "d", mirrors=[mirror + "good"], cache_dir=tmp_path / "c")
+def test_load_mnist_downloads_into_the_default_dir(
+    mirror: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default folder is the one folder created when missing."""
+    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    loaded = data.load_mnist(mirrors=[mirror + "good"], cache_dir=tmp_path / "c")
     assert loaded.sizes == {"train": 55000, "val": 5000, "test": 10000}
     assert loaded.val_y[0] == 5
+    _assert_real_files(tmp_path / "home" / ".cache" / "mlp-bench" / "mnist")
 
 
 def test_fallback_past_dead_and_404_mirrors(
@@ -276,12 +359,75 @@ def test_no_mirrors_at_all(tmp_path: Path) -> None:
     _assert_one_line_naming(info.value, data.FILES[0].name, "by hand")
 
 
-def test_unwritable_data_dir(mirror: str, tmp_path: Path) -> None:
+def test_uncreatable_default_data_dir(
+    mirror: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A path under a regular file can never be created, even as root.
     blocker = tmp_path / "file"
     blocker.write_text("x")
+    monkeypatch.setenv("HOME", str(blocker))
+    default = data.DEFAULT_DATA_DIR.expanduser()
     with pytest.raises(BenchError) as info:
-        data.ensure_files(blocker / "mnist", [mirror + "good/"])
-    _assert_one_line_naming(info.value, str(blocker / "mnist"), data.DATA_DIR_ENV)
+        data.ensure_files(default, [mirror + "good/"])
+    _assert_one_line_naming(info.value, "cannot create", str(default), data.DATA_DIR_ENV)
+
+
+class _Trickle(http.server.BaseHTTPRequestHandler):
+    """A mirror that announces the right size, then sends a zero byte every 50 ms, forever."""
+
+    def do_GET(self) -> None:
+        spec = next(f for f in data.FILES if self.path.endswith(f.name))
+        self.send_response(200)
+        self.send_header("Content-Length", str(spec.size))
+        self.end_headers()
+        try:
+            for _ in range(spec.size):
+                self.wfile.write(b"\0")
+                time.sleep(0.05)
+        except OSError:
+            pass  # the client gave up: what the test wants
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def trickle() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Trickle)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_trickling_mirror_is_given_up_after_the_transfer_limit(
+    real_dir: Path, trickle: str, mirror: str, tmp_path: Path
+) -> None:
+    """Issue 9, item 15: the timeout bounded each read, so a byte every second (here every
+    50 ms) held the download forever. transfer_timeout bounds the file; the next mirror wins."""
+    _copy_real(real_dir, tmp_path)
+    (tmp_path / SMALL).unlink()
+    started = time.monotonic()
+    with pytest.raises(BenchError) as info:
+        data.ensure_files(tmp_path, [trickle], timeout=30, transfer_timeout=1)
+    _assert_one_line_naming(info.value, SMALL, trickle, "too slow", "1 s allowed")
+    assert time.monotonic() - started < 60  # generous; without the limit it never returns
+    assert _leftovers(tmp_path) == []
+
+    data.ensure_files(tmp_path, [trickle, mirror + "good/"], timeout=30, transfer_timeout=1)
+    _assert_real_files(tmp_path)
+    assert _leftovers(tmp_path) == []
+
+
+def test_default_transfer_limit_is_generous() -> None:
+    """A few minutes for the 9.9 MB file (at least 50 kB/s), a minute or more for any."""
+    budgets = {f.name: data._transfer_budget(f) for f in data.FILES}
+    assert 180 < budgets["train-images-idx3-ubyte.gz"] < 600
+    assert min(budgets.values()) >= 60
 
 
 def test_present_corrupt_file_is_never_overwritten(mirror: str, tmp_path: Path) -> None:
@@ -334,8 +480,47 @@ def test_missing_file_without_download(real_dir: Path, tmp_path: Path) -> None:
 
 def test_empty_dir_without_download_names_all_files(tmp_path: Path) -> None:
     with pytest.raises(BenchError) as info:
-        data.load_mnist(tmp_path / "nowhere", download=False)
+        data.load_mnist(tmp_path, download=False)
     _assert_one_line_naming(info.value, *(f.name for f in data.FILES))
+
+
+@pytest.mark.parametrize("download", [True, False], ids=["download", "no-download"])
+def test_mistyped_data_dir_is_not_created(mirror: str, tmp_path: Path, download: bool) -> None:
+    """Issue 9, item 13: a --data-dir that does not exist was created empty (and, offline,
+    reported as missing files). Only the default folder may be created."""
+    typo = tmp_path / "mnsit"
+    with pytest.raises(BenchError) as info:
+        data.ensure_files(typo, [mirror + "good/"], download=download)
+    msg = _assert_one_line_naming(info.value, str(typo), "does not exist", "--data-dir")
+    assert ("mkdir -p" in msg) == download
+    assert not typo.exists()
+
+
+def test_data_dir_that_is_a_file(tmp_path: Path) -> None:
+    """Issue 9, item 13: reported as "cannot create"; say what it is."""
+    afile = tmp_path / "mnist.tar"
+    afile.write_bytes(b"x")
+    for download in (True, False):
+        with pytest.raises(BenchError) as info:
+            data.ensure_files(afile, [], download=download)
+        msg = _assert_one_line_naming(info.value, str(afile), "is a file, not a folder")
+        assert "cannot create" not in msg
+
+
+def test_another_data_sets_idx_file_is_not_called_corrupt(real_dir: Path, tmp_path: Path) -> None:
+    """Issue 9, item 13: a valid IDX file of MNIST's name and shape (Fashion-MNIST) was called
+    corrupt, with the advice to delete it. Say it is not the MNIST file, with both digests."""
+    _copy_real(real_dir, tmp_path)
+    labels = np.random.default_rng(0).integers(0, 10, 10000, dtype=np.uint8)
+    _write_idx(tmp_path / SMALL, data.LABEL_MAGIC, (10000,), labels.tobytes())
+    actual = hashlib.sha256((tmp_path / SMALL).read_bytes()).hexdigest()
+    spec = next(f for f in data.FILES if f.name == SMALL)
+    with pytest.raises(BenchError) as info:
+        data.ensure_files(tmp_path, download=False)
+    msg = _assert_one_line_naming(
+        info.value, str(tmp_path / SMALL), "not the MNIST file", actual, spec.sha256, "10000"
+    )
+    assert "corrupt" not in msg and "delete" not in msg
 
 
 # --- IDX parsing ----------------------------------------------------------------
@@ -410,3 +595,26 @@ def test_load_mnist_uses_env_data_dir(
     monkeypatch.setenv(data.DATA_DIR_ENV, str(real_dir))
     loaded = data.load_mnist(cache_dir=tmp_path, download=False)
     assert loaded.test_y[0] == 7
+
+
+def test_real_data_tests_run_where_only_the_variable_names_the_data(
+    real_dir: Path, tmp_path: Path
+) -> None:
+    """Issue 9, item 17: these tests read ../shared/data/mnist only, so they skipped where the
+    data was given by MLP_BENCH_DATA_DIR. Run some in a checkout with nothing beside it."""
+    here = Path(__file__).parent
+    checkout = tmp_path / "checkout"
+    (checkout / "tests").mkdir(parents=True)
+    for name in ("__init__.py", "conftest.py", "test_data.py"):
+        shutil.copy(here / name, checkout / "tests" / name)
+    selected = "split_shapes or flipped_byte_is_detected"
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs", "-k", selected],
+        cwd=checkout,
+        env={**os.environ, data.DATA_DIR_ENV: str(real_dir), data.CACHE_DIR_ENV: str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 passed" in done.stdout and "skipped" not in done.stdout, done.stdout

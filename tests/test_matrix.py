@@ -129,7 +129,7 @@ def test_a_crash_is_described_by_its_exception_line_not_the_last_hint(tmp_path: 
     assert exception_line("") == "no output"
     log = tmp_path / "worker.log"
     log.write_text(CUDA_TRACEBACK)
-    assert _crash_message(-11, log) == f"worker killed by signal 11: {expected}"
+    assert _crash_message(-11, log) == f"worker killed by signal 11 (SIGSEGV): {expected}"
     assert _crash_message(1, log) == f"worker exited with code 1: {expected}"
 
 

@@ -1,9 +1,20 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bench.errors import BenchError
-from bench.spec import STAGE_NAMES, STAGES_DIR, load_stage, parse_stage, with_epochs
+from bench.spec import (
+    STAGE_NAMES,
+    STAGES_DIR,
+    STAGES_DIR_ENV,
+    discover_stages,
+    load_stage,
+    parse_stage,
+    select_stages,
+    with_epochs,
+)
 
 
 @pytest.mark.parametrize("name", STAGE_NAMES)
@@ -47,17 +58,19 @@ def _text(name: str = "relu-xavier") -> str:
 @pytest.mark.parametrize(
     ("old", "new", "message"),
     [
-        ("[training]\n", "[training]\nwarmup = 3\n", "unknown key x.toml.training.warmup"),
+        ("[training]\n", "[training]\nwarmup = 3\n", "x.toml: unknown key training.warmup"),
         ("epochs = 30", 'epochs = "30"', "training.epochs = '30' has type str, expected int"),
         ("learning_rate = 0.1", "learning_rate = true", "optimizer.learning_rate = True"),
         ('kind = "glorot_uniform"', 'kind = "he"', "init.weights.kind = 'he' is not one of"),
-        ("batch_size = 100\n", "", "missing key x.toml.training.batch_size"),
-        ("dropout_rate = 0.0", "dropout_rate = 1.5", "dropout_rate must be in [0, 1)"),
+        ("batch_size = 100\n", "", "x.toml: missing key training.batch_size"),
+        ("dropout_rate = 0.0", "dropout_rate = 1.5", "dropout_rate = 1.5 is outside [0, 1)"),
         ('kind = "glorot_uniform"', 'kind = "normal"', "init.weights.std is needed"),
         ("[optimizer]\n", "[optimizer]\nbeta1 = 0.9\n", "needed for adam and only for it"),
-        ("epochs = 30", "epochs = 0", "training.epochs must be >= 1"),
-        ("784, 256, 256, 10", "784, 256, 256, 9", "MNIST needs 784 inputs, 10 outputs"),
+        ("epochs = 30", "epochs = 0", "training.epochs = 0 is outside [1, 10000]"),
+        ("784, 256, 256, 10", "784, 256, 256, 9", "MNIST needs 784 inputs and 10 outputs"),
         ("name = ", "name = = ", "is not valid TOML"),
+        ("order = 2", "order = 2.5", "order = 2.5 has type float, expected int"),
+        ('expect = "min_test_accuracy"', 'expect = "no_reference"', "not allowed with no_ref"),
     ],
 )
 def test_bad_stage_files_are_rejected_with_one_line(old: str, new: str, message: str) -> None:
@@ -65,21 +78,98 @@ def test_bad_stage_files_are_rejected_with_one_line(old: str, new: str, message:
     assert old in text
     with pytest.raises(BenchError) as info:
         parse_stage(text.replace(old, new, 1), "x.toml")
-    assert message in str(info.value)
+    assert message in str(info.value) and str(info.value).endswith("; fix the stage file")
     assert "\n" not in str(info.value)
 
 
-def test_unknown_stage_name() -> None:
-    with pytest.raises(BenchError, match="unknown stage 'relu-tanh'"):
-        load_stage("relu-tanh")
+def test_a_stage_keeps_the_text_it_was_parsed_from() -> None:
+    """Workers train from this text and MLflow records it (issue 9, item 2)."""
+    text = _text()
+    spec = parse_stage(text, "x.toml")
+    assert spec.text == text and "text" not in spec.flat() and "order" not in spec.flat()
+    assert with_epochs(spec, 2).text == text and with_epochs(spec, 2).file_epochs == 30
+    with pytest.raises(BenchError, match="unknown key text"):
+        parse_stage('text = "x"\n' + text, "x.toml")
+
+
+def test_no_reference_expects_nothing_and_shows_a_dash() -> None:
+    table = _text().split("[expected]")[0] + '[expected]\nexpect = "no_reference"\n'
+    expected = parse_stage(table, "x.toml").expected
+    assert (expected.tutorial, expected.describe()) == ("-", "-")
+    assert expected.met_by("did-not-learn", 0.1)
+
+
+def _stages_dir(tmp_path: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (tmp_path / f"{name}.toml").write_text(text)
+    return tmp_path
+
+
+def test_stages_are_found_on_disk_in_their_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new stage is a new file; `order` places it; a broken file breaks only itself."""
+    new = (
+        _text()
+        .replace('name = "relu-xavier"', 'name = "a-new-one"')
+        .replace("order = 2", "order = 0")
+    )
+    folder = _stages_dir(
+        tmp_path,
+        {"relu-xavier": _text(), "a-new-one": new, "broken": "name = = ", "late": _text("adam")},
+    )
+    monkeypatch.setenv(STAGES_DIR_ENV, str(folder))
+    found = discover_stages()
+    assert [s.name for s in found] == ["a-new-one", "relu-xavier", "broken", "late"]
+    assert found[2].spec is None and "broken.toml is not valid TOML" in str(found[2].error)
+    assert "declares name 'adam'; make it 'late'" in str(found[3].error)
+    assert load_stage("a-new-one").name == "a-new-one"
+    assert list(select_stages(["relu-xavier"], [], None)) == ["relu-xavier"]
+    with pytest.raises(BenchError, match=r"stage 'broken' cannot run: broken\.toml is not valid"):
+        select_stages(["broken"], [], None)
+    with pytest.raises(BenchError, match="stage 'broken' cannot run"):
+        select_stages([], [], None)  # every stage of the folder: the broken one too
+    with pytest.raises(BenchError, match="choose from a-new-one, relu-xavier, or give"):
+        load_stage("adam")
+
+
+def test_an_empty_stages_folder_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(STAGES_DIR_ENV, str(tmp_path / "nothing-here"))
+    assert discover_stages() == []
+    with pytest.raises(BenchError, match="no stage files"):
+        select_stages([], [], None)
+
+
+def test_builtin_stages_keep_the_tutorials_order() -> None:
+    assert STAGE_NAMES == ("relu-normal", "relu-xavier", "adam", "dropout")
+    assert [s.spec.order for s in discover_stages(STAGES_DIR) if s.spec] == [1, 2, 3, 4]
+
+
+def test_a_stage_file_of_ones_own(tmp_path: Path) -> None:
+    mine = tmp_path / "mine.toml"
+    mine.write_text(_text().replace('name = "relu-xavier"', 'name = "mine"'))
+    specs = select_stages(["adam"], [str(mine)], 3)
+    assert list(specs) == ["adam", "mine"] and specs["mine"].training.epochs == 3
+    assert list(select_stages([], [str(mine)], None)) == ["mine"]  # only the file
+    clash = tmp_path / "clash.toml"
+    clash.write_text(_text())
+    with pytest.raises(BenchError, match="is named 'relu-xavier', as another stage"):
+        select_stages([], [str(clash)], None)
+    with pytest.raises(BenchError, match="is named 'mine', as another stage"):
+        select_stages([], [str(mine), str(mine)], None)
+    with pytest.raises(BenchError, match=r"cannot read --stage-file .*; check the path"):
+        select_stages([], [str(tmp_path / "nope.toml")], None)
 
 
 def test_epochs_override() -> None:
     spec = load_stage("dropout")
     assert with_epochs(spec, None) is spec
     assert with_epochs(spec, 3).training.epochs == 3
-    with pytest.raises(BenchError):
-        with_epochs(spec, 0)
+    for bad in (0, 10_001):
+        with pytest.raises(BenchError, match=f"epochs {bad} is outside 1..10000"):
+            with_epochs(spec, bad)
 
 
 def test_flat_params_name_every_setting() -> None:
