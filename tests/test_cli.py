@@ -291,20 +291,26 @@ def test_reproduce_unknown_run_is_one_line(
     assert "no run '0123456789abcdef'" in done.stderr
 
 
-@pytest.mark.skipif(len(installed_backends()) < 2, reason="parity needs both backends")
-def test_parity_command_prints_windows_and_records_the_curve(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    done = bench(
+def _parity(uri: str, steps: str) -> subprocess.CompletedProcess[str]:
+    """`bench parity` of relu-xavier for `steps` steps, recorded to `uri`."""
+    data = str(mnist_dir())
+    return bench(
         "parity",
         "--stage",
         "relu-xavier",
         "--steps",
-        "60",
+        steps,
         "--tracking-uri",
         uri,
         "--data-dir",
-        str(mnist_dir()),
+        data,
     )
+
+
+@pytest.mark.skipif(len(installed_backends()) < 2, reason="parity needs both backends")
+def test_parity_command_prints_windows_and_records_the_curve(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    done = _parity(uri, "60")
     assert done.returncode == 0, done.stdout + done.stderr
     for window in ("N =     1", "N =    10", "N =    50", "N =    60", "PASS"):
         assert window in done.stdout
@@ -685,17 +691,7 @@ def test_reproduce_of_an_invalid_recorded_stage_blames_the_record(tmp_path: Path
 def test_parity_names_the_steps_it_checked(tmp_path: Path) -> None:
     """Issue 9, item 14: after 20 steps the verdict said "first 50 steps"."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    done = bench(
-        "parity",
-        "--stage",
-        "relu-xavier",
-        "--steps",
-        "20",
-        "--tracking-uri",
-        uri,
-        "--data-dir",
-        str(mnist_dir()),
-    )
+    done = _parity(uri, "20")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "tolerance: first 20 steps <= 1e-05" in done.stdout
     assert "first 50 steps" not in done.stdout

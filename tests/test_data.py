@@ -86,7 +86,11 @@ def mirror(real_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             pass
 
     handler = partial(QuietHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    yield from _serving(http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler))
+
+
+def _serving(server: http.server.ThreadingHTTPServer) -> Iterator[str]:
+    """Serve on a thread, yield the server's URL, and stop it when the fixture ends."""
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -395,13 +399,7 @@ class _Trickle(http.server.BaseHTTPRequestHandler):
 def trickle() -> Iterator[str]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Trickle)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
+    yield from _serving(server)
 
 
 def test_trickling_mirror_is_given_up_after_the_transfer_limit(
