@@ -15,7 +15,11 @@ BACKENDS: dict[str, tuple[str, str]] = {
 }
 
 # RunOptions fields that only one framework has; other backends' cells record them as "n/a".
-FRAMEWORK_ONLY_OPTIONS: dict[str, str] = {"xla": "tensorflow", "cuda_graphs": "torch"}
+FRAMEWORK_ONLY_OPTIONS: dict[str, str] = {
+    "xla": "tensorflow",
+    "cuda_graphs": "torch",
+    "torch_matmul": "torch",
+}
 
 
 def is_installed(name: str) -> bool:

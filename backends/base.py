@@ -15,6 +15,13 @@ from bench.spec import StageSpec
 Device = Literal["cpu", "gpu"]
 Split = Literal["val", "test"]
 DType = Literal["float32", "float64"]
+# PyTorch's CPU products: "mkl" (its default sgemm), "onednn" (the oneDNN it bundles), or
+# "auto": whichever a short measurement on this machine finds faster (see backends.torch).
+TorchMatmul = Literal["auto", "mkl", "onednn"]
+ONEDNN_ONLY = (
+    "--torch-matmul onednn: float32 training on a CPU, outside parity mode, only;"
+    " drop it or use --torch-matmul auto"
+)
 EVAL_BATCH = 10_000  # large evaluation batches: evaluation is not what is benchmarked
 
 
@@ -40,6 +47,8 @@ class Settings:
     # PyTorch on a GPU: capture the training step in a CUDA graph and replay it (one launch
     # instead of ~40 per step; this model's GPU steps are launch-bound).
     cuda_graphs: bool = False
+    # PyTorch on a CPU: which library computes the fast step's products (TorchMatmul).
+    torch_matmul: TorchMatmul = "auto"
     # The model is a strict chain of ops: a second inter-op pool only competes for the cores.
     inter_op_threads: int = 1
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
+import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,6 +18,7 @@ import torch.nn.functional as F
 from backends.base import (
     DEFAULT_SETTINGS,
     EVAL_BATCH,
+    ONEDNN_ONLY,
     Backend,
     Device,
     Masks,
@@ -24,7 +28,7 @@ from backends.base import (
     compute_dtype,
     dropout_threshold,
 )
-from bench.data import MnistSplits
+from bench.data import MnistSplits, resolve_cache_dir
 from bench.devices import gpu_driver_version
 from bench.errors import BenchError
 from bench.seeding import SeededRun
@@ -60,6 +64,174 @@ def check_cuda_graphs(settings: Settings, device: Device) -> None:
 _NO_BIAS_CORRECTION = 1e9
 
 
+def _linear(a: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """oneDNN's a @ w.T + bias, on plain (strided) tensors."""
+    out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(a, w, bias, "none", [], "")
+    return out
+
+
+class _MklProducts:
+    """PyTorch's own products: MKL's sgemm on x86 CPUs, cuBLAS on GPUs. The dropout scale
+    1 / keep folds into each product's alpha and SGD's update into the weight-gradient product
+    (W.addmm_(h.T, d, alpha=-lr)): no pass of its own."""
+
+    name = "mkl"
+    scaled_masks = False  # the masks stay 0/1: the products' alpha carries 1 / keep
+
+    def __init__(self, zero: torch.Tensor) -> None:
+        self._zero = zero  # addmm's input with beta=0
+
+    def layer(
+        self, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, alpha: float
+    ) -> torch.Tensor:
+        return torch.addmm(b, h, w, alpha=alpha)
+
+    def input_grad(self, delta: torch.Tensor, w: torch.Tensor, alpha: float) -> torch.Tensor:
+        return torch.addmm(self._zero, delta, w.T, beta=0.0, alpha=alpha)
+
+    def weight_grad(
+        self, out: torch.Tensor, h: torch.Tensor, delta: torch.Tensor, alpha: float
+    ) -> None:
+        torch.addmm(out, h.T, delta, beta=0.0, alpha=alpha, out=out)
+
+    def sgd(
+        self, w: torch.Tensor, h: torch.Tensor, delta: torch.Tensor, lr: float, alpha: float
+    ) -> None:
+        w.addmm_(h.T, delta, alpha=-lr * alpha)
+
+    def square(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.mm(a, b)
+
+
+class _OneDnnProducts:
+    """The same products through the oneDNN that PyTorch bundles (TensorFlow's CPU library).
+    MKL takes slower code paths on non-Intel CPUs, while oneDNN picks its kernels by the
+    instruction set: on a 2-core AVX-512 AMD EPYC, a 100x784 by 784x256 product ran at 404
+    GFLOP/s here against MKL's 191. Its linear has no alpha, so dropout's masks carry 1 / keep
+    (the inputs arrive scaled) and the input gradient is scaled by a pass of its own."""
+
+    name = "onednn"
+    scaled_masks = True
+
+    def layer(
+        self, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, alpha: float
+    ) -> torch.Tensor:
+        return _linear(h, w.T, b)  # h is scaled already (scaled_masks)
+
+    def input_grad(self, delta: torch.Tensor, w: torch.Tensor, alpha: float) -> torch.Tensor:
+        product = _linear(delta, w, None)
+        return product if alpha == 1.0 else product.mul_(alpha)
+
+    def weight_grad(
+        self, out: torch.Tensor, h: torch.Tensor, delta: torch.Tensor, alpha: float
+    ) -> None:
+        out.copy_(_linear(h.T, delta.T, None))
+
+    def sgd(
+        self, w: torch.Tensor, h: torch.Tensor, delta: torch.Tensor, lr: float, alpha: float
+    ) -> None:
+        w.sub_(_linear(h.T, delta.T, None), alpha=lr)
+
+    def square(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return _linear(a, b, None)  # a @ b.T: the same FLOPs as a @ b
+
+
+_Products = _MklProducts | _OneDnnProducts
+# A choice is cached per machine, PyTorch release and thread count, so that reruns on one
+# machine take the same path and stay bit-identical.
+MATMUL_CHOICES_FILE = "torch-matmul.json"
+# oneDNN is taken only when clearly faster: near a tie, MKL (PyTorch's default) stays.
+ONEDNN_MARGIN = 1.05
+
+
+class _StepProducts:
+    """The training step's batch-100 products (forward, input and weight gradients of a
+    784x256 and a 256x256 layer), timed in short bursts through one library."""
+
+    def __init__(self) -> None:
+        generator = torch.Generator().manual_seed(0)
+        self._layers = [
+            (torch.rand(100, n, generator=generator), torch.rand(n, 256, generator=generator))
+            for n in (784, 256)
+        ]
+        self._delta = torch.rand(100, 256, generator=generator)
+        self._bias = torch.zeros(256)
+        self._grads = [torch.empty(n, 256) for n in (784, 256)]
+        self.flops = sum(3 * 2 * 100 * h.shape[1] * 256 for h, _ in self._layers) * 10
+
+    def burst(self, products: _Products) -> float:
+        """GFLOP/s of ten steps' products."""
+        start = time.perf_counter()
+        for _ in range(10):
+            for (h, w), grad in zip(self._layers, self._grads, strict=True):
+                products.layer(h, w, self._bias, 1.0)
+                products.input_grad(self._delta, w, 1.0)
+                products.weight_grad(grad, h, self._delta, 1.0)
+        return self.flops / (time.perf_counter() - start) / 1e9
+
+
+def _measure_choice(rounds: int = 7) -> dict[str, str]:
+    """MKL against oneDNN, in alternating bursts (a load that comes and goes falls on both),
+    the median of each; the first round warms both up."""
+    paths: list[_Products] = [_MklProducts(torch.zeros(())), _OneDnnProducts()]
+    step = _StepProducts()
+    rates: dict[str, list[float]] = {"mkl": [], "onednn": []}
+    for _ in range(rounds + 1):
+        for products in paths:
+            rates[products.name].append(step.burst(products))
+    mkl, onednn = (statistics.median(rates[name][1:]) for name in ("mkl", "onednn"))
+    choice = "onednn" if onednn > ONEDNN_MARGIN * mkl else "mkl"
+    return {
+        "choice": choice,
+        "reason": f"measured: MKL {mkl:.0f}, oneDNN {onednn:.0f} GFLOP/s on the batch-100"
+        f" products ({time.strftime('%Y-%m-%d')})",
+    }
+
+
+def _choices_path() -> Path:
+    return resolve_cache_dir(None) / MATMUL_CHOICES_FILE
+
+
+def auto_matmul(threads: int) -> tuple[str, str]:
+    """ "mkl" or "onednn" for this machine, and why: measured once, then read from the cache."""
+    from bench.runner import cpu_isa, cpu_model
+
+    # The model name alone does not tell one AMD EPYC from another: the ISA does.
+    key = f"{cpu_model()} ({cpu_isa()}) | torch {torch.__version__} | {threads} threads"
+    path = _choices_path()
+    try:
+        choices = json.loads(path.read_text())
+    except (OSError, ValueError):
+        choices = {}
+    if key not in choices:
+        choices[key] = _measure_choice()
+        with contextlib.suppress(OSError):  # an unwritable cache measures again next time
+            path.parent.mkdir(parents=True, exist_ok=True)
+            scratch = path.with_suffix(f".{os.getpid()}.tmp")
+            scratch.write_text(json.dumps(choices, indent=1, sort_keys=True))
+            scratch.replace(path)
+    entry = choices[key]
+    return entry["choice"], f"auto, {entry['reason']}"
+
+
+def resolve_matmul(settings: Settings, device: Device, threads: int) -> tuple[str, str]:
+    """Which library computes this backend's products, and why."""
+    fixed = None
+    if device == "gpu":
+        fixed = "cublas", "a GPU: cuBLAS"
+    elif settings.parity:
+        fixed = "mkl", "parity mode: autograd products, unchanged"
+    elif settings.dtype == "float64":
+        fixed = "mkl", "float64: oneDNN has no double-precision products"
+    if fixed is not None:
+        if settings.torch_matmul == "onednn":
+            raise BenchError(ONEDNN_ONLY)
+        return fixed
+    if settings.torch_matmul != "auto":
+        return settings.torch_matmul, "asked for (--torch-matmul)"
+    return auto_matmul(threads)
+
+
 class _Dropout:
     """PyTorch's own seeded dropout masks, all hidden layers of a step in one draw.
 
@@ -74,6 +246,7 @@ class _Dropout:
         shapes: list[tuple[int, int]],
         generator: torch.Generator,
         dtype: torch.dtype,
+        scale: float = 1.0,  # the kept units' value: 1, or 1 / keep where no product scales
     ) -> None:
         sizes = [rows * cols for rows, cols in shapes]
         device = generator.device
@@ -87,13 +260,16 @@ class _Dropout:
         # As signed 16-bit values u in [-32768, 32767], a unit is kept when u + 32768 >=
         # threshold, i.e. when u + 32769 - threshold >= 1; dropped ones give <= 0: clamp to 0/1.
         self._offset = float(32769 - dropout_threshold(rate))
+        self._scale = scale
 
     def draw(self) -> list[torch.Tensor]:
-        """Masks for every hidden layer of one step: 0 for dropped units, 1 for kept ones."""
+        """Masks for every hidden layer of one step: 0 for dropped units, `scale` for kept ones."""
         # from=-2**63, to=None: the full 64-bit range (plain random_() leaves the sign bit 0).
         self._bits.random_(-(2**63), None, generator=self._generator)
         self._flat.copy_(self._bits.view(torch.int16)[: self._flat.numel()])
         self._flat.add_(self._offset).clamp_(0.0, 1.0)
+        if self._scale != 1.0:
+            self._flat.mul_(self._scale)
         return self._masks
 
 
@@ -186,6 +362,11 @@ class TorchBackend(Backend):
         self._settings = settings
         self._dtype = torch.float64 if settings.dtype == "float64" else torch.float32
         self._compute = torch.float64 if compute_dtype(settings) == "float64" else torch.float32
+        self._matmul, self._matmul_reason = resolve_matmul(settings, device, threads)
+        self._zero = torch.zeros((), device=self._device, dtype=self._dtype)  # addmm, beta=0
+        self._mm: _Products = (
+            _OneDnnProducts() if self._matmul == "onednn" else _MklProducts(self._zero)
+        )
 
     @staticmethod
     def visible_gpus() -> int:
@@ -206,6 +387,9 @@ class TorchBackend(Backend):
             "dtype": self._settings.dtype,
             "compute_dtype": compute_dtype(self._settings),
             "framework_blas": blas.group(1) if blas else "unknown",
+            # The library the fast step's products went through, and why (--torch-matmul).
+            "torch_matmul": self._matmul,
+            "torch_matmul_reason": self._matmul_reason,
             "flush_denormal": str(self._flush_denormal).lower(),
             "cuda_graphs": str(self._settings.cuda_graphs).lower(),
             # The device's own generator draws the masks: CUDA's is Philox4x32-10.
@@ -259,7 +443,6 @@ class TorchBackend(Backend):
         keep_prob = 1.0 - spec.model.dropout_rate
         self._alphas = [1.0] + [1.0 / keep_prob] * (len(spec.model.layer_sizes) - 2)
         self._classes = torch.arange(spec.model.layer_sizes[-1], device=self._device)
-        self._zero = torch.zeros((), device=self._device, dtype=self._dtype)  # addmm, beta=0
         self._generator = torch.Generator(device=self._device)
         self._generator.manual_seed(run.dropout_seed)
         if spec.optimizer.name == "adam":
@@ -290,6 +473,7 @@ class TorchBackend(Backend):
                 [(spec.training.batch_size, width) for width in hidden],
                 self._generator,
                 self._dtype,
+                scale=1.0 / keep_prob if self._mm.scaled_masks else 1.0,
             )
 
     def train_epoch(self, order: np.ndarray, masks: Masks = None) -> np.ndarray:
@@ -341,11 +525,11 @@ class TorchBackend(Backend):
     def matmul_seconds(self, size: int, repeats: int) -> float:
         generator = torch.Generator(device=self._device).manual_seed(1)
         a, b = (torch.rand(size, size, device=self._device, generator=generator) for _ in range(2))
-        torch.mm(a, b)  # warm-up: kernel selection, thread pool start
+        self._mm.square(a, b)  # warm-up: kernel selection, thread pool start
         self.synchronize()
         start = time.perf_counter()
         for _ in range(repeats):
-            torch.mm(a, b)
+            self._mm.square(a, b)
         self.synchronize()
         return time.perf_counter() - start
 
@@ -409,20 +593,20 @@ class TorchBackend(Backend):
     ) -> torch.Tensor:
         """The fast path: forward and backward written out, no autograd tape, in-place ops.
 
-        Per step this launches about half the kernels autograd does; with SGD the update is
-        folded into the weight-gradient product (W.addmm_(h.T, d, alpha=-lr)). Dropout keeps
-        0/1 masks and folds its 1 / keep into the products' alpha, saving three passes.
+        Per step this launches about half the kernels autograd does. The products go through
+        self._mm (MKL/cuBLAS or oneDNN, see resolve_matmul): with MKL, SGD's update folds into
+        the weight-gradient product and dropout's 1 / keep into the products' alpha.
         """
         n_layers = len(self._params) // 2
         rate = self._spec.model.dropout_rate
         masks: list[torch.Tensor] = []
         if rate > 0.0:  # numpy's masks (tests) or this framework's own
-            masks = self._dropout.draw() if keep is None else [k.to(x.dtype) for k in keep]
-        alphas = self._alphas
+            masks = self._dropout.draw() if keep is None else self._numpy_masks(keep, x.dtype)
+        alphas, mm = self._alphas, self._mm
         inputs = [x]  # each layer's input: post-ReLU, masked, not yet scaled
         h = x
         for i in range(n_layers):
-            h = torch.addmm(self._params[2 * i + 1], h, self._params[2 * i], alpha=alphas[i])
+            h = mm.layer(h, self._params[2 * i], self._params[2 * i + 1], alphas[i])
             if i < n_layers - 1:
                 h.relu_()
                 if masks:
@@ -443,20 +627,27 @@ class TorchBackend(Backend):
             below = None
             if i > 0:  # the gradient for the layer below, before this layer's weights change;
                 # dropped and inactive units are 0 in inputs[i], so one threshold masks both
-                product = torch.addmm(self._zero, delta, weight.T, beta=0.0, alpha=alpha)
+                product = mm.input_grad(delta, weight, alpha)
                 below = torch.ops.aten.threshold_backward(product, inputs[i], 0.0)
             if self._spec.optimizer.name == "sgd":
-                weight.addmm_(inputs[i].T, delta, alpha=-lr * alpha)
+                mm.sgd(weight, inputs[i], delta, lr, alpha)
                 bias.add_(delta.sum(0), alpha=-lr)
             else:
-                grad = self._grads[2 * i]
-                torch.addmm(grad, inputs[i].T, delta, beta=0.0, alpha=alpha, out=grad)
+                mm.weight_grad(self._grads[2 * i], inputs[i], delta, alpha)
                 torch.sum(delta, 0, out=self._grads[2 * i + 1])
             if below is not None:
                 delta = below
         if self._spec.optimizer.name != "sgd":
             self._adam_flat()
         return loss
+
+    def _numpy_masks(self, keep: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
+        """numpy's 0/1 masks (tests), scaled by 1 / keep where the products do not scale."""
+        masks = [k.to(dtype) for k in keep]
+        if self._mm.scaled_masks:
+            scale = 1.0 / (1.0 - self._spec.model.dropout_rate)
+            masks = [m.mul_(scale) for m in masks]
+        return masks
 
     def _predict(self, logits: torch.Tensor) -> torch.Tensor:
         if self._spec.loss.prediction == "argmax_relu_logits":

@@ -97,6 +97,13 @@ def _add_matrix(parser: argparse.ArgumentParser) -> None:
         help="PyTorch on a GPU: capture the training step in a CUDA graph and replay it",
     )
     parser.add_argument(
+        "--torch-matmul",
+        choices=["auto", "mkl", "onednn"],
+        default="auto",
+        help="PyTorch on a CPU: the products' library; auto (default) measures which is"
+        " faster on this machine once and keeps the choice",
+    )
+    parser.add_argument(
         "--inter-op-threads",
         type=_int_in(1, MAX_THREADS),
         default=1,
@@ -131,6 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=_int_in(0, MAX_EPOCHS),
         default=4,
         help="epochs of the Keras model.fit reference (0: skip it); default 4",
+    )
+    perf.add_argument(
+        "--allow-busy",
+        action="store_true",
+        help="time even where other processes use the cores (the cells are flagged)",
     )
 
     parity = commands.add_parser("parity", help="train both backends in parity mode; compare")

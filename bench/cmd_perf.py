@@ -16,13 +16,19 @@ from bench.cli import EXIT_INTERRUPTED
 from bench.cmd_run import Execution, Plan, execute, finish, measure_peaks, plan_run
 from bench.matrix import CellRun, LocalExecutor
 from bench.perf import DRIFT_LIMIT, drift_lines
-from bench.report import table
+from bench.report import speed_mark, table, with_speed_note
 
 REFERENCE_STAGE = "relu-xavier"
 
 
+def _fraction(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def perf_table(runs: list[CellRun], keras: dict[str, float]) -> str:
-    """`keras`: the Keras reference's samples/s on each device (each cell against its own)."""
+    """`keras`: the Keras reference's samples/s on each device (each cell against its own).
+    "roofline" is against the machine's peak (the best any installed framework reached),
+    "own peak" against the cell's framework's own."""
     header = [
         "stage",
         "backend",
@@ -30,6 +36,7 @@ def perf_table(runs: list[CellRun], keras: dict[str, float]) -> str:
         "samples/s",
         "GFLOP/s",
         "roofline",
+        "own peak",
         "x Keras fit",
         "vs relu-xavier",
         "harness share",
@@ -43,7 +50,7 @@ def perf_table(runs: list[CellRun], keras: dict[str, float]) -> str:
     for run in runs:
         c, result = run.cell, run.result
         if result is None or result.train_samples_per_s is None:
-            rows.append([c.stage, c.backend, c.device] + ["-"] * 6)
+            rows.append([c.stage, c.backend, c.device] + ["-"] * (len(header) - 3))
             continue
         speed = result.train_samples_per_s
         base = reference.get((c.backend, c.device))
@@ -53,17 +60,16 @@ def perf_table(runs: list[CellRun], keras: dict[str, float]) -> str:
                 c.stage,
                 c.backend,
                 c.device,
-                f"{speed:,.0f}",
+                f"{speed:,.0f}{speed_mark(run)}",
                 f"{run.speed.get('train_gflops', 0):,.1f}",
-                f"{run.speed['roofline_fraction']:.2f}"
-                if "roofline_fraction" in run.speed
-                else "-",
+                _fraction(run.speed.get("roofline_fraction")),
+                _fraction(run.speed.get("framework_roofline_fraction")),
                 f"{speed / fit:.2f}" if fit else "-",
                 f"{speed / base:.2f}" if base else "-",
                 f"{100 * run.speed.get('harness_fraction', 0):.2f}%",
             ]
         )
-    return table(header, rows)
+    return with_speed_note(table(header, rows), runs)
 
 
 def _check_drift(execution: Execution, plan: Plan) -> list[str]:
@@ -73,7 +79,8 @@ def _check_drift(execution: Execution, plan: Plan) -> list[str]:
     metrics = {f"peak_gflops_end_{b}_{d}": v for (b, d), v in end.items()}
     metrics |= {f"peak_drift_{k.replace('/', '_')}": v for k, v in drift.items()}
     execution.tracker.log_metrics(execution.parent_id, metrics)
-    stable = all(abs(v) <= DRIFT_LIMIT for v in drift.values())
+    # Combined with the cells' verdicts and the start's probe: a false is never made true.
+    stable = execution.speed_stable and all(abs(v) <= DRIFT_LIMIT for v in drift.values())
     execution.tracker.set_tags(execution.parent_id, {"speed_stable": str(stable).lower()})
     return lines
 
@@ -110,7 +117,7 @@ def _table(execution: Execution, plan: Plan, keras_epochs: int) -> str:
 
 
 def cmd_perf(args: argparse.Namespace) -> int:
-    plan = plan_run(args)
+    plan = plan_run(args, refuse_busy=not args.allow_busy)
     execution = execute(plan, args, "perf")
     if execution.interrupted:
         return EXIT_INTERRUPTED

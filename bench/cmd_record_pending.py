@@ -25,7 +25,8 @@ def _record(tracker: Tracker, kept: KeptCell) -> None:
     if epochs:
         tracker.log_epochs(run_id, epochs)
     tracker.log_cell_details(run_id, run.result, kept.files)
-    tracker.log_cell_finals(run_id, run.result, run.speed)
+    tags = run.load.tags() if run.load is not None else {}
+    tracker.log_cell_finals(run_id, run.result, run.speed, tags)
 
 
 def cmd_record_pending(args: argparse.Namespace) -> int:

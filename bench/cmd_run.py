@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -10,11 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backends import check_backend, installed_backends
+from backends.base import ONEDNN_ONLY
+from bench import quiet
 from bench.cli import EXIT_FAILED, EXIT_INTERRUPTED
 from bench.data import ensure_files, resolve_data_dir
 from bench.devices import resolve_devices
 from bench.errors import BenchError
 from bench.matrix import CellRun, LocalExecutor, build_cells, run_matrix
+from bench.perf import machine_peaks
 from bench.report import Progress, group_table, results_table
 from bench.runner import Cell, RunOptions, available_cores
 from bench.seeding import describe_seeds
@@ -31,6 +35,9 @@ class Plan:
     options: RunOptions
     tracking_uri: str
     experiment: str
+    # What else ran on the machine just before, and why it counts as busy (None: quiet).
+    machine: quiet.Activity | None = None
+    busy: str | None = None
 
 
 def seeds_of(args: argparse.Namespace) -> list[int]:
@@ -39,7 +46,9 @@ def seeds_of(args: argparse.Namespace) -> list[int]:
     return list(dict.fromkeys(seeds or [0]))
 
 
-def plan_run(args: argparse.Namespace) -> Plan:
+def plan_run(args: argparse.Namespace, refuse_busy: bool = False) -> Plan:
+    """Check every input and the machine; with `refuse_busy` (perf) a busy machine is an
+    error, else a warning."""
     # Each stage file is read here, once: its text is what the workers train from.
     specs = select_stages(args.stage or [], args.stage_file or [], args.epochs)
     if args.accumulate and not args.parity:
@@ -63,6 +72,10 @@ def plan_run(args: argparse.Namespace) -> Plan:
             "--cuda-graphs replays PyTorch's fast step on a GPU: give --device gpu (alone),"
             " without --parity"
         )
+    if args.torch_matmul == "onednn" and (
+        args.parity or args.dtype == "float64" or "gpu" in devices
+    ):
+        raise BenchError(ONEDNN_ONLY)
     data_dir = resolve_data_dir(args.data_dir)
     ensure_files(data_dir)  # downloads what is missing, or fails now with the file's name
     options = RunOptions(
@@ -77,14 +90,44 @@ def plan_run(args: argparse.Namespace) -> Plan:
         inter_op_threads=args.inter_op_threads,
         xla=not args.no_xla,
         cuda_graphs=args.cuda_graphs,
+        torch_matmul=args.torch_matmul,
     )
+    machine, busy = check_machine(refuse_busy)
     return Plan(
         cells=build_cells(specs, backends, devices, seeds_of(args)),
         specs=specs,
         options=options,
         tracking_uri=resolve_tracking_uri(args.tracking_uri),
         experiment=args.experiment or DEFAULT_EXPERIMENT,
+        machine=machine,
+        busy=busy,
     )
+
+
+def check_machine(refuse_busy: bool) -> tuple[quiet.Activity, str | None]:
+    """Before any peak or cell (and before the store is written): are the cores free? A
+    second process on 2 cores made the torch cells 5-17x slower."""
+    activity = quiet.probe_activity()
+    reason = quiet.busy_reason(activity, os.cpu_count() or 1)
+    if reason is not None and refuse_busy:
+        raise BenchError(
+            f"the machine is busy, so timings would be wrong: {reason} or pass --allow-busy"
+        )
+    if reason is not None:
+        print(f"WARNING: the machine is busy, so timings will be wrong: {reason}", flush=True)
+    return activity, reason
+
+
+def _machine_metrics(plan: Plan) -> dict[str, float]:
+    """The probe taken at planning, as the parent run's metrics (where measured)."""
+    if plan.machine is None:
+        return {}
+    values = {
+        "others_cpu_cores_at_start": plan.machine.others_cores,
+        "steal_fraction_at_start": plan.machine.steal_fraction,
+        "load_average_1m_at_start": plan.machine.load1,
+    }
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def _invocation_params(plan: Plan, args: argparse.Namespace) -> dict[str, str]:
@@ -108,21 +151,42 @@ def peak_uses_tf32(device: str, options: RunOptions) -> bool:
 def measure_peaks(
     cells: list[Cell], options: RunOptions, when: str = ""
 ) -> dict[tuple[str, str], float]:
-    """Each backend x device's peak matmul rate, through the framework, once: float32, or
-    TF32 where the cells may use it."""
+    """The peak matmul rate through every installed framework on each device of the cells,
+    once: float32, or TF32 where the cells may use it. The cells' own backends must measure;
+    another installed framework only widens the machine's peak (perf.machine_peaks), so one
+    that cannot use the device is left out with a note."""
     peaks: dict[tuple[str, str], float] = {}
-    for backend, device in dict.fromkeys((c.backend, c.device) for c in cells):
-        tf32 = peak_uses_tf32(device, options)
-        with tempfile.TemporaryDirectory(prefix="mlp-bench-peak-") as tmp:
-            peaks[(backend, device)] = LocalExecutor().peak(
-                backend, device, options.threads, Path(tmp), tf32=tf32
+    ran = {(c.backend, c.device) for c in cells}
+    devices = dict.fromkeys(c.device for c in cells)
+    backends = dict.fromkeys([c.backend for c in cells] + installed_backends())
+    for device in devices:
+        for backend in backends:
+            tf32 = peak_uses_tf32(device, options)
+            try:
+                with tempfile.TemporaryDirectory(prefix="mlp-bench-peak-") as tmp:
+                    peaks[(backend, device)] = LocalExecutor().peak(
+                        backend, device, options.threads, Path(tmp), tf32, options.torch_matmul
+                    )
+            except BenchError as error:
+                if (backend, device) in ran:
+                    raise
+                print(f"peak{when}, {backend}/{device}: not measured ({error})", flush=True)
+                continue
+            print(
+                f"peak {'TF32' if tf32 else 'float32'} matmul{when}, {backend}/{device}: "
+                f"{peaks[(backend, device)]:,.0f} GFLOP/s",
+                flush=True,
             )
-        print(
-            f"peak {'TF32' if tf32 else 'float32'} matmul{when}, {backend}/{device}: "
-            f"{peaks[(backend, device)]:,.0f} GFLOP/s",
-            flush=True,
-        )
     return peaks
+
+
+def peak_records(peaks: dict[tuple[str, str], float]) -> tuple[dict[str, float], dict[str, str]]:
+    """The parent run's peak metrics (each framework's and the machine's per device) and the
+    tags that name each machine peak's source."""
+    metrics = {f"peak_gflops_{b}_{d}": v for (b, d), v in peaks.items()}
+    best = machine_peaks(peaks)
+    metrics |= {f"machine_peak_gflops_{d}": v for d, (v, _) in best.items()}
+    return metrics, {f"machine_peak_source_{d}": source for d, (_, source) in best.items()}
 
 
 @dataclass
@@ -134,6 +198,8 @@ class Execution:
     runs: list[CellRun]
     peaks: dict[tuple[str, str], float]
     interrupted: bool
+    # No cell's speed flagged and the machine quiet at the start (perf adds the peaks' drift).
+    speed_stable: bool = True
 
 
 def execute(plan: Plan, args: argparse.Namespace, kind: str) -> Execution:
@@ -144,7 +210,7 @@ def execute(plan: Plan, args: argparse.Namespace, kind: str) -> Execution:
     parent_id = tracker.start_parent(
         f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}",
         params=_invocation_params(plan, args),
-        tags={"kind": kind, **git_state()},
+        tags={"kind": kind, "machine_busy": str(plan.busy is not None).lower(), **git_state()},
     )
     record = None
     try:
@@ -152,8 +218,11 @@ def execute(plan: Plan, args: argparse.Namespace, kind: str) -> Execution:
             f"{len(plan.cells)} cells -> {plan.tracking_uri} (experiment {plan.experiment!r})",
             flush=True,
         )
+        tracker.log_metrics(parent_id, _machine_metrics(plan))
         peaks = {} if args.no_peak else measure_peaks(plan.cells, plan.options)
-        tracker.log_metrics(parent_id, {f"peak_gflops_{b}_{d}": v for (b, d), v in peaks.items()})
+        peak_metrics, peak_sources = peak_records(peaks)
+        tracker.log_metrics(parent_id, peak_metrics)
+        tracker.set_tags(parent_id, peak_sources)
         record = MatrixRecord(tracker, parent_id, plan.specs, plan.cells, plan.options, peaks)
         runs = run_matrix(
             plan.cells,
@@ -167,6 +236,8 @@ def execute(plan: Plan, args: argparse.Namespace, kind: str) -> Execution:
         )
         failed = sum(run.result is None for run in runs)
         tracker.log_metrics(parent_id, {"cells": len(runs), "cells_failed": failed})
+        stable = plan.busy is None and all(r.load is None or r.load.stable for r in runs)
+        tracker.set_tags(parent_id, {"speed_stable": str(stable).lower()})
     except KeyboardInterrupt:
         if record is not None:
             record.close("KILLED")
@@ -178,7 +249,7 @@ def execute(plan: Plan, args: argparse.Namespace, kind: str) -> Execution:
             record.close("FAILED")
         tracker.end(parent_id, "FAILED")
         raise
-    return Execution(tracker, parent_id, runs, peaks, interrupted=False)
+    return Execution(tracker, parent_id, runs, peaks, interrupted=False, speed_stable=stable)
 
 
 def finish(execution: Execution, plan: Plan) -> int:

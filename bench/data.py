@@ -123,7 +123,7 @@ def resolve_data_dir(cli_value: str | Path | None) -> Path:
     return DEFAULT_DATA_DIR.expanduser()
 
 
-def _resolve_cache_dir(cache_dir: Path | None) -> Path:
+def resolve_cache_dir(cache_dir: Path | None) -> Path:
     """The parsed-array cache: the argument, else $MLP_BENCH_CACHE_DIR, else the default."""
     if cache_dir is not None:
         return cache_dir.expanduser()
@@ -321,7 +321,7 @@ def ensure_files(
     sees it rather than only in a cell's log.
     """
     paths = _source_files(data_dir, mirrors, download, timeout, transfer_timeout)
-    _parse_all(paths, _resolve_cache_dir(cache_dir))
+    _parse_all(paths, resolve_cache_dir(cache_dir))
     return paths
 
 
@@ -577,7 +577,7 @@ def load_mnist(
 ) -> MnistSplits:
     """Ensure, verify and parse MNIST into the tutorial's 55,000/5,000/10,000 split."""
     paths = _source_files(resolve_data_dir(data_dir), mirrors, download, _READ_TIMEOUT, None)
-    parsed = _parse_all(paths, _resolve_cache_dir(cache_dir))
+    parsed = _parse_all(paths, resolve_cache_dir(cache_dir))
 
     train_images = parsed["train-images-idx3-ubyte.gz"].array
     train_labels = parsed["train-labels-idx1-ubyte.gz"].array

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from bench import quiet
 from bench.errors import BenchError
 from bench.runner import Cell, CellResult, EpochRecord, RunOptions
 from bench.stats import outcome_counts, summarize
@@ -61,6 +62,9 @@ class CellRun:
     speed: dict[str, float] = field(default_factory=dict)
     # The end of a failed worker's log, kept where the log itself does not outlive the run.
     log_tail: str = ""
+    # The machine around the cell (canary before and after, other processes' CPU) and the
+    # verdict on its speed; None where not watched.
+    load: quiet.CellLoad | None = None
 
 
 class Executor(Protocol):
@@ -178,7 +182,13 @@ class LocalExecutor:
         return CellRun(cell, None, error, done.wall_seconds, log_path, timings)
 
     def peak(
-        self, backend: str, device: str, threads: int, work_dir: Path, tf32: bool = False
+        self,
+        backend: str,
+        device: str,
+        threads: int,
+        work_dir: Path,
+        tf32: bool = False,
+        torch_matmul: str = "auto",
     ) -> float:
         """The device's peak float32 matmul GFLOP/s, measured through the framework; with
         `tf32`, the TF32 rate that rows trained with TF32 are held against (GPUs only)."""
@@ -188,6 +198,7 @@ class LocalExecutor:
             "device": device,
             "threads": threads,
             "tf32": tf32,
+            "torch_matmul": torch_matmul,
         }
         what = f"peak on {backend}/{device}{' with TF32' if tf32 else ''}"
         return _measure(request, work_dir, "peak", "gflops", what)
@@ -292,6 +303,16 @@ class _PhaseClock:
         finally:
             self.seconds[phase] += time.perf_counter() - start
 
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Time that is no part of the cell (the canary after it): `started_at` moves on by
+        as much, so the cell's total and its harness share leave it out."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.started_at += time.perf_counter() - start
+
 
 def run_matrix(
     cells: list[Cell],
@@ -302,13 +323,17 @@ def run_matrix(
     epochs_of: Callable[[Cell], int],
     stage_texts: Mapping[str, str] | None = None,
     cell_timeout_s: int | None = None,
+    watch_speed: bool = True,
 ) -> list[CellRun]:
     """Run every cell in order; record each in MLflow; end each run with its true status.
     `stage_texts` (stage -> its text, read once at planning) is what each worker trains from;
     without it a worker reads the stage from the stages folder. A cell running past
-    `cell_timeout_s` (default: `cell_time_limit` of its epochs) is killed and FAILED."""
+    `cell_timeout_s` (default: `cell_time_limit` of its epochs) is killed and FAILED. With
+    `watch_speed`, a canary before and after each cell and other processes' CPU use during it
+    judge whether its speed can be trusted (`CellRun.load`; ~0.6 s a cell, outside its time)."""
     runs = []
     for index, cell in enumerate(cells, start=1):
+        watch = quiet.watch_before() if watch_speed else None
         clock = _PhaseClock()
         with clock.timing("display"):
             observer.cell_started(index, len(cells), cell)
@@ -331,6 +356,9 @@ def run_matrix(
                 stage_text = (stage_texts or {}).get(cell.stage)
                 limit = cell_timeout_s or cell_time_limit(epochs_of(cell))
                 run = executor.execute(cell, options, Path(tmp), on_epoch, stage_text, limit)
+                if watch is not None and run.result is not None:
+                    with clock.paused():
+                        run.load = quiet.watch_after(watch, run.result.spread)
                 run.timings.update(clock.seconds)
                 run.timings["started_at"] = clock.started_at
                 tracker.finish_cell(run_id, run)

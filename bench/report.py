@@ -100,7 +100,7 @@ def results_table(runs: list[CellRun], specs: dict[str, StageSpec]) -> str:
             continue
         r = run.result
         outcome = r.outcome + (f" @step {r.diverged_step}" if r.diverged_step else "")
-        speed = f"{r.train_samples_per_s:,.0f}" if r.train_samples_per_s else "-"
+        speed = f"{r.train_samples_per_s:,.0f}{speed_mark(run)}" if r.train_samples_per_s else "-"
         met = _met(specs[c.stage], r.outcome, r.test_accuracy)
         rows.append(
             [
@@ -116,7 +116,22 @@ def results_table(runs: list[CellRun], specs: dict[str, StageSpec]) -> str:
                 speed,
             ]
         )
-    return table(header, rows)
+    return with_speed_note(table(header, rows), runs)
+
+
+def speed_mark(run: CellRun) -> str:
+    """A "!" after the samples/s of a cell whose speed is not to be trusted (bench.quiet)."""
+    return "!" if run.load is not None and not run.load.stable else ""
+
+
+def with_speed_note(text: str, runs: list[CellRun]) -> str:
+    """A table and, under it, one line giving why each cell marked "!" is marked."""
+    notes = [
+        f"{r.cell.name} {', '.join(r.load.unstable_reasons)}"
+        for r in runs
+        if r.load is not None and not r.load.stable
+    ]
+    return f"{text}\n! speed not stable: {'; '.join(notes)}" if notes else text
 
 
 def _mean_std(values: list[float], scale: float, digits: int) -> str:

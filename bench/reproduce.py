@@ -19,6 +19,8 @@ ENVIRONMENT_KEYS = (
     "python_version",
     "platform",
     "cpu_model",
+    "cpu_isa",
+    "torch_matmul",
     "gpu_model",
     "cuda_version",
     "cudnn_version",

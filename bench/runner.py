@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from backends.base import Backend, DType, Settings
+from backends.base import Backend, DType, Settings, TorchMatmul
 from bench.errors import BenchError
 from bench.provenance import git_state
 from bench.seeding import SeededRun
@@ -62,6 +62,7 @@ class RunOptions:
     xla: bool = True
     accumulate: Literal["float64", "native"] = "float64"  # parity only: Settings.parity_accumulate
     cuda_graphs: bool = False  # PyTorch on GPUs: Settings.cuda_graphs
+    torch_matmul: TorchMatmul = "auto"  # PyTorch on CPUs: Settings.torch_matmul
     max_steps: int | None = None  # stop after this many training steps (parity checks)
     keep_parameters: bool = False  # return the final weights (parity checks)
 
@@ -73,6 +74,7 @@ class RunOptions:
             parity=self.parity,
             parity_accumulate=self.accumulate,
             cuda_graphs=self.cuda_graphs,
+            torch_matmul=self.torch_matmul,
             inter_op_threads=self.inter_op_threads,
             xla=self.xla,
         )
@@ -97,6 +99,8 @@ class RunOptions:
             "option.dropout_masks": "numpy" if self.parity else "framework-rng-16bit",
             "option.parity_accumulate": self.accumulate,
             "option.cuda_graphs": str(self.cuda_graphs).lower(),
+            # As asked; the path a cell took, and why, is its env torch_matmul(_reason).
+            "option.torch_matmul": self.torch_matmul,
         }
         for option, framework in FRAMEWORK_ONLY_OPTIONS.items():
             if backend is not None and backend != framework:
@@ -118,6 +122,7 @@ class RunOptions:
                 inter_op_threads=int(params.get("option.inter_op_threads", "1")),
                 xla=params.get("option.xla", "false") == "true",
                 cuda_graphs=params.get("option.cuda_graphs", "false") == "true",
+                torch_matmul=_recorded_matmul(params),
                 # Runs recorded before the option computed parity in the native kernels.
                 accumulate="float64"
                 if params.get("option.parity_accumulate") == "float64"
@@ -128,6 +133,16 @@ class RunOptions:
                 f"the run lacks param {missing}; it was recorded by an older"
                 " mlp-bench that did not record its options"
             ) from None
+
+
+def _recorded_matmul(params: dict[str, str]) -> TorchMatmul:
+    """The products' library a recorded cell used, so that a rerun takes the same path (an
+    "auto" decided on another machine could differ); runs from before the option used MKL."""
+    taken = params.get("torch_matmul", "")
+    if taken in ("mkl", "onednn"):
+        return taken  # type: ignore[return-value]
+    asked = params.get("option.torch_matmul", "mkl")
+    return asked if asked in ("mkl", "onednn") else "auto"  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -197,6 +212,24 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def cpu_isa() -> str:
+    """The widest x86 vector extension the CPU has ("avx512f", "avx2", ...) or the machine
+    type: one "AMD EPYC" had AVX-512 and another only AVX2, and MKL and oneDNN pick their
+    kernels (and so their speed) by it."""
+    try:
+        flags = next(
+            line.split(":", 1)[1].split()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("flags")
+        )
+    except (OSError, StopIteration):
+        return platform.machine() or "unknown"
+    for isa in ("avx512f", "avx2", "avx", "sse4_2"):
+        if isa in flags:
+            return isa
+    return platform.machine() or "unknown"
 
 
 def steady_rates(epochs: list[EpochRecord], batch_size: int) -> list[float]:
@@ -367,6 +400,7 @@ def _environment(
         "numpy_version": np.__version__,
         "numpy_blas": _numpy_blas(),
         "cpu_model": cpu_model(),
+        "cpu_isa": cpu_isa(),
         "cores_available": str(available_cores()),
         "threads": str(options.threads),
         # A busy machine slows a cell several-fold; the load at its start makes that visible.

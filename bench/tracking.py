@@ -22,7 +22,7 @@ import numpy as np
 from bench import store, unrecorded
 from bench.errors import BenchError, StoreUnwritable
 from bench.matrix import CellRun, group_metrics
-from bench.perf import flops_per_sample, roofline, time_breakdown
+from bench.perf import flops_per_sample, machine_peaks, roofline, time_breakdown
 from bench.runner import Cell, CellResult, EpochRecord, RunOptions
 from bench.seeding import describe_seeds
 from bench.spec import StageSpec
@@ -208,8 +208,15 @@ class Tracker:
         for path in files:
             self._client.log_artifact(run_id, str(path))
 
-    def log_cell_finals(self, run_id: str, result: CellResult, metrics: dict[str, float]) -> None:
-        """Accuracy, throughput and the given metrics; the outcome tag; then end the run."""
+    def log_cell_finals(
+        self,
+        run_id: str,
+        result: CellResult,
+        metrics: dict[str, float],
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        """Accuracy, throughput and the given metrics; the outcome tag and the given tags;
+        then end the run."""
         from mlflow.entities import Metric, RunTag
 
         finals = {"test_accuracy": result.test_accuracy, **result.memory, **metrics}
@@ -222,7 +229,7 @@ class Tracker:
         self._client.log_batch(
             run_id,
             metrics=[Metric(k, float(v), now, 0) for k, v in finals.items()],
-            tags=[RunTag("outcome", result.outcome)],
+            tags=[RunTag(k, v) for k, v in {"outcome": result.outcome, **(tags or {})}.items()],
         )
         self.end(run_id, "FINISHED")
 
@@ -424,7 +431,8 @@ class MatrixRecord:
             self._tracker.log_cell_details(run_id, run.result, files)
             run.timings["mlflow_logging"] += time.perf_counter() - start
             run.speed = self._speed_metrics(run)
-            self._tracker.log_cell_finals(run_id, run.result, run.speed)
+            tags = run.load.tags() if run.load is not None else {}
+            self._tracker.log_cell_finals(run_id, run.result, run.speed, tags)
         else:
             self._tracker.record_failed(run_id, run.error or "", files)
 
@@ -442,11 +450,16 @@ class MatrixRecord:
         metrics = {"wall_seconds": run.wall_seconds}
         metrics |= time_breakdown(result.timings, parent, [e.epoch_seconds for e in result.epochs])
         peak = self._peaks.get((run.cell.backend, run.cell.device))
+        machine = machine_peaks(self._peaks).get(run.cell.device, (None, ""))[0]
         if peak:
             metrics["peak_gflops"] = peak
+        if machine:
+            metrics["machine_peak_gflops"] = machine
         spec = self._specs[run.cell.stage]
-        metrics |= roofline(result.train_samples_per_s, spec, peak)
+        metrics |= roofline(result.train_samples_per_s, spec, machine, peak)
         metrics["flops_per_sample"] = float(flops_per_sample(spec))
+        if run.load is not None:  # the canary and what else ran: measured by bench.quiet
+            metrics |= run.load.metrics()
         return metrics
 
     def close(self, status: RunStatus) -> None:

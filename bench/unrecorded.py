@@ -15,6 +15,7 @@ from typing import Any
 
 from bench.errors import BenchError
 from bench.matrix import CellRun
+from bench.quiet import CellLoad
 from bench.runner import Cell, CellResult
 
 PENDING = "pending.json"
@@ -44,6 +45,7 @@ def keep(folder: Path, uri: str, run_id: str, run: CellRun, files: list[Path]) -
         "error": run.error,
         "wall_seconds": run.wall_seconds,
         "speed": run.speed,
+        "load": asdict(run.load) if run.load is not None else None,
         "files": [path.name for path in files],
     }
     (cell_folder / PENDING).write_text(json.dumps(pending))
@@ -71,5 +73,6 @@ def load(cell_folder: Path) -> KeptCell:
         data["wall_seconds"],
         log_path,
         speed=data["speed"],
+        load=CellLoad.from_json(data["load"]) if data.get("load") else None,
     )
     return KeptCell(data["uri"], data["run_id"], run, files)

@@ -65,7 +65,11 @@ def _run_peak(request: dict[str, Any], events: TextIO) -> None:
     from bench.perf import measure_peak
 
     gflops = measure_peak(
-        request["backend"], request["device"], request["threads"], request.get("tf32", False)
+        request["backend"],
+        request["device"],
+        request["threads"],
+        request.get("tf32", False),
+        request.get("torch_matmul", "auto"),
     )
     _emit(events, "peak", gflops=gflops)
 

@@ -7,11 +7,12 @@ minutes: a busy 2-core machine takes that long where an idle one takes seconds.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -107,3 +108,24 @@ def store_runs(uri: str) -> list[Any]:
 def statuses(uri: str) -> dict[str, str]:
     """kind (matrix, group, cell) -> status, for a store of one invocation of one cell."""
     return {run.data.tags["kind"]: run.info.status for run in store_runs(uri)}
+
+
+@contextlib.contextmanager
+def competing_processes(count: int) -> Iterator[list[subprocess.Popen[str]]]:
+    """`count` Python processes spinning on the CPU (on a 2-core machine two leave nothing
+    free), each started when it says so; killed on the way out whatever happens."""
+    spinners: list[subprocess.Popen[str]] = []
+    try:
+        for _ in range(count):
+            spinner = subprocess.Popen(
+                [sys.executable, "-c", "print('spinning', flush=True)\nwhile True: pass"],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            spinners.append(spinner)
+            assert spinner.stdout is not None and spinner.stdout.readline() == "spinning\n"
+        yield spinners
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()

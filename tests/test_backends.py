@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -111,10 +114,58 @@ def test_cuda_graphs_train_exactly_as_the_eager_step(stage: str, mnist: MnistSpl
         np.testing.assert_array_equal(eager, graphed)
 
 
+@pytest.mark.skipif(not is_installed("torch"), reason="torch not installed")
+@pytest.mark.parametrize("stage", ["relu-xavier", "adam", "dropout"])
+def test_onednn_products_train_as_mkls(stage: str, mnist: MnistSplits) -> None:
+    """Issue 10, item 3: the same steps through oneDNN's products as through MKL's, dropout's
+    1 / keep moved from the products' alpha into the masks: the same losses and weights
+    but for float32 rounding (30 steps, the framework's own dropout masks)."""
+    spec, data = with_epochs(load_stage(stage), 1), subset(mnist, n_train=3000)
+    order = seeded_run(spec, 0, 3000).epoch_orders[0]
+    losses, params, taken = [], [], []
+    for path in ("mkl", "onednn"):
+        backend = load_backend("torch")("cpu", 2, Settings(torch_matmul=path))  # type: ignore[arg-type]
+        backend.load_data(data)
+        backend.build(spec, seeded_run(spec, 0, 3000))
+        losses.append(backend.train_epoch(order))
+        params.append(backend.parameters())
+        taken.append(backend.environment()["torch_matmul"])
+    assert taken == ["mkl", "onednn"]
+    np.testing.assert_allclose(losses[1], losses[0], rtol=2e-4)
+    for onednn, mkl in zip(params[1], params[0], strict=True):
+        # Adam steps by m / sqrt(v): a rounding apart in a tiny gradient moves a weight by
+        # up to ~lr, so the weights are compared in absolute terms (they are ~0.05)
+        np.testing.assert_allclose(onednn, mkl, rtol=1e-3, atol=3e-4)
+
+
+@pytest.mark.skipif(not is_installed("torch"), reason="torch not installed")
+def test_auto_matmul_is_measured_once_per_machine_and_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ "auto" measures both libraries once, keeps the choice (so that reruns on this machine
+    take the same path and stay bit-identical) and records why."""
+    from backends import torch as torch_backend
+    from bench.data import CACHE_DIR_ENV
+
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path))
+    choice, reason = torch_backend.auto_matmul(2)
+    assert choice in ("mkl", "onednn")
+    assert reason.startswith("auto, measured: MKL ") and "oneDNN" in reason
+    path = tmp_path / torch_backend.MATMUL_CHOICES_FILE
+    [(key, entry)] = json.loads(path.read_text()).items()
+    assert "torch " in key and "2 threads" in key and entry["choice"] == choice
+    other = "mkl" if choice == "onednn" else "onednn"  # plant the other: it must be read back
+    path.write_text(json.dumps({key: {"choice": other, "reason": "planted"}}))
+    assert torch_backend.auto_matmul(2) == (other, "auto, planted")
+    env = load_backend("torch")("cpu", 2).environment()
+    assert (env["torch_matmul"], env["torch_matmul_reason"]) == (other, "auto, planted")
+
+
 def _own_masks(backend: Backend, draws: int) -> np.ndarray:
     """`draws` steps of a backend's own dropout masks (hidden layer 1), 1 where kept."""
     if backend.name == "torch":
-        return np.stack([backend._dropout.draw()[0].numpy().copy() for _ in range(draws)])  # type: ignore[attr-defined]
+        # > 0: with oneDNN's products the kept units carry 1 / keep instead of 1
+        return np.stack([backend._dropout.draw()[0].numpy() > 0 for _ in range(draws)])  # type: ignore[attr-defined]
     import tensorflow as tf
 
     return np.stack(

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+from backends import is_installed
 from bench.matrix import LocalExecutor
 from bench.runner import Cell, CellResult, RunOptions
 from bench.spec import STAGE_NAMES
 from tests.conftest import backend_params, device_params, mnist_dir, skip_without_gpu
 
 
-def _run(cell: Cell, tmp_path: Path, name: str) -> CellResult:
+def _run(cell: Cell, tmp_path: Path, name: str, **options_: Any) -> CellResult:
     work = tmp_path / name
     work.mkdir()
-    options = RunOptions(data_dir=str(mnist_dir()), threads=2, epochs=2)
+    options = RunOptions(**{"data_dir": str(mnist_dir()), "threads": 2, "epochs": 2, **options_})
     run = LocalExecutor().execute(cell, options, work, lambda record: None)
     assert run.result is not None, run.error
     return run.result
@@ -35,3 +37,16 @@ def test_two_runs_are_bit_identical(stage: str, backend: str, device: str, tmp_p
     assert first.environment["deterministic_ops"] == "true"
     if stage != "relu-normal":
         assert np.isfinite(first.step_losses).all()
+
+
+@pytest.mark.skipif(not is_installed("torch"), reason="torch not installed")
+@pytest.mark.parametrize("stage", ["adam", "dropout"])
+def test_onednn_products_rerun_bit_identical(stage: str, tmp_path: Path) -> None:
+    """Issue 10, item 3: PyTorch's products through oneDNN keep reruns bit-identical."""
+    cell = Cell(stage, "torch", "cpu", 3)
+    first, second = (
+        _run(cell, tmp_path, name, epochs=1, torch_matmul="onednn") for name in ("a", "b")
+    )
+    assert first.environment["torch_matmul"] == "onednn"
+    assert first.step_losses.tobytes() == second.step_losses.tobytes()
+    assert first.test_accuracy == second.test_accuracy

@@ -1,27 +1,67 @@
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
 
 from backends import is_installed
-from bench.perf import DRIFT_LIMIT, drift_lines, flops_per_sample, roofline, time_breakdown
+from bench.perf import (
+    DRIFT_LIMIT,
+    drift_lines,
+    flops_per_sample,
+    machine_peaks,
+    roofline,
+    time_breakdown,
+)
 from bench.spec import load_stage
 from tests.conftest import device_params, skip_without_gpu
 
 
-def test_flops_per_sample_is_the_issue_figure() -> None:
-    # forward 2*in*out + backward 4*in*out per layer: 6 * (784*256 + 256*256 + 256*10)
-    assert flops_per_sample(load_stage("relu-xavier")) == 1_612_800
+def test_flops_per_sample_counts_what_is_computed() -> None:
+    # 6*in*out per layer, less the first layer's input gradient (2*784*256): never computed
+    assert flops_per_sample(load_stage("relu-xavier")) == 6 * (784 * 256 + 256 * 256 + 256 * 10) - (
+        2 * 784 * 256
+    )
+    assert flops_per_sample(load_stage("relu-xavier")) == 1_211_392
+
+
+@pytest.mark.skipif(not is_installed("torch"), reason="torch not installed")
+def test_flops_per_sample_agrees_with_pytorchs_flop_counter() -> None:
+    """An independent count: PyTorch's FlopCounterMode over one plain autograd training step
+    of the stage's model (nn.Linear layers, images that need no gradient)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    spec = load_stage("relu-xavier")
+    sizes = spec.model.layer_sizes
+    layers: list[torch.nn.Module] = []
+    for fan_in, fan_out in itertools.pairwise(sizes):
+        layers += [torch.nn.Linear(fan_in, fan_out), torch.nn.ReLU()]
+    model = torch.nn.Sequential(*layers[:-1])
+    batch = spec.training.batch_size
+    images, labels = torch.rand(batch, sizes[0]), torch.randint(0, sizes[-1], (batch,))
+    with FlopCounterMode(display=False) as counter:
+        loss = torch.nn.functional.cross_entropy(model(images), labels)
+        loss.backward()
+    counted = counter.get_total_flops() / batch
+    assert counted == pytest.approx(flops_per_sample(spec), rel=0.02)
 
 
 def test_roofline_fraction() -> None:
     spec = load_stage("relu-xavier")
-    metrics = roofline(100_000.0, spec, 322.56)
-    assert metrics["train_gflops"] == pytest.approx(161.28)
+    metrics = roofline(100_000.0, spec, 242.2784, 121.1392)
+    assert metrics["train_gflops"] == pytest.approx(121.13920)
     assert metrics["roofline_fraction"] == pytest.approx(0.5)
+    assert metrics["framework_roofline_fraction"] == pytest.approx(1.0)
     assert roofline(None, spec, 300.0) == {}
     assert "roofline_fraction" not in roofline(1.0, spec, None)
+    assert "framework_roofline_fraction" not in roofline(1.0, spec, 300.0)
+
+
+def test_the_machine_peak_is_the_best_framework_on_each_device() -> None:
+    peaks = {("tensorflow", "cpu"): 498.0, ("torch", "cpu"): 221.0, ("torch", "gpu"): 5e4}
+    assert machine_peaks(peaks) == {"cpu": (498.0, "tensorflow"), "gpu": (5e4, "torch")}
 
 
 def test_time_breakdown_accounts_for_every_second() -> None:

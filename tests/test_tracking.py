@@ -64,6 +64,8 @@ def test_store_locked_past_the_wait_keeps_the_cell_for_record_pending(tmp_path: 
     [cell] = [r for r in store_runs(uri) if r.data.tags["kind"] == "cell"]
     assert cell.data.metrics["test_accuracy"] > 0.5 and cell.data.tags["outcome"] == "converged"
     assert cell.data.metrics["val_accuracy"] > 0.5  # the epoch the lock kept from the store
+    assert cell.data.tags["speed_stable"] in ("true", "false")  # the verdict kept with it
+    assert cell.data.metrics["canary_before_samples_per_s"] > 0
     assert not list(kept.iterdir())
 
 

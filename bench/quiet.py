@@ -1,0 +1,301 @@
+"""Is the machine quiet enough to time on? Other processes' CPU use, a VM's steal, and a short
+canary shaped like the work, measured around each cell.
+
+Why: with a second process on the same 2 cores the torch cells fell 5-17x, and two `perf` runs
+20 minutes apart gave TensorFlow adam 127,848 and 240,424 samples/s (each run's epochs steady:
+a uniform slowdown from outside) while the peak measured at a run's start and end moved by
+0.1%. Nothing said so.
+
+Framework-free (numpy and the standard library): it runs in the driver process, around the
+cells' own processes. Where /proc/stat does not exist (not Linux) the CPU figures are None:
+"not measured", never a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Other processes using more than this many cores make a timing suspect: on a 2-core machine a
+# quarter core taken from a 2-thread cell is a 12% slowdown.
+BUSY_CORES = 0.25
+# A VM whose hypervisor gives more than this share of the CPU time to other guests.
+STEAL_LIMIT = 0.10
+# The canary's rate moving by more than this between before and after a cell: the machine's
+# speed changed under the cell. Not 10%: on this 2-core VM, quiet (other processes < 0.01
+# cores), two canaries 1-3 s apart differed by more than 10% in 41-56% of ~80 pairs and by
+# more than 25% in 5-13%: its speed swings ~14% (one standard deviation) from second to second.
+# The slowdowns to catch are 1.6-2x (-37% to -50%).
+CANARY_LIMIT = 0.25
+# The steady epochs' p75/p25 samples/s above this: the cell's own epochs disagree. Not 1.25:
+# quiet 10-epoch relu-xavier cells on the same VM read 1.19 (TensorFlow) and 1.20 (torch); a
+# second process on the cores spread them 2.4-7x.
+SPREAD_LIMIT = 1.5
+PROBE_SECONDS = 1.0
+CANARY_SECONDS = 0.3  # each canary: ~0.6 s per cell, before and after
+CANARY_STEPS = 4  # training steps per burst (~10 ms on 2 cores); the median burst is kept
+CANARY_MIN_BURSTS = 5
+PROC_STAT = Path("/proc/stat")
+
+
+@dataclass(frozen=True)
+class CpuTimes:
+    """The machine's CPU time so far (all cores, in clock ticks), from /proc/stat's first line,
+    and the monotonic clock when it was read."""
+
+    user: int
+    nice: int
+    system: int
+    idle: int
+    iowait: int
+    irq: int
+    softirq: int
+    steal: int
+    at: float
+
+    @property
+    def busy(self) -> int:
+        """Ticks some process (or the kernel for it) ran; idle, iowait and steal are not."""
+        return self.user + self.nice + self.system + self.irq + self.softirq
+
+    @property
+    def total(self) -> int:
+        return self.busy + self.idle + self.iowait + self.steal
+
+
+def cpu_times(stat: Path = PROC_STAT) -> CpuTimes | None:
+    """/proc/stat's aggregate `cpu` line now; None where there is no /proc/stat."""
+    try:
+        first = stat.read_text().splitlines()[0].split()
+    except (OSError, IndexError):
+        return None
+    ticks = [int(value) for value in first[1:9]]
+    ticks += [0] * (8 - len(ticks))  # kernels before 2.6.11 stop before steal
+    user, nice, system, idle, iowait, irq, softirq, steal = ticks
+    return CpuTimes(user, nice, system, idle, iowait, irq, softirq, steal, time.monotonic())
+
+
+def own_cpu_seconds() -> float:
+    """CPU seconds of this process and its reaped children (each cell's worker is one, waited
+    for before the after-sample is taken)."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    """What `others_cores` compares: the machine's CPU time and ours, read together."""
+
+    times: CpuTimes | None
+    own_seconds: float
+
+
+def cpu_sample() -> CpuSample:
+    return CpuSample(cpu_times(), own_cpu_seconds())
+
+
+def others_cores(before: CpuTimes, after: CpuTimes, own_cpu_seconds: float) -> float:
+    """Cores' worth of CPU used by processes other than ours between two samples: the machine's
+    busy time less our own, over the wall time. Clipped at 0: /proc/stat counts in 10 ms ticks,
+    getrusage exactly, so a quiet machine can read a hair below 0."""
+    wall = after.at - before.at
+    if wall <= 0:
+        return 0.0
+    busy_seconds = (after.busy - before.busy) / os.sysconf("SC_CLK_TCK")
+    return max(0.0, (busy_seconds - own_cpu_seconds) / wall)
+
+
+def steal_fraction(before: CpuTimes, after: CpuTimes) -> float:
+    """The share of the interval's CPU time the hypervisor gave to other guests."""
+    total = after.total - before.total
+    return (after.steal - before.steal) / total if total > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Activity:
+    """What else ran over an interval; None where not measured (no /proc/stat)."""
+
+    others_cores: float | None
+    steal_fraction: float | None
+    load1: float | None  # the 1-minute load average at the end
+
+
+def activity_between(before: CpuSample, after: CpuSample) -> Activity:
+    if before.times is None or after.times is None:
+        return Activity(None, None, _load1())
+    own = after.own_seconds - before.own_seconds
+    return Activity(
+        others_cores(before.times, after.times, own),
+        steal_fraction(before.times, after.times),
+        _load1(),
+    )
+
+
+def probe_activity(seconds: float = PROBE_SECONDS) -> Activity:
+    """Sleep `seconds` and see what the rest of the machine did meanwhile."""
+    before = cpu_sample()
+    time.sleep(seconds)
+    return activity_between(before, cpu_sample())
+
+
+def _load1() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
+def busy_reason(activity: Activity, cores: int) -> str | None:
+    """Why the machine is too busy to time on and what would fix it, in one line ("other
+    processes use 0.9 of 2 cores (load 1.8); stop them"); None when it is quiet enough.
+
+    Only the probe decides: the load average counts runnable threads over the last minute, so
+    it still shows a run that just ended (ours included) and would refuse a machine that is
+    quiet now. It is named in the message, as a hint of what the probe saw.
+    """
+    load = f" (load {activity.load1:.1f})" if activity.load1 is not None else ""
+    if activity.others_cores is not None and activity.others_cores > BUSY_CORES:
+        return f"other processes use {activity.others_cores:.1f} of {cores} cores{load}; stop them"
+    if activity.steal_fraction is not None and activity.steal_fraction > STEAL_LIMIT:
+        return (
+            f"the hypervisor gives {activity.steal_fraction:.0%} of the CPU time to other"
+            f" guests (steal){load}; wait for a quieter host"
+        )
+    return None
+
+
+def _canary_step(x: np.ndarray, onehot: np.ndarray, weights: list[np.ndarray]) -> None:
+    """One training step's arithmetic of the tutorial's model, batch 100: forward, softmax,
+    backward (no gradient for the images, as in the cells), no update."""
+    w1, w2, w3 = weights
+    h1 = x @ w1
+    a1 = np.maximum(h1, 0)
+    h2 = a1 @ w2
+    a2 = np.maximum(h2, 0)
+    z = a2 @ w3
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    dz = (p - onehot) / np.float32(len(x))
+    _ = a2.T @ dz
+    dh2 = (dz @ w3.T) * (h2 > 0)
+    _ = a1.T @ dh2
+    dh1 = (dh2 @ w2.T) * (h1 > 0)
+    _ = x.T @ dh1
+
+
+def canary(seconds: float = CANARY_SECONDS) -> float:
+    """Samples/s of a fixed workload shaped like the cells' (batch-100 products of 784-256-256-10
+    and element-wise passes, float32): the median of short bursts, robust to one interrupted.
+
+    Not a 2048x2048 product: in the hour TensorFlow's cells ran 1.6x slower (170k against 271k
+    samples/s), such a product read 453 against 498 GFLOP/s: large products hide what slows
+    small ones.
+    """
+    rng = np.random.default_rng(0)
+    x = rng.random((100, 784), dtype=np.float32)
+    onehot = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 100)]
+    sizes = [(784, 256), (256, 256), (256, 10)]
+    weights = [rng.standard_normal(s, dtype=np.float32) * np.float32(0.05) for s in sizes]
+    _canary_step(x, onehot, weights)  # warm-up: BLAS threads, first-touch pages
+    rates: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while len(rates) < CANARY_MIN_BURSTS or time.perf_counter() < deadline:
+        start = time.perf_counter()
+        for _ in range(CANARY_STEPS):
+            _canary_step(x, onehot, weights)
+        rates.append(CANARY_STEPS * len(x) / (time.perf_counter() - start))
+    return float(np.median(rates))
+
+
+@dataclass(frozen=True)
+class CellLoad:
+    """The machine around one cell: the canary before and after, what else ran during it, and
+    the reasons (if any) its speed is not to be trusted."""
+
+    canary_before_samples_per_s: float
+    canary_after_samples_per_s: float
+    others_cpu_cores: float | None
+    steal_fraction: float | None
+    unstable_reasons: tuple[str, ...] = ()
+
+    @property
+    def canary_change(self) -> float:
+        return self.canary_after_samples_per_s / self.canary_before_samples_per_s - 1.0
+
+    @property
+    def stable(self) -> bool:
+        return not self.unstable_reasons
+
+    def metrics(self) -> dict[str, float]:
+        values = {
+            f.name: getattr(self, f.name) for f in fields(self) if f.name != "unstable_reasons"
+        }
+        values["canary_change"] = self.canary_change
+        return {k: float(v) for k, v in values.items() if v is not None}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CellLoad:
+        """The inverse of dataclasses.asdict through JSON (a kept, unrecorded cell)."""
+        return cls(**{**data, "unstable_reasons": tuple(data["unstable_reasons"])})
+
+    def tags(self) -> dict[str, str]:
+        tags = {"speed_stable": str(self.stable).lower()}
+        if not self.stable:
+            tags["speed_unstable_reason"] = "; ".join(self.unstable_reasons)[:500]
+        return tags
+
+
+def unstable_reasons(
+    canary_before: float,
+    canary_after: float,
+    activity: Activity,
+    spread: dict[str, float],
+) -> tuple[str, ...]:
+    """Why a cell's speed is not to be trusted; empty when it is. `spread` is the cell's
+    steady-epoch samples/s quartiles (CellResult.spread; empty without steady epochs)."""
+    reasons = []
+    change = canary_after / canary_before - 1.0
+    if abs(change) > CANARY_LIMIT:
+        reasons.append(f"canary {change:+.0%}")
+    if activity.others_cores is not None and activity.others_cores > BUSY_CORES:
+        reasons.append(f"other processes used {activity.others_cores:.2f} cores")
+    if activity.steal_fraction is not None and activity.steal_fraction > STEAL_LIMIT:
+        reasons.append(f"steal {activity.steal_fraction:.0%}")
+    if spread.get("p25", 0) > 0 and spread["p75"] / spread["p25"] > SPREAD_LIMIT:
+        reasons.append(f"epochs p75/p25 {spread['p75'] / spread['p25']:.2f}")
+    return tuple(reasons)
+
+
+@dataclass(frozen=True)
+class Watch:
+    """The before-half of a cell's watch: the canary, then the CPU sample that opens the
+    interval (so neither canary is counted in it)."""
+
+    canary: float
+    sample: CpuSample
+
+
+def watch_before() -> Watch:
+    return Watch(canary(), cpu_sample())
+
+
+def watch_after(before: Watch, spread: dict[str, float]) -> CellLoad:
+    """Close the interval, run the canary again, and judge the cell."""
+    activity = activity_between(before.sample, cpu_sample())
+    after = canary()
+    return CellLoad(
+        before.canary,
+        after,
+        activity.others_cores,
+        activity.steal_fraction,
+        unstable_reasons(before.canary, after, activity, spread),
+    )
