@@ -49,6 +49,17 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session(reuse_venv=True, default=False)
+def compare(session: nox.Session) -> None:
+    """`nox -s compare -- BASELINE [CANDIDATE]`: the session fails on a regression (bench exits
+    1), an inconclusive comparison (3) or bad input (2), and the verdict line says which; the
+    candidate defaults to the store's newest invocation."""
+    if not session.posargs or session.posargs[0].startswith("-"):
+        session.error("give the baseline: nox -s compare -- BASELINE [CANDIDATE] [options]")
+    install_project(session)  # as `bench`: the same project in the same kind of venv
+    session.run("python", "-m", "bench", "compare", *session.posargs)
+
+
+@nox.session(reuse_venv=True, default=False)
 def perf(session: nox.Session) -> None:
     """Peaks, each stage on each backend (30 epochs), the Keras reference: the perf table."""
     install_project(session)

@@ -1,4 +1,5 @@
-"""Command line: `python -m bench list | run | perf | parity | reproduce | record-pending`.
+"""Command line: `python -m bench list | run | perf | parity | reproduce | report | compare |
+record-pending`.
 
 Every input is checked, and the tracking store opened, before any training starts; a user's
 mistake prints one line and exits 2. Each command lives in its own module (bench/cmd_*.py).
@@ -18,6 +19,7 @@ from bench.devices import DEVICE_CHOICES
 from bench.errors import BenchError, StoreUnwritable
 from bench.matrix import CELL_TIMEOUT_BASE_S, CELL_TIMEOUT_PER_EPOCH_S, MAX_CELL_TIMEOUT_S
 from bench.spec import MAX_EPOCHS
+from bench.user_tags import parse_tag
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1  # a cell crashed, a parity check failed, a reproduction differs
@@ -50,6 +52,17 @@ def _int_in(low: int, high: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def _fraction(text: str) -> float:
+    """An argparse type: a number strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{value:g} is not between 0 and 1")
+    return value
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -121,6 +134,13 @@ def _add_matrix(parser: argparse.ArgumentParser) -> None:
         help="seconds a cell may run before it is killed and recorded FAILED; default "
         f"{CELL_TIMEOUT_BASE_S} + {CELL_TIMEOUT_PER_EPOCH_S} per epoch",
     )
+    parser.add_argument(
+        "--tag",
+        action="append",
+        type=parse_tag,
+        metavar="KEY=VALUE",
+        help="a label on the parent run (repeatable); `bench compare tag:KEY=VALUE` finds it",
+    )
     _add_common(parser)
 
 
@@ -159,6 +179,45 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("run_id", help="the MLflow run id of a cell")
     reproduce.add_argument("--data-dir", help="folder of the MNIST .gz files")
     reproduce.add_argument("--tracking-uri", help="MLflow store (or MLFLOW_TRACKING_URI)")
+
+    report = commands.add_parser(
+        "report", help="make an invocation's report (description, table, figures, html) again"
+    )
+    report.add_argument("run_id", help="the parent run id of a run, perf or parity invocation")
+    report.add_argument(
+        "--out",
+        help="folder for the files; default reports/<run id> beside"
+        " the store (results/reports/<run id>)",
+    )
+    report.add_argument("--tracking-uri", help="MLflow store (or MLFLOW_TRACKING_URI)")
+
+    compare = commands.add_parser(
+        "compare", help="judge a candidate invocation against a baseline (exit 0, 1 or 3)"
+    )
+    compare.add_argument(
+        "baseline", help="a parent run id, or tag:KEY=VALUE (the newest so tagged)"
+    )
+    compare.add_argument(
+        "candidate", nargs="?", help="as the baseline; default: the newest invocation in the store"
+    )
+    compare.add_argument(
+        "--alpha",
+        type=_fraction,
+        default=0.01,
+        help="significance level of the speed and accuracy tests; default 0.01",
+    )
+    compare.add_argument(
+        "--max-slowdown",
+        type=_fraction,
+        default=0.05,
+        help="a significant slowdown beyond this fraction is a regression; default 0.05",
+    )
+    compare.add_argument(
+        "--allow-busy",
+        action="store_true",
+        help="judge speed even where a run was flagged speed_stable false (the flags are listed)",
+    )
+    compare.add_argument("--tracking-uri", help="MLflow store (or MLFLOW_TRACKING_URI)")
 
     pending = commands.add_parser(
         "record-pending", help="record the cells a locked or read-only store could not take"
@@ -202,6 +261,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from bench.cmd_parity import cmd_parity
 
             return cmd_parity(args)
+        if args.command == "report":
+            from bench.cmd_report import cmd_report
+
+            return cmd_report(args)
+        if args.command == "compare":
+            from bench.cmd_compare import cmd_compare
+
+            return cmd_compare(args)
         if args.command == "record-pending":
             from bench.cmd_record_pending import cmd_record_pending
 

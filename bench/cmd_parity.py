@@ -13,6 +13,7 @@ from bench.devices import resolve_devices
 from bench.matrix import LocalExecutor
 from bench.parity import PARITY_BACKENDS, ParityReport, parity_options, run_parity, write_curve
 from bench.provenance import git_state
+from bench.run_report import command_line, report_safely
 from bench.runner import available_cores
 from bench.spec import load_stage
 from bench.tracking import DEFAULT_EXPERIMENT, Tracker, resolve_tracking_uri
@@ -81,5 +82,6 @@ def cmd_parity(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     print(report.describe())
     run_id = _record(tracker, report, args.steps)
+    report_safely(tracker, run_id, command=command_line())
     print(f"recorded as run {run_id} (curve: parity_curve.csv, parity_curve.png)")
     return 0 if report.passed else EXIT_FAILED

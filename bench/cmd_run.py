@@ -20,10 +20,12 @@ from bench.errors import BenchError
 from bench.matrix import CellRun, LocalExecutor, build_cells, run_matrix
 from bench.perf import machine_peaks
 from bench.report import Progress, group_table, results_table
+from bench.run_report import report_safely
 from bench.runner import Cell, RunOptions, available_cores
 from bench.seeding import describe_seeds
 from bench.spec import StageSpec, select_stages
 from bench.tracking import DEFAULT_EXPERIMENT, MatrixRecord, Tracker, resolve_tracking_uri
+from bench.ui import closing_lines
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,19 @@ def _machine_metrics(plan: Plan) -> dict[str, float]:
     return {k: v for k, v in values.items() if v is not None}
 
 
+def invocation_name(kind: str, plan: Plan, args: argparse.Namespace) -> str:
+    """The parent run's name: the command and what it ran, then when (the UI lists parents
+    by name; "matrix-20261129-2317" said neither what nor which)."""
+    command = "run" if kind == "matrix" else kind
+    stages = ",".join(plan.specs) if len(plan.specs) <= 2 else f"{len(plan.specs)} stages"
+    backends = ",".join(dict.fromkeys(c.backend for c in plan.cells))
+    devices = ",".join(dict.fromkeys(c.device for c in plan.cells))
+    return (
+        f"{command} {stages} | {backends} | {devices} | seeds {describe_seeds(seeds_of(args))}"
+        f" | {time.strftime('%m-%d %H:%M')}"
+    )
+
+
 def _invocation_params(plan: Plan, args: argparse.Namespace) -> dict[str, str]:
     return {
         "stages": ",".join(plan.specs),
@@ -208,9 +223,15 @@ def execute(plan: Plan, args: argparse.Namespace, kind: str) -> Execution:
 
     tracker = Tracker(plan.tracking_uri, plan.experiment)
     parent_id = tracker.start_parent(
-        f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}",
+        invocation_name(kind, plan, args),
         params=_invocation_params(plan, args),
-        tags={"kind": kind, "machine_busy": str(plan.busy is not None).lower(), **git_state()},
+        # The user's --tag labels first: the harness's own tags (validated apart) come after.
+        tags={
+            **dict(getattr(args, "tag", None) or []),
+            "kind": kind,
+            "machine_busy": str(plan.busy is not None).lower(),
+            **git_state(),
+        },
     )
     record = None
     try:
@@ -256,10 +277,11 @@ def finish(execution: Execution, plan: Plan) -> int:
     """End the parent run with its true status, and say where it is."""
     failed = any(run.result is None for run in execution.runs)
     execution.tracker.end(execution.parent_id, "FAILED" if failed else "FINISHED")
-    print(
-        f"\nrecorded as parent run {execution.parent_id}; browse with: "
-        f"mlflow ui --backend-store-uri {plan.tracking_uri}"
-    )
+    # After the end, so the report states the run's final status; a failure is one warning.
+    report_safely(execution.tracker, execution.parent_id)
+    print()
+    experiment_id = execution.tracker.experiment_id
+    print("\n".join(closing_lines(plan.tracking_uri, experiment_id, execution.parent_id)))
     return EXIT_FAILED if failed else 0
 
 

@@ -64,20 +64,23 @@ def _met(spec: StageSpec, outcome: str, test_accuracy: float | None) -> str:
     return "yes" if spec.expected.met_by(outcome, test_accuracy) else "NO"
 
 
+# A cell's row in every table of results: the closing table and the report's.
+CELL_COLUMNS = [
+    "stage",
+    "backend",
+    "device",
+    "seed",
+    "outcome",
+    "test acc",
+    "tutorial",
+    "expected",
+    "met",
+]
+
+
 def results_table(runs: list[CellRun], specs: dict[str, StageSpec]) -> str:
     """The closing table: each cell's outcome and test accuracy beside the tutorial's."""
-    header = [
-        "stage",
-        "backend",
-        "device",
-        "seed",
-        "outcome",
-        "test acc",
-        "tutorial",
-        "expected",
-        "met",
-        "samples/s",
-    ]
+    header = [*CELL_COLUMNS, "samples/s"]
     rows = []
     for run in runs:
         expected = specs[run.cell.stage].expected

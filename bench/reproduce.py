@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.runner import CellResult
+from bench.runner import CellResult, environment_of
 from bench.spec import parse_stage, with_epochs
 
 # Environment params whose change can explain a result that is not bit-identical.
@@ -112,7 +112,8 @@ def compare(
         differs = ~((new == old) | (np.isnan(new) & np.isnan(old)))
         first = int(np.flatnonzero(differs)[0]) + 1
         max_diff = float(np.nanmax(np.abs(new - old)))
-    env = {k: (recorded.get(k, "-"), result.environment.get(k, "-")) for k in ENVIRONMENT_KEYS}
+    then = environment_of(recorded)
+    env = {k: (then.get(k, "-"), result.environment.get(k, "-")) for k in ENVIRONMENT_KEYS}
     return Comparison(
         losses_identical=equal,
         first_differing_step=first,

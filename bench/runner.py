@@ -135,10 +135,22 @@ class RunOptions:
             ) from None
 
 
+# A cell's environment (versions, hardware, threads, ...) is recorded as params under this
+# prefix, so that the MLflow UI's "show diff only" sets it apart from the stage and options.
+ENV_PREFIX = "env."
+
+
+def environment_of(params: dict[str, str]) -> dict[str, str]:
+    """A recorded cell's environment from its params, without the prefix (runs recorded
+    before the prefix hold it unprefixed: every param that is not a spec or option one)."""
+    prefixed = {k[len(ENV_PREFIX) :]: v for k, v in params.items() if k.startswith(ENV_PREFIX)}
+    return prefixed or dict(params)
+
+
 def _recorded_matmul(params: dict[str, str]) -> TorchMatmul:
     """The products' library a recorded cell used, so that a rerun takes the same path (an
     "auto" decided on another machine could differ); runs from before the option used MKL."""
-    taken = params.get("torch_matmul", "")
+    taken = environment_of(params).get("torch_matmul", "")
     if taken in ("mkl", "onednn"):
         return taken  # type: ignore[return-value]
     asked = params.get("option.torch_matmul", "mkl")

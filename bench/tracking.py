@@ -8,6 +8,7 @@ KILLED by the code that started it, so no run is left RUNNING; where that code c
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import tempfile
@@ -15,7 +16,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -23,7 +24,7 @@ from bench import store, unrecorded
 from bench.errors import BenchError, StoreUnwritable
 from bench.matrix import CellRun, group_metrics
 from bench.perf import flops_per_sample, machine_peaks, roofline, time_breakdown
-from bench.runner import Cell, CellResult, EpochRecord, RunOptions
+from bench.runner import ENV_PREFIX, Cell, CellResult, EpochRecord, RunOptions
 from bench.seeding import describe_seeds
 from bench.spec import StageSpec
 
@@ -31,6 +32,28 @@ DEFAULT_EXPERIMENT = "mnist-tutorial"
 FLUSH_SECONDS = 10.0  # how often buffered per-epoch metrics are written during a cell
 RunStatus = Literal["FINISHED", "FAILED", "KILLED"]
 log = logging.getLogger(__name__)
+
+
+# On every cell and group run: the id of the invocation's (parent) run, so
+# `tags.invocation = '<id>' and tags.kind = 'cell'` finds an invocation's cells.
+INVOCATION_TAG = "invocation"
+GROUP_TAG = "group_run"  # on a cell of a group of several seeds: the group's run
+# The tutorial's split of MNIST (bench.data): context, rows, which file rows.
+MNIST_SPLIT = (
+    ("train", 55_000, "train-images-idx3-ubyte.gz[5000:60000]"),
+    ("validation", 5_000, "train-images-idx3-ubyte.gz[0:5000]"),
+    ("test", 10_000, "t10k-images-idx3-ubyte.gz[0:10000]"),
+)
+
+
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+
+
+def run_name(cell: Cell, seed: bool = True) -> str:
+    """A run's name in the MLflow UI, the backend first: the runs table cuts names at about 20
+    characters, and "relu-xavier/..." left TensorFlow's and PyTorch's rows alike."""
+    name = f"{cell.backend} {cell.stage} {cell.device}"
+    return f"{name} s{cell.seed}" if seed else name
 
 
 def default_tracking_uri() -> str:
@@ -122,8 +145,18 @@ class Tracker:
         location = found.artifact_location if found is not None else _artifact_location(self.uri)
         store.check_artifact_root(location, name)
         if found is not None:
+            if EXPERIMENT_KIND_TAG not in found.tags:  # made by an older mlp-bench
+                self._client.set_experiment_tag(
+                    found.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING
+                )
             return str(found.experiment_id)
-        return str(self._client.create_experiment(name, artifact_location=location))
+        # A model-training experiment: MLflow 3 opens any other on its GenAI overview (traces,
+        # tokens), where a new user found no runs.
+        return str(
+            self._client.create_experiment(
+                name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING}
+            )
+        )
 
     def _end_orphans(self) -> None:
         """End KILLED the runs left RUNNING by a process of this host that is gone (`kill -9`,
@@ -142,6 +175,12 @@ class Tracker:
                 f" {pids}): marked KILLED"
             )
 
+    @property
+    def client(self) -> Any:
+        """The store's client (an MlflowClient that waits out a locked store), for readers
+        such as bench.run_report that need more than the methods here."""
+        return self._client
+
     def _create_run(self, experiment_id: str, name: str, tags: dict[str, str]) -> str:
         run = self._client.create_run(
             experiment_id, run_name=name, tags={**tags, **store.owner_tags()}
@@ -153,29 +192,41 @@ class Tracker:
         self._log_params(run_id, params)
         return run_id
 
-    def start_group(self, parent_id: str, cell: Cell, seeds: list[int]) -> str:
-        """A run for one stage x backend x device group; its cells nest under it."""
+    def start_group(self, invocation: str, cell: Cell, seeds: list[int]) -> str:
+        """A run for one stage x backend x device group of several seeds: their statistics."""
         tags = {
-            "mlflow.parentRunId": parent_id,
+            INVOCATION_TAG: invocation,
             "kind": "group",
             "stage": cell.stage,
             "backend": cell.backend,
             "device": cell.device,
         }
-        run_id = self._create_run(self.experiment_id, cell.group, tags)
+        run_id = self._create_run(self.experiment_id, run_name(cell, seed=False), tags)
         self._log_params(run_id, {"seeds": describe_seeds(seeds)})
         return run_id
 
-    def start_cell(self, parent_id: str, cell: Cell, params: dict[str, str]) -> str:
+    def start_cell(
+        self,
+        invocation: str,
+        cell: Cell,
+        params: dict[str, str],
+        group: str | None = None,
+        extra_tags: dict[str, str] | None = None,
+    ) -> str:
+        """A cell's run, tagged with its invocation's run and its group's (if any). Not nested
+        (mlflow.parentRunId): the UI lists a nested run under a collapsed parent row, even
+        when a filter selects the cells alone, so a filter could not show the cells."""
         tags = {
-            "mlflow.parentRunId": parent_id,
+            INVOCATION_TAG: invocation,
+            **({GROUP_TAG: group} if group else {}),
             "stage": cell.stage,
             "backend": cell.backend,
             "device": cell.device,
             "seed": str(cell.seed),
             "kind": "cell",
+            **(extra_tags or {}),
         }
-        run_id = self._create_run(self.experiment_id, cell.name, tags)
+        run_id = self._create_run(self.experiment_id, run_name(cell), tags)
         self._log_params(run_id, params)
         return run_id
 
@@ -201,12 +252,40 @@ class Tracker:
         self.log_cell_details(run_id, result, files)
         self.log_cell_finals(run_id, result, metrics)
 
-    def log_cell_details(self, run_id: str, result: CellResult, files: list[Path]) -> None:
-        """Environment params, per-step losses and the given files as artifacts."""
-        self._log_params(run_id, result.environment)
+    def log_cell_details(
+        self, run_id: str, result: CellResult, files: list[Path], data_dir: str = ""
+    ) -> None:
+        """Environment params, the MNIST split as dataset inputs, per-step losses and the given
+        files as artifacts."""
+        self._log_params(run_id, {ENV_PREFIX + k: v for k, v in result.environment.items()})
+        self.log_data_inputs(run_id, result.environment.get("data_sha256", ""), data_dir)
         self._log_losses(run_id, result)
         for path in files:
             self._client.log_artifact(run_id, str(path))
+
+    def log_data_inputs(self, run_id: str, data_sha256: str, data_dir: str) -> None:
+        """The tutorial's 55,000/5,000/10,000 split as three dataset inputs (contexts train,
+        validation, test), so the UI's Dataset column says what a cell trained on. The digest
+        is the data's (env.data_sha256), cut to the 36 characters MLflow's store holds."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        if not data_sha256:  # hand-made splits (tests): nothing to name
+            return
+        source = data_dir or "MNIST IDX files"
+        inputs = [
+            DatasetInput(
+                Dataset(
+                    name=f"mnist-{context}",
+                    digest=data_sha256[:16],
+                    source_type="local",
+                    source=source,
+                    profile=json.dumps({"num_rows": rows, "rows": where}),
+                ),
+                tags=[InputTag("mlflow.data.context", context)],
+            )
+            for context, rows, where in MNIST_SPLIT
+        ]
+        self._client.log_inputs(run_id, datasets=inputs)
 
     def log_cell_finals(
         self,
@@ -354,6 +433,32 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def cell_description(spec: StageSpec) -> str:
+    """A cell run's description in the MLflow UI: the stage's change and where it departs
+    from the tutorial's code."""
+    return (
+        f"**{spec.name}**: {spec.description}\n\n"
+        f"Tutorial: {spec.expected.tutorial}; this project expects {spec.expected.describe()}."
+        f"\n\nDeviations from the tutorial's code: {spec.tutorial_deviations}"
+    )
+
+
+def tutorial_comparison(spec: StageSpec, result: CellResult) -> tuple[dict[str, float], str]:
+    """The tutorial's test accuracy and this cell's gap to it in percentage points (where the
+    tutorial reported one), and whether the stage's expectation was met: "true", "false" or
+    "n/a" (a stage with no reference, or fewer epochs than its minimum was set for)."""
+    metrics: dict[str, float] = {}
+    reference = spec.expected.tutorial_test_accuracy
+    if reference is not None:
+        metrics["tutorial_test_accuracy"] = reference
+        metrics["gap_to_tutorial_points"] = 100 * (result.test_accuracy - reference)
+    expectation = spec.expected
+    short = expectation.expect == "min_test_accuracy" and spec.training.epochs < spec.file_epochs
+    if expectation.expect == "no_reference" or short:
+        return metrics, "n/a"
+    return metrics, str(expectation.met_by(result.outcome, result.test_accuracy)).lower()
+
+
 class MatrixRecord:
     """Records an invocation's cells: invocation run -> one run per stage x backend x device
     group (statistics over its seeds) -> one run per cell."""
@@ -380,8 +485,12 @@ class MatrixRecord:
         self._last_flush: dict[str, float] = {}
 
     def start_cell(self, cell: Cell) -> str:
-        params = {**self._specs[cell.stage].flat(), **self._options.record(cell.backend)}
-        return self._tracker.start_cell(self._group_id(cell), cell, params)
+        spec = self._specs[cell.stage]
+        params = {**spec.flat(), **self._options.record(cell.backend)}
+        description = {"mlflow.note.content": cell_description(spec)}
+        return self._tracker.start_cell(
+            self._parent_id, cell, params, self._group_id(cell), description
+        )
 
     def log_epoch(self, run_id: str, record: EpochRecord) -> None:
         """Buffered: written every FLUSH_SECONDS, so the live view in the MLflow UI stays
@@ -417,10 +526,11 @@ class MatrixRecord:
                 f" it with `python -m bench record-pending {kept.parent}`"
             ) from None
         group = run.cell.group
-        self._group_runs[group].append(run)
         self._pending[group] -= 1
-        if self._pending[group] == 0:
-            self._close_group(group)
+        if group in self._group_ids:
+            self._group_runs[group].append(run)
+            if self._pending[group] == 0:
+                self._close_group(group)
 
     def _record(self, run_id: str, run: CellRun, files: list[Path]) -> None:
         start = time.perf_counter()
@@ -428,11 +538,14 @@ class MatrixRecord:
         run.timings["mlflow_logging"] += time.perf_counter() - start
         if run.result is not None:
             start = time.perf_counter()
-            self._tracker.log_cell_details(run_id, run.result, files)
+            self._tracker.log_cell_details(run_id, run.result, files, self._options.data_dir)
             run.timings["mlflow_logging"] += time.perf_counter() - start
             run.speed = self._speed_metrics(run)
             tags = run.load.tags() if run.load is not None else {}
-            self._tracker.log_cell_finals(run_id, run.result, run.speed, tags)
+            spec = self._specs[run.cell.stage]
+            tutorial, met = tutorial_comparison(spec, run.result)
+            tags["expectation_met"] = met
+            self._tracker.log_cell_finals(run_id, run.result, run.speed | tutorial, tags)
         else:
             self._tracker.record_failed(run_id, run.error or "", files)
 
@@ -469,8 +582,12 @@ class MatrixRecord:
                 self._pending[group] = 0
                 self._tracker.end(self._group_ids[group], status)
 
-    def _group_id(self, cell: Cell) -> str:
+    def _group_id(self, cell: Cell) -> str | None:
+        """The cell's group run, where the group has several seeds to take statistics over;
+        None for a group of one (its run would be a row of "-")."""
         group = cell.group
+        if len(self._seeds[group]) == 1:
+            return None
         if group not in self._group_ids:
             self._group_ids[group] = self._tracker.start_group(
                 self._parent_id, cell, self._seeds[group]

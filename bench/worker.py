@@ -52,13 +52,35 @@ def _run_cell(request: dict[str, Any], events: TextIO) -> None:
 
     def on_epoch(record: EpochRecord) -> None:
         _emit(events, "epoch", **record.__dict__)
+        _log(
+            f"epoch {record.epoch}: train loss {record.train_loss:.4f}, validation"
+            f" {100 * record.val_accuracy:.2f}%, {record.epoch_seconds:.2f} s"
+            f" ({record.steps} steps)"
+        )
 
     text = request.get("stage_text")
     spec = parse_stage(text, f"recorded {cell.stage}.toml") if text else None
+    _log(f"cell {cell.name}: {options.threads} threads, dtype {options.dtype}")
     result = run_cell(cell, options, on_epoch, spec)
     result.save_arrays(out_dir)
     (out_dir / "result.json").write_text(json.dumps(result.to_json()))
+    speed = result.train_samples_per_s
+    _log(
+        f"result: {result.outcome}, test accuracy {100 * result.test_accuracy:.2f}%, "
+        + (f"{speed:,.0f} samples/s (median of the epochs after the first)" if speed else "-")
+        + (
+            f", first non-finite loss at step {result.diverged_step}"
+            if result.diverged_step
+            else ""
+        )
+    )
     _emit(events, "result")
+
+
+def _log(line: str) -> None:
+    """A line of the cell's own progress in its log (worker.log, the process's stderr): what
+    it trained and how far it got, beside anything the framework printed."""
+    print(f"{time.strftime('%H:%M:%S')} {line}", file=sys.stderr, flush=True)
 
 
 def _run_peak(request: dict[str, Any], events: TextIO) -> None:

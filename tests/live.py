@@ -26,6 +26,18 @@ def bench_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "bench", *args]
 
 
+def bench(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`python -m bench ARGS` run to its end, its output captured."""
+    return subprocess.run(
+        bench_command(*args),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=PATIENCE_S,
+        env={**os.environ, **(env or {})},
+    )
+
+
 def run_command(uri: str, *args: str) -> list[str]:
     """`bench run` of one relu-xavier cell on one backend, no peak measurement, real MNIST."""
     return bench_command(
@@ -106,7 +118,8 @@ def store_runs(uri: str) -> list[Any]:
 
 
 def statuses(uri: str) -> dict[str, str]:
-    """kind (matrix, group, cell) -> status, for a store of one invocation of one cell."""
+    """kind (matrix, cell: one seed has no group run) -> status, for a store of one invocation
+    of one cell."""
     return {run.data.tags["kind"]: run.info.status for run in store_runs(uri)}
 
 

@@ -36,7 +36,7 @@ def test_hangup_ends_runs_killed_and_removes_temp_folders(tmp_path: Path) -> Non
     process.stderr.close()
     os.killpg(process.pid, signal.SIGHUP)
     assert process.wait(timeout=PATIENCE_S) == 130
-    assert statuses(uri) == {"matrix": "KILLED", "group": "KILLED", "cell": "KILLED"}
+    assert statuses(uri) == {"matrix": "KILLED", "cell": "KILLED"}
     assert leftovers(tmp_path) == []
 
 
@@ -53,7 +53,7 @@ def test_ctrl_c_again_during_clean_up_is_absorbed(tmp_path: Path) -> None:
     code, out, err = finish(process)
     assert code == 130, err
     assert "Traceback" not in err and "interrupted" in out
-    assert statuses(uri) == {"matrix": "KILLED", "group": "KILLED", "cell": "KILLED"}
+    assert statuses(uri) == {"matrix": "KILLED", "cell": "KILLED"}
     assert leftovers(tmp_path) == []
 
 
@@ -81,9 +81,9 @@ def test_runs_of_a_killed_process_are_ended_by_the_next_invocation(tmp_path: Pat
     after = _open_store(uri)
     assert after.returncode == 2 and "no run" in after.stderr
     [line] = [line for line in after.stdout.splitlines() if "KILLED" in line]
-    assert f"3 run(s) in {uri} left RUNNING by a process that is gone (pid {process.pid})" in line
-    assert statuses(uri) == {"matrix": "KILLED", "group": "KILLED", "cell": "KILLED"}
-    assert [r.data.tags["owner_pid"] for r in store_runs(uri)] == [str(process.pid)] * 3
+    assert f"2 run(s) in {uri} left RUNNING by a process that is gone (pid {process.pid})" in line
+    assert statuses(uri) == {"matrix": "KILLED", "cell": "KILLED"}
+    assert [r.data.tags["owner_pid"] for r in store_runs(uri)] == [str(process.pid)] * 2
 
 
 def _one_cell(uri: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -99,7 +99,7 @@ def test_hung_worker_is_ended_at_the_cell_timeout(tmp_path: Path) -> None:
     done = _one_cell(uri, env, "--cell-timeout", "5")
     assert done.returncode == 1, done.stderr
     assert "FAILED: exceeded --cell-timeout 5 s; the worker was killed" in done.stdout
-    assert statuses(uri) == {"matrix": "FAILED", "group": "FAILED", "cell": "FAILED"}
+    assert statuses(uri) == {"matrix": "FAILED", "cell": "FAILED"}
     [cell] = [r for r in store_runs(uri) if r.data.tags["kind"] == "cell"]
     assert cell.data.tags["error"] == "exceeded --cell-timeout 5 s; the worker was killed"
 
@@ -110,4 +110,4 @@ def test_worker_killed_by_a_signal_names_it(tmp_path: Path) -> None:
     done = _one_cell(uri, env)
     assert done.returncode == 1, done.stderr
     assert "FAILED: worker killed by signal 9 (SIGKILL)" in done.stdout
-    assert statuses(uri) == {"matrix": "FAILED", "group": "FAILED", "cell": "FAILED"}
+    assert statuses(uri) == {"matrix": "FAILED", "cell": "FAILED"}

@@ -58,9 +58,9 @@ def test_store_locked_past_the_wait_keeps_the_cell_for_record_pending(tmp_path: 
 
     done = run(bench_command("record-pending", str(kept)))
     assert done.returncode == 0, done.stderr
-    assert "left RUNNING by a process that is gone" in done.stdout  # the parent and the group
+    assert "left RUNNING by a process that is gone" in done.stdout  # the parent
     assert f"into run {pending.parent.name}" in done.stdout
-    assert statuses(uri) == {"matrix": "KILLED", "group": "KILLED", "cell": "FINISHED"}
+    assert statuses(uri) == {"matrix": "KILLED", "cell": "FINISHED"}
     [cell] = [r for r in store_runs(uri) if r.data.tags["kind"] == "cell"]
     assert cell.data.metrics["test_accuracy"] > 0.5 and cell.data.tags["outcome"] == "converged"
     assert cell.data.metrics["val_accuracy"] > 0.5  # the epoch the lock kept from the store

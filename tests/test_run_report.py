@@ -1,0 +1,211 @@
+"""The report every invocation leaves (bench.run_report): real short runs recorded into a
+temporary SQLite store, read back through MLflow as the UI would."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backends import installed_backends
+from bench.run_report import default_report_dir
+from bench.ui import run_url
+from tests.conftest import mnist_dir
+from tests.live import bench
+
+
+def client(uri: str) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def all_runs(uri: str) -> list[Any]:
+    store = client(uri)
+    return list(store.search_runs([e.experiment_id for e in store.search_experiments()]))
+
+
+@dataclass(frozen=True)
+class Recorded:
+    uri: str
+    folder: Path
+    done: subprocess.CompletedProcess[str]
+    parent: Any
+    cells: list[Any]
+
+
+def record_run(folder: Path, *args: str) -> Recorded:
+    """A real `bench run` of relu-xavier, 2 epochs (the least with a samples/s), on every
+    installed backend, into its own store under `folder`."""
+    uri = f"sqlite:///{folder}/mlflow.db"
+    done = bench(
+        "run",
+        "--stage",
+        "relu-xavier",
+        "--epochs",
+        "2",
+        "--no-peak",
+        "--data-dir",
+        str(mnist_dir()),
+        "--tracking-uri",
+        uri,
+        *args,
+    )
+    runs = all_runs(uri)
+    [parent] = [r for r in runs if r.data.tags.get("kind") == "matrix"]
+    cells = [r for r in runs if r.data.tags.get("kind") == "cell"]
+    return Recorded(uri, folder, done, parent, cells)
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
+    """One real invocation shared by the tests below: one cell per installed backend."""
+    return record_run(tmp_path_factory.mktemp("store"))
+
+
+def test_run_prints_where_the_report_is(recorded: Recorded) -> None:
+    assert recorded.done.returncode == 0, recorded.done.stdout + recorded.done.stderr
+    page = default_report_dir(recorded.uri, recorded.parent.info.run_id) / "report.html"
+    assert f"report: {page} (" in recorded.done.stdout
+    assert page.is_file()
+    # Beside the store, so that reports travel with it.
+    assert page.parent.parent.parent == recorded.folder
+    assert "WARNING: the report" not in recorded.done.stdout
+
+
+def test_parent_run_has_the_description(recorded: Recorded) -> None:
+    parent = recorded.parent
+    note = parent.data.tags["mlflow.note.content"]
+    assert "| stage | backend | device | seed | outcome | test acc |" in note
+    for cell in recorded.cells:
+        accuracy = f"{100 * cell.data.metrics['test_accuracy']:.2f}%"
+        assert re.search(
+            rf"\| relu-xavier \| {cell.data.tags['backend']} \| cpu \| 0 \| "
+            rf"converged \| {re.escape(accuracy)} \| 98\.02% \|",
+            note,
+        ), note
+    url = run_url(recorded.uri, parent.info.experiment_id, parent.info.run_id)
+    assert f"[Open in the MLflow UI]({url})" in note
+    assert parent.data.tags["git_commit"] in note
+    assert "--stage relu-xavier --epochs 2" in note  # the command line
+    assert "cores available" in note  # the machine
+
+
+def test_parent_run_has_table_figures_and_html(recorded: Recorded) -> None:
+    store = client(recorded.uri)
+    run_id = recorded.parent.info.run_id
+    artifacts = {a.path for a in store.list_artifacts(run_id)}
+    assert {"cells.json", "report.html", "figures"} <= artifacts
+    assert [a.path for a in store.list_artifacts(run_id, "figures")] == ["figures/relu-xavier.png"]
+    # What the UI's table view looks for (MlflowClient.load_table would search the default
+    # store, not this client's: MLflow 3.17 calls the fluent mlflow.search_runs).
+    logged = json.loads(recorded.parent.data.tags["mlflow.loggedArtifacts"])
+    assert {"path": "cells.json", "type": "table"} in logged
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = json.loads(Path(store.download_artifacts(run_id, "cells.json", tmp)).read_text())
+    rows = [dict(zip(saved["columns"], values, strict=True)) for values in saved["data"]]
+    assert sorted(row["backend"] for row in rows) == sorted(installed_backends())
+    assert {(row["stage"], row["outcome"], row["tutorial"]) for row in rows} == {
+        ("relu-xavier", "converged", "98.02%")
+    }
+    by_backend = {c.data.tags["backend"]: c for c in recorded.cells}
+    for row in rows:
+        metrics = by_backend[row["backend"]].data.metrics
+        assert row["test_accuracy"] == pytest.approx(metrics["test_accuracy"], rel=1e-9)
+        assert row["samples_per_s"] == pytest.approx(metrics["train_samples_per_s"], rel=1e-9)
+        assert row["samples_per_s_p25"] <= row["samples_per_s_p75"]
+
+
+def test_report_html_embeds_images_and_every_row(recorded: Recorded) -> None:
+    page = default_report_dir(recorded.uri, recorded.parent.info.run_id) / "report.html"
+    text = page.read_text()
+    assert "<img" in text and "data:image/png;base64," in text
+    assert 'src="http' not in text and "src='http" not in text  # self-contained
+    for cell in recorded.cells:
+        accuracy = f"{100 * cell.data.metrics['test_accuracy']:.2f}%"
+        row = f"<td>{cell.data.tags['backend']}</td><td>cpu</td><td>0</td><td>converged</td>"
+        assert f"{row}<td>{accuracy}</td>" in text
+
+
+def test_cells_name_the_mnist_split_as_dataset_inputs(recorded: Recorded) -> None:
+    for cell in recorded.cells:
+        run = client(recorded.uri).get_run(cell.info.run_id)
+        inputs = run.inputs.dataset_inputs
+        contexts = {tag.value for i in inputs for tag in i.tags if tag.key == "mlflow.data.context"}
+        assert contexts == {"train", "validation", "test"}
+        digest = run.data.params["env.data_sha256"][:16]
+        assert {i.dataset.digest for i in inputs} == {digest}
+        rows = {i.dataset.name: json.loads(i.dataset.profile)["num_rows"] for i in inputs}
+        assert rows == {"mnist-train": 55_000, "mnist-validation": 5_000, "mnist-test": 10_000}
+        assert {i.dataset.source for i in inputs} == {str(mnist_dir())}
+
+
+def test_report_command_regenerates_it(recorded: Recorded, tmp_path: Path) -> None:
+    run_id = recorded.parent.info.run_id
+    out = tmp_path / "again"
+    done = bench("report", run_id, "--out", str(out), "--tracking-uri", recorded.uri)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip() == f"report of run {run_id}: {out / 'report.html'}"
+    text = (out / "report.html").read_text()
+    assert text.count("data:image/png;base64,") == 1  # the one stage's figure
+    assert (out / "figures" / "relu-xavier.png").read_bytes().startswith(b"\x89PNG")
+    columns = json.loads((out / "cells.json").read_text())
+    assert sorted(columns["backend"]) == sorted(installed_backends())
+    assert (out / "description.md").read_text().startswith("**matrix** run")
+
+
+@pytest.mark.parametrize("which", ["unknown", "cell"])
+def test_report_refuses_what_is_not_a_parent_run(
+    recorded: Recorded, tmp_path: Path, which: str
+) -> None:
+    run_id = "0" * 32 if which == "unknown" else recorded.cells[0].info.run_id
+    before = len(all_runs(recorded.uri))
+    out = tmp_path / "out"
+    done = bench("report", run_id, "--out", str(out), "--tracking-uri", recorded.uri)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    [line] = done.stderr.splitlines()
+    expected = "no run" if which == "unknown" else "is not an invocation's parent run"
+    assert line.startswith("error: ") and expected in line and run_id in line
+    assert not out.exists() and len(all_runs(recorded.uri)) == before
+
+
+def test_a_report_that_fails_does_not_lose_the_run(tmp_path: Path) -> None:
+    """Its folder cannot be made (a file is in the way): one WARNING line, the run is kept."""
+    (tmp_path / "reports").write_text("in the way\n")
+    run = record_run(tmp_path, "--backend", installed_backends()[-1])
+    assert run.done.returncode == 0, run.done.stdout + run.done.stderr
+    [warning] = [line for line in run.done.stdout.splitlines() if "WARNING: the report" in line]
+    assert f"python -m bench report {run.parent.info.run_id}" in warning
+    assert run.parent.info.status == "FINISHED"
+    assert [c.info.status for c in run.cells] == ["FINISHED"]
+
+
+@pytest.mark.skipif(len(installed_backends()) < 2, reason="parity needs both backends")
+def test_parity_run_gets_a_report_with_its_curve(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    done = bench(
+        "parity",
+        "--stage",
+        "relu-xavier",
+        "--steps",
+        "5",
+        "--tracking-uri",
+        uri,
+        "--data-dir",
+        str(mnist_dir()),
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    [run] = all_runs(uri)
+    note = run.data.tags["mlflow.note.content"]
+    assert note.startswith("**parity** run") and "parity passed" in note
+    assert "--stage relu-xavier --steps 5" in note
+    page = default_report_dir(uri, run.info.run_id) / "report.html"
+    assert "<h2>parity_curve.png</h2><img" in page.read_text()
+    assert "report.html" in {a.path for a in client(uri).list_artifacts(run.info.run_id)}

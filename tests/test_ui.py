@@ -1,0 +1,182 @@
+"""The MLflow UI as the comparison surface: the URLs a command prints, opened in a real browser
+(Debian's chromium driven by Playwright) against `mlflow ui` on a store a real run made."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from backends import installed_backends
+from bench import ui
+from tests.conftest import ROOT, mnist_dir
+from tests.live import PATIENCE_S, bench_command
+
+SCREENSHOTS = ROOT / "results" / "screenshots"
+
+
+def test_the_cells_url_opens_the_runs_view_filtered_to_one_invocation() -> None:
+    url = ui.cells_url("sqlite:///x/mlflow.db", "7", "abc123")
+    base, fragment = url.split("#", 1)
+    assert base == "http://127.0.0.1:5000/"
+    path, query = fragment.split("?", 1)
+    assert path == "/experiments/7/runs"  # the runs view, not the GenAI overview
+    search = parse_qs(query)
+    assert search["searchFilter"] == ["tags.invocation = 'abc123' and tags.kind = 'cell'"]
+    assert search["startTime"] == ["ALL"] and search["lifecycleFilter"] == ["Active"]
+    assert ui.cells_url("http://team:5000/", "7").startswith("http://team:5000/#/experiments/7/")
+
+
+def test_the_ui_command_is_this_environments_mlflow() -> None:
+    command = ui.ui_command("sqlite:///results/mlflow.db")
+    executable = command.split()[0]
+    assert Path(executable).parent == Path(sys.executable).parent or executable == "mlflow"
+    assert "--backend-store-uri sqlite:///results/mlflow.db" in command
+    assert ui.ui_command("http://team:5000") == ""  # a server is its own UI
+    lines = ui.closing_lines("sqlite:///r/mlflow.db", "3", "p1")
+    assert lines[0] == "recorded as parent run p1" and lines[1].startswith("browse with: ")
+    assert lines[3] == "  its report: http://127.0.0.1:5000/#/experiments/3/runs/p1"
+    assert ui.run_url("http://host:8080/", "3", "p1") == "http://host:8080/#/experiments/3/runs/p1"
+
+
+# What the README says to add once with "Columns": the comparison at a glance.
+COLUMNS = (
+    "backend",
+    "stage",
+    "outcome",
+    "test_accuracy",
+    "tutorial_test_accuracy",
+    "train_samples_per_s",
+)
+
+
+# Shown by default, of no use here, and wide: they push the metrics out of view.
+DEFAULT_COLUMNS = ("Dataset", "Source", "Models")
+
+
+def _add_columns(page: Any, names: tuple[str, ...], timeout_ms: float) -> None:
+    """Tick each column in the runs view's "Columns" menu (found through its search box),
+    after unticking the default ones."""
+    page.get_by_role("button", name="Columns", exact=True).click()
+    search = page.get_by_placeholder("Search columns")
+    tree = page.get_by_test_id("column-selector-tree")
+    for name in DEFAULT_COLUMNS + names:
+        search.fill(name)  # the tree then lists the keys that contain it; a click ticks one
+        exactly = re.compile(f"^{re.escape(name)}$")
+        node = tree.locator(".du-bois-light-tree-title").filter(has_text=exactly)
+        node.first.click(timeout=timeout_ms)
+    page.keyboard.press("Escape")
+
+
+def _browser() -> str:
+    """Debian's chromium: CI installs it (.ci/run); elsewhere the test is skipped."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None or not _has_playwright():
+        if os.environ.get("CI"):
+            pytest.fail("CI must install chromium and playwright (.ci/run, the test group)")
+        pytest.skip("no chromium or playwright here (.ci/run installs them)")
+    return found
+
+
+def _has_playwright() -> bool:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def recorded_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[str]]:
+    """A real run of every installed backend on relu-xavier (2 epochs: the second gives
+    samples/s) and its closing lines."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('ui')}/mlflow.db"
+    done = subprocess.run(
+        bench_command(
+            *("run", "--stage", "relu-xavier", "--epochs", "2", "--no-peak"),
+            *("--data-dir", str(mnist_dir()), "--tracking-uri", uri),
+        ),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=PATIENCE_S,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    return uri, lines[lines.index(next(x for x in lines if x.startswith("recorded as"))) :]
+
+
+@pytest.fixture(scope="module")
+def served(recorded_run: tuple[str, list[str]]) -> Iterator[tuple[int, list[str]]]:
+    """The printed `mlflow ui` command, on a free port, until the tests are done."""
+    _, lines = recorded_run
+    command = lines[1].removeprefix("browse with: ").split()
+    port = _free_port()
+    command[command.index("--port") + 1] = str(port)
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + PATIENCE_S
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert server.poll() is None, "mlflow ui exited"
+                assert time.monotonic() < deadline, "mlflow ui did not start"
+                time.sleep(0.5)
+        yield port, lines
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def test_the_printed_urls_show_the_cells_and_the_parents_report(
+    served: tuple[int, list[str]],
+) -> None:
+    executable = _browser()
+    from playwright.sync_api import sync_playwright
+
+    port, lines = served
+    cells_url = lines[2].split(": ", 1)[1].replace(":5000/", f":{port}/")
+    parent_url = lines[3].split(": ", 1)[1].replace(":5000/", f":{port}/")
+    assert urlsplit(cells_url).fragment.split("?")[0].endswith("/runs")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    timeout_ms = PATIENCE_S * 1000  # the first load: the server may answer slowly when busy
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 2400, "height": 1000})
+            page.goto(cells_url)
+            for backend in installed_backends():  # every cell, named backend first
+                page.get_by_text(f"{backend} relu-xavier cpu s0").first.wait_for(timeout=timeout_ms)
+            body = page.inner_text("body")
+            assert "run relu-xavier" not in body  # the filter keeps the parent out
+            assert f"{len(installed_backends())} matching runs" in body
+            page.screenshot(path=str(SCREENSHOTS / "cells.png"), full_page=True)
+            _add_columns(page, COLUMNS, 60_000)
+            header = page.locator(".ag-header").inner_text()
+            for column in COLUMNS:
+                assert column in header, header
+            page.screenshot(path=str(SCREENSHOTS / "cells-with-columns.png"), full_page=True)
+            page.goto(parent_url)
+            page.get_by_text("relu-xavier", exact=False).first.wait_for(timeout=timeout_ms)
+            page.get_by_text("Tutorial", exact=False).first.wait_for(timeout=timeout_ms)
+            page.screenshot(path=str(SCREENSHOTS / "parent.png"), full_page=True)
+        finally:
+            browser.close()
