@@ -323,17 +323,16 @@ def run_matrix(
     epochs_of: Callable[[Cell], int],
     stage_texts: Mapping[str, str] | None = None,
     cell_timeout_s: int | None = None,
-    watch_speed: bool = True,
 ) -> list[CellRun]:
     """Run every cell in order; record each in MLflow; end each run with its true status.
     `stage_texts` (stage -> its text, read once at planning) is what each worker trains from;
     without it a worker reads the stage from the stages folder. A cell running past
-    `cell_timeout_s` (default: `cell_time_limit` of its epochs) is killed and FAILED. With
-    `watch_speed`, a canary before and after each cell and other processes' CPU use during it
-    judge whether its speed can be trusted (`CellRun.load`; ~0.6 s a cell, outside its time)."""
+    `cell_timeout_s` (default: `cell_time_limit` of its epochs) is killed and FAILED. A canary
+    before and after each cell and other processes' CPU use during it judge whether its speed
+    can be trusted (`CellRun.load`; ~0.6 s a cell, outside its time)."""
     runs = []
     for index, cell in enumerate(cells, start=1):
-        watch = quiet.watch_before() if watch_speed else None
+        watch = quiet.watch_before()
         clock = _PhaseClock()
         with clock.timing("display"):
             observer.cell_started(index, len(cells), cell)
@@ -356,7 +355,7 @@ def run_matrix(
                 stage_text = (stage_texts or {}).get(cell.stage)
                 limit = cell_timeout_s or cell_time_limit(epochs_of(cell))
                 run = executor.execute(cell, options, Path(tmp), on_epoch, stage_text, limit)
-                if watch is not None and run.result is not None:
+                if run.result is not None:
                     with clock.paused():
                         run.load = quiet.watch_after(watch, run.result.spread)
                 run.timings.update(clock.seconds)

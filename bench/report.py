@@ -144,16 +144,22 @@ def _mean_std(values: list[float], scale: float, digits: int) -> str:
     return f"{scale * summary.mean:,.{digits}f} ± {scale * summary.std:,.{digits}f}"
 
 
+# A group's statistics in every table of them: the closing one and the report's.
+GROUP_COLUMNS = [
+    "stage",
+    "backend",
+    "device",
+    "seeds",
+    "outcomes",
+    "test acc (mean ± std)",
+    "95% CI",
+]
+
+
 def group_table(runs: list[CellRun], specs: dict[str, StageSpec]) -> str:
     """One row per stage x backend x device: mean ± std over its seeds, and the 95% CI."""
     header = [
-        "stage",
-        "backend",
-        "device",
-        "seeds",
-        "outcomes",
-        "test acc (mean ± std)",
-        "95% CI",
+        *GROUP_COLUMNS,
         "tutorial",
         "samples/s (mean ± std)",
     ]

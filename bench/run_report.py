@@ -21,7 +21,7 @@ from typing import Any
 
 from bench import store
 from bench.errors import BenchError, StoreUnwritable
-from bench.report import CELL_COLUMNS
+from bench.report import CELL_COLUMNS, GROUP_COLUMNS
 from bench.runner import environment_of
 from bench.spec import ExpectedSpec, StageSpec, parse_stage, with_epochs
 from bench.stats import summarize
@@ -346,13 +346,7 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 GROUP_HEADER = [
-    "stage",
-    "backend",
-    "device",
-    "seeds",
-    "outcomes",
-    "test acc (mean ± std)",
-    "95% CI",
+    *GROUP_COLUMNS,
     "samples/s (mean ± std)",
 ]
 
