@@ -1,4 +1,4 @@
-"""Command line: `python -m bench list | run | perf | parity | reproduce | report | compare |
+"""Command line: `python -m bench list | run | perf | parity | reproduce | report | compare | ui |
 record-pending`.
 
 Every input is checked, and the tracking store opened, before any training starts; a user's
@@ -165,10 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="time even where other processes use the cores (the cells are flagged)",
     )
 
-    parity = commands.add_parser("parity", help="train both backends in parity mode; compare")
+    parity = commands.add_parser(
+        "parity", help="train every backend in parity mode; compare each pair step by step"
+    )
     parity.add_argument("--stage", required=True)
     parity.add_argument(
         "--steps", type=_int_in(1, MAX_PARITY_STEPS), default=550, help="default: 550 (1 epoch)"
+    )
+    parity.add_argument(
+        "--backend", action="append", help="two or more (repeatable); default: all installed"
     )
     parity.add_argument("--device", choices=DEVICE_CHOICES, default="cpu")
     parity.add_argument("--seed", type=_int_in(0, MAX_SEED), default=0)
@@ -213,11 +218,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="a significant slowdown beyond this fraction is a regression; default 0.05",
     )
     compare.add_argument(
+        "--run-noise",
+        type=_fraction,
+        default=0.30,
+        help="how far one process's speed may move with nothing changed; with fewer than 5"
+        " processes (seeds) a side a slowdown within it is inconclusive; default 0.30",
+    )
+    compare.add_argument(
         "--allow-busy",
         action="store_true",
         help="judge speed even where a run was flagged speed_stable false (the flags are listed)",
     )
     compare.add_argument("--tracking-uri", help="MLflow store (or MLFLOW_TRACKING_URI)")
+
+    ui = commands.add_parser(
+        "ui", help="serve a store's MLflow UI (a moved or copied results/ included)"
+    )
+    ui.add_argument("--port", type=int, help="default 5000")
+    ui.add_argument("--tracking-uri", help="a SQLite store (or MLFLOW_TRACKING_URI)")
 
     pending = commands.add_parser(
         "record-pending", help="record the cells a locked or read-only store could not take"
@@ -269,6 +287,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from bench.cmd_compare import cmd_compare
 
             return cmd_compare(args)
+        if args.command == "ui":
+            from bench.cmd_ui import cmd_ui
+
+            return cmd_ui(args)
         if args.command == "record-pending":
             from bench.cmd_record_pending import cmd_record_pending
 

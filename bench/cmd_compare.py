@@ -16,6 +16,8 @@ import numpy as np
 
 from bench import compare
 from bench.errors import BenchError
+from bench.provenance import git_state
+from bench.run_report import command_line, report_safely
 from bench.runner import environment_of
 from bench.tracking import INVOCATION_TAG, Tracker, resolve_tracking_uri
 from bench.user_tags import parse_tag
@@ -155,17 +157,17 @@ def check_pairable(base: compare.Side, cand: compare.Side) -> None:
 
 
 def _plot(comparison: compare.Comparison, path: Path) -> None:
-    """The ratios with their 95% CIs, one row per cell, against 1 and the slowdown limit."""
+    """The ratios with their 95% CIs, one row per cell (over its epochs) and per group judged
+    over processes, against 1 and the slowdown limit."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pairs = [p for p in comparison.pairs if p.speed is not None]
-    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.45 * max(1, len(pairs))))
-    for row, pair in enumerate(pairs):
-        speed = pair.speed
-        assert speed is not None
+    rows = [(compare.cell_name(p.key), p.speed) for p in comparison.pairs if p.speed is not None]
+    rows += [(f"{g.group} (processes)", g.speed) for g in comparison.groups]
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.45 * max(1, len(rows))))
+    for row, (_, speed) in enumerate(rows):
         color = "tab:red" if speed.verdict == "regression" else "tab:blue"
         ax.errorbar(
             speed.ratio,
@@ -178,7 +180,7 @@ def _plot(comparison: compare.Comparison, path: Path) -> None:
     ax.axvline(1.0, color="black", linewidth=0.8)
     limit = 1.0 - comparison.settings.max_slowdown
     ax.axvline(limit, color="tab:red", linestyle="--", linewidth=0.8, label="slowdown limit")
-    ax.set_yticks(range(len(pairs)), [compare.cell_name(p.key) for p in pairs])
+    ax.set_yticks(range(len(rows)), [name for name, _ in rows])
     ax.set_xlabel("samples/s, candidate / baseline (median, bootstrap 95% CI)")
     base, cand = comparison.baseline.run_id[:8], comparison.candidate.run_id[:8]
     ax.set_title(f"{comparison.verdict}: candidate {cand} vs baseline {base}", fontsize="medium")
@@ -199,6 +201,7 @@ def record(tracker: Tracker, comparison: compare.Comparison, text: str) -> str:
             "alpha": f"{settings.alpha:g}",
             "max_slowdown": f"{settings.max_slowdown:g}",
             "allow_busy": str(settings.allow_busy).lower(),
+            "run_noise": f"{settings.run_noise:g}",
         },
         tags={
             "kind": "comparison",
@@ -207,6 +210,7 @@ def record(tracker: Tracker, comparison: compare.Comparison, text: str) -> str:
             "verdict": comparison.verdict,
             "exit_code": str(comparison.exit_code),
             "mlflow.note.content": f"```\n{text}\n```",
+            **git_state(),  # of the harness that judged
         },
     )
     try:
@@ -248,11 +252,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     baseline, candidate = load_side(client, base_run), load_side(client, cand_run)
     check_pairable(baseline, candidate)
     settings = compare.Settings(
-        alpha=args.alpha, max_slowdown=args.max_slowdown, allow_busy=args.allow_busy
+        alpha=args.alpha,
+        max_slowdown=args.max_slowdown,
+        allow_busy=args.allow_busy,
+        run_noise=args.run_noise,
     )
     comparison = compare.compare(baseline, candidate, settings)
     text = compare.report_text(comparison)
     print(text, flush=True)
     run_id = record(tracker, comparison, text)
     print(f"recorded as comparison run {run_id}")
+    report_safely(tracker, run_id, command_line())
     return comparison.exit_code

@@ -1,4 +1,5 @@
-"""`python -m bench parity`: both backends, same seed, parity mode; compare step by step."""
+"""`python -m bench parity`: every installed backend (or those named), same seed, parity mode;
+every pair compared step by step, each pair recorded as a parity run of its own."""
 
 from __future__ import annotations
 
@@ -6,12 +7,13 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from backends import check_backend
+from backends import check_backend, installed_backends
 from bench.cli import EXIT_FAILED, EXIT_INTERRUPTED
 from bench.data import ensure_files, resolve_data_dir
 from bench.devices import resolve_devices
+from bench.errors import BenchError
 from bench.matrix import LocalExecutor
-from bench.parity import PARITY_BACKENDS, ParityReport, parity_options, run_parity, write_curve
+from bench.parity import ParityReport, parity_options, run_parity, write_curve
 from bench.provenance import git_state
 from bench.run_report import command_line, report_safely
 from bench.runner import available_cores
@@ -21,7 +23,8 @@ from bench.tracking import DEFAULT_EXPERIMENT, Tracker, resolve_tracking_uri
 
 def _record(tracker: Tracker, report: ParityReport, steps: int) -> str:
     run_id = tracker.start_parent(
-        f"parity-{report.stage}-{report.dtype}-{report.accumulate}-{report.device}-seed{report.seed}",
+        f"parity-{'-'.join(report.losses)}-{report.stage}-{report.dtype}-{report.accumulate}"
+        f"-{report.device}-seed{report.seed}",
         params={
             "stage": report.stage,
             "dtype": report.dtype,
@@ -29,7 +32,7 @@ def _record(tracker: Tracker, report: ParityReport, steps: int) -> str:
             "device": report.device,
             "seed": str(report.seed),
             "steps": str(steps),
-            "backends": ",".join(PARITY_BACKENDS),
+            "backends": ",".join(report.losses),
             "tolerance": f"{report.tolerance:g}",
             "tolerance_window": str(report.checked),
         },
@@ -54,9 +57,15 @@ def _record(tracker: Tracker, report: ParityReport, steps: int) -> str:
 
 
 def cmd_parity(args: argparse.Namespace) -> int:
-    for backend in PARITY_BACKENDS:
+    backends = list(dict.fromkeys(args.backend or installed_backends()))
+    for backend in backends:
         check_backend(backend)
-    [device] = resolve_devices([args.device], list(PARITY_BACKENDS)).devices
+    if len(backends) < 2:
+        raise BenchError(
+            f"parity needs two backends or more, not {', '.join(backends) or 'none'};"
+            " name them with --backend (repeatable) or install another"
+        )
+    [device] = resolve_devices([args.device], backends).devices
     spec = load_stage(args.stage)
     data_dir = resolve_data_dir(args.data_dir)
     ensure_files(data_dir)
@@ -71,17 +80,19 @@ def cmd_parity(args: argparse.Namespace) -> int:
         args.accumulate,
     )
     print(
-        f"parity {args.stage}: training {' and '.join(PARITY_BACKENDS)} for {args.steps} "
+        f"parity {args.stage}: training {', '.join(backends)} for {args.steps} "
         f"steps ({args.dtype}, accumulating in {args.accumulate}, {device}, seed {args.seed})",
         flush=True,
     )
     try:
-        report = run_parity(args.stage, device, args.seed, options, LocalExecutor())
+        reports = run_parity(args.stage, device, args.seed, options, LocalExecutor(), backends)
     except KeyboardInterrupt:
         print("\ninterrupted: nothing recorded")
         return EXIT_INTERRUPTED
-    print(report.describe())
-    run_id = _record(tracker, report, args.steps)
-    report_safely(tracker, run_id, command=command_line())
-    print(f"recorded as run {run_id} (curve: parity_curve.csv, parity_curve.png)")
-    return 0 if report.passed else EXIT_FAILED
+    for report in reports:
+        print(report.describe())
+        run_id = _record(tracker, report, args.steps)
+        report_safely(tracker, run_id, command=command_line())
+        pair = " vs ".join(report.losses)
+        print(f"{pair}: recorded as run {run_id} (curve: parity_curve.csv, parity_curve.png)")
+    return 0 if all(report.passed for report in reports) else EXIT_FAILED

@@ -20,6 +20,11 @@ EXIT_INCONCLUSIVE = 3  # 2 is bad input (bench.cli.EXIT_USAGE)
 
 DEFAULT_ALPHA = 0.01
 DEFAULT_MAX_SLOWDOWN = 0.05
+# How far one process's speed may sit from another's with nothing changed: the A/A study on the
+# shared 2-core VM (README) saw single runs settle at 62-65k or 80-86k samples/s, ratios down to
+# 0.72, with every busy-machine flag clear. Where a side has too few processes to measure this
+# noise itself, a slowdown within it is not a regression but inconclusive.
+DEFAULT_RUN_NOISE = 0.30
 PEAK_DRIFT_LIMIT = 0.10  # a peak that moved more than this during a run: the machine changed
 POWER = 0.8  # of the minimum detectable effect
 BOOTSTRAP_SAMPLES = 4000
@@ -118,6 +123,7 @@ class Settings:
     alpha: float = DEFAULT_ALPHA
     max_slowdown: float = DEFAULT_MAX_SLOWDOWN
     allow_busy: bool = False  # judge speed even where a run was flagged speed_stable false
+    run_noise: float = DEFAULT_RUN_NOISE  # the slowdown one process a side cannot rule out
 
 
 def steady_rates(epoch_seconds: Iterable[float], batch_size: int) -> list[float]:
@@ -206,17 +212,22 @@ class SpeedResult:
     ci_high: float
     p_value: float  # one-sided: the candidate slower
     detectable: float | None  # minimum detectable slowdown; None: too few samples
-    verdict: str  # "regression", "ok", "too few samples"
+    verdict: str  # "regression", "ok", "too few samples", "within run noise"
 
     @property
     def slowdown(self) -> float:
         return 1.0 - self.ratio
 
 
-def speed_test(base: list[float], cand: list[float], settings: Settings) -> SpeedResult | None:
-    """Mann-Whitney U (one-sided, the candidate slower) on the per-epoch rates, the bootstrap CI
-    of the ratio of medians, and the minimum detectable slowdown. A regression needs both
-    p < alpha and a slowdown beyond max_slowdown. None when a side has no rate at all."""
+def speed_test(
+    base: list[float], cand: list[float], settings: Settings, floor: float = 0.0
+) -> SpeedResult | None:
+    """Mann-Whitney U (one-sided, the candidate slower) on throughput samples (the epochs of one
+    process a side, or one median per process), the bootstrap CI of the ratio of medians, and
+    the minimum detectable slowdown. A regression needs both p < alpha and a slowdown beyond
+    max_slowdown and beyond `floor`, the noise between processes that the samples cannot show
+    (0 where they are processes); a significant slowdown within the floor is "within run
+    noise". None when a side has no sample at all."""
     from scipy.stats import mannwhitneyu
 
     if not base or not cand:
@@ -227,8 +238,10 @@ def speed_test(base: list[float], cand: list[float], settings: Settings) -> Spee
     detectable = minimum_detectable_slowdown(base, cand, settings.alpha)
     if detectable is None:
         verdict = "too few samples"
-    elif p_value < settings.alpha and 1.0 - ratio > settings.max_slowdown:
+    elif p_value < settings.alpha and 1.0 - ratio > max(settings.max_slowdown, floor):
         verdict = "regression"
+    elif p_value < settings.alpha and 1.0 - ratio > settings.max_slowdown:
+        verdict = "within run noise"
     else:
         verdict = "ok"
     return SpeedResult(
@@ -322,7 +335,39 @@ class PairResult:
     key: CellKey
     base: CellData
     cand: CellData
-    speed: SpeedResult | None
+    speed: SpeedResult | None  # over the pair's epochs
+    by_processes: bool = False  # its group's speed is judged over processes instead
+
+
+@dataclass(frozen=True)
+class GroupSpeed:
+    """A stage x backend x device group's speed over processes: each cell's median samples/s
+    one sample. The process, not the epoch, is the unit that replicates a run's speed."""
+
+    group: str
+    speed: SpeedResult
+
+
+def process_medians(cells: Iterable[CellData]) -> list[float]:
+    return [float(np.median(c.rates)) for c in cells if c.rates]
+
+
+def group_speed(
+    group: str, pairs: list[tuple[CellData, CellData]], settings: Settings
+) -> GroupSpeed | None:
+    """The group's speed over processes, or None where the exact test could not reach alpha
+    with its processes (fewer than 5 a side at 0.01): then each cell is judged on its epochs
+    against the run-noise floor."""
+    base = process_medians(b for b, _ in pairs)
+    cand = process_medians(c for _, c in pairs)
+    if min_exact_p(len(base), len(cand)) > settings.alpha:
+        return None
+    result = speed_test(base, cand, settings)
+    return None if result is None else GroupSpeed(group, result)
+
+
+def _group_of(key: CellKey) -> str:
+    return "/".join(str(p) for p in key[:3])
 
 
 @dataclass
@@ -333,6 +378,7 @@ class Comparison:
     candidate: Side
     settings: Settings
     pairs: list[PairResult]
+    groups: list[GroupSpeed]
     accuracy: list[AccuracyResult]
     unpaired_base: list[CellKey]
     unpaired_cand: list[CellKey]
@@ -401,19 +447,69 @@ def _speed_flags(side: Side, role: str, cells: Iterable[CellData]) -> list[str]:
     return flags
 
 
+def _speed_lines(
+    pairs: list[PairResult], groups: list[GroupSpeed], settings: Settings
+) -> tuple[list[str], list[str], list[str]]:
+    """Speed's regressions, slowdowns within the run noise, and cells with too few samples:
+    per group over processes where it has enough, else per cell over its epochs against the
+    run-noise floor."""
+    regressions: list[str] = []
+    within_noise: list[str] = []
+    too_few: list[str] = []
+    for group in groups:
+        s = group.speed
+        if s.verdict == "regression":
+            regressions.append(
+                f"speed {group.group} over {s.n_base} vs {s.n_cand} processes:"
+                f" {s.slowdown:.1%} slower (ratio {s.ratio:.3f}, 95% CI {s.ci_low:.3f}-"
+                f"{s.ci_high:.3f}, p = {s.p_value:.2g})"
+            )
+    for pair in (p for p in pairs if not p.by_processes):
+        name, speed = cell_name(pair.key), pair.speed
+        if speed is None:
+            too_few.append(f"{name}: no throughput samples")
+        elif speed.verdict == "too few samples":
+            too_few.append(
+                f"{name}: too few samples ({speed.n_base} vs {speed.n_cand} epochs after the"
+                f" first) for p < {settings.alpha:g}"
+            )
+        elif speed.verdict == "within run noise":
+            within_noise.append(
+                f"{name}: {speed.slowdown:.1%} slower (p = {speed.p_value:.2g} over its epochs),"
+                f" within the {settings.run_noise:.0%} that one process's speed can move with"
+                " nothing changed (--run-noise); judge over processes: 5+ seeds a side"
+            )
+        elif speed.verdict == "regression":
+            regressions.append(
+                f"speed {name}: {speed.slowdown:.1%} slower (ratio {speed.ratio:.3f}, 95% CI"
+                f" {speed.ci_low:.3f}-{speed.ci_high:.3f}, p = {speed.p_value:.2g}; beyond the"
+                f" {settings.run_noise:.0%} run noise)"
+            )
+    return regressions, within_noise, too_few
+
+
 def compare(baseline: Side, candidate: Side, settings: Settings) -> Comparison:
     """Pair the cells by stage, backend, device and seed, and judge each pair and group."""
     keys = [k for k in baseline.cells if k in candidate.cells]
     matched = [(baseline.cells[k], candidate.cells[k]) for k in keys]
     hardware = _fingerprint_changes(matched, "hardware")
+    by_group: dict[str, list[tuple[CellData, CellData]]] = {}
+    for b, c in matched:
+        by_group.setdefault(_group_of(b.key), []).append((b, c))
+    found = (group_speed(name, members, settings) for name, members in by_group.items())
+    groups = [g for g in found if g is not None]
+    over_processes = {g.group for g in groups}
     pairs = [
-        PairResult(k, b, c, speed_test(b.rates, c.rates, settings))
+        PairResult(
+            k,
+            b,
+            c,
+            speed_test(b.rates, c.rates, settings, floor=settings.run_noise),
+            by_processes=_group_of(k) in over_processes,
+        )
         for k, (b, c) in zip(keys, matched, strict=True)
     ]
-    groups: dict[str, list[tuple[CellData, CellData]]] = {}
-    for b, c in matched:
-        groups.setdefault("/".join(str(p) for p in b.key[:3]), []).append((b, c))
-    accuracy = [accuracy_test(group, settings) for group in groups.values()]
+    accuracy = [accuracy_test(members, settings) for members in by_group.values()]
 
     inconclusive: list[str] = []
     if hardware:
@@ -424,25 +520,17 @@ def compare(baseline: Side, candidate: Side, settings: Settings) -> Comparison:
     if not settings.allow_busy:
         inconclusive += flags
     regressions = [f"accuracy {a.group}: {a.detail}" for a in accuracy if a.verdict == "regression"]
-    for pair in pairs:
-        if pair.speed is None:
-            inconclusive.append(f"{cell_name(pair.key)}: no throughput samples")
-        elif pair.speed.verdict == "too few samples":
-            inconclusive.append(
-                f"{cell_name(pair.key)}: too few samples ({pair.speed.n_base} vs"
-                f" {pair.speed.n_cand} epochs after the first) for p < {settings.alpha:g}"
-            )
-        elif pair.speed.verdict == "regression" and speed_judged:
-            regressions.append(
-                f"speed {cell_name(pair.key)}: {pair.speed.slowdown:.1%} slower"
-                f" (ratio {pair.speed.ratio:.3f}, 95% CI {pair.speed.ci_low:.3f}-"
-                f"{pair.speed.ci_high:.3f}, p = {pair.speed.p_value:.2g})"
-            )
+    slower, within_noise, too_few = _speed_lines(pairs, groups, settings)
+    if speed_judged:
+        regressions += slower
+        inconclusive += within_noise
+    inconclusive += too_few
     return Comparison(
         baseline=baseline,
         candidate=candidate,
         settings=settings,
         pairs=pairs,
+        groups=groups,
         accuracy=accuracy,
         unpaired_base=[k for k in baseline.cells if k not in candidate.cells],
         unpaired_cand=[k for k in candidate.cells if k not in baseline.cells],
@@ -463,44 +551,73 @@ def _rate(value: float) -> str:
     return f"{value:,.0f}"
 
 
+def _speed_columns(speed: SpeedResult | None) -> dict[str, str]:
+    return {
+        "samples_per_s_base": "-" if speed is None else _rate(speed.base_median),
+        "samples_per_s_cand": "-" if speed is None else _rate(speed.cand_median),
+        "ratio": "-" if speed is None else f"{speed.ratio:.3f}",
+        "ci95_low": "-" if speed is None else f"{speed.ci_low:.3f}",
+        "ci95_high": "-" if speed is None else f"{speed.ci_high:.3f}",
+        "p_value": "-" if speed is None else f"{speed.p_value:.2g}",
+        "n": "-" if speed is None else f"{speed.n_base}/{speed.n_cand}",
+        "detectable_slowdown": "-" if speed is None else _pct(speed.detectable),
+        "speed": "-" if speed is None else speed.verdict,
+    }
+
+
+def group_rows(comparison: Comparison) -> list[dict[str, str]]:
+    """One row per group judged over processes (n: processes a side)."""
+    return [{"group": g.group, **_speed_columns(g.speed)} for g in comparison.groups]
+
+
 def table_rows(comparison: Comparison) -> list[dict[str, str]]:
-    """One row per paired cell: the figures the table, the CSV and the plot show."""
+    """One row per paired cell: the figures the table, the CSV and the plot show (n: epochs
+    after the first a side). A cell of a group judged over processes shows its epochs' figures
+    for information; its group's row carries the verdict."""
     accuracy = {a.group: a for a in comparison.accuracy}
     rows = []
     for pair in comparison.pairs:
-        group = "/".join(str(p) for p in pair.key[:3])
+        group = _group_of(pair.key)
         speed = pair.speed
+        columns = _speed_columns(speed)
+        if pair.by_processes:
+            columns["speed"] = "by group"
         row = {
             "cell": cell_name(pair.key),
             "outcome": pair.base.outcome
             if pair.base.outcome == pair.cand.outcome
             else f"{pair.base.outcome}->{pair.cand.outcome}",
-            "test_acc_base": "-"
-            if pair.base.test_accuracy is None
-            else f"{pair.base.test_accuracy:.4f}",
-            "test_acc_cand": "-"
-            if pair.cand.test_accuracy is None
-            else f"{pair.cand.test_accuracy:.4f}",
+            "test_acc_base": _optional(pair.base.test_accuracy),
+            "test_acc_cand": _optional(pair.cand.test_accuracy),
             "accuracy_check": f"{accuracy[group].method}: {accuracy[group].verdict}",
-            "samples_per_s_base": "-" if speed is None else _rate(speed.base_median),
-            "samples_per_s_cand": "-" if speed is None else _rate(speed.cand_median),
-            "ratio": "-" if speed is None else f"{speed.ratio:.3f}",
-            "ci95_low": "-" if speed is None else f"{speed.ci_low:.3f}",
-            "ci95_high": "-" if speed is None else f"{speed.ci_high:.3f}",
-            "p_value": "-" if speed is None else f"{speed.p_value:.2g}",
-            "n": "-" if speed is None else f"{speed.n_base}/{speed.n_cand}",
-            "detectable_slowdown": "-" if speed is None else _pct(speed.detectable),
-            "speed": "-" if speed is None else speed.verdict,
+            **columns,
         }
         rows.append(row)
     return rows
 
 
 def csv_text(comparison: Comparison) -> str:
+    """The cell rows (level `epochs`) and the group rows (level `processes`, the group's name
+    in the cell column) as one CSV."""
     import csv
     import io
 
-    rows = table_rows(comparison)
+    accuracy = {a.group: a for a in comparison.accuracy}
+    rows = [{**row, "level": "epochs"} for row in table_rows(comparison)]
+    for group in group_rows(comparison):
+        name = group.pop("group")
+        check = accuracy[name]
+        rows.append(
+            {
+                "cell": name,
+                "outcome": "-",
+                "test_acc_base": _optional(check.base_mean),
+                "test_acc_cand": _optional(check.cand_mean),
+                "accuracy_check": f"{check.method}: {check.verdict}",
+                **group,
+                "level": "processes",
+            }
+        )
     out = io.StringIO()
     if rows:
         writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
@@ -509,10 +626,36 @@ def csv_text(comparison: Comparison) -> str:
     return out.getvalue()
 
 
+def _optional(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def _changes_lines(title: str, found: dict[str, tuple[str, str]]) -> list[str]:
     if not found:
         return [f"{title}: none"]
     return [f"{title}:"] + [f"  {k}: {old} -> {new}" for k, (old, new) in found.items()]
+
+
+SPEED_HEADER = ("samples/s b -> c", "ratio [95% CI]", "p", "n b/c", "detectable", "speed")
+
+
+def _speed_cells(row: dict[str, str]) -> tuple[str, ...]:
+    return (
+        f"{row['samples_per_s_base']} -> {row['samples_per_s_cand']}",
+        f"{row['ratio']} [{row['ci95_low']}, {row['ci95_high']}]",
+        row["p_value"],
+        row["n"],
+        row["detectable_slowdown"],
+        row["speed"],
+    )
+
+
+def _aligned(header: tuple[str, ...], body: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+    return [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in [header, tuple("-" * w for w in widths), *body]
+    ]
 
 
 def report_text(comparison: Comparison) -> str:
@@ -527,43 +670,33 @@ def report_text(comparison: Comparison) -> str:
         *_changes_lines("hardware that differs", c.hardware_changes),
         "",
     ]
-    header = (
-        "cell",
-        "outcome",
-        "test acc b/c",
-        "accuracy",
-        "samples/s b -> c",
-        "ratio [95% CI]",
-        "p",
-        "n b/c",
-        "detectable",
-        "speed",
-    )
+    header = ("cell", "outcome", "test acc b/c", "accuracy", *SPEED_HEADER)
     body = [
         (
             r["cell"],
             r["outcome"],
             f"{r['test_acc_base']}/{r['test_acc_cand']}",
             r["accuracy_check"],
-            f"{r['samples_per_s_base']} -> {r['samples_per_s_cand']}",
-            f"{r['ratio']} [{r['ci95_low']}, {r['ci95_high']}]",
-            r["p_value"],
-            r["n"],
-            r["detectable_slowdown"],
-            r["speed"],
+            *_speed_cells(r),
         )
         for r in table_rows(c)
     ]
-    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
-    for row in [header, tuple("-" * w for w in widths), *body]:
-        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    lines += _aligned(header, body)
     lines.append(
-        f"speed: one-sided Mann-Whitney U on samples/s per epoch after the first, p < {s.alpha:g}"
-        f" and a slowdown beyond {s.max_slowdown:.0%}; detectable: the smallest slowdown the"
-        f" cell's noise lets the test see with {POWER:.0%} power (the noise between its"
-        " epochs: one run a side cannot show the run-to-run noise, which the A/A study in the"
-        " README found up to 25% on a quiet shared VM)"
+        f"speed per cell: one-sided Mann-Whitney U on samples/s per epoch after the first;"
+        f" a regression needs p < {s.alpha:g} and a slowdown beyond {s.max_slowdown:.0%} and"
+        f" beyond the run noise {s.run_noise:.0%} (--run-noise: how far one process's speed"
+        " moves with nothing changed, which one process a side cannot show); detectable: the"
+        f" smallest slowdown the epochs' noise lets the test see with {POWER:.0%} power"
     )
+    if c.groups:
+        lines += ["", "speed over processes (each cell's median samples/s one sample):"]
+        body = [(r["group"], *_speed_cells(r)) for r in group_rows(c)]
+        lines += _aligned(("group", *SPEED_HEADER), body)
+        lines.append(
+            f"a group regresses with p < {s.alpha:g} and a slowdown beyond {s.max_slowdown:.0%}"
+            " (no run-noise floor: the processes show that noise); n: processes a side"
+        )
     for key in c.unpaired_base:
         lines.append(f"unpaired: {cell_name(key)} only in the baseline")
     for key in c.unpaired_cand:

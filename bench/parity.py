@@ -1,7 +1,8 @@
-"""Parity check: both backends train the same stage from the same seed, step by step.
+"""Parity check: every backend trains the same stage from the same seed, step by step, and
+every pair of them is compared.
 
 In parity mode the dropout masks come from numpy and the optimizer updates are written out op by
-op in the same order in both backends, so any difference is floating-point rounding (matmul
+op in the same order in every backend, so any difference is floating-point rounding (matmul
 summation order, library kernels) and how chaos amplifies it. In float32 the products, sums and
 loss are by default computed in float64 and rounded once (Settings.parity_accumulate), so that
 the check sees the float32 parameters, gradients and updates, not the kernels' summation order;
@@ -10,7 +11,9 @@ the check sees the float32 parameters, gradients and updates, not the kernels' s
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -23,7 +26,6 @@ from bench.matrix import Executor, run_alone
 from bench.runner import Cell, CellResult, RunOptions
 from bench.spec import MNIST_TRAIN
 
-PARITY_BACKENDS = ("tensorflow", "torch")
 # (window of first steps, largest relative loss difference allowed there), per dtype.
 TOLERANCES: dict[str, tuple[int, float]] = {"float32": (50, 1e-5), "float64": (550, 1e-9)}
 WINDOWS = (1, 10, 50)
@@ -129,6 +131,8 @@ def weights_difference(a: list[np.ndarray], b: list[np.ndarray]) -> float:
 
 def compare(stage: str, options: RunOptions, results: dict[str, CellResult]) -> ParityReport:
     """Compare two runs (named by backend, or by backend/device) of the same stage and seed."""
+    if len(results) != 2:
+        raise ValueError(f"parity compares two runs at a time, not {len(results)}")
     first, second = results.values()
     n = min(len(first.step_losses), len(second.step_losses))
     window, tolerance = TOLERANCES[options.dtype]
@@ -170,16 +174,29 @@ def parity_options(
 
 
 def run_parity(
-    stage: str, device: str, seed: int, options: RunOptions, executor: Executor
-) -> ParityReport:
-    """Train each backend in its own process, then compare them."""
+    stage: str,
+    device: str,
+    seed: int,
+    options: RunOptions,
+    executor: Executor,
+    backends: Sequence[str],
+) -> list[ParityReport]:
+    """Train each backend once, in its own process, then compare every pair of them."""
+    if len(backends) < 2:
+        raise BenchError(
+            f"parity compares backends, and only {', '.join(backends) or 'none'} is installed;"
+            " install a second (nox -s bench installs every one)"
+        )
     results: dict[str, CellResult] = {}
-    for backend in PARITY_BACKENDS:
+    for backend in backends:
         run = run_alone(Cell(stage, backend, device, seed), options, executor)  # type: ignore[arg-type]
         if run.result is None:
             raise BenchError(f"parity: the {backend} run failed: {run.error}")
         results[backend] = run.result
-    return compare(stage, options, results)
+    return [
+        compare(stage, options, {a: results[a], b: results[b]})
+        for a, b in itertools.combinations(backends, 2)
+    ]
 
 
 def write_curve(report: ParityReport, folder: Path) -> list[Path]:
@@ -203,7 +220,9 @@ def _plot(report: ParityReport, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     steps = np.arange(1, report.steps + 1)
     floor = np.finfo(np.float64).eps / 2
-    ax.semilogy(steps, np.maximum(report.rel_diff, floor), lw=0.8, label="|tf - torch| / |torch|")
+    a, b = report.losses
+    label = f"|{a} - {b}| / |{b}|"
+    ax.semilogy(steps, np.maximum(report.rel_diff, floor), lw=0.8, label=label)
     ax.axhline(report.tolerance, color="red", ls="--", label=f"tolerance {report.tolerance:.0e}")
     ax.axvline(report.checked, color="gray", ls=":", label=f"first {report.checked} steps")
     ax.set(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 import sys
 import tempfile
 import time
@@ -28,8 +29,9 @@ from bench.stats import summarize
 from bench.tracking import INVOCATION_TAG, Tracker
 from bench.ui import run_url
 
-# The kinds of parent run a report is made for (the tag `kind` of an invocation's run).
-PARENT_KINDS = ("matrix", "perf", "parity")
+# The kinds of parent run a report is made for (the tag `kind` of an invocation's run). A
+# comparison has no cells: its report is its verdict, its table (compare.txt) and its plot.
+PARENT_KINDS = ("matrix", "perf", "parity", "comparison")
 HISTORY_KEYS = ("train_loss", "val_accuracy", "epoch_seconds")
 # `mlflow ui` and `mlflow server` listen here unless told otherwise.
 # Artifacts of a parent run that the report shows as they are (perf's table, parity's curve).
@@ -424,6 +426,13 @@ def _summary_line(invocation: Invocation) -> str:
         words.append("speed stable" if stable else "**speed NOT stable** (timings suspect)")
     if invocation.kind == "parity" and "passed" in invocation.tags:
         words.append("parity " + ("passed" if invocation.tags["passed"] == "true" else "FAILED"))
+    if invocation.kind == "comparison":
+        tags = invocation.tags
+        words.append(f"verdict **{tags.get('verdict', '?')}** (exit {tags.get('exit_code', '?')})")
+        for side in ("baseline", "candidate"):
+            if side in tags:
+                url = run_url(invocation.tracking_uri, invocation.experiment_id, tags[side])
+                words.append(f"{side} [{tags[side]}]({url})")
     return " · ".join(words)
 
 
@@ -459,9 +468,10 @@ def description(invocation: Invocation, report_dir: Path | None = None) -> str:
     facts = [
         f"- command: `python -m bench {command}`" if command else "- command: -",
         f"- commit: `{commit}`{dirty}",
-        f"- machine: {_machine(invocation)}",
+        f"- machine: {_machine(invocation)}" if invocation.cells else "",
         f"- store: `{invocation.tracking_uri}`, run `{invocation.run_id}`",
     ]
+    facts = [fact for fact in facts if fact]  # a comparison has no cells, so no machine
     if report_dir is not None:
         facts.append(f"- report: `{report_dir / 'report.html'}` (also this run's artifact)")
     parts.append("\n".join(facts))
@@ -506,6 +516,11 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _plain(markdown: str) -> str:
+    """A Markdown line as text: no emphasis, a link as its words."""
+    return re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", markdown.replace("**", ""))
+
+
 def report_html(report: Report) -> str:
     """One self-contained page: the description's facts, the table, every image inline."""
     inv = report.invocation
@@ -513,7 +528,7 @@ def report_html(report: Report) -> str:
     title = f"mlp-bench {inv.kind} {inv.name}"
     body = [
         f"<h1>{html.escape(title)}</h1>",
-        f"<p>{html.escape(_summary_line(inv).replace('**', ''))}</p>",
+        f"<p>{html.escape(_plain(_summary_line(inv)))}</p>",
         f'<p><a href="{html.escape(url)}">Open in the MLflow UI</a> (run {inv.run_id})</p>',
     ]
     if report.rows:

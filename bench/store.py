@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import socket
 import sqlite3
@@ -21,6 +22,7 @@ from typing import Any
 from bench import interrupts
 from bench.errors import BenchError, StoreUnwritable
 
+_log = logging.getLogger(__name__)
 RESULTS_DIR = Path("results")
 STORE_RETRY_ENV = "MLP_BENCH_STORE_RETRY_S"
 DEFAULT_STORE_RETRY_S = 60.0
@@ -71,9 +73,10 @@ def _check_sqlite(database: Path, uri: str) -> None:
 
 @contextlib.contextmanager
 def opening(uri: str) -> Iterator[None]:
-    """Check a SQLite store, then hold its folder's lock while MLflow creates or migrates the
-    schema and finds or creates the experiment: two invocations starting together on a new
-    store raced there (`duplicate column name: step`)."""
+    """Check a SQLite store, then hold its folder's lock while its artifact locations are
+    rebased (a moved store) and MLflow creates or migrates the schema and finds or creates the
+    experiment: two invocations starting together on a new store raced there (`duplicate
+    column name: step`)."""
     database = sqlite_path(uri)
     if database is None:
         yield
@@ -84,9 +87,56 @@ def opening(uri: str) -> Iterator[None]:
         # A filesystem without flock (some network mounts) opens without the lock.
         with contextlib.suppress(OSError):
             fcntl.flock(folder, fcntl.LOCK_EX)
+        for line in rebase_artifacts(database):
+            _log.info("store moved: %s", line)
         yield
     finally:
         os.close(folder)
+
+
+ARTIFACTS = "artifacts"  # a SQLite store's artifacts live in this folder beside it
+
+
+def rebase_artifacts(database: Path) -> list[str]:
+    """Point a moved or copied SQLite store at its own artifacts folder again.
+
+    MLflow records absolute artifact locations (a relative one is resolved when the experiment
+    is made), so a `results/` moved or copied elsewhere still points at the old folder: reports
+    and compare failed to read, or a copy wrote into its original. The convention here is that
+    a store's artifacts are `<its folder>/artifacts`; an experiment whose local location is
+    another `.../artifacts` folder that is gone, or whose store brought its own, is rewritten
+    there, with its runs. Others (a server's, s3://, MLflow's default mlruns/) are left alone.
+    Returns one line per experiment rewritten."""
+    root = (database.parent / ARTIFACTS).resolve()
+    with contextlib.closing(sqlite3.connect(database, timeout=_SQLITE_BUSY_S)) as connection:
+        try:
+            found = connection.execute(
+                "SELECT experiment_id, name, artifact_location FROM experiments"
+            ).fetchall()
+        except sqlite3.OperationalError:  # a new store: MLflow has not made its tables yet
+            return []
+        moved = []
+        with connection:  # one transaction: all experiments rewritten, or none
+            for experiment_id, name, location in found:
+                old = _local_folder(location)
+                if old is None or old.name != ARTIFACTS or old == root:
+                    continue
+                if old.exists() and not root.exists():
+                    continue  # this store never had a folder of its own: nothing to point at
+                new = root.as_uri()
+                connection.execute(
+                    "UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
+                    (new, experiment_id),
+                )
+                # The runs' URIs start with the old location (prefix compared as text: a
+                # path's own % or _ would be wildcards to LIKE).
+                connection.execute(
+                    "UPDATE runs SET artifact_uri = ? || substr(artifact_uri, length(?) + 1)"
+                    " WHERE experiment_id = ? AND substr(artifact_uri, 1, length(?)) = ?",
+                    (new, location, experiment_id, location, location),
+                )
+                moved.append(f"experiment {name!r}: artifacts {location} -> {new}")
+        return moved
 
 
 def check_artifact_root(location: str | None, experiment: str) -> None:

@@ -70,7 +70,7 @@ def _artifact_location(uri: str) -> str | None:
     database = store.sqlite_path(uri)
     if database is None:
         return None
-    return (database.parent / "artifacts").resolve().as_uri()
+    return (database.parent / store.ARTIFACTS).resolve().as_uri()
 
 
 def _quiet_mlflow() -> None:

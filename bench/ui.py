@@ -37,7 +37,9 @@ def ui_base(tracking_uri: str, port: int = UI_PORT) -> str:
     return f"http://{UI_HOST}:{port}"
 
 
-def cells_url(tracking_uri: str, experiment_id: str, invocation: str | None = None) -> str:
+def cells_url(
+    tracking_uri: str, experiment_id: str, invocation: str | None = None, port: int = UI_PORT
+) -> str:
     """The experiment's runs view filtered to cells (one invocation's, if given)."""
     search = CELLS_FILTER
     if invocation:
@@ -51,7 +53,7 @@ def cells_url(tracking_uri: str, experiment_id: str, invocation: str | None = No
             "lifecycleFilter": "Active",
         }
     )
-    return f"{ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs?{query}"
+    return f"{ui_base(tracking_uri, port)}/#/experiments/{experiment_id}/runs?{query}"
 
 
 def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:

@@ -1,11 +1,19 @@
 """The A/A study of `bench compare`: pairs of real short runs that differ in nothing (same
 commit, same options, seed 0), each pair compared; every exit 1 is a false alarm.
 
-    python -m tests.aa_study --pairs 20 [--epochs 6] [--store DIR] [--chain]
+    python -m tests.aa_study --pairs 20 [--seeds 5] [--epochs 4] [--store DIR] [--chain]
+    python -m tests.aa_study --rejudge [--store DIR]
+
+--seeds K: each run trains seeds 0..K-1, one process each, so that compare judges speed over
+processes (K >= 5: an exact Mann-Whitney test over 5 vs 5 processes can reach p < 0.01); with
+--seeds 1 it judges one process a side against the run-to-run noise floor (--run-noise).
 
 --chain pairs each run with the next (run i against run i + 1): N pairs from N + 1 runs instead
 of 2N, for a machine where a run takes minutes. The rate stays unbiased; its pairs share runs,
 so it is less certain than the same count of disjoint pairs.
+
+--rejudge compares every recorded pair again with the current `bench compare` (the runs stay):
+the study's hour of training is not repeated when only the judgement changed.
 
 Each pair is compared twice: as CI would (default settings: a run flagged speed_stable false
 makes it inconclusive, exit 3) and with --allow-busy (the statistics alone, judged whatever the
@@ -32,9 +40,10 @@ def _newest_parent(uri: str) -> Any:
     return max(runs, key=lambda r: r.info.start_time)
 
 
-def _one_run(uri: str, epochs: int, tag: str) -> dict[str, str]:
+def _one_run(uri: str, epochs: int, seeds: int, tag: str) -> dict[str, str]:
+    args = ("--epochs", str(epochs), "--seeds", str(seeds), "--tag", f"aa={tag}")
     done = subprocess.run(
-        run_command(uri, "--epochs", str(epochs), "--tag", f"aa={tag}", "--cell-timeout", "3600"),
+        run_command(uri, *args, "--cell-timeout", "3600"),
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -88,10 +97,25 @@ def _summary(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _judge(uri: str, row: dict[str, Any]) -> None:
+    a, b = row["a"]["run_id"], row["b"]["run_id"]
+    row["default"] = _compare(uri, a, b)
+    row["allow_busy"] = _compare(uri, a, b, "--allow-busy")
+
+
+def _rejudge(uri: str, rows: list[dict[str, Any]], log: Path) -> None:
+    for row in rows:
+        _judge(uri, row)
+        print(f"pair {row['pair']}: exit {row['default']}, {row['allow_busy']}", flush=True)
+    log.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=20)
-    parser.add_argument("--epochs", type=int, default=6, help="6: 5 samples a side, p >= 1/252")
+    parser.add_argument("--seeds", type=int, default=5, help="processes a side (5: p >= 1/252)")
+    parser.add_argument("--epochs", type=int, default=4, help="the first is warm-up")
+    parser.add_argument("--rejudge", action="store_true", help="compare the recorded pairs again")
     parser.add_argument("--store", type=Path, default=ROOT / "results" / "aa_study")
     parser.add_argument("--chain", action="store_true", help="pair each run with the next")
     args = parser.parse_args()
@@ -100,23 +124,26 @@ def main() -> None:
     log = args.store / "aa_study.jsonl"
     rows = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     print(f"store {uri}; {len(rows)} pair(s) already in {log}", flush=True)
+    if args.rejudge:
+        _rejudge(uri, rows, log)
+        print(_summary(rows))
+        return
     while len(rows) < args.pairs:
         index = len(rows)
         load = os.getloadavg()[0]
         start = time.monotonic()
         chained = args.chain and rows and rows[-1].get("chain")
-        a = rows[-1]["b"] if chained else _one_run(uri, args.epochs, f"{index}a")
-        b = _one_run(uri, args.epochs, f"{index}b")
+        a = rows[-1]["b"] if chained else _one_run(uri, args.epochs, args.seeds, f"{index}a")
+        b = _one_run(uri, args.epochs, args.seeds, f"{index}b")
         row = {
             "pair": index,
             "chain": args.chain,
             "load_1m": load,
             "a": a,
             "b": b,
-            "default": _compare(uri, a["run_id"], b["run_id"]),
-            "allow_busy": _compare(uri, a["run_id"], b["run_id"], "--allow-busy"),
             "seconds": round(time.monotonic() - start),
         }
+        _judge(uri, row)
         rows.append(row)
         with log.open("a") as out:
             out.write(json.dumps(row) + "\n")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backends import BACKENDS, is_installed
+from backends import BACKENDS, is_installed, load_backend
 from bench.data import DATA_DIR_ENV, MnistSplits, load_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,13 +65,8 @@ def backend_params() -> list[object]:
 
 
 def gpu_available(backend: str) -> bool:
-    if backend == "torch":
-        import torch
-
-        return bool(torch.cuda.is_available())
-    import tensorflow as tf
-
-    return bool(tf.config.list_physical_devices("GPU"))
+    """Whether the backend's framework sees a GPU (its own visible_gpus, as the harness asks)."""
+    return load_backend(backend).visible_gpus() > 0
 
 
 def device_params() -> list[object]:

@@ -770,6 +770,15 @@ def test_reproduce_of_an_invalid_recorded_stage_blames_the_record(tmp_path: Path
     assert "fix the stage file" not in done.stderr
 
 
+def test_parity_refuses_fewer_than_two_backends(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    one = installed_backends()[0]
+    done = bench("parity", "--stage", "adam", "--backend", one, "--tracking-uri", uri)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert f"parity needs two backends or more, not {one}" in done.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
 @pytest.mark.skipif(len(installed_backends()) < 2, reason="parity needs both backends")
 def test_parity_names_the_steps_it_checked(tmp_path: Path) -> None:
     """Issue 9, item 14: after 20 steps the verdict said "first 50 steps"."""

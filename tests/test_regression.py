@@ -1,18 +1,20 @@
 """The regression test: every stage, every installed backend, the full 30 epochs on CPU.
 
 Each cell must meet its stage file's expectation (a minimum test accuracy, or for relu-normal
-that it does not learn), and the two frameworks' mean accuracies per stage must agree within
-what their seed-to-seed noise allows. Cells run in their own processes, as `bench run` runs them.
+that it does not learn), and every pair of frameworks' mean accuracies per stage must agree
+within what their seed-to-seed noise allows. Cells run in their own processes, as `bench run`
+runs them.
 """
 
 from __future__ import annotations
 
+import itertools
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from backends import BACKENDS, installed_backends
+from backends import BACKENDS, is_installed
 from bench.matrix import LocalExecutor
 from bench.runner import Cell, CellResult, RunOptions, available_cores
 from bench.spec import STAGE_NAMES, load_stage
@@ -56,15 +58,29 @@ def test_stage_meets_its_expectation_on_every_seed(stage: str, backend: str) -> 
         )
 
 
-@pytest.mark.skipif(len(installed_backends()) < len(BACKENDS), reason="needs both backends")
+def backend_pairs() -> list[object]:
+    """Every pair of registered backends; a pair with one framework missing is skipped."""
+    return [
+        pytest.param(
+            pair,
+            id="-vs-".join(pair),
+            marks=pytest.mark.skipif(
+                not all(is_installed(name) for name in pair), reason="needs both of the pair"
+            ),
+        )
+        for pair in itertools.combinations(BACKENDS, 2)
+    ]
+
+
+@pytest.mark.parametrize("pair", backend_pairs())
 @pytest.mark.parametrize("stage", [s for s in STAGE_NAMES if s != "relu-normal"])
-def test_frameworks_agree_within_seed_noise(stage: str) -> None:
-    tf, torch = (summarize([r.test_accuracy for r in results(stage, name)]) for name in BACKENDS)
-    assert tf is not None and torch is not None
-    gap = abs(tf.mean - torch.mean)
+def test_frameworks_agree_within_seed_noise(stage: str, pair: tuple[str, str]) -> None:
+    a, b = (summarize([r.test_accuracy for r in results(stage, name)]) for name in pair)
+    assert a is not None and b is not None
+    gap = abs(a.mean - b.mean)
     # Floor: one test image (0.01 points), so identical runs on both sides cannot divide by 0.
-    allowed = T_BOUND * max(combined_noise(tf, torch), 1e-4)
+    allowed = T_BOUND * max(combined_noise(a, b), 1e-4)
     assert gap <= allowed, (
-        f"{stage}: tensorflow {100 * tf.mean:.2f}% vs torch {100 * torch.mean:.2f}% differ by "
+        f"{stage}: {pair[0]} {100 * a.mean:.2f}% vs {pair[1]} {100 * b.mean:.2f}% differ by "
         f"{100 * gap:.2f} points; their noise allows {100 * allowed:.2f}"
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import sqlite3
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -158,6 +160,47 @@ def test_report_command_regenerates_it(recorded: Recorded, tmp_path: Path) -> No
     columns = json.loads((out / "cells.json").read_text())
     assert sorted(columns["backend"]) == sorted(installed_backends())
     assert (out / "description.md").read_text().startswith("**matrix** run")
+
+
+def _artifact_roots(database: Path) -> set[str]:
+    with sqlite3.connect(database) as connection:
+        return {
+            uri.split("/artifacts/")[0] + "/artifacts"
+            for (uri,) in connection.execute("SELECT artifact_uri FROM runs")
+        }
+
+
+@pytest.mark.parametrize("how", ["moved", "copied"])
+def test_a_moved_or_copied_store_reads_and_writes_its_own_artifacts(
+    recorded: Recorded, tmp_path: Path, how: str
+) -> None:
+    """results/ copied to another machine (or beside itself): MLflow recorded absolute
+    artifact paths, so the copy is pointed at its own artifacts folder when a bench command
+    opens it, and the original is left as it was."""
+    source = tmp_path / "source"
+    shutil.copytree(recorded.folder, source)  # a store of its own, as a run left it
+    bench("report", recorded.parent.info.run_id, "--tracking-uri", f"sqlite:///{source}/mlflow.db")
+    assert _artifact_roots(source / "mlflow.db") == {(source / "artifacts").as_uri()}
+    target = tmp_path / "elsewhere" / "results"
+    target.parent.mkdir()
+    if how == "moved":
+        source.rename(target)
+    else:
+        shutil.copytree(source, target)
+    uri = f"sqlite:///{target}/mlflow.db"
+    run_id = recorded.parent.info.run_id
+    done = bench("report", run_id, "--tracking-uri", uri)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"store moved: experiment 'mnist-tutorial': artifacts {source.as_uri()}/artifacts" in (
+        done.stdout
+    )
+    assert _artifact_roots(target / "mlflow.db") == {(target / "artifacts").as_uri()}
+    names = {a.path for a in client(uri).list_artifacts(recorded.cells[0].info.run_id)}
+    assert "step_losses.csv" in names  # read from the copy's own folder
+    if how == "copied":  # the original still points at its own
+        assert _artifact_roots(source / "mlflow.db") == {(source / "artifacts").as_uri()}
+    again = bench("report", run_id, "--tracking-uri", uri)
+    assert "store moved" not in again.stdout  # once only
 
 
 @pytest.mark.parametrize("which", ["unknown", "cell"])

@@ -102,6 +102,18 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def _wait_for_port(server: subprocess.Popen[bytes], port: int) -> None:
+    deadline = time.monotonic() + PATIENCE_S
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert server.poll() is None, "the UI exited"
+            assert time.monotonic() < deadline, "the UI did not start"
+            time.sleep(0.5)
+
+
 @pytest.fixture(scope="module")
 def recorded_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[str]]:
     """A real run of every installed backend on relu-xavier (2 epochs: the second gives
@@ -131,15 +143,7 @@ def served(recorded_run: tuple[str, list[str]]) -> Iterator[tuple[int, list[str]
     command[command.index("--port") + 1] = str(port)
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + PATIENCE_S
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert server.poll() is None, "mlflow ui exited"
-                assert time.monotonic() < deadline, "mlflow ui did not start"
-                time.sleep(0.5)
+        _wait_for_port(server, port)
         yield port, lines
     finally:
         server.terminate()
@@ -180,3 +184,49 @@ def test_the_printed_urls_show_the_cells_and_the_parents_report(
             page.screenshot(path=str(SCREENSHOTS / "parent.png"), full_page=True)
         finally:
             browser.close()
+
+
+def test_bench_ui_serves_a_copied_store_with_its_artifacts(
+    recorded_run: tuple[str, list[str]], tmp_path: Path
+) -> None:
+    """results/ copied to another place (as to another machine): `bench ui` points the copy at
+    its own artifacts and serves them; the parent's report.html comes back over HTTP."""
+    import urllib.request
+
+    uri, lines = recorded_run
+    parent = lines[0].removeprefix("recorded as parent run ").strip()
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(Path(uri.removeprefix("sqlite:///")).parent, copy)
+    port = _free_port()
+    log = tmp_path / "ui.log"
+    command = bench_command("ui", "--tracking-uri", f"sqlite:///{copy}/mlflow.db")
+    with log.open("wb") as out:  # a file, not a pipe: the server's workers inherit it
+        server = subprocess.Popen([*command, "--port", str(port)], cwd=ROOT, stdout=out, stderr=out)
+    try:
+        _wait_for_port(server, port)
+        url = f"http://127.0.0.1:{port}/get-artifact?path=report.html&run_uuid={parent}"
+        with urllib.request.urlopen(url, timeout=PATIENCE_S) as answer:
+            assert answer.status == 200
+            assert "<!DOCTYPE html>" in answer.read().decode()
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    output = log.read_text()
+    assert "store moved: experiment 'mnist-tutorial'" in output
+    assert f":{port}/#/experiments/" in output  # the cells URL, on the port asked for
+
+
+@pytest.mark.parametrize(
+    ("uri", "words"),
+    [("http://team:5000", "is a server"), ("sqlite:////nonexistent/mlflow.db", "no store at")],
+)
+def test_bench_ui_refuses_what_it_cannot_serve(uri: str, words: str) -> None:
+    done = subprocess.run(
+        bench_command("ui", "--tracking-uri", uri),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=PATIENCE_S,
+    )
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert words in done.stderr
