@@ -12,7 +12,11 @@ from bench.errors import BenchError
 BACKENDS: dict[str, tuple[str, str]] = {
     "tensorflow": ("backends.tensorflow:TensorFlowBackend", "tensorflow"),
     "torch": ("backends.torch:TorchBackend", "torch"),
+    "jax": ("backends.jax:JaxBackend", "jax"),
 }
+
+# How a backend that the nox sessions do not install yet is installed.
+INSTALLED_BY: dict[str, str] = {"jax": "pip install -e .[cpu,jax]"}
 
 # RunOptions fields that only one framework has; other backends' cells record them as "n/a".
 FRAMEWORK_ONLY_OPTIONS: dict[str, str] = {
@@ -39,7 +43,8 @@ def check_backend(name: str) -> None:
         package = BACKENDS[name][1]
         raise BenchError(
             f"backend {name!r} needs the {package!r} package, which is not installed;"
-            " install it (nox -s bench does) or leave out --backend " + name
+            f" install it ({INSTALLED_BY.get(name, 'nox -s bench does')}) or leave out"
+            f" --backend {name}"
         )
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, TypeVar
 
 import numpy as np
 
@@ -22,6 +23,7 @@ ONEDNN_ONLY = (
     "--torch-matmul onednn: float32 training on a CPU, outside parity mode, only;"
     " drop it or use --torch-matmul auto"
 )
+T = TypeVar("T")
 EVAL_BATCH = 10_000  # large evaluation batches: evaluation is not what is benchmarked
 
 
@@ -131,6 +133,11 @@ class Backend(ABC):
     @abstractmethod
     def synchronize(self) -> None:
         """Wait until the device has finished all queued work."""
+
+
+def eval_splits(splits: MnistSplits, put: Callable[[np.ndarray, np.ndarray], T]) -> dict[str, T]:
+    """The validation and test splits, each placed on the device by `put` (inputs, labels)."""
+    return {"val": put(splits.val_x, splits.val_y), "test": put(splits.test_x, splits.test_y)}
 
 
 def steps_per_epoch(n_train: int, batch_size: int) -> int:

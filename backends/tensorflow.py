@@ -25,6 +25,7 @@ from backends.base import (
     adam_step_size,
     compute_dtype,
     dropout_threshold,
+    eval_splits,
 )
 from bench.data import MnistSplits
 from bench.errors import BenchError
@@ -191,10 +192,7 @@ class TensorFlowBackend(Backend):
             if self._dtype == tf.float32 and splits.train_x.shape[1] % 2 == 0:
                 words = np.ascontiguousarray(splits.train_x, dtype=np.float32).view(np.int64)
                 self._train_words = tf.constant(words)
-            self._eval = {
-                "val": put(splits.val_x, splits.val_y),
-                "test": put(splits.test_x, splits.test_y),
-            }
+            self._eval = eval_splits(splits, put)
 
     def build(self, spec: StageSpec, run: SeededRun) -> None:
         self._spec = spec

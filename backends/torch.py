@@ -27,6 +27,7 @@ from backends.base import (
     adam_step_size,
     compute_dtype,
     dropout_threshold,
+    eval_splits,
 )
 from bench.data import MnistSplits, resolve_cache_dir
 from bench.devices import gpu_driver_version
@@ -411,10 +412,7 @@ class TorchBackend(Backend):
             )
 
         self._train_x, self._train_y = put(splits.train_x, splits.train_y)
-        self._eval = {
-            "val": put(splits.val_x, splits.val_y),
-            "test": put(splits.test_x, splits.test_y),
-        }
+        self._eval = eval_splits(splits, put)
 
     def build(self, spec: StageSpec, run: SeededRun) -> None:
         self._spec = spec

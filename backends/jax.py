@@ -1,0 +1,404 @@
+"""JAX backend: the whole epoch is one jit-compiled lax.scan on the device."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import pkgutil
+import time
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jaxlib.version import __version__ as jaxlib_version
+
+from backends.base import (
+    DEFAULT_SETTINGS,
+    EVAL_BATCH,
+    Backend,
+    Device,
+    Masks,
+    Settings,
+    Split,
+    adam_step_size,
+    compute_dtype,
+    dropout_threshold,
+    eval_splits,
+)
+from bench.data import MnistSplits
+from bench.errors import BenchError
+from bench.seeding import SeededRun
+from bench.spec import StageSpec
+
+# What the first backend of this process set before JAX's runtime started: XLA reads its flags
+# and the CPU client sizes its thread pool once, when the runtime starts (environment() records
+# what is in force, as the other backends do for their once-per-process settings).
+_RUNTIME: dict[str, str] = {}
+# jax.config's update() is untyped; reached through Any, it type-checks with or without jax.
+_CONFIG: Any = jax.config
+
+
+class _State(NamedTuple):
+    """What an epoch updates in place (its buffers are donated to the compiled epoch)."""
+
+    params: tuple[jax.Array, ...]  # w1, b1, w2, b2, ...
+    m: tuple[jax.Array, ...]  # Adam's moments; empty for SGD
+    v: tuple[jax.Array, ...]
+
+
+def _runtime_started() -> bool:
+    from jax._src import xla_bridge  # no public way to ask without starting the runtime
+
+    return bool(xla_bridge.backends_are_initialized())
+
+
+def _configure_runtime(threads: int, settings: Settings) -> None:
+    """Threads and XLA flags, set in the environment before JAX's runtime starts.
+
+    XLA's CPU client sizes its one intra-op pool (Eigen's products and the partitioned
+    elementwise loops share it) from NPROC, else from the cores available: with NPROC=1 every
+    op ran on the Python thread, with NPROC=2 two pool threads did the work (read from
+    /proc/self/task here). XLA has no inter-op pool to size.
+    """
+    if _RUNTIME or _runtime_started():
+        return
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    if settings.deterministic:
+        # Scatters and atomics are the GPU's nondeterministic ops; this step has neither (the
+        # loss is written with one-hot rows), the flag keeps XLA from choosing one.
+        flags.append("--xla_gpu_exclude_nondeterministic_ops=true")
+    os.environ["XLA_FLAGS"] = " ".join(flags)
+    os.environ["NPROC"] = str(threads)
+    # JAX reserves 75% of a GPU's memory when it starts; PyTorch or TensorFlow in the same
+    # process (the tests run all three) would then find none.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    _RUNTIME.update(
+        intra_op_threads=str(threads),
+        xla_flags=os.environ["XLA_FLAGS"],
+        gpu_memory_preallocate=os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"],
+    )
+
+
+def _gpu_plugin_installed() -> bool:
+    """Whether a JAX GPU plugin is installed (asked without starting JAX's runtime)."""
+    if importlib.metadata.entry_points(group="jax_plugins"):
+        return True
+    try:
+        import jax_plugins  # type: ignore[import-not-found]
+    except ImportError:
+        return False
+    return any(True for _ in pkgutil.iter_modules(jax_plugins.__path__))
+
+
+def _stored(x: jax.Array, zero: jax.Array) -> jax.Array:
+    """x rounded to its dtype before the next op reads it.
+
+    XLA's CPU compiler contracts a product that feeds a sum into one FMA (one rounding instead
+    of two: 23% of float32 a * b + c differed from numpy's here) and drops optimization
+    barriers. An XOR of x's bits with a zero it cannot see through (a runtime argument) keeps
+    the product as written, as the other backends' parity updates compute it.
+    """
+    bits = lax.bitcast_convert_type(x, jnp.uint32)  # float64: a trailing axis of two words
+    return lax.bitcast_convert_type(bits ^ zero, x.dtype)
+
+
+class JaxBackend(Backend):
+    name = "jax"
+
+    def __init__(self, device: Device, threads: int, settings: Settings = DEFAULT_SETTINGS) -> None:
+        # Process-wide, and before any array is made: without it JAX has no float64. Once on it
+        # stays on; every array here has an explicit dtype, so float32 steps are unchanged.
+        if "float64" in (settings.dtype, compute_dtype(settings)):
+            _CONFIG.update("jax_enable_x64", True)
+        _configure_runtime(threads, settings)
+        if device == "gpu" and not JaxBackend.visible_gpus():
+            raise BenchError("--device gpu: JAX sees no GPU; use --device cpu")
+        # Not hidden from a CPU backend (as TensorFlow's are): every array is placed on this
+        # device and the compiled functions run where their inputs are.
+        self._device = jax.devices("gpu" if device == "gpu" else "cpu")[0]
+        self._device_kind = device
+        self._settings = settings
+        self._dtype = np.dtype(settings.dtype)
+        self._compute = np.dtype(compute_dtype(settings))
+        # JAX's GPU products of float32 default to TF32 on Ampere+; "highest" is exact float32.
+        self._precision = lax.Precision.DEFAULT if settings.tf32 else lax.Precision.HIGHEST
+
+    @staticmethod
+    def visible_gpus() -> int:
+        if not _gpu_plugin_installed():
+            return 0  # a CPU-only jaxlib: no need to start the runtime to know
+        try:
+            return len(jax.devices("gpu"))
+        except RuntimeError:  # no CUDA device, or a driver the plugin cannot use
+            return 0
+
+    def environment(self) -> dict[str, str]:
+        client = self._device.client
+        env = {
+            "framework": "jax",
+            "framework_version": jax.__version__,
+            "jaxlib_version": jaxlib_version,
+            "intra_op_threads": _RUNTIME.get(
+                "intra_op_threads", os.environ.get("NPROC", "default (runtime started earlier)")
+            ),
+            "inter_op_threads": "n/a (XLA: one pool)",
+            "deterministic_ops": str(self._settings.deterministic).lower(),
+            "tf32": str(self._settings.tf32).lower(),
+            "dtype": self._settings.dtype,
+            "compute_dtype": compute_dtype(self._settings),
+            "xla": "true",  # JAX compiles every step with XLA
+            "xla_flags": _RUNTIME.get("xla_flags", os.environ.get("XLA_FLAGS", "")),
+            "jax_enable_x64": str(_CONFIG.jax_enable_x64).lower(),
+            "matmul_precision": str(self._precision.name).lower(),
+            # XLA's CPU executables run with subnormals flushed (1e-9 * 1e-30 gave 0 here), as
+            # TensorFlow's CPU threads and the torch backend do.
+            "flush_denormal": str(self._device_kind == "cpu").lower(),
+            "dropout_rng": "jax.random threefry2x32, one key per (seed, step), 16-bit thresholds",
+            "cuda_version": "none",
+            "cudnn_version": "none",
+        }
+        if self._device_kind == "gpu":
+            env["cuda_version"] = str(client.platform_version)
+            env["gpu_model"] = str(self._device.device_kind)
+            env["gpu_memory_preallocate"] = _RUNTIME.get(
+                "gpu_memory_preallocate", os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE", "true")
+            )
+        return env
+
+    def load_data(self, splits: MnistSplits) -> None:
+        def put(x: np.ndarray, y: np.ndarray) -> tuple[jax.Array, jax.Array]:
+            return self._put(x.astype(self._dtype)), self._put(y.astype(np.int32))
+
+        self._train_x, self._train_y = put(splits.train_x, splits.train_y)
+        self._eval = eval_splits(splits, put)
+
+    def build(self, spec: StageSpec, run: SeededRun) -> None:
+        self._spec = spec
+        self._t = 0  # steps taken: Adam's t, and the dropout RNG's counter
+        params = tuple(
+            self._put(array.astype(self._dtype))
+            for layer in run.layers
+            for array in (layer.weight, layer.bias)
+        )
+        moments: tuple[jax.Array, ...] = ()
+        if spec.optimizer.name == "adam":
+            moments = tuple(jnp.zeros_like(p) for p in params)
+        self._state = _State(params, moments, tuple(jnp.zeros_like(p) for p in moments))
+        with jax.default_device(self._device):
+            self._dropout_key = jax.random.key(run.dropout_seed)
+        self._zero = self._put(np.zeros((), np.uint32))  # see _stored
+        # The state's buffers are donated: each epoch updates the parameters in place.
+        self._epoch_fn = jax.jit(self._epoch, donate_argnums=0)
+        self._logits_fn = jax.jit(lambda params, x: self._forward(params, x, None))
+
+    def train_epoch(self, order: np.ndarray, masks: Masks = None) -> np.ndarray:
+        batch = self._spec.training.batch_size
+        steps = len(order) // batch
+        batches = order[: steps * batch].reshape(steps, batch).astype(np.int32)
+        keep = None if masks is None else tuple(self._put(np.asarray(m, bool)) for m in masks)
+        self._state, losses = self._epoch_fn(
+            self._state,
+            self._train_x,
+            self._train_y,
+            self._put(batches),
+            self._put(self._step_sizes(steps).astype(self._dtype)),
+            self._put(np.uint32(self._t)),
+            keep,
+            self._dropout_key,
+            self._zero,
+        )
+        self._t += steps
+        return np.asarray(losses)  # the copy to host waits for the device
+
+    def accuracy(self, split: Split) -> float:
+        x, y = self._eval[split]
+        correct = 0
+        for start in range(0, x.shape[0], EVAL_BATCH):
+            logits = self._logits_fn(self._state.params, x[start : start + EVAL_BATCH])
+            correct += int(jnp.sum(self._predict(logits) == y[start : start + EVAL_BATCH]))
+        return correct / int(x.shape[0])
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        inputs = self._put(np.asarray(x, self._dtype))
+        return np.asarray(self._logits_fn(self._state.params, inputs))
+
+    def parameters(self) -> list[np.ndarray]:
+        # Copies: the next epoch donates (overwrites) the device buffers these would view.
+        return [np.array(p, copy=True) for p in self._state.params]
+
+    def matmul_seconds(self, size: int, repeats: int) -> float:
+        with jax.default_device(self._device):
+            a, b = jax.random.uniform(jax.random.key(1), (2, size, size), jnp.float32)
+        square = jax.jit(lambda a, b: jnp.matmul(a, b, precision=self._precision))
+        square(a, b).block_until_ready()  # warm-up: compilation, thread pool start
+        start = time.perf_counter()
+        for _ in range(repeats):
+            product = square(a, b)
+            if self._device_kind == "cpu":
+                # Dispatch is asynchronous: queued products of one CPU could overlap, where a
+                # GPU's stream runs them one after another.
+                product.block_until_ready()
+        product.block_until_ready()
+        return time.perf_counter() - start
+
+    def device_memory_peak_mb(self) -> float | None:
+        if self._device_kind != "gpu":
+            return None
+        stats = self._device.memory_stats() or {}
+        return float(stats.get("peak_bytes_in_use", 0)) / 2**20
+
+    def synchronize(self) -> None:
+        # Every queued epoch writes the state: its buffers are ready when the device is done.
+        if hasattr(self, "_state"):
+            for array in jax.tree.leaves(self._state):
+                array.block_until_ready()
+
+    # --- pieces ----------------------------------------------------------------------------
+
+    def _put(self, array: np.ndarray | np.generic) -> jax.Array:
+        placed: jax.Array = jax.device_put(array, self._device)
+        return placed
+
+    def _step_sizes(self, steps: int) -> np.ndarray:
+        """The learning rate of each step of this epoch (Adam's varies with t)."""
+        opt = self._spec.optimizer
+        if opt.name == "sgd":
+            return np.full(steps, opt.learning_rate)
+        assert opt.beta1 is not None and opt.beta2 is not None
+        ts = range(self._t + 1, self._t + steps + 1)
+        return np.array([adam_step_size(opt.learning_rate, opt.beta1, opt.beta2, t) for t in ts])
+
+    def _forward(
+        self, params: tuple[jax.Array, ...], x: jax.Array, keep: list[jax.Array] | None
+    ) -> jax.Array:
+        """Logits; with dropout where given which units to keep (numpy's or the own masks)."""
+        rate = self._spec.model.dropout_rate
+        n_layers = len(params) // 2
+        h = x
+        for i in range(n_layers):
+            h = jnp.matmul(h, params[2 * i], precision=self._precision) + params[2 * i + 1]
+            if i == n_layers - 1:
+                break
+            h = jax.nn.relu(h)  # its gradient at 0 is 0, as TensorFlow's and PyTorch's
+            if rate > 0.0 and keep is not None:  # as TensorFlow writes it
+                h = jnp.where(keep[i], h / (1.0 - rate), jnp.zeros_like(h))
+        return h
+
+    def _own_masks(self, key: jax.Array, shapes: list[tuple[int, int]]) -> list[jax.Array]:
+        """JAX's seeded dropout masks, every hidden layer of a step in one draw: True = kept.
+
+        16-bit uniforms against dropout_threshold, two per 32-bit word: jax.random.bits spends
+        a whole threefry block (64 bits) on each value it returns, whatever its width.
+        """
+        sizes = [rows * cols for rows, cols in shapes]
+        words = jax.random.bits(key, ((sum(sizes) + 1) // 2,), jnp.uint32)
+        halves = lax.bitcast_convert_type(words, jnp.uint16).reshape(-1)
+        keep = halves >= jnp.uint16(dropout_threshold(self._spec.model.dropout_rate))
+        masks, start = [], 0
+        for size, shape in zip(sizes, shapes, strict=True):
+            masks.append(keep[start : start + size].reshape(shape))
+            start += size
+        return masks
+
+    def _loss(
+        self,
+        params: tuple[jax.Array, ...],
+        x: jax.Array,
+        y: jax.Array,
+        keep: list[jax.Array] | None,
+    ) -> jax.Array:
+        """Mean softmax cross-entropy, in compute_dtype (the casts' gradients round back to the
+        parameters' dtype, as in the other backends). One-hot rows instead of a gather of each
+        row's label: its gradient would be a scatter-add, nondeterministic on GPUs."""
+        logits = self._forward(
+            tuple(p.astype(self._compute) for p in params), x.astype(self._compute), keep
+        )
+        log_probs = jax.nn.log_softmax(logits)
+        onehot = jax.nn.one_hot(y, logits.shape[-1], dtype=logits.dtype)
+        return -jnp.mean(jnp.sum(onehot * log_probs, axis=1))
+
+    def _predict(self, logits: jax.Array) -> jax.Array:
+        if self._spec.loss.prediction == "argmax_relu_logits":
+            logits = jax.nn.relu(logits)
+        return jnp.argmax(logits, axis=1).astype(jnp.int32)
+
+    def _epoch(
+        self,
+        state: _State,
+        train_x: jax.Array,
+        train_y: jax.Array,
+        batches: jax.Array,
+        step_sizes: jax.Array,
+        first_step: jax.Array,
+        masks: tuple[jax.Array, ...] | None,
+        dropout_key: jax.Array,
+        zero: jax.Array,
+    ) -> tuple[_State, jax.Array]:
+        """Every step of an epoch, in one compiled loop; returns the state and step losses."""
+        rate = self._spec.model.dropout_rate
+        batch = self._spec.training.batch_size
+        shapes = [(batch, width) for width in self._spec.model.layer_sizes[1:-1]]
+
+        def step(state: _State, inputs: Any) -> tuple[_State, jax.Array]:
+            i, rows, lr, given = inputs
+            # The harness's orders are permutations of the training rows: no bounds checks.
+            x = train_x.at[rows].get(mode="promise_in_bounds")
+            y = train_y.at[rows].get(mode="promise_in_bounds")
+            keep = None if given is None else list(given)
+            if keep is None and rate > 0.0:
+                # The mask depends only on (seed, step): reruns repeat it, whatever the epochs.
+                keep = self._own_masks(jax.random.fold_in(dropout_key, first_step + i + 1), shapes)
+            loss, grads = jax.value_and_grad(self._loss)(state.params, x, y, keep)
+            return self._update(state, grads, lr, zero), loss.astype(self._dtype)
+
+        steps = batches.shape[0]
+        inputs = (jnp.arange(steps, dtype=jnp.uint32), batches, step_sizes, masks)
+        state, losses = lax.scan(step, state, inputs)
+        return state, losses
+
+    def _update(
+        self, state: _State, grads: tuple[jax.Array, ...], lr: jax.Array, zero: jax.Array
+    ) -> _State:
+        if self._settings.parity:
+            return self._update_explicit(state, grads, lr, zero)
+        opt = self._spec.optimizer
+        if opt.name == "sgd":
+            return state._replace(
+                params=tuple(p - lr * g for p, g in zip(state.params, grads, strict=True))
+            )
+        assert opt.beta1 is not None and opt.beta2 is not None and opt.epsilon is not None
+        # The TF1 rule; XLA fuses each parameter's update into one loop (with FMAs).
+        m = tuple(
+            opt.beta1 * m + (1.0 - opt.beta1) * g for m, g in zip(state.m, grads, strict=True)
+        )
+        v = tuple(
+            opt.beta2 * v + (1.0 - opt.beta2) * g * g for v, g in zip(state.v, grads, strict=True)
+        )
+        params = tuple(
+            p - lr * m / (jnp.sqrt(v) + opt.epsilon)
+            for p, m, v in zip(state.params, m, v, strict=True)
+        )
+        return _State(params, m, v)
+
+    def _update_explicit(
+        self, state: _State, grads: tuple[jax.Array, ...], lr: jax.Array, zero: jax.Array
+    ) -> _State:
+        """Written out op by op, in the same order as the other backends' (products kept apart
+        from the sums they feed: see _stored)."""
+        opt = self._spec.optimizer
+        if opt.name == "sgd":
+            params = tuple(
+                p - _stored(lr * g, zero) for p, g in zip(state.params, grads, strict=True)
+            )
+            return state._replace(params=params)
+        assert opt.beta1 is not None and opt.beta2 is not None and opt.epsilon is not None
+        new_params, new_m, new_v = [], [], []
+        for p, g, m, v in zip(state.params, grads, state.m, state.v, strict=True):
+            m = _stored(m * opt.beta1, zero) + _stored(g * (1.0 - opt.beta1), zero)
+            v = _stored(v * opt.beta2, zero) + _stored((g * g) * (1.0 - opt.beta2), zero)
+            new_params.append(p - (m * lr) / (jnp.sqrt(v) + opt.epsilon))
+            new_m.append(m)
+            new_v.append(v)
+        return _State(tuple(new_params), tuple(new_m), tuple(new_v))

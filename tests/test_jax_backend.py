@@ -1,0 +1,109 @@
+"""The JAX backend: step-by-step parity with PyTorch, bitwise reruns, and that it learns."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from backends import is_installed, load_backend
+from backends.base import Backend, Settings
+from bench.data import MnistSplits
+from bench.parity import TOLERANCES, relative_difference, weights_difference
+from bench.seeding import dropout_masks, seeded_run
+from bench.spec import StageSpec, load_stage, with_epochs
+from tests.conftest import subset
+
+pytest.importorskip("jax")
+
+PARITY_STEPS = 50  # bench.parity's float32 window; float64's bound holds there too
+
+
+def _backend(
+    name: str, spec: StageSpec, data: MnistSplits, settings: Settings, seed: int = 0
+) -> Backend:
+    backend = load_backend(name)("cpu", 2, settings)
+    backend.load_data(data)
+    backend.build(spec, seeded_run(spec, seed, data.train_x.shape[0]))
+    return backend
+
+
+def _epochs(backend: Backend, spec: StageSpec, n_train: int, epochs: int) -> np.ndarray:
+    run = seeded_run(spec, 0, n_train)
+    return np.concatenate([backend.train_epoch(run.epoch_orders[e]) for e in range(epochs)])
+
+
+@pytest.fixture(scope="module")
+def parity_data(mnist: MnistSplits) -> MnistSplits:
+    return subset(mnist, n_train=100 * PARITY_STEPS)  # one epoch: the parity window
+
+
+@pytest.fixture(scope="module")
+def small(mnist: MnistSplits) -> MnistSplits:
+    return subset(mnist, n_train=2000)
+
+
+@pytest.mark.skipif(not is_installed("torch"), reason="torch not installed")
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("stage", ["relu-xavier", "adam", "dropout"])
+def test_parity_with_torch_within_bench_parity_bounds(
+    stage: str, dtype: str, parity_data: MnistSplits
+) -> None:
+    """Parity mode (numpy's masks, updates op by op, float32 accumulating in float64): JAX's
+    step losses stay within the bound `bench parity` holds every pair of backends to."""
+    spec = with_epochs(load_stage(stage), 1)
+    settings = Settings(dtype=dtype, parity=True)  # type: ignore[arg-type]
+    run = seeded_run(spec, 0, parity_data.train_x.shape[0])
+    order = run.epoch_orders[0]
+    masks = dropout_masks(spec, run, 0, PARITY_STEPS) if spec.model.dropout_rate else None
+    losses, params = {}, {}
+    for name in ("jax", "torch"):
+        backend = _backend(name, spec, parity_data, settings)
+        losses[name] = backend.train_epoch(order, masks)
+        params[name] = backend.parameters()
+    assert losses["jax"].dtype == np.dtype(dtype) and len(losses["jax"]) == PARITY_STEPS
+    _, tolerance = TOLERANCES[dtype]
+    worst = float(np.max(relative_difference(losses["jax"], losses["torch"])))
+    assert worst <= tolerance, f"{stage} {dtype}: largest relative loss difference {worst:.3e}"
+    assert weights_difference(params["jax"], params["torch"]) <= 100 * tolerance
+
+
+@pytest.mark.parametrize("stage", ["dropout", "adam"])
+def test_two_fresh_backends_rerun_bit_identical(stage: str, small: MnistSplits) -> None:
+    """Same seed, same losses to the last bit over two epochs: the own dropout masks depend on
+    (seed, step) only, and XLA's CPU products sum in a fixed order."""
+    spec = with_epochs(load_stage(stage), 2)
+    runs = [_backend("jax", spec, small, Settings()) for _ in range(2)]
+    first, again = (_epochs(backend, spec, 2000, 2) for backend in runs)
+    assert first.tobytes() == again.tobytes()
+    for a, b in zip(runs[0].parameters(), runs[1].parameters(), strict=True):
+        assert a.tobytes() == b.tobytes()
+
+
+def test_float64_trains_in_float64(small: MnistSplits) -> None:
+    spec = with_epochs(load_stage("adam"), 1)
+    backend = _backend("jax", spec, small, Settings(dtype="float64"))
+    losses = _epochs(backend, spec, 2000, 1)
+    assert losses.dtype == np.float64 and np.isfinite(losses).all()
+    assert all(p.dtype == np.float64 for p in backend.parameters())
+    env = backend.environment()
+    assert (env["dtype"], env["compute_dtype"], env["jax_enable_x64"]) == ("float64",) * 2 + (
+        "true",
+    )
+
+
+def test_environment_records_what_is_in_force(small: MnistSplits) -> None:
+    env = _backend("jax", load_stage("relu-xavier"), small, Settings()).environment()
+    import jax
+
+    assert env["framework"] == "jax" and env["framework_version"] == jax.__version__
+    assert env["deterministic_ops"] == "true" and env["tf32"] == "false"
+    assert env["matmul_precision"] == "highest" and env["cuda_version"] == "none"
+    assert env["intra_op_threads"] and "jaxlib_version" in env and "xla_flags" in env
+
+
+def test_fast_path_learns_relu_xavier_in_two_epochs(mnist: MnistSplits) -> None:
+    spec = with_epochs(load_stage("relu-xavier"), 2)
+    backend = _backend("jax", spec, mnist, Settings())
+    losses = _epochs(backend, spec, mnist.train_x.shape[0], 2)
+    assert losses.shape == (1100,) and np.isfinite(losses).all()
+    assert backend.accuracy("val") > 0.9
