@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -75,7 +76,16 @@ def start_run(
         text=True,
         start_new_session=True,
         env={**os.environ, "TMPDIR": str(tmp_path / "tmp"), **(env or {})},
+        preexec_fn=_as_a_terminal_job,
     )
+
+
+def _as_a_terminal_job() -> None:
+    """The signal dispositions of a job started from a terminal. Ignored dispositions are
+    inherited: under `nohup` (SIGHUP) or as a shell's background job (SIGINT) the tests' own
+    process passes them on, and bench, rightly, keeps what it was started with."""
+    for signum in (signal.SIGHUP, signal.SIGINT):
+        signal.signal(signum, signal.SIG_DFL)
 
 
 def wait_until(condition: Callable[[], bool], process: subprocess.Popen[str], what: str) -> None:
