@@ -447,6 +447,14 @@ def _speed_flags(side: Side, role: str, cells: Iterable[CellData]) -> list[str]:
     return flags
 
 
+def _slower(s: SpeedResult) -> str:
+    """How much slower, with the ratio, its CI and p (the closing parenthesis is the caller's)."""
+    return (
+        f"{s.slowdown:.1%} slower (ratio {s.ratio:.3f}, 95% CI {s.ci_low:.3f}-{s.ci_high:.3f},"
+        f" p = {s.p_value:.2g}"
+    )
+
+
 def _speed_lines(
     pairs: list[PairResult], groups: list[GroupSpeed], settings: Settings
 ) -> tuple[list[str], list[str], list[str]]:
@@ -460,9 +468,7 @@ def _speed_lines(
         s = group.speed
         if s.verdict == "regression":
             regressions.append(
-                f"speed {group.group} over {s.n_base} vs {s.n_cand} processes:"
-                f" {s.slowdown:.1%} slower (ratio {s.ratio:.3f}, 95% CI {s.ci_low:.3f}-"
-                f"{s.ci_high:.3f}, p = {s.p_value:.2g})"
+                f"speed {group.group} over {s.n_base} vs {s.n_cand} processes: {_slower(s)})"
             )
     for pair in (p for p in pairs if not p.by_processes):
         name, speed = cell_name(pair.key), pair.speed
@@ -481,9 +487,7 @@ def _speed_lines(
             )
         elif speed.verdict == "regression":
             regressions.append(
-                f"speed {name}: {speed.slowdown:.1%} slower (ratio {speed.ratio:.3f}, 95% CI"
-                f" {speed.ci_low:.3f}-{speed.ci_high:.3f}, p = {speed.p_value:.2g}; beyond the"
-                f" {settings.run_noise:.0%} run noise)"
+                f"speed {name}: {_slower(speed)}; beyond the {settings.run_noise:.0%} run noise)"
             )
     return regressions, within_noise, too_few
 
