@@ -6,7 +6,7 @@ import importlib
 import importlib.util
 
 from backends.base import Backend
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 
 # name -> (implementation "module:Class", the framework package it needs)
 BACKENDS: dict[str, tuple[str, str]] = {

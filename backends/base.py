@@ -9,9 +9,9 @@ from typing import ClassVar, Literal, TypeVar
 
 import numpy as np
 
-from bench.data import MnistSplits
-from bench.seeding import SeededRun
-from bench.spec import StageSpec
+from bench.core.data import MnistSplits
+from bench.core.seeding import SeededRun
+from bench.core.spec import StageSpec
 
 Device = Literal["cpu", "gpu"]
 Split = Literal["val", "test"]

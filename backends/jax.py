@@ -27,10 +27,10 @@ from backends.base import (
     dropout_threshold,
     eval_splits,
 )
-from bench.data import MnistSplits
-from bench.errors import BenchError
-from bench.seeding import SeededRun
-from bench.spec import StageSpec
+from bench.core.data import MnistSplits
+from bench.core.errors import BenchError
+from bench.core.seeding import SeededRun
+from bench.core.spec import StageSpec
 
 # What the first backend of this process set before JAX's runtime started: XLA reads its flags
 # and the CPU client sizes its thread pool once, when the runtime starts (environment() records

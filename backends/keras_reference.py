@@ -16,10 +16,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bench.data import MnistSplits
-from bench.errors import BenchError
-from bench.seeding import SeededRun
-from bench.spec import StageSpec
+from bench.core.data import MnistSplits
+from bench.core.errors import BenchError
+from bench.core.seeding import SeededRun
+from bench.core.spec import StageSpec
 
 
 class _EpochTimer(keras.callbacks.Callback):  # type: ignore[misc]

@@ -27,10 +27,10 @@ from backends.base import (
     dropout_threshold,
     eval_splits,
 )
-from bench.data import MnistSplits
-from bench.errors import BenchError
-from bench.seeding import SeededRun
-from bench.spec import StageSpec
+from bench.core.data import MnistSplits
+from bench.core.errors import BenchError
+from bench.core.seeding import SeededRun
+from bench.core.spec import StageSpec
 
 # A batch's mean softmax cross-entropy, from (logits, integer labels).
 CrossEntropy = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]

@@ -29,11 +29,11 @@ from backends.base import (
     dropout_threshold,
     eval_splits,
 )
-from bench.data import MnistSplits, resolve_cache_dir
-from bench.devices import gpu_driver_version
-from bench.errors import BenchError
-from bench.seeding import SeededRun
-from bench.spec import StageSpec
+from bench.core.data import MnistSplits, resolve_cache_dir
+from bench.core.devices import gpu_driver_version
+from bench.core.errors import BenchError
+from bench.core.seeding import SeededRun
+from bench.core.spec import StageSpec
 
 
 def _views(flat: torch.Tensor, like: list[np.ndarray]) -> list[torch.Tensor]:
@@ -195,7 +195,7 @@ def _choices_path() -> Path:
 
 def auto_matmul(threads: int) -> tuple[str, str]:
     """ "mkl" or "onednn" for this machine, and why: measured once, then read from the cache."""
-    from bench.runner import cpu_isa, cpu_model
+    from bench.execution.runner import cpu_isa, cpu_model
 
     # The model name alone does not tell one AMD EPYC from another: the ISA does.
     key = f"{cpu_model()} ({cpu_isa()}) | torch {torch.__version__} | {threads} threads"

@@ -1,7 +1,7 @@
-"""`python -m bench`: see bench.cli."""
+"""`python -m bench`: see bench.commands.cli."""
 
 import sys
 
-from bench.cli import main
+from bench.commands.cli import main
 
 sys.exit(main())

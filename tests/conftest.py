@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from backends import BACKENDS, is_installed, load_backend
-from bench.data import DATA_DIR_ENV, MnistSplits, load_mnist
+from bench.core.data import DATA_DIR_ENV, MnistSplits, load_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
@@ -36,7 +36,7 @@ def mnist(data_dir: Path) -> MnistSplits:
 def plant_cache_entry(entry: Path, array: np.ndarray) -> None:
     """Overwrite a parsed-array cache entry with array and the digest that matches it: what no
     check can tell from a sound entry (the data digest a cell records shows it)."""
-    from bench.data import _array_sha256, _Parsed, _store_cached
+    from bench.core.data import _array_sha256, _Parsed, _store_cached
 
     _store_cached(entry, _Parsed(array, _array_sha256(array)))
 

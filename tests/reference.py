@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.spec import StageSpec
+from bench.core.spec import StageSpec
 
 
 def forward(params: list[np.ndarray], x: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:

@@ -10,9 +10,9 @@ import pytest
 
 from backends import installed_backends, is_installed, load_backend
 from backends.base import Backend, Settings, effective_dropout_rate
-from bench.data import MnistSplits
-from bench.seeding import seeded_run
-from bench.spec import STAGE_NAMES, StageSpec, load_stage, with_epochs
+from bench.core.data import MnistSplits
+from bench.core.seeding import seeded_run
+from bench.core.spec import STAGE_NAMES, StageSpec, load_stage, with_epochs
 from tests import reference
 from tests.conftest import backend_params, device_params, skip_without_gpu, subset
 
@@ -147,7 +147,7 @@ def test_auto_matmul_is_measured_once_per_machine_and_kept(
     """ "auto" measures both libraries once, keeps the choice (so that reruns on this machine
     take the same path and stay bit-identical) and records why."""
     from backends import torch as torch_backend
-    from bench.data import CACHE_DIR_ENV
+    from bench.core.data import CACHE_DIR_ENV
 
     monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path))
     choice, reason = torch_backend.auto_matmul(2)
@@ -213,7 +213,7 @@ def test_relu_normal_losses_become_non_finite(name: str, mnist: MnistSplits) -> 
 @pytest.mark.skipif(not is_installed("torch"), reason="torch not installed")
 def test_cuda_graphs_refuse_float64() -> None:
     """A captured step reads Adam's lr_t from a float32 tensor, the eager one gets a double."""
-    from bench.errors import BenchError
+    from bench.core.errors import BenchError
 
     with pytest.raises(BenchError, match="--cuda-graphs trains in float32 only"):
         load_backend("torch")("cpu", 1, Settings(cuda_graphs=True, dtype="float64"))

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from backends import installed_backends, is_installed
-from bench import data
-from bench.devices import gpu_names
-from bench.quiet import BUSY_CORES
-from bench.spec import STAGES_DIR, STAGES_DIR_ENV
+from bench.core import data
+from bench.core.devices import gpu_names
+from bench.core.spec import STAGES_DIR, STAGES_DIR_ENV
+from bench.execution.quiet import BUSY_CORES
 from tests.conftest import ROOT, mnist_dir, plant_cache_entry
 from tests.live import (
     bench,

@@ -16,8 +16,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from backends import installed_backends
-from bench import compare
-from bench.compare import (
+from bench.recording import compare
+from bench.recording.compare import (
     CellData,
     Fingerprint,
     Settings,
@@ -29,7 +29,7 @@ from bench.compare import (
     steady_rates,
     welch_less_p,
 )
-from bench.user_tags import parse_tag
+from bench.recording.user_tags import parse_tag
 from tests.conftest import ROOT
 from tests.live import (
     PATIENCE_S,

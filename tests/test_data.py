@@ -1,4 +1,5 @@
-"""Tests for bench.data on the real MNIST files, with a real local HTTP server for downloads."""
+"""Tests for bench.core.data on the real MNIST files, with a real local HTTP server for
+downloads."""
 
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import data
-from bench.errors import BenchError
+from bench.core import data
+from bench.core.errors import BenchError
 from tests.conftest import plant_cache_entry
 
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]

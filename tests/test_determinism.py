@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from backends import is_installed
-from bench.matrix import LocalExecutor
-from bench.runner import Cell, CellResult, RunOptions
-from bench.spec import STAGE_NAMES
+from bench.core.spec import STAGE_NAMES
+from bench.execution.matrix import LocalExecutor
+from bench.execution.runner import Cell, CellResult, RunOptions
 from tests.conftest import backend_params, device_params, mnist_dir, skip_without_gpu
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from backends import installed_backends, is_installed
-from bench.devices import cuda_hidden, framework_sees_gpu, gpu_names, resolve_devices
-from bench.errors import BenchError
+from bench.core.devices import cuda_hidden, framework_sees_gpu, gpu_names, resolve_devices
+from bench.core.errors import BenchError
 from tests.conftest import ROOT
 
 BENCH_RUN = [sys.executable, "-m", "bench", "run", "--backend", "torch"]

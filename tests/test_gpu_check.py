@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from backends import is_installed
-from bench.devices import gpu_names
-from bench.gpu_check import GPU_ONLY, Check, Report, Row, losses_verdict, parse_args
+from bench.commands.gpu_check import GPU_ONLY, Check, Report, Row, losses_verdict, parse_args
+from bench.core.devices import gpu_names
 from tests.conftest import ROOT, gpu_available
 from tests.faults import inject
 
@@ -50,7 +50,7 @@ def _gpu_check(
     data_dir: Path, out: Path, *options: str, env: dict[str, str] | None = None
 ) -> tuple[int, str, dict[str, Any]]:
     """Run the script; its exit status, stderr and JSON report (strict JSON: no Infinity)."""
-    command = [sys.executable, "-m", "bench.gpu_check", "--data-dir", str(data_dir)]
+    command = [sys.executable, "-m", "bench.commands.gpu_check", "--data-dir", str(data_dir)]
     done = subprocess.run(
         [*command, "--out", str(out), *options],
         cwd=ROOT,
@@ -159,7 +159,9 @@ def test_a_failing_cell_keeps_its_exception_line_and_its_log_tail(
     data_dir: Path, tmp_path: Path
 ) -> None:
     """A CUDA error's last log line is a hint; the row keeps the line that says what failed."""
-    env = inject(tmp_path / "fault", "bench.runner", "run_cell", "args[0].stage == 'adam'")
+    env = inject(
+        tmp_path / "fault", "bench.execution.runner", "run_cell", "args[0].stage == 'adam'"
+    )
     out = tmp_path / "out"
     code, stderr, report = _rehearse(
         data_dir, out, "--epochs", "2", "--stages", "relu-xavier,adam", env=env
@@ -184,7 +186,7 @@ def test_a_failing_cell_keeps_its_exception_line_and_its_log_tail(
 def test_a_failed_peak_is_an_item_of_its_own_and_the_rows_go_on(
     data_dir: Path, tmp_path: Path
 ) -> None:
-    env = inject(tmp_path / "fault", "bench.perf", "measure_peak")
+    env = inject(tmp_path / "fault", "bench.recording.perf", "measure_peak")
     out = tmp_path / "out"
     code, stderr, report = _rehearse(
         data_dir, out, "--epochs", "2", "--stages", "relu-xavier", env=env
@@ -205,7 +207,7 @@ def test_a_failed_peak_is_an_item_of_its_own_and_the_rows_go_on(
 def test_a_run_cut_short_leaves_what_it_measured_marked_unfinished(
     data_dir: Path, tmp_path: Path
 ) -> None:
-    command = [sys.executable, "-m", "bench.gpu_check", "--data-dir", str(data_dir)]
+    command = [sys.executable, "-m", "bench.commands.gpu_check", "--data-dir", str(data_dir)]
     check = subprocess.Popen(
         [*command, "--out", str(tmp_path), "--device", "cpu", "--stages", "relu-xavier"],
         cwd=ROOT,

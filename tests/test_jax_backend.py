@@ -7,15 +7,15 @@ import pytest
 
 from backends import is_installed, load_backend
 from backends.base import Backend, Settings
-from bench.data import MnistSplits
-from bench.parity import TOLERANCES, relative_difference, weights_difference
-from bench.seeding import dropout_masks, seeded_run
-from bench.spec import StageSpec, load_stage, with_epochs
+from bench.core.data import MnistSplits
+from bench.core.seeding import dropout_masks, seeded_run
+from bench.core.spec import StageSpec, load_stage, with_epochs
+from bench.execution.parity import TOLERANCES, relative_difference, weights_difference
 from tests.conftest import subset
 
 pytest.importorskip("jax")
 
-PARITY_STEPS = 50  # bench.parity's float32 window; float64's bound holds there too
+PARITY_STEPS = 50  # bench.execution.parity's float32 window; float64's bound holds there too
 
 
 def _backend(

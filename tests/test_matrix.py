@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from backends import installed_backends
-from bench.matrix import CellRun, LocalExecutor, build_cells, run_matrix
-from bench.report import Progress, results_table
-from bench.runner import Cell, EpochRecord, RunOptions
-from bench.spec import load_stage, with_epochs
-from bench.tracking import MatrixRecord, Tracker
+from bench.core.spec import load_stage, with_epochs
+from bench.execution.matrix import CellRun, LocalExecutor, build_cells, run_matrix
+from bench.execution.runner import Cell, EpochRecord, RunOptions
+from bench.recording.report import Progress, results_table
+from bench.recording.tracking import MatrixRecord, Tracker
 from tests.conftest import mnist_dir
 
 
@@ -104,7 +104,7 @@ def test_an_interrupted_matrix_ends_the_cell_killed(tracker: Tracker, tmp_path: 
 CUDA_TRACEBACK = """\
 some library banner
 Traceback (most recent call last):
-  File "/x/bench/worker.py", line 90, in main
+  File "/x/bench/execution/worker.py", line 90, in main
     _run_cell(request, events)
   File "/x/backends/torch.py", line 300, in train_epoch
     return torch.stack(step_losses).cpu().numpy()
@@ -118,7 +118,7 @@ Compile with `TORCH_USE_CUDA_DSA` to enable device-side assertions.
 
 
 def test_a_crash_is_described_by_its_exception_line_not_the_last_hint(tmp_path: Path) -> None:
-    from bench.matrix import _crash_message, exception_line
+    from bench.execution.matrix import _crash_message, exception_line
 
     expected = "RuntimeError: CUDA error: an illegal memory access was encountered"
     assert exception_line(CUDA_TRACEBACK) == expected
@@ -134,7 +134,7 @@ def test_a_crash_is_described_by_its_exception_line_not_the_last_hint(tmp_path: 
 
 
 def test_a_worker_reports_an_exception_by_type_and_first_line() -> None:
-    from bench.worker import describe
+    from bench.execution.worker import describe
 
     error = RuntimeError("\nCUDA error: out of memory\nCompile with `TORCH_USE_CUDA_DSA`")
     assert describe(error) == "RuntimeError: CUDA error: out of memory"

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 
 from backends import installed_backends
-from bench.matrix import LocalExecutor
-from bench.parity import (
+from bench.core.spec import STAGE_NAMES
+from bench.execution.matrix import LocalExecutor
+from bench.execution.parity import (
     ParityReport,
     parity_options,
     relative_difference,
     run_parity,
     weights_difference,
 )
-from bench.spec import STAGE_NAMES
 from tests.conftest import mnist_dir
 
 pytestmark = pytest.mark.skipif(

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from backends import is_installed
-from bench.perf import (
+from bench.core.spec import load_stage
+from bench.recording.perf import (
     DRIFT_LIMIT,
     drift_lines,
     flops_per_sample,
@@ -14,7 +15,6 @@ from bench.perf import (
     roofline,
     time_breakdown,
 )
-from bench.spec import load_stage
 from tests.conftest import device_params, skip_without_gpu
 
 
@@ -97,8 +97,8 @@ def test_a_peak_that_moved_under_the_run_is_a_warning() -> None:
 
 
 def test_the_peak_is_tf32_only_where_the_cells_may_use_tf32() -> None:
-    from bench.cmd_run import peak_uses_tf32
-    from bench.runner import RunOptions
+    from bench.execution.invocation import peak_uses_tf32
+    from bench.execution.runner import RunOptions
 
     tf32 = RunOptions(data_dir="d", threads=1, tf32=True)
     assert peak_uses_tf32("gpu", tf32)
@@ -107,7 +107,7 @@ def test_the_peak_is_tf32_only_where_the_cells_may_use_tf32() -> None:
 
 
 def _peak(device: str, tf32: bool, tmp_path: Path) -> float:
-    from bench.matrix import LocalExecutor
+    from bench.execution.matrix import LocalExecutor
 
     folder = tmp_path / f"{device}-{tf32}"
     folder.mkdir()
@@ -128,7 +128,7 @@ def test_the_tf32_peak_is_the_faster_limit_on_a_gpu(tmp_path: Path) -> None:
 
 
 def _keras_event(device: str, data_dir: Path, tmp_path: Path) -> dict[str, object]:
-    from bench.matrix import spawn_worker
+    from bench.execution.matrix import spawn_worker
 
     request = {
         "mode": "keras",

@@ -1,4 +1,5 @@
-"""bench.quiet: other processes' CPU use, the busy check, the canary and each cell's verdict.
+"""bench.execution.quiet: other processes' CPU use, the busy check, the canary and each cell's
+verdict.
 
 The unit tests build their samples by hand, so their numbers are exact; the one test on the
 real machine makes its own load (two spinning processes), so it holds however fast or busy the
@@ -16,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.matrix import CellRun, _PhaseClock
-from bench.quiet import (
+from bench.core.spec import load_stage
+from bench.execution.matrix import CellRun, _PhaseClock
+from bench.execution.quiet import (
     BUSY_CORES,
     Activity,
     CellLoad,
@@ -34,9 +36,8 @@ from bench.quiet import (
     watch_after,
     watch_before,
 )
-from bench.report import results_table
-from bench.runner import Cell, CellResult
-from bench.spec import load_stage
+from bench.execution.runner import Cell, CellResult
+from bench.recording.report import results_table
 from tests.live import competing_processes
 
 TICK = os.sysconf("SC_CLK_TCK")

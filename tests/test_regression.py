@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from backends import BACKENDS, is_installed
-from bench.matrix import LocalExecutor
-from bench.runner import Cell, CellResult, RunOptions, available_cores
-from bench.spec import STAGE_NAMES, load_stage
-from bench.stats import combined_noise, summarize
+from bench.core.spec import STAGE_NAMES, load_stage
+from bench.execution.matrix import LocalExecutor
+from bench.execution.runner import Cell, CellResult, RunOptions, available_cores
+from bench.recording.stats import combined_noise, summarize
 from tests.conftest import backend_params, mnist_dir
 
 SEEDS = (0, 1, 2)

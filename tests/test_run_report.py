@@ -1,4 +1,4 @@
-"""The report every invocation leaves (bench.run_report): real short runs recorded into a
+"""The report every invocation leaves (bench.recording.run_report): real short runs recorded into a
 temporary SQLite store, read back through MLflow as the UI would."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from backends import installed_backends
-from bench.run_report import default_report_dir
-from bench.ui import run_url
+from bench.recording.run_report import default_report_dir
+from bench.recording.ui import run_url
 from tests.conftest import mnist_dir
 from tests.live import bench
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.runner import RunOptions
+from bench.execution.runner import RunOptions
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,8 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from bench.seeding import describe_seeds, seeded_run
-from bench.spec import load_stage, with_epochs
+from bench.core.seeding import describe_seeds, seeded_run
+from bench.core.spec import load_stage, with_epochs
 
 
 def test_same_seed_same_everything() -> None:

@@ -94,7 +94,7 @@ def _one_cell(uri: str, env: dict[str, str], *args: str) -> subprocess.Completed
 
 
 def test_hung_worker_is_ended_at_the_cell_timeout(tmp_path: Path) -> None:
-    env = hang(tmp_path / "fault", "bench.runner", "run_cell")
+    env = hang(tmp_path / "fault", "bench.execution.runner", "run_cell")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     done = _one_cell(uri, env, "--cell-timeout", "5")
     assert done.returncode == 1, done.stderr
@@ -105,7 +105,7 @@ def test_hung_worker_is_ended_at_the_cell_timeout(tmp_path: Path) -> None:
 
 
 def test_worker_killed_by_a_signal_names_it(tmp_path: Path) -> None:
-    env = killed(tmp_path / "fault", "bench.runner", "run_cell", signal.SIGKILL)
+    env = killed(tmp_path / "fault", "bench.execution.runner", "run_cell", signal.SIGKILL)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     done = _one_cell(uri, env)
     assert done.returncode == 1, done.stderr

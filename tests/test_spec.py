@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.errors import BenchError
-from bench.spec import (
+from bench.core.errors import BenchError
+from bench.core.spec import (
     STAGE_NAMES,
     STAGES_DIR,
     STAGES_DIR_ENV,

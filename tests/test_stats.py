@@ -5,7 +5,7 @@ import math
 import pytest
 from scipy import stats as scipy_stats
 
-from bench.stats import combined_noise, outcome_counts, summarize
+from bench.recording.stats import combined_noise, outcome_counts, summarize
 
 
 def test_summary_matches_scipy() -> None:

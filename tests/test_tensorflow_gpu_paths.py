@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 from backends import is_installed
-from bench.data import MnistSplits
-from bench.perf import measure_peak
-from bench.seeding import seeded_run
-from bench.spec import load_stage, with_epochs
+from bench.core.data import MnistSplits
+from bench.core.seeding import seeded_run
+from bench.core.spec import load_stage, with_epochs
+from bench.recording.perf import measure_peak
 from tests.conftest import ROOT, skip_without_gpu, subset
 
 if not is_installed("tensorflow"):
@@ -160,7 +160,7 @@ def test_tensorflow_and_torch_gpu_peaks_agree() -> None:
     skip_without_gpu("tensorflow", "gpu")
     skip_without_gpu("torch", "gpu")
     code = (
-        "import json; from bench.perf import measure_peak;"
+        "import json; from bench.recording.perf import measure_peak;"
         " print(json.dumps([measure_peak(b, 'gpu', 2) for b in ('tensorflow', 'torch')]))"
     )
     tf_peak, torch_peak = json.loads(run_fresh(code))
@@ -176,9 +176,9 @@ from pathlib import Path
 
 import torch
 from backends.tensorflow import TensorFlowBackend
-from bench.data import load_mnist
-from bench.seeding import seeded_run
-from bench.spec import load_stage, with_epochs
+from bench.core.data import load_mnist
+from bench.core.seeding import seeded_run
+from bench.core.spec import load_stage, with_epochs
 from tests.conftest import subset
 
 splits = subset(load_mnist(Path({str(data_dir)!r}), download=False), n_train=300)

@@ -162,7 +162,7 @@ def test_artifact_folder_that_cannot_be_written_is_one_line_before_training(
 
 def test_two_invocations_starting_together_on_a_new_store_both_succeed(tmp_path: Path) -> None:
     # Both processes wait for each other at the store's opening, then open it at once.
-    env = barrier(tmp_path / "meet", "bench.tracking", "Tracker.__init__", parties=2)
+    env = barrier(tmp_path / "meet", "bench.recording.tracking", "Tracker.__init__", parties=2)
     uri = f"sqlite:///{tmp_path}/store/mlflow.db"
     processes = [
         subprocess.Popen(
@@ -236,7 +236,7 @@ def test_users_own_telemetry_setting_wins(tmp_path: Path) -> None:
         [
             sys.executable,
             "-c",
-            "import bench.cli, os; bench.cli.main(['list']);"
+            "import bench.commands.cli, os; bench.commands.cli.main(['list']);"
             " print(os.environ['MLFLOW_DISABLE_TELEMETRY'])",
         ],
         env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "false"},

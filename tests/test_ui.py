@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from backends import installed_backends
-from bench import ui
+from bench.recording import ui
 from tests.conftest import ROOT, mnist_dir
 from tests.live import PATIENCE_S, bench_command
 

@@ -13,9 +13,9 @@ import pytest
 
 from backends import load_backend
 from backends.base import Backend
-from bench.data import MnistSplits
-from bench.seeding import seeded_run
-from bench.spec import STAGE_NAMES, load_stage
+from bench.core.data import MnistSplits
+from bench.core.seeding import seeded_run
+from bench.core.spec import STAGE_NAMES, load_stage
 from tests.conftest import backend_params
 
 pytestmark = pytest.mark.microbench

@@ -1,0 +1,266 @@
+"""`python -m bench compare BASELINE [CANDIDATE]`: read two invocations from the store, judge
+them (bench.recording.compare), print the verdict and record it as a run of kind `comparison`.
+
+Exit 0: no regression; 1: a regression; 3: inconclusive; 2: bad input, nothing recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.core.errors import BenchError
+from bench.core.provenance import git_state
+from bench.execution.runner import environment_of
+from bench.recording import compare
+from bench.recording.run_report import command_line, report_safely
+from bench.recording.tracking import INVOCATION_TAG, Tracker, resolve_tracking_uri
+from bench.recording.user_tags import parse_tag
+
+PARENT_KINDS = ("matrix", "perf")  # the invocations whose cells compare can pair
+TAG_SIDE = re.compile(r"^tag:([^=]+)=(.*)$")
+# The stage file's params (bench.core.spec flat()): what was trained, apart from options and env.
+SPEC_SECTIONS = frozenset({"name", "model", "init", "optimizer", "loss", "training", "data"})
+
+
+def _experiments(client: Any) -> list[str]:
+    return [e.experiment_id for e in client.search_experiments()]
+
+
+def _newest_parent(client: Any, extra: str = "") -> Any | None:
+    """The newest run or perf invocation (with `extra`, a further condition) in the store."""
+    experiments = _experiments(client)
+    found = []
+    for kind in PARENT_KINDS:  # MLflow's search has no OR and no IN for tags: one per kind
+        query = f"tags.kind = '{kind}'" + (f" and {extra}" if extra else "")
+        found += client.search_runs(
+            experiments, filter_string=query, order_by=["attributes.start_time DESC"], max_results=1
+        )
+    return max(found, key=lambda run: run.info.start_time, default=None)
+
+
+def resolve_run(client: Any, side: str, uri: str) -> Any:
+    """A side given as a parent run id or `tag:KEY=VALUE` (the newest parent with that tag)."""
+    tagged = TAG_SIDE.match(side)
+    if tagged:
+        try:  # the rules of `bench run --tag`, which also keep the search string well formed
+            key, value = parse_tag(side.removeprefix("tag:"))
+        except argparse.ArgumentTypeError as exc:
+            raise BenchError(f"{side!r}: {exc}") from None
+        run = _newest_parent(client, f"tags.`{key}` = '{value}'")
+        if run is None:
+            raise BenchError(
+                f"no run or perf invocation in {uri} has tag {key}={value}; set one with"
+                f" `bench run --tag {key}={value}`, or give a parent run id"
+            )
+        return run
+    try:
+        run = client.get_run(side)
+    except Exception:  # MLflow's "run not found", whatever its type on this store
+        raise BenchError(
+            f"no run {side!r} in {uri}; give a parent run id (the `recorded as parent run`"
+            " line) or tag:KEY=VALUE, and the store it is in with --tracking-uri"
+        ) from None
+    kind = run.data.tags.get("kind", "")
+    if kind not in PARENT_KINDS:
+        parent = run.data.tags.get(INVOCATION_TAG)
+        hint = f" {parent}" if parent else ""
+        raise BenchError(
+            f"run {side} is a {kind or 'non-bench'} run, not a run or perf invocation; give its"
+            f" invocation's parent run id{hint}"
+        )
+    return run
+
+
+def _cell(client: Any, run: Any, tmp: Path) -> compare.CellData:
+    tags, params = run.data.tags, dict(run.data.params)
+    run_id = run.info.run_id
+    key: compare.CellKey = (tags["stage"], tags["backend"], tags["device"], int(tags["seed"]))
+    history = sorted(client.get_metric_history(run_id, "epoch_seconds"), key=lambda m: m.step)
+    batch = int(params.get("training.batch_size", "100"))
+    losses = None
+    try:
+        path = client.download_artifacts(run_id, "step_losses.csv", str(tmp))
+        losses = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)[:, 1]
+    except Exception:  # a failed cell has none: the outcome says so
+        losses = None
+    accuracy = run.data.metrics.get("test_accuracy")
+    spec = {k: v for k, v in params.items() if k.split(".")[0] in SPEC_SECTIONS}
+    return compare.CellData(
+        key=key,
+        run_id=run_id,
+        outcome=tags.get("outcome", "failed"),
+        test_accuracy=accuracy,
+        rates=compare.steady_rates([m.value for m in history], batch),
+        step_losses=losses,
+        fingerprint=compare.Fingerprint.of(environment_of(params), params),
+        spec=spec,
+        deterministic=params.get("option.deterministic") == "true",
+        speed_stable=tags.get("speed_stable", "true") != "false",
+        unstable_reason=tags.get("speed_unstable_reason", ""),
+    )
+
+
+def load_side(client: Any, run: Any) -> compare.Side:
+    """A parent run and its cells (found by the invocation tag, however they nest)."""
+    run_id = run.info.run_id
+    query = f"tags.{INVOCATION_TAG} = '{run_id}' and tags.kind = 'cell'"
+    # MLflow returns 1,000 runs unless told more; its store's ceiling is 50,000.
+    cells = client.search_runs([run.info.experiment_id], filter_string=query, max_results=50_000)
+    with tempfile.TemporaryDirectory(prefix="mlp-bench-compare-") as tmp:
+        loaded = [_cell(client, cell, Path(tmp)) for cell in cells]
+    drift = {
+        k.removeprefix("peak_drift_"): v
+        for k, v in run.data.metrics.items()
+        if k.startswith("peak_drift_")
+    }
+    return compare.Side(
+        run_id=run_id,
+        name=run.info.run_name or run_id,
+        experiment_id=run.info.experiment_id,
+        options={k: v for k, v in run.data.params.items() if k.startswith("option.")},
+        cells={cell.key: cell for cell in sorted(loaded, key=lambda c: c.key)},
+        speed_stable=run.data.tags.get("speed_stable", "true") != "false",
+        peak_drift=drift,
+    )
+
+
+def check_pairable(base: compare.Side, cand: compare.Side) -> None:
+    """The bad inputs found once both sides are read: one line each, nothing recorded."""
+    if base.run_id == cand.run_id:
+        raise BenchError(f"baseline and candidate are the same run {base.run_id}; give two runs")
+    if base.experiment_id != cand.experiment_id:
+        raise BenchError(
+            f"runs {base.run_id} and {cand.run_id} are in different experiments"
+            f" ({base.experiment_id} and {cand.experiment_id}); compare runs of one experiment"
+        )
+    numeric = compare.numeric_option_mismatch(base, cand)
+    if numeric:
+        what = ", ".join(f"{k} {old} vs {new}" for k, (old, new) in numeric.items())
+        raise BenchError(
+            f"the runs compute different numbers ({what}); compare runs made with the same"
+            " --dtype, --parity and --accumulate"
+        )
+    for side in (base, cand):
+        if not side.cells:
+            raise BenchError(f"run {side.run_id} has no cells; give a run that trained some")
+    if not set(base.cells) & set(cand.cells):
+        raise BenchError(
+            f"runs {base.run_id} and {cand.run_id} have no cell in common (stage, backend,"
+            " device and seed); compare runs of the same stages"
+        )
+
+
+def _plot(comparison: compare.Comparison, path: Path) -> None:
+    """The ratios with their 95% CIs, one row per cell (over its epochs) and per group judged
+    over processes, against 1 and the slowdown limit."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(compare.cell_name(p.key), p.speed) for p in comparison.pairs if p.speed is not None]
+    rows += [(f"{g.group} (processes)", g.speed) for g in comparison.groups]
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.45 * max(1, len(rows))))
+    for row, (_, speed) in enumerate(rows):
+        color = "tab:red" if speed.verdict == "regression" else "tab:blue"
+        ax.errorbar(
+            speed.ratio,
+            row,
+            xerr=[[speed.ratio - speed.ci_low], [speed.ci_high - speed.ratio]],
+            fmt="o",
+            color=color,
+            capsize=3,
+        )
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    limit = 1.0 - comparison.settings.max_slowdown
+    ax.axvline(limit, color="tab:red", linestyle="--", linewidth=0.8, label="slowdown limit")
+    ax.set_yticks(range(len(rows)), [name for name, _ in rows])
+    ax.set_xlabel("samples/s, candidate / baseline (median, bootstrap 95% CI)")
+    base, cand = comparison.baseline.run_id[:8], comparison.candidate.run_id[:8]
+    ax.set_title(f"{comparison.verdict}: candidate {cand} vs baseline {base}", fontsize="medium")
+    ax.legend(loc="best", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def record(tracker: Tracker, comparison: compare.Comparison, text: str) -> str:
+    """A run of kind `comparison` beside the two parents, with the table, CSV and plot."""
+    tracker.experiment_id = comparison.baseline.experiment_id
+    base, cand = comparison.baseline.run_id, comparison.candidate.run_id
+    settings = comparison.settings
+    run_id = tracker.start_parent(
+        f"compare-{cand[:8]}-vs-{base[:8]}",
+        params={
+            "alpha": f"{settings.alpha:g}",
+            "max_slowdown": f"{settings.max_slowdown:g}",
+            "allow_busy": str(settings.allow_busy).lower(),
+            "run_noise": f"{settings.run_noise:g}",
+        },
+        tags={
+            "kind": "comparison",
+            "baseline": base,
+            "candidate": cand,
+            "verdict": comparison.verdict,
+            "exit_code": str(comparison.exit_code),
+            "mlflow.note.content": f"```\n{text}\n```",
+            **git_state(),  # of the harness that judged
+        },
+    )
+    try:
+        tracker.log_metrics(
+            run_id,
+            {
+                "pairs": len(comparison.pairs),
+                "regressions": len(comparison.regressions),
+                "inconclusive_reasons": len(comparison.inconclusive),
+            },
+        )
+        with tempfile.TemporaryDirectory(prefix="mlp-bench-compare-") as tmp:
+            folder = Path(tmp)
+            (folder / "compare.txt").write_text(text + "\n")
+            (folder / "compare.csv").write_text(compare.csv_text(comparison))
+            _plot(comparison, folder / "compare.png")
+            for name in ("compare.txt", "compare.csv", "compare.png"):
+                tracker.log_artifact(run_id, folder / name)
+    except BaseException:
+        tracker.end(run_id, "FAILED")
+        raise
+    tracker.end(run_id, "FINISHED")
+    return run_id
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    uri = resolve_tracking_uri(args.tracking_uri)
+    tracker = Tracker(uri, None)
+    client = tracker.client
+    base_run = resolve_run(client, args.baseline, uri)
+    if args.candidate is None:
+        cand_run = _newest_parent(client)
+        if cand_run is None or cand_run.info.run_id == base_run.info.run_id:
+            raise BenchError(
+                f"the newest invocation in {uri} is the baseline itself; give a CANDIDATE"
+            )
+    else:
+        cand_run = resolve_run(client, args.candidate, uri)
+    baseline, candidate = load_side(client, base_run), load_side(client, cand_run)
+    check_pairable(baseline, candidate)
+    settings = compare.Settings(
+        alpha=args.alpha,
+        max_slowdown=args.max_slowdown,
+        allow_busy=args.allow_busy,
+        run_noise=args.run_noise,
+    )
+    comparison = compare.compare(baseline, candidate, settings)
+    text = compare.report_text(comparison)
+    print(text, flush=True)
+    run_id = record(tracker, comparison, text)
+    print(f"recorded as comparison run {run_id}")
+    report_safely(tracker, run_id, command_line())
+    return comparison.exit_code

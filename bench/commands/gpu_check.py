@@ -1,0 +1,422 @@
+"""The GPU check: `python -m bench.gpu_check --data-dir D --out DIR` (PyTorch only, no MLflow).
+
+Made for a lent GPU machine that has PyTorch but neither TensorFlow nor MLflow, and a few minutes
+of it. The items run in order of what they prove, so that a run cut short has proved the most:
+the GPU's float32 peak; relu-xavier; adam and dropout, each eager and with CUDA graphs, the two
+compared byte for byte (a graph that replayed a stale batch, mask or lr_t would still
+converge); a bitwise rerun of dropout with graphs (the CUDA Philox generator inside a graph);
+float64 parity of torch/gpu against torch/cpu for relu-xavier and adam; then the rest (CUDA
+graphs for relu-xavier, the TF32 peak and a TF32 row against it, relu-normal, the other parity
+runs) and the CPU's peak last.
+
+Each finished item rewrites gpu_table.txt and gpu_check.json in --out, so a run cut short
+still leaves what it measured; a failing cell or peak becomes a FAILED line instead of ending
+the check (the tail of each failed worker's log goes to failed_logs.txt), and items that would
+start past --budget-s are listed as skipped. `--device cpu` rehearses the whole script on a
+machine without a GPU (GPU-only items skipped, parity against itself). Exit status 0 only when
+everything ran, every eager/graph pair and the rerun were bit-identical and float64 parity
+passed; 1 when a check failed; 2 for bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from backends.base import DType
+from bench.core.data import ensure_files, resolve_data_dir
+from bench.core.devices import gpu_driver_version, resolve_devices
+from bench.core.errors import BenchError
+from bench.core.spec import STAGE_NAMES, load_stage
+from bench.execution.matrix import LocalExecutor, run_alone
+from bench.execution.parity import compare, parity_options
+from bench.execution.runner import Cell, CellResult, RunOptions, cpu_model
+from bench.recording.perf import flops_per_sample
+
+Device = Literal["cpu", "gpu"]
+PARITY_STEPS: dict[DType, int] = {"float64": 550, "float32": 50}
+GRAPHS, TF32 = " cuda-graphs", " tf32"  # row name suffixes
+FIRST_STAGES = ("relu-xavier", "adam", "dropout")  # the rows worth most, in this order
+GRAPHED_FIRST = ("adam", "dropout")  # stages whose CUDA-graph rows come early
+PARITY_FIRST = ("relu-xavier", "adam")  # float64 parity worth running before the rest
+GPU_ONLY = "skipped: GPU only"
+# Taken from the first cell that finishes: the versions and GPU that every row ran on.
+ENVIRONMENT_KEYS = ("framework_version", "cuda_version", "cudnn_version", "gpu_model")
+
+
+@dataclass
+class Row:
+    cell: str
+    outcome: str  # the cell's outcome, "FAILED: why" or "skipped: why"
+    test_accuracy: float | None = None
+    samples_per_s: float | None = None
+    train_gflops: float | None = None
+    roofline: float | None = None
+    peak: str | None = None  # the name of the peak that `roofline` divides by
+    gpu_memory_mb: float | None = None
+    gpu_model: str = "-"
+    step_losses_sha256: str | None = None
+
+    def line(self) -> str:
+        if self.test_accuracy is None:  # failed or skipped
+            return f"{self.cell:<34} {self.outcome}"
+        if self.samples_per_s is None:  # one epoch (or a divergence): no steady state
+            speed = f"{'n/a':>12} samples/s (fewer than 2 epochs ran)"
+        else:
+            roofline = (
+                f"roofline {self.roofline:.4f} of {self.peak}"
+                if self.roofline is not None
+                else "roofline n/a (no peak measured)"
+            )
+            speed = f"{self.samples_per_s:>12,.0f} samples/s  {self.train_gflops:8.1f} GFLOP/s  "
+            speed += roofline
+        memory = "" if self.gpu_memory_mb is None else f"  {self.gpu_memory_mb:.0f} MiB"
+        return (
+            f"{self.cell:<34} {self.outcome:<13} {100 * self.test_accuracy:6.2f}%  {speed}{memory}"
+        )
+
+
+@dataclass
+class Report:
+    """Everything measured so far; saved whole after each item."""
+
+    out: Path
+    device: Device
+    environment: dict[str, str] = field(default_factory=dict)
+    peaks: dict[str, float] = field(default_factory=dict)  # "gpu", "gpu tf32", "cpu"
+    peak_failures: dict[str, str] = field(default_factory=dict)
+    rows: list[Row] = field(default_factory=list)
+    # stage -> "identical", "DIFFERENT ...", or why not compared: eager against CUDA graphs.
+    graphs: dict[str, str] = field(default_factory=dict)
+    bitwise_cell: str = "-"
+    bitwise: str = "not run"  # "identical", "DIFFERENT ...", or why not run
+    parity: dict[str, dict[str, Any]] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)  # items the budget left out
+    finished: bool = False  # False in a file saved midway (or left by a run cut short)
+
+    @property
+    def passed(self) -> bool:
+        if not self.finished or self.skipped or self.peak_failures:
+            return False
+        if any(r.outcome.startswith("FAILED") for r in self.rows):
+            return False
+        graphs = all(v in ("identical", GPU_ONLY) for v in self.graphs.values())
+        float64 = [v["passed"] for k, v in self.parity.items() if k.endswith("float64")]
+        return graphs and self.bitwise == "identical" and bool(float64) and all(float64)
+
+    def lines(self) -> list[str]:
+        env = ", ".join(f"{k} {v}" for k, v in self.environment.items())
+        peaks = [f"{d} {v:,.0f} GFLOP/s" for d, v in self.peaks.items()]
+        peaks += [f"{d} FAILED: {why}" for d, why in self.peak_failures.items()]
+        lines = [f"environment: {env}", f"peak matmul: {', '.join(peaks) or 'not measured'}"]
+        lines += [row.line() for row in self.rows]
+        lines += [f"eager vs cuda-graphs {stage}: {v}" for stage, v in self.graphs.items()]
+        lines.append(f"bitwise rerun of {self.bitwise_cell}: {self.bitwise}")
+        for name, v in self.parity.items():
+            if "measured" not in v:
+                lines.append(f"parity {name}: {v['outcome']}")
+                continue
+            verdict = "PASS" if v["passed"] else "FAIL"
+            lines.append(
+                f"parity {name}: {v['measured']:.3e} ({verdict}), weights {v['weights']:.3e}"
+            )
+        lines += [f"skipped (budget spent): {what}" for what in self.skipped]
+        verdict = "passed" if self.passed else "FAILED"
+        return [*lines, f"check {verdict}" if self.finished else "check unfinished (cut short?)"]
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "device": self.device,
+            "environment": self.environment,
+            "peaks": self.peaks,
+            "peak_failures": self.peak_failures,
+            "rows": [asdict(r) for r in self.rows],
+            "graphs": self.graphs,
+            "bitwise_cell": self.bitwise_cell,
+            "bitwise": self.bitwise,
+            "parity": self.parity,
+            "skipped": self.skipped,
+            "finished": self.finished,
+            "passed": self.passed,
+        }
+
+    def save(self) -> None:
+        """Both files, each written whole and then renamed into place; strict JSON (a diverged
+        parity run's infinite difference is written as null)."""
+        document = json.dumps(_finite(self.document()), indent=1, allow_nan=False)
+        for name, text in (
+            ("gpu_table.txt", "\n".join(self.lines()) + "\n"),
+            ("gpu_check.json", document),
+        ):
+            staged = self.out / f".{name}.partial"
+            staged.write_text(text)
+            staged.replace(self.out / name)
+
+
+def _finite(value: Any) -> Any:
+    """The value with every non-finite float replaced by None (JSON has no Infinity or NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def losses_verdict(first: np.ndarray, second: np.ndarray) -> str:
+    """ "identical" when the step losses agree byte for byte; else where they part."""
+    if first.tobytes() == second.tobytes():
+        return "identical"
+    if first.shape != second.shape or first.dtype != second.dtype:
+        return f"DIFFERENT: {first.size} {first.dtype} against {second.size} {second.dtype} steps"
+    bits = f"u{first.itemsize}"  # compared as bits: NaN losses of a divergence compare equal
+    step = int(np.flatnonzero(first.view(bits) != second.view(bits))[0])
+    return f"DIFFERENT from step {step + 1} ({first[step]!r} against {second[step]!r})"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One thing the check does, named as the table and the budget list name it."""
+
+    name: str
+    body: Callable[[], None]
+
+
+class Check:
+    """Runs the items in order against a deadline, saving the report after each."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.device: Device = args.device
+        self.stages: list[str] = args.stages
+        self.data_dir = str(resolve_data_dir(args.data_dir))
+        self.epochs: int = args.epochs
+        # Host threads per cell: a GPU cell needs few; no more than the cores (CPU rehearsal).
+        self.threads = min(4, os.cpu_count() or 1)
+        self.budget_s: float = args.budget_s
+        self.report = Report(out=Path(args.out), device=args.device)
+        self._losses: dict[str, np.ndarray] = {}  # row name -> its step losses
+        self.report.bitwise_cell = self._row_name(*self._bitwise_row())
+
+    def run(self) -> Report:
+        # No download: the lent machine has no network, and three mirrors per missing file
+        # would only fail slowly. A bad --data-dir fails here, in one line.
+        ensure_files(Path(self.data_dir), download=False)
+        if self.device == "gpu":
+            resolve_devices(["gpu"], ["torch"])  # one line if PyTorch cannot use a GPU here
+        self.report.out.mkdir(parents=True, exist_ok=True)
+        self.report.environment = {"cpu": cpu_model()}
+        if self.device == "gpu":
+            self.report.environment["driver"] = gpu_driver_version()
+        deadline = time.monotonic() + self.budget_s
+        for item in self.plan():
+            if time.monotonic() > deadline:
+                self.report.skipped.append(item.name)
+            else:
+                item.body()
+            self.report.save()
+        self.report.finished = True
+        self.report.save()
+        return self.report
+
+    # --- the plan --------------------------------------------------------------------------
+
+    def plan(self) -> list[Item]:
+        """Every item, the most valuable first (see the module's docstring)."""
+        device, stages = self.device, self.stages
+        items = [self._peak_item(device, tf32=False)]
+        for stage in (s for s in FIRST_STAGES if s in stages):
+            items.append(self._row_item(stage, ""))
+            if stage in GRAPHED_FIRST:
+                items.append(self._row_item(stage, GRAPHS))
+        items.append(Item("bitwise rerun", self._bitwise))
+        items += [self._parity_item(s, "float64") for s in PARITY_FIRST if s in stages]
+        if "relu-xavier" in stages:
+            items.append(self._row_item("relu-xavier", GRAPHS))
+            if device == "gpu":  # CPUs have no TF32: the row below is skipped there
+                items.append(self._peak_item(device, tf32=True))
+            items.append(self._row_item("relu-xavier", TF32))
+        items += [self._row_item(s, "") for s in stages if s not in FIRST_STAGES]
+        items += [self._parity_item(s, "float64") for s in stages if s not in PARITY_FIRST]
+        items += [self._parity_item(s, "float32") for s in stages]
+        if device != "cpu":
+            items.append(self._peak_item("cpu", tf32=False))
+        return items
+
+    def _peak_item(self, device: Device, tf32: bool) -> Item:
+        name = f"{device}{TF32 if tf32 else ''}"
+
+        def body() -> None:
+            threads = (os.cpu_count() or 1) if device == "cpu" else 1
+            try:
+                with tempfile.TemporaryDirectory() as tmp:
+                    value = LocalExecutor().peak("torch", device, threads, Path(tmp), tf32=tf32)
+            except BenchError as error:  # the rows go on, without a roofline
+                self.report.peak_failures[name] = str(error)
+            else:
+                self.report.peaks[name] = value
+
+        return Item(f"peak {name}", body)
+
+    def _row_name(self, stage: str, variant: str) -> str:
+        return f"{stage}/torch/{self.device}{variant}"
+
+    def _row_item(self, stage: str, variant: str) -> Item:
+        name = self._row_name(stage, variant)
+        options = self._options(cuda_graphs=variant == GRAPHS, tf32=variant == TF32)
+
+        def body() -> None:
+            if variant and self.device != "gpu":  # CUDA graphs and TF32 exist on GPUs only
+                self.report.rows.append(Row(name, GPU_ONLY))
+                if variant == GRAPHS:
+                    self.report.graphs[stage] = GPU_ONLY
+                return
+            result = self._cell(name, Cell(stage, "torch", self.device, 0), options)
+            self.report.rows.append(self._row(name, result, variant))
+            if variant == GRAPHS:
+                self.report.graphs[stage] = self._compare(self._row_name(stage, ""), name)
+
+        return Item(name, body)
+
+    def _parity_item(self, stage: str, dtype: DType) -> Item:
+        return Item(f"parity {stage} {dtype}", lambda: self._parity(stage, dtype))
+
+    # --- the items' work -------------------------------------------------------------------
+
+    def _options(self, **changes: Any) -> RunOptions:
+        return RunOptions(
+            data_dir=self.data_dir, threads=self.threads, epochs=self.epochs, **changes
+        )
+
+    def _cell(self, name: str, cell: Cell, options: RunOptions) -> CellResult | str:
+        """The cell's result, or why it failed (its log's tail kept in failed_logs.txt)."""
+        run = run_alone(cell, options)
+        if run.result is not None:
+            self._losses[name] = run.result.step_losses
+            for key in ENVIRONMENT_KEYS:
+                self.report.environment.setdefault(key, run.result.environment.get(key, "-"))
+            return run.result
+        with (self.report.out / "failed_logs.txt").open("a") as logs:
+            logs.write(f"=== {name}: {run.error}\n{run.log_tail}\n\n")
+        return f"FAILED: {run.error} (log tail: failed_logs.txt)"
+
+    def _row(self, name: str, result: CellResult | str, variant: str) -> Row:
+        if isinstance(result, str):
+            return Row(name, result)
+        row = Row(
+            cell=name,
+            outcome=result.outcome,
+            test_accuracy=result.test_accuracy,
+            gpu_memory_mb=result.memory.get("peak_gpu_memory_mb"),
+            gpu_model=result.environment.get("gpu_model", "-"),
+            step_losses_sha256=hashlib.sha256(result.step_losses.tobytes()).hexdigest(),
+        )
+        speed = result.train_samples_per_s
+        if speed is not None:
+            row.samples_per_s = speed
+            row.train_gflops = speed * flops_per_sample(load_stage(result.cell.stage)) / 1e9
+            # A TF32 row is held against the TF32 peak: its limit, several times float32's.
+            peak_name = f"{self.device}{TF32 if variant == TF32 else ''}"
+            peak = self.report.peaks.get(peak_name)
+            if peak:
+                row.roofline, row.peak = row.train_gflops / peak, peak_name
+        return row
+
+    def _compare(self, first: str, second: str) -> str:
+        """Whether two rows trained byte for byte alike; why not compared where one failed."""
+        missing = [name for name in (first, second) if name not in self._losses]
+        if missing:
+            return f"not compared: {', '.join(missing)} did not finish"
+        return losses_verdict(self._losses[first], self._losses[second])
+
+    def _bitwise_row(self) -> tuple[str, str]:
+        """The row the bitwise rerun repeats: dropout with CUDA graphs (the framework's own
+        dropout RNG inside a replayed graph); the CPU rehearsal's dropout row is eager."""
+        training = [s for s in self.stages if s != "relu-normal"] or self.stages
+        stage = "dropout" if "dropout" in training else training[-1]
+        graphs = self.device == "gpu" and stage != "relu-normal"
+        return stage, GRAPHS if graphs else ""
+
+    def _bitwise(self) -> None:
+        stage, variant = self._bitwise_row()
+        name = self._row_name(stage, variant)
+        options = self._options(cuda_graphs=variant == GRAPHS)
+        again = self._cell(f"{name} again", Cell(stage, "torch", self.device, 0), options)
+        if isinstance(again, str):
+            self.report.bitwise = again
+        else:
+            self.report.bitwise = self._compare(name, f"{name} again")
+
+    def _parity(self, stage: str, dtype: DType) -> None:
+        batch = load_stage(stage).training.batch_size
+        options = parity_options(self.data_dir, self.threads, PARITY_STEPS[dtype], dtype, batch)
+        sides = {
+            f"torch/{d}": self._cell(
+                f"parity {stage} {dtype} {d}", Cell(stage, "torch", d, 0), options
+            )
+            for d in dict.fromkeys((self.device, "cpu"))
+        }
+        name = f"torch/{self.device} vs torch/cpu {stage} {dtype}"
+        failed = [r for r in sides.values() if isinstance(r, str)]
+        if failed:
+            self.report.parity[name] = {"outcome": failed[0], "passed": False}
+            return
+        results = {k: v for k, v in sides.items() if not isinstance(v, str)}
+        if len(results) == 1:  # the CPU rehearsal: one run compared with itself
+            results["torch/cpu again"] = next(iter(results.values()))
+        report = compare(stage, options, results)
+        self.report.parity[name] = {
+            "measured": report.measured,
+            "passed": report.passed,
+            "weights": report.weight_rel_diff,
+        }
+
+
+def _stages(text: str) -> list[str]:
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in names if s not in STAGE_NAMES]
+    if unknown or not names:
+        given = ", ".join(unknown) or "(none)"
+        raise argparse.ArgumentTypeError(
+            f"unknown stage(s) {given}; choose from {', '.join(STAGE_NAMES)}"
+        )
+    return [s for s in STAGE_NAMES if s in names]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data-dir", help="the MNIST files (default: $MLP_BENCH_DATA_DIR)")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--device", choices=("gpu", "cpu"), default="gpu")
+    parser.add_argument("--stages", type=_stages, default=list(STAGE_NAMES))
+    # About 300 s: the whole check, and a rerun of it, fit in a lent machine's 15 minutes.
+    parser.add_argument("--budget-s", type=float, default=300.0)
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
+    try:
+        report = Check(args).run()
+    except BenchError as error:  # exit 2, as for bad arguments; 1 is a check that failed
+        print(f"gpu_check: {error}", file=sys.stderr)
+        sys.exit(2)
+    print("\n".join(report.lines()))
+    sys.exit(0 if report.passed else 1)
+
+
+if __name__ == "__main__":
+    main()

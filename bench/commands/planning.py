@@ -1,0 +1,88 @@
+"""From a `run` or `perf` command line to a validated Plan: every input checked, and the
+machine probed, before any training starts. The one place the arguments of a matrix are read."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from backends import check_backend, installed_backends
+from backends.base import ONEDNN_ONLY
+from bench.core.data import ensure_files, resolve_data_dir
+from bench.core.devices import resolve_devices
+from bench.core.errors import BenchError
+from bench.core.spec import select_stages
+from bench.execution.invocation import Plan, check_machine
+from bench.execution.matrix import build_cells
+from bench.execution.runner import RunOptions, available_cores
+from bench.recording.tracking import DEFAULT_EXPERIMENT, resolve_tracking_uri
+
+
+def seeds_of(args: argparse.Namespace) -> list[int]:
+    """--seed values and --seeds K (0..K-1), in order, without repeats; default seed 0."""
+    seeds = list(args.seed or []) + list(range(args.seeds or 0))
+    return list(dict.fromkeys(seeds or [0]))
+
+
+def plan_run(args: argparse.Namespace, refuse_busy: bool = False) -> Plan:
+    """Check every input and the machine; with `refuse_busy` (perf) a busy machine is an
+    error, else a warning."""
+    # Each stage file is read here, once: its text is what the workers train from.
+    specs = select_stages(args.stage or [], args.stage_file or [], args.epochs)
+    if args.accumulate and not args.parity:
+        raise BenchError(
+            f"--accumulate {args.accumulate} applies in parity mode only; add --parity or drop"
+            " --accumulate"
+        )
+    backends = list(dict.fromkeys(args.backend or installed_backends()))
+    if not backends:
+        raise BenchError("no backend installed; install tensorflow or torch (nox -s bench does)")
+    for name in backends:
+        check_backend(name)
+    if args.cuda_graphs and args.dtype == "float64":
+        raise BenchError("--cuda-graphs trains in float32 only; drop --dtype float64")
+    choice = resolve_devices(args.device or ["auto"], backends)
+    devices = choice.devices
+    if choice.note:
+        print(choice.note, flush=True)
+    if args.cuda_graphs and (devices != ["gpu"] or args.parity):
+        raise BenchError(
+            "--cuda-graphs replays PyTorch's fast step on a GPU: give --device gpu (alone),"
+            " without --parity"
+        )
+    if args.torch_matmul == "onednn" and (
+        args.parity or args.dtype == "float64" or "gpu" in devices
+    ):
+        raise BenchError(ONEDNN_ONLY)
+    data_dir = resolve_data_dir(args.data_dir)
+    ensure_files(data_dir)  # downloads what is missing, or fails now with the file's name
+    options = RunOptions(
+        data_dir=str(data_dir),
+        threads=args.threads or available_cores(),
+        epochs=args.epochs,
+        parity=args.parity,
+        dtype=args.dtype,
+        accumulate=args.accumulate or "float64",
+        deterministic=not args.nondeterministic,
+        tf32=args.tf32,
+        inter_op_threads=args.inter_op_threads,
+        xla=not args.no_xla,
+        cuda_graphs=args.cuda_graphs,
+        torch_matmul=args.torch_matmul,
+    )
+    seeds = seeds_of(args)
+    machine, busy = check_machine(refuse_busy)
+    return Plan(
+        cells=build_cells(specs, backends, devices, seeds),
+        specs=specs,
+        options=options,
+        tracking_uri=resolve_tracking_uri(args.tracking_uri),
+        experiment=args.experiment or DEFAULT_EXPERIMENT,
+        seeds=seeds,
+        machine=machine,
+        busy=busy,
+        measure_peaks=not args.no_peak,
+        cell_timeout_s=args.cell_timeout,
+        tags=dict(args.tag or []),
+        command=" ".join(sys.argv[1:]),
+    )

@@ -1,0 +1,51 @@
+"""`python -m bench reproduce RUN_ID`: rerun a recorded cell; report what differs."""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from bench.commands.exits import EXIT_FAILED, EXIT_INTERRUPTED
+from bench.core.data import ensure_files, resolve_data_dir
+from bench.core.errors import BenchError
+from bench.execution.matrix import LocalExecutor
+from bench.execution.reproduce import compare, spec_differences
+from bench.execution.runner import RunOptions
+from bench.recording.tracking import Tracker, resolve_tracking_uri
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    uri = resolve_tracking_uri(args.tracking_uri)
+    tracker = Tracker(uri, experiment=None)
+    recorded = tracker.load_cell(args.run_id)
+    mismatched = spec_differences(recorded.stage_text, recorded.params, args.run_id)
+    if mismatched:
+        key, (param, artifact) = next(iter(mismatched.items()))
+        raise BenchError(
+            f"run {args.run_id}: param {key}={param} but its stage file says "
+            f"{artifact}; the record is inconsistent"
+        )
+    data_dir = resolve_data_dir(args.data_dir)
+    ensure_files(data_dir)
+    options = RunOptions.from_record(recorded.params, str(data_dir))
+    print(f"reproducing {recorded.cell.name} (run {args.run_id})", flush=True)
+    try:
+        with tempfile.TemporaryDirectory(prefix="mlp-bench-") as tmp:
+            run = LocalExecutor().execute(
+                recorded.cell, options, Path(tmp), lambda r: None, stage_text=recorded.stage_text
+            )
+            if run.result is None:
+                raise BenchError(f"the rerun failed: {run.error}")
+            comparison = compare(
+                recorded.step_losses, recorded.params, recorded.metrics["test_accuracy"], run.result
+            )
+            print(comparison.describe())
+            run_id = tracker.record_reproduction(
+                recorded, run, comparison.bit_identical, comparison.environment
+            )
+    except KeyboardInterrupt:
+        print("\ninterrupted: nothing recorded")
+        return EXIT_INTERRUPTED
+    print(f"recorded as run {run_id}")
+    return 0 if comparison.bit_identical else EXIT_FAILED

@@ -1,0 +1,30 @@
+"""`python -m bench ui`: serve a store's MLflow UI, after pointing a moved or copied store at
+its own artifacts (bench.recording.store.rebase_artifacts), so that `results/` copied from another
+machine opens with its reports and figures."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+
+from bench.core.errors import BenchError
+from bench.recording import store
+from bench.recording.tracking import Tracker, resolve_tracking_uri
+from bench.recording.ui import UI_PORT, cells_url, ui_command
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    uri = resolve_tracking_uri(args.tracking_uri)
+    database = store.sqlite_path(uri)
+    if database is None:
+        raise BenchError(f"{uri} is a server: open {uri} in a browser; `bench ui` serves SQLite")
+    if not database.is_file():
+        raise BenchError(f"no store at {database}; give a store's --tracking-uri sqlite:///PATH")
+    tracker = Tracker(uri, experiment=None)  # checks the store and rebases it
+    port = args.port or UI_PORT
+    for experiment in tracker.client.search_experiments():
+        print(f"{experiment.name}: {cells_url(uri, experiment.experiment_id, port=port)}")
+    command = shlex.split(ui_command(uri, port))
+    print(" ".join(command), flush=True)
+    os.execvp(command[0], command)  # the server replaces this process: Ctrl-C stops it

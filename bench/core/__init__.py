@@ -1,0 +1,1 @@
+"""The framework-free core: the stage spec, seeding, the dataset, devices, errors."""

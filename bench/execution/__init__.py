@@ -1,0 +1,1 @@
+"""Execution: one cell (runner), its process (worker), the matrix and its executors."""

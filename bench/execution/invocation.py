@@ -1,0 +1,222 @@
+"""One invocation of the matrix (run, perf): the validated plan, the parent run, the peaks,
+the cells, and the parent's end. Knows no command line: `bench.commands.planning` builds the
+Plan from the arguments, and nothing past it reads them."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from backends import installed_backends
+from bench.core.errors import BenchError
+from bench.core.seeding import describe_seeds
+from bench.core.spec import StageSpec
+from bench.execution import quiet
+from bench.execution.matrix import CellRun, LocalExecutor, run_matrix
+from bench.execution.runner import Cell, RunOptions
+from bench.recording.perf import machine_peaks
+from bench.recording.report import Progress
+from bench.recording.run_report import report_safely
+from bench.recording.tracking import MatrixRecord, Tracker
+from bench.recording.ui import closing_lines
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated `run` invocation: everything known before any training starts."""
+
+    cells: list[Cell]
+    specs: dict[str, StageSpec]
+    options: RunOptions
+    tracking_uri: str
+    experiment: str
+    seeds: list[int] = field(default_factory=lambda: [0])
+    # What else ran on the machine just before, and why it counts as busy (None: quiet).
+    machine: quiet.Activity | None = None
+    busy: str | None = None
+    measure_peaks: bool = True  # --no-peak: False
+    cell_timeout_s: int | None = None  # None: the matrix's default for the cell's epochs
+    tags: dict[str, str] = field(default_factory=dict)  # the user's --tag labels
+    command: str = ""  # the command line, as recorded on the parent run
+
+
+def check_machine(refuse_busy: bool) -> tuple[quiet.Activity, str | None]:
+    """Before any peak or cell (and before the store is written): are the cores free? A
+    second process on 2 cores made the torch cells 5-17x slower."""
+    activity = quiet.probe_activity()
+    reason = quiet.busy_reason(activity, os.cpu_count() or 1)
+    if reason is not None and refuse_busy:
+        raise BenchError(
+            f"the machine is busy, so timings would be wrong: {reason} or pass --allow-busy"
+        )
+    if reason is not None:
+        print(f"WARNING: the machine is busy, so timings will be wrong: {reason}", flush=True)
+    return activity, reason
+
+
+def _machine_metrics(plan: Plan) -> dict[str, float]:
+    """The probe taken at planning, as the parent run's metrics (where measured)."""
+    if plan.machine is None:
+        return {}
+    values = {
+        "others_cpu_cores_at_start": plan.machine.others_cores,
+        "steal_fraction_at_start": plan.machine.steal_fraction,
+        "load_average_1m_at_start": plan.machine.load1,
+    }
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def invocation_name(kind: str, plan: Plan) -> str:
+    """The parent run's name: the command and what it ran, then when (the UI lists parents
+    by name; "matrix-20261129-2317" said neither what nor which)."""
+    command = "run" if kind == "matrix" else kind
+    stages = ",".join(plan.specs) if len(plan.specs) <= 2 else f"{len(plan.specs)} stages"
+    backends = ",".join(dict.fromkeys(c.backend for c in plan.cells))
+    devices = ",".join(dict.fromkeys(c.device for c in plan.cells))
+    return (
+        f"{command} {stages} | {backends} | {devices} | seeds {describe_seeds(plan.seeds)}"
+        f" | {time.strftime('%m-%d %H:%M')}"
+    )
+
+
+def _invocation_params(plan: Plan) -> dict[str, str]:
+    return {
+        "stages": ",".join(plan.specs),
+        "cells": str(len(plan.cells)),
+        "seeds": describe_seeds(plan.seeds),
+        "epochs": str(plan.options.epochs or "stage file"),
+        "data_dir": plan.options.data_dir,
+        "command": plan.command[:500],
+        **plan.options.record(),
+    }
+
+
+def peak_uses_tf32(device: str, options: RunOptions) -> bool:
+    """Whether a device's cells may use TF32, so that their limit is the TF32 peak (on an H200
+    several times the float32 one); CPUs have no TF32."""
+    return options.tf32 and device == "gpu"
+
+
+def measure_peaks(
+    cells: list[Cell], options: RunOptions, when: str = ""
+) -> dict[tuple[str, str], float]:
+    """The peak matmul rate through every installed framework on each device of the cells,
+    once: float32, or TF32 where the cells may use it. The cells' own backends must measure;
+    another installed framework only widens the machine's peak (perf.machine_peaks), so one
+    that cannot use the device is left out with a note."""
+    peaks: dict[tuple[str, str], float] = {}
+    ran = {(c.backend, c.device) for c in cells}
+    devices = dict.fromkeys(c.device for c in cells)
+    backends = dict.fromkeys([c.backend for c in cells] + installed_backends())
+    for device in devices:
+        for backend in backends:
+            tf32 = peak_uses_tf32(device, options)
+            try:
+                with tempfile.TemporaryDirectory(prefix="mlp-bench-peak-") as tmp:
+                    peaks[(backend, device)] = LocalExecutor().peak(
+                        backend, device, options.threads, Path(tmp), tf32, options.torch_matmul
+                    )
+            except BenchError as error:
+                if (backend, device) in ran:
+                    raise
+                print(f"peak{when}, {backend}/{device}: not measured ({error})", flush=True)
+                continue
+            print(
+                f"peak {'TF32' if tf32 else 'float32'} matmul{when}, {backend}/{device}: "
+                f"{peaks[(backend, device)]:,.0f} GFLOP/s",
+                flush=True,
+            )
+    return peaks
+
+
+def peak_records(peaks: dict[tuple[str, str], float]) -> tuple[dict[str, float], dict[str, str]]:
+    """The parent run's peak metrics (each framework's and the machine's per device) and the
+    tags that name each machine peak's source."""
+    metrics = {f"peak_gflops_{b}_{d}": v for (b, d), v in peaks.items()}
+    best = machine_peaks(peaks)
+    metrics |= {f"machine_peak_gflops_{d}": v for d, (v, _) in best.items()}
+    return metrics, {f"machine_peak_source_{d}": source for d, (_, source) in best.items()}
+
+
+@dataclass
+class Execution:
+    """A finished (or interrupted) invocation: its runs and where they are recorded."""
+
+    tracker: Tracker
+    parent_id: str
+    runs: list[CellRun]
+    peaks: dict[tuple[str, str], float]
+    interrupted: bool
+    # No cell's speed flagged and the machine quiet at the start (perf adds the peaks' drift).
+    speed_stable: bool = True
+
+
+def execute(plan: Plan, kind: str) -> Execution:
+    """Open the store, measure the peaks, run the matrix; the parent run stays open."""
+    from bench.core.provenance import git_state
+
+    tracker = Tracker(plan.tracking_uri, plan.experiment)
+    parent_id = tracker.start_parent(
+        invocation_name(kind, plan),
+        params=_invocation_params(plan),
+        # The user's --tag labels first: the harness's own tags (validated apart) come after.
+        tags={
+            **plan.tags,
+            "kind": kind,
+            "machine_busy": str(plan.busy is not None).lower(),
+            **git_state(),
+        },
+    )
+    record = None
+    try:
+        print(
+            f"{len(plan.cells)} cells -> {plan.tracking_uri} (experiment {plan.experiment!r})",
+            flush=True,
+        )
+        tracker.log_metrics(parent_id, _machine_metrics(plan))
+        peaks = measure_peaks(plan.cells, plan.options) if plan.measure_peaks else {}
+        peak_metrics, peak_sources = peak_records(peaks)
+        tracker.log_metrics(parent_id, peak_metrics)
+        tracker.set_tags(parent_id, peak_sources)
+        record = MatrixRecord(tracker, parent_id, plan.specs, plan.cells, plan.options, peaks)
+        runs = run_matrix(
+            plan.cells,
+            plan.options,
+            LocalExecutor(),
+            record,
+            Progress(),
+            epochs_of=lambda cell: plan.specs[cell.stage].training.epochs,
+            stage_texts={name: spec.text for name, spec in plan.specs.items()},
+            cell_timeout_s=plan.cell_timeout_s,
+        )
+        failed = sum(run.result is None for run in runs)
+        tracker.log_metrics(parent_id, {"cells": len(runs), "cells_failed": failed})
+        stable = plan.busy is None and all(r.load is None or r.load.stable for r in runs)
+        tracker.set_tags(parent_id, {"speed_stable": str(stable).lower()})
+    except KeyboardInterrupt:
+        if record is not None:
+            record.close("KILLED")
+        tracker.end(parent_id, "KILLED")
+        print("\ninterrupted: the runs so far are recorded; the interrupted one is KILLED")
+        return Execution(tracker, parent_id, [], {}, interrupted=True)
+    except BaseException:
+        if record is not None:
+            record.close("FAILED")
+        tracker.end(parent_id, "FAILED")
+        raise
+    return Execution(tracker, parent_id, runs, peaks, interrupted=False, speed_stable=stable)
+
+
+def finish(execution: Execution, plan: Plan) -> bool:
+    """End the parent run with its true status, and say where it is; True if a cell failed."""
+    failed = any(run.result is None for run in execution.runs)
+    execution.tracker.end(execution.parent_id, "FAILED" if failed else "FINISHED")
+    # After the end, so the report states the run's final status; a failure is one warning.
+    report_safely(execution.tracker, execution.parent_id)
+    print()
+    experiment_id = execution.tracker.experiment_id
+    print("\n".join(closing_lines(plan.tracking_uri, experiment_id, execution.parent_id)))
+    return failed

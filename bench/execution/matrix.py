@@ -1,0 +1,383 @@
+"""The matrix: the product of cells, each run in its own process, recorded as it goes.
+
+Executors plug in here: `LocalExecutor` runs cells one at a time on this machine, which is what a
+clean timing needs; a cluster executor (Ray) would implement the same `execute` method.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from bench.core.errors import BenchError
+from bench.execution import quiet
+from bench.execution.runner import Cell, CellResult, EpochRecord, RunOptions
+from bench.recording.stats import outcome_counts, summarize
+
+# A cell's default time limit: generous, so that only a hung worker meets it. On 2 CPU cores
+# the dropout stage trains at 54k (PyTorch) to 89k (TensorFlow) samples/s, ~1 s an epoch, and a
+# second process on the same cores slows PyTorch more than ten-fold: 30 epochs get 32 minutes.
+CELL_TIMEOUT_BASE_S = 120
+CELL_TIMEOUT_PER_EPOCH_S = 60
+MAX_CELL_TIMEOUT_S = 7 * 24 * 3600
+
+
+def cell_time_limit(epochs: int) -> int:
+    return CELL_TIMEOUT_BASE_S + CELL_TIMEOUT_PER_EPOCH_S * epochs
+
+
+def build_cells(
+    stages: Iterable[str], backends: Iterable[str], devices: Iterable[str], seeds: Iterable[int]
+) -> list[Cell]:
+    """Every combination, stage-major, so the table groups by stage."""
+    return [
+        Cell(stage=s, backend=b, device=d, seed=seed)  # type: ignore[arg-type]
+        for s, b, d, seed in itertools.product(stages, backends, devices, seeds)
+    ]
+
+
+@dataclass
+class CellRun:
+    """What executing a cell produced: a result, or an error message and the log."""
+
+    cell: Cell
+    result: CellResult | None
+    error: str | None
+    wall_seconds: float
+    log_path: Path
+    # Seconds measured outside the cell's process: process start, MLflow logging, display.
+    timings: dict[str, float] = field(default_factory=dict)
+    # What the recorder derived: time breakdown, harness share, GFLOP/s, roofline fraction.
+    speed: dict[str, float] = field(default_factory=dict)
+    # The end of a failed worker's log, kept where the log itself does not outlive the run.
+    log_tail: str = ""
+    # The machine around the cell (canary before and after, other processes' CPU) and the
+    # verdict on its speed; None where not watched.
+    load: quiet.CellLoad | None = None
+
+
+class Executor(Protocol):
+    def execute(
+        self,
+        cell: Cell,
+        options: RunOptions,
+        work_dir: Path,
+        on_epoch: Callable[[EpochRecord], None],
+        stage_text: str | None = None,
+        timeout_s: float | None = None,
+    ) -> CellRun:
+        """Run one cell; `stage_text` replaces the named stage file (reproducing a record);
+        past `timeout_s` the cell is ended and fails."""
+        ...
+
+
+@dataclass
+class WorkerExit:
+    """How a worker process went: exit code, its error event if any, its events, timings."""
+
+    code: int
+    error: str | None
+    events: list[dict[str, Any]]
+    wall_seconds: float
+    start_seconds: float  # spawn until the worker's first event: interpreter and harness import
+    timed_out: bool = False  # killed at its time limit
+
+
+def spawn_worker(
+    request: dict[str, Any],
+    work_dir: Path,
+    on_event: Callable[[dict[str, Any]], None],
+    timeout_s: float | None = None,
+) -> WorkerExit:
+    """Run `python -m bench.execution.worker` on a request; stream its events; never leave it
+    running, nor waiting past `timeout_s` (a hung worker was waited on forever)."""
+    request_path = work_dir / "request.json"
+    request_path.write_text(json.dumps({**request, "out_dir": str(work_dir)}))
+    start = time.perf_counter()
+    started = None
+    error = None
+    events = []
+    with (work_dir / "worker.log").open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bench.execution.worker", str(request_path)],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            process.kill()
+
+        timer = threading.Timer(timeout_s or threading.TIMEOUT_MAX, expire)
+        timer.daemon = True
+        timer.start()
+        try:
+            assert process.stdout is not None
+            for line in process.stdout:
+                event = json.loads(line)
+                started = started or time.perf_counter()
+                events.append(event)
+                if event["type"] == "error":
+                    error = event["message"]
+                on_event(event)
+            code = process.wait()
+        except BaseException:  # interrupted: never leave the worker running
+            process.kill()
+            process.wait()
+            raise
+        finally:
+            timer.cancel()
+    end = time.perf_counter()
+    return WorkerExit(
+        code, error, events, end - start, (started or end) - start, timed_out=expired.is_set()
+    )
+
+
+class LocalExecutor:
+    """Runs each cell as its own `python -m bench.execution.worker` process, one at a time."""
+
+    def execute(
+        self,
+        cell: Cell,
+        options: RunOptions,
+        work_dir: Path,
+        on_epoch: Callable[[EpochRecord], None],
+        stage_text: str | None = None,
+        timeout_s: float | None = None,
+    ) -> CellRun:
+        def on_event(event: dict[str, Any]) -> None:
+            if event["type"] == "epoch":
+                on_epoch(EpochRecord(**{k: v for k, v in event.items() if k != "type"}))
+
+        request = {
+            "mode": "cell",
+            "cell": asdict(cell),
+            "options": asdict(options),
+            "stage_text": stage_text,
+        }
+        done = spawn_worker(request, work_dir, on_event, timeout_s)
+        log_path = work_dir / "worker.log"
+        result_path = work_dir / "result.json"
+        timings = {"process_start": done.start_seconds}
+        if done.code == 0 and result_path.exists():
+            result = CellResult.load(json.loads(result_path.read_text()), work_dir)
+            return CellRun(cell, result, None, done.wall_seconds, log_path, timings)
+        if done.timed_out:
+            error = f"exceeded --cell-timeout {timeout_s:g} s; the worker was killed"
+        else:
+            error = done.error or _crash_message(done.code, log_path)
+        return CellRun(cell, None, error, done.wall_seconds, log_path, timings)
+
+    def peak(
+        self,
+        backend: str,
+        device: str,
+        threads: int,
+        work_dir: Path,
+        tf32: bool = False,
+        torch_matmul: str = "auto",
+    ) -> float:
+        """The device's peak float32 matmul GFLOP/s, measured through the framework; with
+        `tf32`, the TF32 rate that rows trained with TF32 are held against (GPUs only)."""
+        request = {
+            "mode": "peak",
+            "backend": backend,
+            "device": device,
+            "threads": threads,
+            "tf32": tf32,
+            "torch_matmul": torch_matmul,
+        }
+        what = f"peak on {backend}/{device}{' with TF32' if tf32 else ''}"
+        return _measure(request, work_dir, "peak", "gflops", what)
+
+    def keras_reference(
+        self, stage: str, options: RunOptions, epochs: int, device: str, work_dir: Path
+    ) -> float:
+        """Samples/s of the stage's model trained with Keras `model.fit` (the reference), on
+        the device whose cells it is compared with, TF32 off as in those cells."""
+        request = {
+            "mode": "keras",
+            "stage": stage,
+            "data_dir": options.data_dir,
+            "threads": options.threads,
+            "epochs": epochs,
+            "device": device,
+        }
+        return _measure(
+            request, work_dir, "keras", "samples_per_s", f"the Keras reference on {device}"
+        )
+
+
+LOG_TAIL_LINES = 60
+
+
+def run_alone(cell: Cell, options: RunOptions, executor: Executor | None = None) -> CellRun:
+    """One cell outside a matrix: no progress display, no MLflow, its work folder removed
+    (a failed cell keeps the end of its log in `log_tail`)."""
+    with tempfile.TemporaryDirectory(prefix="mlp-bench-") as tmp:
+        run = (executor or LocalExecutor()).execute(cell, options, Path(tmp), lambda r: None)
+        if run.result is None and run.log_path.exists():
+            lines = run.log_path.read_text(errors="replace").splitlines()
+            run.log_tail = "\n".join(lines[-LOG_TAIL_LINES:])
+        return run
+
+
+def _measure(request: dict[str, Any], work_dir: Path, kind: str, key: str, what: str) -> float:
+    """Run a measuring worker and return the one number its `kind` event carries."""
+    done = spawn_worker(request, work_dir, lambda event: None)
+    values = [e[key] for e in done.events if e["type"] == kind]
+    if not values:
+        reason = done.error or _crash_message(done.code, work_dir / "worker.log")
+        raise BenchError(f"measuring {what} failed: {reason}")
+    return float(values[0])
+
+
+def _crash_message(code: int, log_path: Path) -> str:
+    """Why a worker died without saying so itself: its exit, and the exception line of the
+    last traceback in its log (CUDA errors end with hints, not with what went wrong)."""
+    how = f"killed by signal {_signal_name(-code)}" if code < 0 else f"exited with code {code}"
+    text = log_path.read_text(errors="replace") if log_path.exists() else ""
+    return f"worker {how}: {exception_line(text)[:300]}"
+
+
+def _signal_name(number: int) -> str:
+    """`9 (SIGKILL)`: the number as the exit status shows it, and what it means."""
+    try:
+        return f"{number} ({signal.Signals(number).name})"
+    except ValueError:
+        return str(number)
+
+
+def exception_line(log: str) -> str:
+    """The line that names a traceback's exception (`RuntimeError: CUDA error: ...`): the
+    first unindented line after the last `Traceback` header; else the last non-empty line."""
+    lines = [line for line in log.splitlines() if line.strip()]
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent")]
+    if starts:
+        after = [line for line in lines[starts[-1] + 1 :] if not line.startswith((" ", "\t"))]
+        if after:
+            return after[0].strip()
+    return lines[-1].strip() if lines else "no output"
+
+
+class CellObserver(Protocol):
+    """Progress display and recording hooks around each cell."""
+
+    def cell_started(self, index: int, total: int, cell: Cell) -> None: ...
+    def epoch(self, cell: Cell, record: EpochRecord, epochs: int) -> None: ...
+    def cell_finished(self, run: CellRun) -> None: ...
+
+
+class CellTracker(Protocol):
+    def start_cell(self, cell: Cell) -> str: ...
+    def log_epoch(self, run_id: str, record: EpochRecord) -> None: ...
+    def finish_cell(self, run_id: str, run: CellRun) -> None: ...
+    def end(self, run_id: str, status: str) -> None: ...
+
+
+class _PhaseClock:
+    """Seconds spent per named phase around a cell, measured in the parent process."""
+
+    def __init__(self) -> None:
+        self.started_at = time.perf_counter()
+        self.seconds: dict[str, float] = {"mlflow_logging": 0.0, "display": 0.0}
+
+    @contextlib.contextmanager
+    def timing(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - start
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Time that is no part of the cell (the canary after it): `started_at` moves on by
+        as much, so the cell's total and its harness share leave it out."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.started_at += time.perf_counter() - start
+
+
+def run_matrix(
+    cells: list[Cell],
+    options: RunOptions,
+    executor: Executor,
+    tracker: CellTracker,
+    observer: CellObserver,
+    epochs_of: Callable[[Cell], int],
+    stage_texts: Mapping[str, str] | None = None,
+    cell_timeout_s: int | None = None,
+) -> list[CellRun]:
+    """Run every cell in order; record each in MLflow; end each run with its true status.
+    `stage_texts` (stage -> its text, read once at planning) is what each worker trains from;
+    without it a worker reads the stage from the stages folder. A cell running past
+    `cell_timeout_s` (default: `cell_time_limit` of its epochs) is killed and FAILED. A canary
+    before and after each cell and other processes' CPU use during it judge whether its speed
+    can be trusted (`CellRun.load`; ~0.6 s a cell, outside its time)."""
+    runs = []
+    for index, cell in enumerate(cells, start=1):
+        watch = quiet.watch_before()
+        clock = _PhaseClock()
+        with clock.timing("display"):
+            observer.cell_started(index, len(cells), cell)
+        with clock.timing("mlflow_logging"):
+            run_id = tracker.start_cell(cell)
+        try:
+            with tempfile.TemporaryDirectory(prefix="mlp-bench-") as tmp:
+
+                def on_epoch(
+                    record: EpochRecord,
+                    cell: Cell = cell,
+                    run_id: str = run_id,
+                    clock: _PhaseClock = clock,
+                ) -> None:
+                    with clock.timing("mlflow_logging"):
+                        tracker.log_epoch(run_id, record)
+                    with clock.timing("display"):
+                        observer.epoch(cell, record, epochs_of(cell))
+
+                stage_text = (stage_texts or {}).get(cell.stage)
+                limit = cell_timeout_s or cell_time_limit(epochs_of(cell))
+                run = executor.execute(cell, options, Path(tmp), on_epoch, stage_text, limit)
+                if run.result is not None:
+                    with clock.paused():
+                        run.load = quiet.watch_after(watch, run.result.spread)
+                run.timings.update(clock.seconds)
+                run.timings["started_at"] = clock.started_at
+                tracker.finish_cell(run_id, run)
+        except BaseException as exc:  # interrupted: KILLED; the recording broke: FAILED
+            tracker.end(run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            raise
+        observer.cell_finished(run)
+        runs.append(run)
+    return runs
+
+
+def group_metrics(runs: list[CellRun]) -> dict[str, float]:
+    """Statistics over a group's seeds: accuracy and speed summaries, outcome counts."""
+    results = [run.result for run in runs if run.result is not None]
+    metrics: dict[str, float] = {}
+    for name in ("test_accuracy", "train_samples_per_s"):
+        values = [getattr(r, name) for r in results if getattr(r, name) is not None]
+        summary = summarize(values)
+        if summary is not None:
+            metrics.update(summary.metrics(name))
+    outcomes = [r.outcome for r in results] + ["failed"] * (len(runs) - len(results))
+    metrics.update({f"outcome_{k}": float(v) for k, v in outcome_counts(outcomes).items()})
+    return metrics

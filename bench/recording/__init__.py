@@ -1,0 +1,1 @@
+"""Recording and reporting: MLflow tracking, the store, reports, statistics, perf figures."""

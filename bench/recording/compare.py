@@ -1,0 +1,717 @@
+"""`bench compare`: pair two invocations' cells, judge accuracy and speed, and give a verdict.
+
+Imports no mlflow: bench.commands.compare reads the store into the dataclasses below and records the
+result. Everything here is a pure function of what was recorded, so it is tested with numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bench.core.data import VAL_SIZE
+
+EXIT_OK = 0
+EXIT_REGRESSION = 1
+EXIT_INCONCLUSIVE = 3  # 2 is bad input (bench.commands.cli.EXIT_USAGE)
+
+DEFAULT_ALPHA = 0.01
+DEFAULT_MAX_SLOWDOWN = 0.05
+# How far one process's speed may sit from another's with nothing changed: the A/A study on the
+# shared 2-core VM (README) saw single runs settle at 62-65k or 80-86k samples/s, ratios down to
+# 0.72, with every busy-machine flag clear. Where a side has too few processes to measure this
+# noise itself, a slowdown within it is not a regression but inconclusive.
+DEFAULT_RUN_NOISE = 0.30
+PEAK_DRIFT_LIMIT = 0.10  # a peak that moved more than this during a run: the machine changed
+POWER = 0.8  # of the minimum detectable effect
+BOOTSTRAP_SAMPLES = 4000
+BOOTSTRAP_SEED = 0  # the CI is the same number every time it is printed
+TRAIN_EXAMPLES = 60_000 - VAL_SIZE  # MNIST's training file less the validation rows
+
+# Options that change the numbers computed: two sides that differ here compare different
+# experiments, so compare refuses them. The speed-only ones may differ; they are what changed.
+NUMERIC_OPTIONS = ("option.dtype", "option.parity", "option.parity_accumulate")
+SPEED_OPTIONS = (
+    "option.threads",
+    "option.inter_op_threads",
+    "option.xla",
+    "option.tf32",
+    "option.cuda_graphs",
+    "option.torch_matmul",
+)
+# A cell's fingerprint, from its env.* params (bench.execution.runner.environment_of) and
+# option.* params.
+HARDWARE_KEYS = ("cpu_model", "cpu_isa", "cores_available", "gpu_model")
+SOFTWARE_KEYS = (
+    "framework_version",
+    "numpy_version",
+    "numpy_blas",
+    "framework_blas",
+    "torch_matmul",
+    "python_version",
+    "cuda_version",
+    "cudnn_version",
+    "onednn_opts",
+    "intra_op_threads",
+    "inter_op_threads",
+    "dtype",
+    "compute_dtype",
+    "deterministic_ops",
+    "tf32",
+    "xla",
+    "cuda_graphs",
+)
+SOFTWARE_OPTIONS = ("option.threads", "option.dtype", "option.deterministic", "option.xla")
+
+CellKey = tuple[str, str, str, int]  # stage, backend, device, seed
+
+
+def cell_name(key: CellKey) -> str:
+    stage, backend, device, seed = key
+    return f"{stage}/{backend}/{device}/seed{seed}"
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What a cell ran on (hardware) and with (software), as recorded."""
+
+    hardware: dict[str, str]
+    software: dict[str, str]
+
+    @classmethod
+    def of(cls, environment: dict[str, str], params: dict[str, str]) -> Fingerprint:
+        hardware = {k: environment[k] for k in HARDWARE_KEYS if k in environment}
+        software = {k: environment[k] for k in SOFTWARE_KEYS if k in environment}
+        software |= {k: params[k] for k in SOFTWARE_OPTIONS if k in params}
+        return cls(hardware, software)
+
+
+@dataclass(frozen=True)
+class CellData:
+    """One recorded cell, as compare needs it."""
+
+    key: CellKey
+    run_id: str
+    outcome: str
+    test_accuracy: float | None
+    rates: list[float]  # samples/s of each epoch after the first
+    step_losses: np.ndarray | None
+    fingerprint: Fingerprint
+    spec: dict[str, str]  # the stage file's params (what was trained)
+    deterministic: bool
+    speed_stable: bool
+    unstable_reason: str = ""
+
+
+@dataclass(frozen=True)
+class Side:
+    """One invocation (a parent run) and its cells."""
+
+    run_id: str
+    name: str
+    experiment_id: str
+    options: dict[str, str]
+    cells: dict[CellKey, CellData]
+    speed_stable: bool = True
+    peak_drift: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Settings:
+    alpha: float = DEFAULT_ALPHA
+    max_slowdown: float = DEFAULT_MAX_SLOWDOWN
+    allow_busy: bool = False  # judge speed even where a run was flagged speed_stable false
+    run_noise: float = DEFAULT_RUN_NOISE  # the slowdown one process a side cannot rule out
+
+
+def steady_rates(epoch_seconds: Iterable[float], batch_size: int) -> list[float]:
+    """Samples/s of each epoch after the first (the first traces and compiles), from the
+    epoch_seconds history in epoch order; as bench.execution.runner.steady_rates computes them."""
+    steps = TRAIN_EXAMPLES // batch_size
+    return [steps * batch_size / s for s in list(epoch_seconds)[1:] if s > 0]
+
+
+def first_difference(base: np.ndarray, cand: np.ndarray) -> int | None:
+    """The first step (1-based) whose loss differs bit for bit, or where one run stops; None
+    when the two are identical. NaN equals NaN here: a divergence at the same step is the same."""
+    common = min(len(base), len(cand))
+    a = np.asarray(base[:common], dtype=np.float64).view(np.uint64)
+    b = np.asarray(cand[:common], dtype=np.float64).view(np.uint64)
+    differs = np.flatnonzero(a != b)
+    if differs.size:
+        return int(differs[0]) + 1
+    return None if len(base) == len(cand) else common + 1
+
+
+def min_exact_p(n_base: int, n_cand: int) -> float:
+    """The smallest one-sided p-value an exact Mann-Whitney U test can give at these sizes:
+    every candidate sample below every baseline one, 1 / C(n1 + n2, n1). Where it is above
+    alpha, no amount of slowdown can be significant: too few samples."""
+    if n_base == 0 or n_cand == 0:
+        return 1.0
+    return 1.0 / math.comb(n_base + n_cand, n_base)
+
+
+def minimum_detectable_slowdown(
+    base: list[float], cand: list[float], alpha: float, power: float = POWER
+) -> float | None:
+    """The smallest slowdown (a fraction) this cell's noise lets the test detect with the given
+    power, or None where the sizes cannot reach alpha at all.
+
+    The classic two-sample minimum detectable effect, on log throughput (so that it is a ratio):
+        d = (t[1-alpha, df] + t[power, df]) * s_pooled * sqrt(1/n1 + 1/n2) * sqrt(pi/3)
+    with df = n1 + n2 - 2 and s_pooled the pooled standard deviation of the log rates. The
+    factor sqrt(pi/3) converts the t-test's figure to Mann-Whitney's: its asymptotic relative
+    efficiency under normal noise is 3/pi, so it needs pi/3 times the samples for the same
+    power. The slowdown is 1 - exp(-d).
+    """
+    from scipy.stats import t
+
+    n1, n2 = len(base), len(cand)
+    if min_exact_p(n1, n2) > alpha or n1 + n2 < 3:
+        return None
+    logs = [np.log(base), np.log(cand)]
+    dof = n1 + n2 - 2
+    pooled = math.sqrt(
+        sum(float(np.var(x, ddof=1)) * (len(x) - 1) for x in logs if len(x) > 1) / dof
+    )
+    quantiles = float(t.ppf(1 - alpha, dof)) + float(t.ppf(power, dof))
+    d = quantiles * pooled * math.sqrt(1 / n1 + 1 / n2) * math.sqrt(math.pi / 3)
+    return 1.0 - math.exp(-d)
+
+
+def bootstrap_ratio_ci(
+    base: list[float],
+    cand: list[float],
+    samples: int = BOOTSTRAP_SAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> tuple[float, float]:
+    """Percentile bootstrap 95% CI of median(candidate) / median(baseline), each side resampled
+    on its own (they are independent runs); seeded so the same data prints the same CI."""
+    rng = np.random.default_rng(seed)
+    b = np.asarray(base, dtype=np.float64)
+    c = np.asarray(cand, dtype=np.float64)
+    base_medians = np.median(b[rng.integers(0, b.size, (samples, b.size))], axis=1)
+    cand_medians = np.median(c[rng.integers(0, c.size, (samples, c.size))], axis=1)
+    low, high = np.percentile(cand_medians / base_medians, [2.5, 97.5])
+    return float(low), float(high)
+
+
+@dataclass(frozen=True)
+class SpeedResult:
+    """One cell pair's throughput: candidate over baseline (below 1: slower)."""
+
+    n_base: int
+    n_cand: int
+    base_median: float
+    cand_median: float
+    ratio: float
+    ci_low: float
+    ci_high: float
+    p_value: float  # one-sided: the candidate slower
+    detectable: float | None  # minimum detectable slowdown; None: too few samples
+    verdict: str  # "regression", "ok", "too few samples", "within run noise"
+
+    @property
+    def slowdown(self) -> float:
+        return 1.0 - self.ratio
+
+
+def speed_test(
+    base: list[float], cand: list[float], settings: Settings, floor: float = 0.0
+) -> SpeedResult | None:
+    """Mann-Whitney U (one-sided, the candidate slower) on throughput samples (the epochs of one
+    process a side, or one median per process), the bootstrap CI of the ratio of medians, and
+    the minimum detectable slowdown. A regression needs both p < alpha and a slowdown beyond
+    max_slowdown and beyond `floor`, the noise between processes that the samples cannot show
+    (0 where they are processes); a significant slowdown within the floor is "within run
+    noise". None when a side has no sample at all."""
+    from scipy.stats import mannwhitneyu
+
+    if not base or not cand:
+        return None
+    ratio = float(np.median(cand) / np.median(base))
+    low, high = bootstrap_ratio_ci(base, cand)
+    p_value = float(mannwhitneyu(cand, base, alternative="less").pvalue)
+    detectable = minimum_detectable_slowdown(base, cand, settings.alpha)
+    if detectable is None:
+        verdict = "too few samples"
+    elif p_value < settings.alpha and 1.0 - ratio > max(settings.max_slowdown, floor):
+        verdict = "regression"
+    elif p_value < settings.alpha and 1.0 - ratio > settings.max_slowdown:
+        verdict = "within run noise"
+    else:
+        verdict = "ok"
+    return SpeedResult(
+        n_base=len(base),
+        n_cand=len(cand),
+        base_median=float(np.median(base)),
+        cand_median=float(np.median(cand)),
+        ratio=ratio,
+        ci_low=low,
+        ci_high=high,
+        p_value=p_value,
+        detectable=detectable,
+        verdict=verdict,
+    )
+
+
+def welch_less_p(base: list[float], cand: list[float]) -> float | None:
+    """One-sided Welch t-test p-value that the candidate's mean accuracy is below the
+    baseline's; None with fewer than 2 values a side. Where both sides have no spread the test
+    is undefined: the means decide (1.0 or 0.0)."""
+    from scipy.stats import ttest_ind
+
+    if len(base) < 2 or len(cand) < 2:
+        return None
+    if np.var(base) == 0 and np.var(cand) == 0:
+        return 0.0 if np.mean(cand) < np.mean(base) else 1.0
+    return float(ttest_ind(cand, base, equal_var=False, alternative="less").pvalue)
+
+
+@dataclass(frozen=True)
+class AccuracyResult:
+    """One stage x backend x device: outcome classes, then bit-identity or a Welch test."""
+
+    group: str
+    method: str  # "bit-identical", "welch", "outcome only"
+    verdict: str  # "ok", "regression"
+    detail: str
+    base_mean: float | None = None
+    cand_mean: float | None = None
+    p_value: float | None = None
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def accuracy_test(pairs: list[tuple[CellData, CellData]], settings: Settings) -> AccuracyResult:
+    """The accuracy verdict of one stage x backend x device group's paired cells."""
+    stage, backend, device, _ = pairs[0][0].key
+    group = f"{stage}/{backend}/{device}"
+    changed = [
+        f"{cell_name(b.key)} {b.outcome} -> {c.outcome}" for b, c in pairs if b.outcome != c.outcome
+    ]
+    base = [b.test_accuracy for b, _ in pairs if b.test_accuracy is not None]
+    cand = [c.test_accuracy for _, c in pairs if c.test_accuracy is not None]
+    means = {"base_mean": _mean(base), "cand_mean": _mean(cand)}
+    if changed:
+        return AccuracyResult(group, "outcome", "regression", "; ".join(changed), **means)
+    if all(_bitwise_comparable(b, c) for b, c in pairs):
+        for b, c in pairs:
+            assert b.step_losses is not None and c.step_losses is not None
+            step = first_difference(b.step_losses, c.step_losses)
+            if step is not None:
+                detail = f"{cell_name(b.key)}: step losses differ from step {step}"
+                return AccuracyResult(group, "bit-identical", "regression", detail, **means)
+        detail = f"step losses bit-identical ({len(pairs)} seed(s))"
+        return AccuracyResult(group, "bit-identical", "ok", detail, **means)
+    p_value = welch_less_p(base, cand)
+    if p_value is None:
+        detail = "outcome class only: the Welch test needs 2+ seeds a side"
+        return AccuracyResult(group, "outcome only", "ok", detail, **means)
+    verdict = "regression" if p_value < settings.alpha else "ok"
+    detail = f"Welch one-sided p = {p_value:.3g} over {len(base)} vs {len(cand)} seeds"
+    return AccuracyResult(group, "welch", verdict, detail, p_value=p_value, **means)
+
+
+def _bitwise_comparable(base: CellData, cand: CellData) -> bool:
+    """Same fingerprint, same stage file, deterministic both: the losses must be the same bits."""
+    return (
+        base.deterministic
+        and cand.deterministic
+        and base.fingerprint == cand.fingerprint
+        and base.spec == cand.spec
+        and base.step_losses is not None
+        and cand.step_losses is not None
+    )
+
+
+@dataclass(frozen=True)
+class PairResult:
+    key: CellKey
+    base: CellData
+    cand: CellData
+    speed: SpeedResult | None  # over the pair's epochs
+    by_processes: bool = False  # its group's speed is judged over processes instead
+
+
+@dataclass(frozen=True)
+class GroupSpeed:
+    """A stage x backend x device group's speed over processes: each cell's median samples/s
+    one sample. The process, not the epoch, is the unit that replicates a run's speed."""
+
+    group: str
+    speed: SpeedResult
+
+
+def process_medians(cells: Iterable[CellData]) -> list[float]:
+    return [float(np.median(c.rates)) for c in cells if c.rates]
+
+
+def group_speed(
+    group: str, pairs: list[tuple[CellData, CellData]], settings: Settings
+) -> GroupSpeed | None:
+    """The group's speed over processes, or None where the exact test could not reach alpha
+    with its processes (fewer than 5 a side at 0.01): then each cell is judged on its epochs
+    against the run-noise floor."""
+    base = process_medians(b for b, _ in pairs)
+    cand = process_medians(c for _, c in pairs)
+    if min_exact_p(len(base), len(cand)) > settings.alpha:
+        return None
+    result = speed_test(base, cand, settings)
+    return None if result is None else GroupSpeed(group, result)
+
+
+def _group_of(key: CellKey) -> str:
+    return "/".join(str(p) for p in key[:3])
+
+
+@dataclass
+class Comparison:
+    """The whole verdict, and everything printed and recorded with it."""
+
+    baseline: Side
+    candidate: Side
+    settings: Settings
+    pairs: list[PairResult]
+    groups: list[GroupSpeed]
+    accuracy: list[AccuracyResult]
+    unpaired_base: list[CellKey]
+    unpaired_cand: list[CellKey]
+    option_changes: dict[str, tuple[str, str]]
+    software_changes: dict[str, tuple[str, str]]
+    hardware_changes: dict[str, tuple[str, str]]
+    inconclusive: list[str]
+    regressions: list[str]
+    # Runs flagged speed_stable false, a peak that moved: inconclusive unless --allow-busy.
+    speed_flags: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        if self.regressions:
+            return EXIT_REGRESSION
+        return EXIT_INCONCLUSIVE if self.inconclusive else EXIT_OK
+
+    @property
+    def verdict(self) -> str:
+        return {EXIT_OK: "no regression", EXIT_REGRESSION: "regression"}.get(
+            self.exit_code, "inconclusive"
+        )
+
+
+def changes(
+    base: dict[str, str], cand: dict[str, str], keys: Iterable[str]
+) -> dict[str, tuple[str, str]]:
+    """key -> (baseline, candidate) for the keys whose values differ ("-": not recorded)."""
+    return {
+        k: (base.get(k, "-"), cand.get(k, "-"))
+        for k in keys
+        if base.get(k, "-") != cand.get(k, "-")
+    }
+
+
+def numeric_option_mismatch(base: Side, cand: Side) -> dict[str, tuple[str, str]]:
+    return changes(base.options, cand.options, NUMERIC_OPTIONS)
+
+
+def _fingerprint_changes(
+    pairs: list[tuple[CellData, CellData]], part: str
+) -> dict[str, tuple[str, str]]:
+    """Differences of one part (hardware or software) over all pairs, named by backend where
+    the value is a framework's."""
+    found: dict[str, tuple[str, str]] = {}
+    for b, c in pairs:
+        old, new = getattr(b.fingerprint, part), getattr(c.fingerprint, part)
+        for key, values in changes(old, new, sorted(set(old) | set(new))).items():
+            found[f"{b.key[1]}/{b.key[2]} {key}"] = values
+    return found
+
+
+def _speed_flags(side: Side, role: str, cells: Iterable[CellData]) -> list[str]:
+    """Why a side's timings cannot be trusted: a peak that moved, a run flagged unstable."""
+    flags = [
+        f"{role}: peak {name} moved {drift:+.0%} during the run (limit {PEAK_DRIFT_LIMIT:.0%})"
+        for name, drift in side.peak_drift.items()
+        if abs(drift) > PEAK_DRIFT_LIMIT
+    ]
+    if not side.speed_stable:
+        flags.append(f"{role}: run {side.run_id} is tagged speed_stable false")
+    for cell in cells:
+        if not cell.speed_stable:
+            reason = f" ({cell.unstable_reason})" if cell.unstable_reason else ""
+            flags.append(f"{role}: {cell_name(cell.key)} speed not stable{reason}")
+    return flags
+
+
+def _slower(s: SpeedResult) -> str:
+    """How much slower, with the ratio, its CI and p (the closing parenthesis is the caller's)."""
+    return (
+        f"{s.slowdown:.1%} slower (ratio {s.ratio:.3f}, 95% CI {s.ci_low:.3f}-{s.ci_high:.3f},"
+        f" p = {s.p_value:.2g}"
+    )
+
+
+def _speed_lines(
+    pairs: list[PairResult], groups: list[GroupSpeed], settings: Settings
+) -> tuple[list[str], list[str], list[str]]:
+    """Speed's regressions, slowdowns within the run noise, and cells with too few samples:
+    per group over processes where it has enough, else per cell over its epochs against the
+    run-noise floor."""
+    regressions: list[str] = []
+    within_noise: list[str] = []
+    too_few: list[str] = []
+    for group in groups:
+        s = group.speed
+        if s.verdict == "regression":
+            regressions.append(
+                f"speed {group.group} over {s.n_base} vs {s.n_cand} processes: {_slower(s)})"
+            )
+    for pair in (p for p in pairs if not p.by_processes):
+        name, speed = cell_name(pair.key), pair.speed
+        if speed is None:
+            too_few.append(f"{name}: no throughput samples")
+        elif speed.verdict == "too few samples":
+            too_few.append(
+                f"{name}: too few samples ({speed.n_base} vs {speed.n_cand} epochs after the"
+                f" first) for p < {settings.alpha:g}"
+            )
+        elif speed.verdict == "within run noise":
+            within_noise.append(
+                f"{name}: {speed.slowdown:.1%} slower (p = {speed.p_value:.2g} over its epochs),"
+                f" within the {settings.run_noise:.0%} that one process's speed can move with"
+                " nothing changed (--run-noise); judge over processes: 5+ seeds a side"
+            )
+        elif speed.verdict == "regression":
+            regressions.append(
+                f"speed {name}: {_slower(speed)}; beyond the {settings.run_noise:.0%} run noise)"
+            )
+    return regressions, within_noise, too_few
+
+
+def compare(baseline: Side, candidate: Side, settings: Settings) -> Comparison:
+    """Pair the cells by stage, backend, device and seed, and judge each pair and group."""
+    keys = [k for k in baseline.cells if k in candidate.cells]
+    matched = [(baseline.cells[k], candidate.cells[k]) for k in keys]
+    hardware = _fingerprint_changes(matched, "hardware")
+    by_group: dict[str, list[tuple[CellData, CellData]]] = {}
+    for b, c in matched:
+        by_group.setdefault(_group_of(b.key), []).append((b, c))
+    found = (group_speed(name, members, settings) for name, members in by_group.items())
+    groups = [g for g in found if g is not None]
+    over_processes = {g.group for g in groups}
+    pairs = [
+        PairResult(
+            k,
+            b,
+            c,
+            speed_test(b.rates, c.rates, settings, floor=settings.run_noise),
+            by_processes=_group_of(k) in over_processes,
+        )
+        for k, (b, c) in zip(keys, matched, strict=True)
+    ]
+    accuracy = [accuracy_test(members, settings) for members in by_group.values()]
+
+    inconclusive: list[str] = []
+    if hardware:
+        inconclusive.append("hardware differs: " + ", ".join(hardware))
+    flags = _speed_flags(baseline, "baseline", (b for b, _ in matched))
+    flags += _speed_flags(candidate, "candidate", (c for _, c in matched))
+    speed_judged = not hardware and (settings.allow_busy or not flags)
+    if not settings.allow_busy:
+        inconclusive += flags
+    regressions = [f"accuracy {a.group}: {a.detail}" for a in accuracy if a.verdict == "regression"]
+    slower, within_noise, too_few = _speed_lines(pairs, groups, settings)
+    if speed_judged:
+        regressions += slower
+        inconclusive += within_noise
+    inconclusive += too_few
+    return Comparison(
+        baseline=baseline,
+        candidate=candidate,
+        settings=settings,
+        pairs=pairs,
+        groups=groups,
+        accuracy=accuracy,
+        unpaired_base=[k for k in baseline.cells if k not in candidate.cells],
+        unpaired_cand=[k for k in candidate.cells if k not in baseline.cells],
+        option_changes=changes(baseline.options, candidate.options, SPEED_OPTIONS),
+        software_changes=_fingerprint_changes(matched, "software"),
+        hardware_changes=hardware,
+        inconclusive=inconclusive,
+        regressions=regressions,
+        speed_flags=flags,
+    )
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _rate(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def _speed_columns(speed: SpeedResult | None) -> dict[str, str]:
+    return {
+        "samples_per_s_base": "-" if speed is None else _rate(speed.base_median),
+        "samples_per_s_cand": "-" if speed is None else _rate(speed.cand_median),
+        "ratio": "-" if speed is None else f"{speed.ratio:.3f}",
+        "ci95_low": "-" if speed is None else f"{speed.ci_low:.3f}",
+        "ci95_high": "-" if speed is None else f"{speed.ci_high:.3f}",
+        "p_value": "-" if speed is None else f"{speed.p_value:.2g}",
+        "n": "-" if speed is None else f"{speed.n_base}/{speed.n_cand}",
+        "detectable_slowdown": "-" if speed is None else _pct(speed.detectable),
+        "speed": "-" if speed is None else speed.verdict,
+    }
+
+
+def group_rows(comparison: Comparison) -> list[dict[str, str]]:
+    """One row per group judged over processes (n: processes a side)."""
+    return [{"group": g.group, **_speed_columns(g.speed)} for g in comparison.groups]
+
+
+def table_rows(comparison: Comparison) -> list[dict[str, str]]:
+    """One row per paired cell: the figures the table, the CSV and the plot show (n: epochs
+    after the first a side). A cell of a group judged over processes shows its epochs' figures
+    for information; its group's row carries the verdict."""
+    accuracy = {a.group: a for a in comparison.accuracy}
+    rows = []
+    for pair in comparison.pairs:
+        group = _group_of(pair.key)
+        speed = pair.speed
+        columns = _speed_columns(speed)
+        if pair.by_processes:
+            columns["speed"] = "by group"
+        row = {
+            "cell": cell_name(pair.key),
+            "outcome": pair.base.outcome
+            if pair.base.outcome == pair.cand.outcome
+            else f"{pair.base.outcome}->{pair.cand.outcome}",
+            "test_acc_base": _optional(pair.base.test_accuracy),
+            "test_acc_cand": _optional(pair.cand.test_accuracy),
+            "accuracy_check": f"{accuracy[group].method}: {accuracy[group].verdict}",
+            **columns,
+        }
+        rows.append(row)
+    return rows
+
+
+def csv_text(comparison: Comparison) -> str:
+    """The cell rows (level `epochs`) and the group rows (level `processes`, the group's name
+    in the cell column) as one CSV."""
+    import csv
+    import io
+
+    accuracy = {a.group: a for a in comparison.accuracy}
+    rows = [{**row, "level": "epochs"} for row in table_rows(comparison)]
+    for group in group_rows(comparison):
+        name = group.pop("group")
+        check = accuracy[name]
+        rows.append(
+            {
+                "cell": name,
+                "outcome": "-",
+                "test_acc_base": _optional(check.base_mean),
+                "test_acc_cand": _optional(check.cand_mean),
+                "accuracy_check": f"{check.method}: {check.verdict}",
+                **group,
+                "level": "processes",
+            }
+        )
+    out = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return out.getvalue()
+
+
+def _optional(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _changes_lines(title: str, found: dict[str, tuple[str, str]]) -> list[str]:
+    if not found:
+        return [f"{title}: none"]
+    return [f"{title}:"] + [f"  {k}: {old} -> {new}" for k, (old, new) in found.items()]
+
+
+SPEED_HEADER = ("samples/s b -> c", "ratio [95% CI]", "p", "n b/c", "detectable", "speed")
+
+
+def _speed_cells(row: dict[str, str]) -> tuple[str, ...]:
+    return (
+        f"{row['samples_per_s_base']} -> {row['samples_per_s_cand']}",
+        f"{row['ratio']} [{row['ci95_low']}, {row['ci95_high']}]",
+        row["p_value"],
+        row["n"],
+        row["detectable_slowdown"],
+        row["speed"],
+    )
+
+
+def _aligned(header: tuple[str, ...], body: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+    return [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in [header, tuple("-" * w for w in widths), *body]
+    ]
+
+
+def report_text(comparison: Comparison) -> str:
+    """What compare prints and records: what changed, the per-cell table, the verdict."""
+    c = comparison
+    s = c.settings
+    lines = [
+        f"baseline  {c.baseline.run_id} ({c.baseline.name})",
+        f"candidate {c.candidate.run_id} ({c.candidate.name})",
+        *_changes_lines("software that differs", c.software_changes),
+        *_changes_lines("speed options that differ", c.option_changes),
+        *_changes_lines("hardware that differs", c.hardware_changes),
+        "",
+    ]
+    header = ("cell", "outcome", "test acc b/c", "accuracy", *SPEED_HEADER)
+    body = [
+        (
+            r["cell"],
+            r["outcome"],
+            f"{r['test_acc_base']}/{r['test_acc_cand']}",
+            r["accuracy_check"],
+            *_speed_cells(r),
+        )
+        for r in table_rows(c)
+    ]
+    lines += _aligned(header, body)
+    lines.append(
+        f"speed per cell: one-sided Mann-Whitney U on samples/s per epoch after the first;"
+        f" a regression needs p < {s.alpha:g} and a slowdown beyond {s.max_slowdown:.0%} and"
+        f" beyond the run noise {s.run_noise:.0%} (--run-noise: how far one process's speed"
+        " moves with nothing changed, which one process a side cannot show); detectable: the"
+        f" smallest slowdown the epochs' noise lets the test see with {POWER:.0%} power"
+    )
+    if c.groups:
+        lines += ["", "speed over processes (each cell's median samples/s one sample):"]
+        body = [(r["group"], *_speed_cells(r)) for r in group_rows(c)]
+        lines += _aligned(("group", *SPEED_HEADER), body)
+        lines.append(
+            f"a group regresses with p < {s.alpha:g} and a slowdown beyond {s.max_slowdown:.0%}"
+            " (no run-noise floor: the processes show that noise); n: processes a side"
+        )
+    for key in c.unpaired_base:
+        lines.append(f"unpaired: {cell_name(key)} only in the baseline")
+    for key in c.unpaired_cand:
+        lines.append(f"unpaired: {cell_name(key)} only in the candidate")
+    for accuracy in c.accuracy:
+        lines.append(f"accuracy {accuracy.group}: {accuracy.verdict} ({accuracy.detail})")
+    lines.append("")
+    lines += [f"REGRESSION {text}" for text in c.regressions]
+    lines += [f"INCONCLUSIVE {text}" for text in c.inconclusive]
+    if s.allow_busy:
+        lines += [f"WARNING (judged anyway, --allow-busy) {text}" for text in c.speed_flags]
+    lines.append(f"verdict: {c.verdict} (exit {c.exit_code})")
+    return "\n".join(lines)

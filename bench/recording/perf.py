@@ -1,0 +1,122 @@
+"""Speed against the machine's limit: FLOPs per sample, the peak matmul rate, where time goes."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+from bench.core.spec import StageSpec
+
+PEAK_SECONDS = 1.0  # each timed burst of products; the best of three bursts is kept
+# A peak that moves by more than this between the start and the end of the run means that the
+# machine's speed changed under it (other load, throttling, a noisy neighbour on a shared host).
+DRIFT_LIMIT = 0.10
+
+
+def flops_per_sample(spec: StageSpec) -> int:
+    """Training FLOPs of one sample, as computed: per dense layer, forward 2*in*out and the
+    weights' gradient 2*in*out; the inputs' gradient 2*in*out for every layer but the first
+    (nothing needs the gradient of the images, and no backend computes it): 1,211,392 for
+    784-256-256-10. Products only: the element-wise work is under 1% of it."""
+    layers = list(itertools.pairwise(spec.model.layer_sizes))
+    products = sum(4 * fan_in * fan_out for fan_in, fan_out in layers)
+    return products + sum(2 * fan_in * fan_out for fan_in, fan_out in layers[1:])
+
+
+def peak_size(device: str) -> int:
+    """Matrix side for the peak measurement: large enough to saturate the device."""
+    return 8192 if device == "gpu" else 2048
+
+
+def measure_peak(
+    backend_name: str, device: str, threads: int, tf32: bool = False, torch_matmul: str = "auto"
+) -> float:
+    """Peak dense float32 matmul GFLOP/s through the framework itself (best of 3 bursts);
+    with `tf32`, TF32 products allowed, as in the cells that it is the limit of; PyTorch's
+    through the products' library its cells use (`torch_matmul`)."""
+    from backends import load_backend
+    from backends.base import Settings
+
+    settings = Settings(deterministic=False, tf32=tf32, torch_matmul=torch_matmul)  # type: ignore[arg-type]
+    backend = load_backend(backend_name)(device, threads, settings)  # type: ignore[arg-type]
+    size = peak_size(device)
+    probe = backend.matmul_seconds(size, 2) / 2
+    repeats = max(3, math.ceil(PEAK_SECONDS / max(probe, 1e-6)))
+    best = min(backend.matmul_seconds(size, repeats) for _ in range(3))
+    return 2.0 * size**3 * repeats / best / 1e9
+
+
+def machine_peaks(peaks: dict[tuple[str, str], float]) -> dict[str, tuple[float, str]]:
+    """Per device, the best peak any installed framework reached, and which one: the
+    machine's limit. Each framework's own peak measures its matmul library as much as the
+    machine (on one AMD EPYC: TensorFlow's oneDNN 498 GFLOP/s, PyTorch's MKL 221)."""
+    best: dict[str, tuple[float, str]] = {}
+    for (backend, device), gflops in peaks.items():
+        if device not in best or gflops > best[device][0]:
+            best[device] = (gflops, backend)
+    return best
+
+
+def roofline(
+    samples_per_s: float | None,
+    spec: StageSpec,
+    machine_peak: float | None,
+    framework_peak: float | None = None,
+) -> dict[str, float]:
+    """train_gflops of a cell, and where measurable its roofline_fraction (against the
+    machine's peak) and framework_roofline_fraction (against its own framework's)."""
+    if samples_per_s is None:
+        return {}
+    gflops = samples_per_s * flops_per_sample(spec) / 1e9
+    metrics = {"train_gflops": gflops}
+    if machine_peak:
+        metrics["roofline_fraction"] = gflops / machine_peak
+    if framework_peak:
+        metrics["framework_roofline_fraction"] = gflops / framework_peak
+    return metrics
+
+
+# The harness's own work in a cell, as opposed to the framework's (import, build, training,
+# evaluation) and the interpreter's start: what mlp-bench adds to every measurement.
+HARNESS_PHASES = ("data_load", "dropout_masks", "mlflow_logging", "display", "bookkeeping")
+
+
+def time_breakdown(
+    child: dict[str, float], parent: dict[str, float], epoch_seconds: list[float]
+) -> dict[str, float]:
+    """Where a cell's wall time went, per phase, and the harness's share of it.
+
+    `child` holds the phases timed inside the cell's process, `parent` those timed around it
+    (process_start, mlflow_logging, display, total: spawn to the last record). Bookkeeping is
+    what no phase accounts for: event passing, result files, process exit.
+    """
+    phases = {**child, **{k: v for k, v in parent.items() if k != "total"}}
+    total = parent["total"]
+    phases["bookkeeping"] = max(0.0, total - sum(phases.values()))
+    if len(epoch_seconds) > 1:
+        # Tracing/compilation: what the first epoch took beyond a steady one (inside "train").
+        steady = float(sorted(epoch_seconds[1:])[len(epoch_seconds[1:]) // 2])
+        phases["compilation"] = max(0.0, epoch_seconds[0] - steady)
+    harness = sum(phases.get(k, 0.0) for k in HARNESS_PHASES)
+    metrics = {f"time_{k}_seconds": v for k, v in phases.items()}
+    metrics["time_total_seconds"] = total
+    metrics["harness_seconds"] = harness
+    metrics["harness_fraction"] = harness / total if total > 0 else 0.0
+    return metrics
+
+
+def drift_lines(
+    start: dict[tuple[str, str], float], end: dict[tuple[str, str], float]
+) -> tuple[dict[str, float], list[str]]:
+    """Each peak's relative change over the run, and the lines that report it (a warning when
+    one moved past DRIFT_LIMIT: the run's speed figures are then not comparable)."""
+    drift = {f"{b}/{d}": end[(b, d)] / start[(b, d)] - 1.0 for (b, d) in start if (b, d) in end}
+    lines = ["peak drift over the run: " + ", ".join(f"{k} {v:+.1%}" for k, v in drift.items())]
+    moved = [k for k, v in drift.items() if abs(v) > DRIFT_LIMIT]
+    if moved:
+        lines.append(
+            f"WARNING: the peak of {', '.join(moved)} moved by more than {DRIFT_LIMIT:.0%} during"
+            " the run, so the machine's speed changed under it and these figures are not"
+            " comparable; rerun on a quiet machine"
+        )
+    return drift, lines

@@ -1,0 +1,602 @@
+"""MLflow recording: the only module that imports mlflow.
+
+One parent run per invocation and one nested run per cell. Every run is ended FINISHED, FAILED or
+KILLED by the code that started it, so no run is left RUNNING; where that code could not (a
+`kill -9`, a store that stopped taking writes), the next invocation on the store ends it KILLED.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from bench.core.errors import BenchError, StoreUnwritable
+from bench.core.seeding import describe_seeds
+from bench.core.spec import StageSpec
+from bench.execution.matrix import CellRun, group_metrics
+from bench.execution.runner import ENV_PREFIX, Cell, CellResult, EpochRecord, RunOptions
+from bench.recording import store, unrecorded
+from bench.recording.perf import flops_per_sample, machine_peaks, roofline, time_breakdown
+
+DEFAULT_EXPERIMENT = "mnist-tutorial"
+FLUSH_SECONDS = 10.0  # how often buffered per-epoch metrics are written during a cell
+RunStatus = Literal["FINISHED", "FAILED", "KILLED"]
+log = logging.getLogger(__name__)
+
+
+# On every cell and group run: the id of the invocation's (parent) run, so
+# `tags.invocation = '<id>' and tags.kind = 'cell'` finds an invocation's cells.
+INVOCATION_TAG = "invocation"
+GROUP_TAG = "group_run"  # on a cell of a group of several seeds: the group's run
+# The tutorial's split of MNIST (bench.core.data): context, rows, which file rows.
+MNIST_SPLIT = (
+    ("train", 55_000, "train-images-idx3-ubyte.gz[5000:60000]"),
+    ("validation", 5_000, "train-images-idx3-ubyte.gz[0:5000]"),
+    ("test", 10_000, "t10k-images-idx3-ubyte.gz[0:10000]"),
+)
+
+
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+
+
+def run_name(cell: Cell, seed: bool = True) -> str:
+    """A run's name in the MLflow UI, the backend first: the runs table cuts names at about 20
+    characters, and "relu-xavier/..." left TensorFlow's and PyTorch's rows alike."""
+    name = f"{cell.backend} {cell.stage} {cell.device}"
+    return f"{name} s{cell.seed}" if seed else name
+
+
+def default_tracking_uri() -> str:
+    return f"sqlite:///{(store.RESULTS_DIR / 'mlflow.db').resolve()}"
+
+
+def resolve_tracking_uri(cli_value: str | None) -> str:
+    """--tracking-uri wins, then MLFLOW_TRACKING_URI, then the project's SQLite store."""
+    return cli_value or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+
+
+def _artifact_location(uri: str) -> str | None:
+    """Artifacts beside a local SQLite store (results/artifacts); servers choose their own."""
+    database = store.sqlite_path(uri)
+    if database is None:
+        return None
+    return (database.parent / store.ARTIFACTS).resolve().as_uri()
+
+
+def _quiet_mlflow() -> None:
+    # Fail fast on an unreachable server instead of retrying for minutes.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
+def _quiet_loggers() -> None:
+    # MLflow sets its loggers up on import; its INFO lines (database migrations) are noise here.
+    for name in ("alembic", "mlflow"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # It logs each failed query with its traceback before raising it: a locked store printed
+    # ~400 lines. The exception itself is retried, or becomes the one-line error.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+
+
+@dataclass(frozen=True)
+class RecordedCell:
+    """What the store holds of one cell run: enough to run it again."""
+
+    run_id: str
+    experiment_id: str
+    cell: Cell
+    params: dict[str, str]
+    metrics: dict[str, float]
+    stage_text: str
+    step_losses: np.ndarray
+
+
+class Tracker:
+    """Opens the store and experiment up front, so a bad store fails before any training."""
+
+    def __init__(self, uri: str, experiment: str | None) -> None:
+        """Open the store; with an experiment name, find or create that experiment. Runs left
+        RUNNING by a process that is gone are ended KILLED."""
+        _quiet_mlflow()
+        import mlflow  # noqa: F401  (imported here so the CLI's `list` never pays for it)
+        from mlflow.tracking import MlflowClient
+
+        _quiet_loggers()
+        self.uri = uri
+        retry_s = store.store_retry_s()
+        try:
+            with store.opening(uri):
+                self._client = store.PatientClient(MlflowClient(tracking_uri=uri), uri, retry_s)
+                self._client.search_experiments(max_results=1)  # touches the store: fails here
+                if experiment is not None:
+                    self.experiment_id = self._experiment(experiment)
+                self._end_orphans()
+        except StoreUnwritable as exc:  # before any training: a usage error (exit 2)
+            raise BenchError(str(exc)) from None
+        except BenchError:
+            raise
+        except Exception as exc:  # any other failure here means the store is not usable
+            reason = " ".join(str(exc).split())[:200]
+            raise BenchError(
+                f"tracking store {uri} is not usable ({type(exc).__name__}: {reason}); "
+                "start it or pass a working --tracking-uri / MLFLOW_TRACKING_URI"
+            ) from None
+
+    def _experiment(self, name: str) -> str:
+        """The experiment's id, created if new; a deleted one or an artifact folder that cannot
+        be written fails now, not after the first cell trained."""
+        found = self._client.get_experiment_by_name(name)
+        if found is not None and found.lifecycle_stage == "deleted":
+            raise BenchError(
+                f"experiment {name!r} in {self.uri} is deleted; restore it with "
+                f"`MLFLOW_TRACKING_URI={self.uri} mlflow experiments restore --experiment-id "
+                f"{found.experiment_id}`, or pass another --experiment"
+            )
+        location = found.artifact_location if found is not None else _artifact_location(self.uri)
+        store.check_artifact_root(location, name)
+        if found is not None:
+            if EXPERIMENT_KIND_TAG not in found.tags:  # made by an older mlp-bench
+                self._client.set_experiment_tag(
+                    found.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING
+                )
+            return str(found.experiment_id)
+        # A model-training experiment: MLflow 3 opens any other on its GenAI overview (traces,
+        # tokens), where a new user found no runs.
+        return str(
+            self._client.create_experiment(
+                name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING}
+            )
+        )
+
+    def _end_orphans(self) -> None:
+        """End KILLED the runs left RUNNING by a process of this host that is gone (`kill -9`,
+        a crash, a store that stopped taking writes), and say so in one line."""
+        experiments = [e.experiment_id for e in self._client.search_experiments()]
+        if not experiments:
+            return
+        running = self._client.search_runs(experiments, filter_string=store.OPEN_HERE)
+        gone = [run for run in running if store.owner_gone(run.data.tags)]
+        for run in gone:
+            self._client.set_terminated(run.info.run_id, "KILLED")
+        if gone:
+            pids = ", ".join(sorted({run.data.tags["owner_pid"] for run in gone}))
+            log.info(
+                f"{len(gone)} run(s) in {self.uri} left RUNNING by a process that is gone (pid"
+                f" {pids}): marked KILLED"
+            )
+
+    @property
+    def client(self) -> Any:
+        """The store's client (an MlflowClient that waits out a locked store), for readers
+        such as bench.recording.run_report that need more than the methods here."""
+        return self._client
+
+    def _create_run(self, experiment_id: str, name: str, tags: dict[str, str]) -> str:
+        run = self._client.create_run(
+            experiment_id, run_name=name, tags={**tags, **store.owner_tags()}
+        )
+        return str(run.info.run_id)
+
+    def start_parent(self, name: str, params: dict[str, str], tags: dict[str, str]) -> str:
+        run_id = self._create_run(self.experiment_id, name, tags)
+        self._log_params(run_id, params)
+        return run_id
+
+    def start_group(self, invocation: str, cell: Cell, seeds: list[int]) -> str:
+        """A run for one stage x backend x device group of several seeds: their statistics."""
+        tags = {
+            INVOCATION_TAG: invocation,
+            "kind": "group",
+            "stage": cell.stage,
+            "backend": cell.backend,
+            "device": cell.device,
+        }
+        run_id = self._create_run(self.experiment_id, run_name(cell, seed=False), tags)
+        self._log_params(run_id, {"seeds": describe_seeds(seeds)})
+        return run_id
+
+    def start_cell(
+        self,
+        invocation: str,
+        cell: Cell,
+        params: dict[str, str],
+        group: str | None = None,
+        extra_tags: dict[str, str] | None = None,
+    ) -> str:
+        """A cell's run, tagged with its invocation's run and its group's (if any). Not nested
+        (mlflow.parentRunId): the UI lists a nested run under a collapsed parent row, even
+        when a filter selects the cells alone, so a filter could not show the cells."""
+        tags = {
+            INVOCATION_TAG: invocation,
+            **({GROUP_TAG: group} if group else {}),
+            "stage": cell.stage,
+            "backend": cell.backend,
+            "device": cell.device,
+            "seed": str(cell.seed),
+            "kind": "cell",
+            **(extra_tags or {}),
+        }
+        run_id = self._create_run(self.experiment_id, run_name(cell), tags)
+        self._log_params(run_id, params)
+        return run_id
+
+    def log_epochs(self, run_id: str, records: list[EpochRecord]) -> None:
+        """Per-epoch metrics (step = epoch), several epochs in one write."""
+        from mlflow.entities import Metric
+
+        now = _now_ms()
+        self._client.log_batch(
+            run_id,
+            metrics=[
+                Metric(key, float(getattr(record, key)), now, record.epoch)
+                for record in records
+                for key in ("train_loss", "val_accuracy", "epoch_seconds")
+            ],
+        )
+
+    def finish_cell(
+        self, run_id: str, result: CellResult, files: list[Path], metrics: dict[str, float]
+    ) -> None:
+        """Record a finished cell's environment and artifacts, then its final metrics, and end
+        it FINISHED."""
+        self.log_cell_details(run_id, result, files)
+        self.log_cell_finals(run_id, result, metrics)
+
+    def log_cell_details(
+        self, run_id: str, result: CellResult, files: list[Path], data_dir: str = ""
+    ) -> None:
+        """Environment params, the MNIST split as dataset inputs, per-step losses and the given
+        files as artifacts."""
+        self._log_params(run_id, {ENV_PREFIX + k: v for k, v in result.environment.items()})
+        self.log_data_inputs(run_id, result.environment.get("data_sha256", ""), data_dir)
+        self._log_losses(run_id, result)
+        for path in files:
+            self._client.log_artifact(run_id, str(path))
+
+    def log_data_inputs(self, run_id: str, data_sha256: str, data_dir: str) -> None:
+        """The tutorial's 55,000/5,000/10,000 split as three dataset inputs (contexts train,
+        validation, test), so the UI's Dataset column says what a cell trained on. The digest
+        is the data's (env.data_sha256), cut to the 36 characters MLflow's store holds."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        if not data_sha256:  # hand-made splits (tests): nothing to name
+            return
+        source = data_dir or "MNIST IDX files"
+        inputs = [
+            DatasetInput(
+                Dataset(
+                    name=f"mnist-{context}",
+                    digest=data_sha256[:16],
+                    source_type="local",
+                    source=source,
+                    profile=json.dumps({"num_rows": rows, "rows": where}),
+                ),
+                tags=[InputTag("mlflow.data.context", context)],
+            )
+            for context, rows, where in MNIST_SPLIT
+        ]
+        self._client.log_inputs(run_id, datasets=inputs)
+
+    def log_cell_finals(
+        self,
+        run_id: str,
+        result: CellResult,
+        metrics: dict[str, float],
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        """Accuracy, throughput and the given metrics; the outcome tag and the given tags;
+        then end the run."""
+        from mlflow.entities import Metric, RunTag
+
+        finals = {"test_accuracy": result.test_accuracy, **result.memory, **metrics}
+        if result.train_samples_per_s is not None:
+            finals["train_samples_per_s"] = result.train_samples_per_s
+            finals.update({f"train_samples_per_s_{k}": v for k, v in result.spread.items()})
+        if result.diverged_step is not None:
+            finals["diverged_step"] = float(result.diverged_step)
+        now = _now_ms()
+        self._client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in finals.items()],
+            tags=[RunTag(k, v) for k, v in {"outcome": result.outcome, **(tags or {})}.items()],
+        )
+        self.end(run_id, "FINISHED")
+
+    def load_cell(self, run_id: str) -> RecordedCell:
+        """Read a recorded cell back: tags, params, metrics, stage file, per-step losses."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self._client.get_run(run_id)
+        except MlflowException:
+            raise BenchError(
+                f"no run {run_id!r} in {self.uri}; copy a cell's run id from the MLflow UI"
+                " and pass the store it is in with --tracking-uri"
+            ) from None
+        tags = run.data.tags
+        if tags.get("kind", "cell") != "cell" or "stage" not in tags or "seed" not in tags:
+            raise BenchError(
+                f"run {run_id} is not a cell run (kind {tags.get('kind')!r}); "
+                "give the id of a STAGE/BACKEND/DEVICE/seedN run"
+            )
+        device: Literal["cpu", "gpu"] = "gpu" if tags["device"] == "gpu" else "cpu"
+        cell = Cell(tags["stage"], tags["backend"], device, int(tags["seed"]))
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                stage_file = self._client.download_artifacts(run_id, f"{cell.stage}.toml", tmp)
+                losses_file = self._client.download_artifacts(run_id, "step_losses.csv", tmp)
+            except (MlflowException, OSError):
+                raise BenchError(
+                    f"run {run_id} has no stage file or step losses (it did not"
+                    " finish); reproduce a finished cell"
+                ) from None
+            stage_text = Path(stage_file).read_text()
+            losses = np.loadtxt(losses_file, delimiter=",", skiprows=1, ndmin=2)[:, 1]
+        return RecordedCell(
+            run_id=run_id,
+            experiment_id=run.info.experiment_id,
+            cell=cell,
+            params=dict(run.data.params),
+            metrics=dict(run.data.metrics),
+            stage_text=stage_text,
+            step_losses=losses,
+        )
+
+    def record_reproduction(
+        self,
+        recorded: RecordedCell,
+        run: CellRun,
+        bit_identical: bool,
+        differences: dict[str, tuple[str, str]],
+    ) -> str:
+        """The rerun as its own run beside the original, tagged with the verdict."""
+        assert run.result is not None
+        tags = {
+            "kind": "reproduction",
+            "reproduces": recorded.run_id,
+            "stage": recorded.cell.stage,
+            "backend": recorded.cell.backend,
+            "device": recorded.cell.device,
+            "seed": str(recorded.cell.seed),
+            "bit_identical": str(bit_identical).lower(),
+            "environment_differences": ", ".join(differences)[:500] or "none",
+        }
+        run_id = self._create_run(recorded.experiment_id, f"reproduce {recorded.cell.name}", tags)
+        option_params = {k: v for k, v in recorded.params.items() if k.startswith("option.")}
+        self._log_params(run_id, option_params)
+        with tempfile.TemporaryDirectory() as tmp:
+            stage_file = Path(tmp) / f"{recorded.cell.stage}.toml"
+            stage_file.write_text(recorded.stage_text)
+            self.finish_cell(
+                run_id, run.result, [stage_file, run.log_path], {"wall_seconds": run.wall_seconds}
+            )
+        return run_id
+
+    def log_artifact(self, run_id: str, path: Path) -> None:
+        self._client.log_artifact(run_id, str(path))
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self._client.set_tag(run_id, key, value)
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = _now_ms()
+        self._client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
+
+    def end(self, run_id: str, status: RunStatus) -> None:
+        """End a run. Once the store has stopped taking writes, the run stays RUNNING: the next
+        invocation on the store ends it (its process is gone), record-pending records it."""
+        if not self._client.gave_up:
+            self._client.set_terminated(run_id, status)
+
+    def record_failed(self, run_id: str, error: str, files: list[Path]) -> None:
+        """A cell that failed: its error, its files (the log says why), ended FAILED."""
+        self.set_tags(run_id, {"outcome": "failed", "error": error[:500]})
+        for path in files:
+            self.log_artifact(run_id, path)
+        self.end(run_id, "FAILED")
+
+    def epochs_logged(self, run_id: str) -> int:
+        """The last epoch whose metrics a run holds (0: none)."""
+        history = self._client.get_metric_history(run_id, "train_loss")
+        return max((int(metric.step) for metric in history), default=0)
+
+    def _log_params(self, run_id: str, params: dict[str, str]) -> None:
+        from mlflow.entities import Param
+
+        if params:
+            self._client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+
+    def _log_losses(self, run_id: str, result: CellResult) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "step_losses.csv"
+            lines = ["step,loss"] + [
+                f"{i},{loss!r}" for i, loss in enumerate(result.step_losses.tolist(), start=1)
+            ]
+            path.write_text("\n".join(lines) + "\n")
+            self._client.log_artifact(run_id, str(path))
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def cell_description(spec: StageSpec) -> str:
+    """A cell run's description in the MLflow UI: the stage's change and where it departs
+    from the tutorial's code."""
+    return (
+        f"**{spec.name}**: {spec.description}\n\n"
+        f"Tutorial: {spec.expected.tutorial}; this project expects {spec.expected.describe()}."
+        f"\n\nDeviations from the tutorial's code: {spec.tutorial_deviations}"
+    )
+
+
+def tutorial_comparison(spec: StageSpec, result: CellResult) -> tuple[dict[str, float], str]:
+    """The tutorial's test accuracy and this cell's gap to it in percentage points (where the
+    tutorial reported one), and whether the stage's expectation was met: "true", "false" or
+    "n/a" (a stage with no reference, or fewer epochs than its minimum was set for)."""
+    metrics: dict[str, float] = {}
+    reference = spec.expected.tutorial_test_accuracy
+    if reference is not None:
+        metrics["tutorial_test_accuracy"] = reference
+        metrics["gap_to_tutorial_points"] = 100 * (result.test_accuracy - reference)
+    expectation = spec.expected
+    short = expectation.expect == "min_test_accuracy" and spec.training.epochs < spec.file_epochs
+    if expectation.expect == "no_reference" or short:
+        return metrics, "n/a"
+    return metrics, str(expectation.met_by(result.outcome, result.test_accuracy)).lower()
+
+
+class MatrixRecord:
+    """Records an invocation's cells: invocation run -> one run per stage x backend x device
+    group (statistics over its seeds) -> one run per cell."""
+
+    def __init__(
+        self,
+        tracker: Tracker,
+        parent_id: str,
+        specs: dict[str, StageSpec],
+        cells: list[Cell],
+        options: RunOptions,
+        peaks: dict[tuple[str, str], float] | None = None,
+    ) -> None:
+        self._tracker = tracker
+        self._peaks = peaks or {}
+        self._parent_id = parent_id
+        self._specs = specs
+        self._options = options
+        self._pending = Counter(cell.group for cell in cells)
+        self._seeds = {g: [c.seed for c in cells if c.group == g] for g in self._pending}
+        self._group_ids: dict[str, str] = {}
+        self._group_runs: dict[str, list[CellRun]] = {}
+        self._pending_epochs: dict[str, list[EpochRecord]] = {}
+        self._last_flush: dict[str, float] = {}
+
+    def start_cell(self, cell: Cell) -> str:
+        spec = self._specs[cell.stage]
+        params = {**spec.flat(), **self._options.record(cell.backend)}
+        description = {"mlflow.note.content": cell_description(spec)}
+        return self._tracker.start_cell(
+            self._parent_id, cell, params, self._group_id(cell), description
+        )
+
+    def log_epoch(self, run_id: str, record: EpochRecord) -> None:
+        """Buffered: written every FLUSH_SECONDS, so the live view in the MLflow UI stays
+        current while the store is not written (and the cores not disturbed) every epoch."""
+        pending = self._pending_epochs.setdefault(run_id, [])
+        pending.append(record)
+        if time.perf_counter() - self._last_flush.get(run_id, 0.0) >= FLUSH_SECONDS:
+            # A store that stopped taking writes does not stop the cell: its end keeps it.
+            with contextlib.suppress(StoreUnwritable):
+                self._flush(run_id)
+
+    def _flush(self, run_id: str) -> None:
+        records = self._pending_epochs.pop(run_id, [])
+        if records:
+            self._tracker.log_epochs(run_id, records)
+        self._last_flush[run_id] = time.perf_counter()
+
+    def finish_cell(self, run_id: str, run: CellRun) -> None:
+        # The stage text read at planning, which the worker trained from and the params come
+        # from; the stage file itself may have been edited since.
+        stage_file = run.log_path.parent / f"{run.cell.stage}.toml"
+        stage_file.write_text(self._specs[run.cell.stage].text)
+        files = [stage_file, run.log_path]
+        try:
+            self._record(run_id, run, files)
+        except StoreUnwritable as exc:  # the trained result is kept, not lost
+            if run.result is not None and not run.speed:
+                run.speed = self._speed_metrics(run)
+            uri = self._tracker.uri
+            kept = unrecorded.keep(store.unrecorded_dir(uri), uri, run_id, run, files)
+            raise StoreUnwritable(
+                f"{exc}; {run.cell.name} is kept in {kept}: once the store takes writes, record"
+                f" it with `python -m bench record-pending {kept.parent}`"
+            ) from None
+        group = run.cell.group
+        self._pending[group] -= 1
+        if group in self._group_ids:
+            self._group_runs[group].append(run)
+            if self._pending[group] == 0:
+                self._close_group(group)
+
+    def _record(self, run_id: str, run: CellRun, files: list[Path]) -> None:
+        start = time.perf_counter()
+        self._flush(run_id)
+        run.timings["mlflow_logging"] += time.perf_counter() - start
+        if run.result is not None:
+            start = time.perf_counter()
+            self._tracker.log_cell_details(run_id, run.result, files, self._options.data_dir)
+            run.timings["mlflow_logging"] += time.perf_counter() - start
+            run.speed = self._speed_metrics(run)
+            tags = run.load.tags() if run.load is not None else {}
+            spec = self._specs[run.cell.stage]
+            tutorial, met = tutorial_comparison(spec, run.result)
+            tags["expectation_met"] = met
+            self._tracker.log_cell_finals(run_id, run.result, run.speed | tutorial, tags)
+        else:
+            self._tracker.record_failed(run_id, run.error or "", files)
+
+    def end(self, run_id: str, status: str) -> None:
+        with contextlib.suppress(Exception):  # the epochs so far, if the store still answers
+            self._flush(run_id)
+        self._tracker.end(run_id, status)  # type: ignore[arg-type]
+
+    def _speed_metrics(self, run: CellRun) -> dict[str, float]:
+        """Wall time, where it went, and throughput against the device's measured peak."""
+        assert run.result is not None
+        result = run.result
+        parent = {k: v for k, v in run.timings.items() if k != "started_at"}
+        parent["total"] = time.perf_counter() - run.timings["started_at"]
+        metrics = {"wall_seconds": run.wall_seconds}
+        metrics |= time_breakdown(result.timings, parent, [e.epoch_seconds for e in result.epochs])
+        peak = self._peaks.get((run.cell.backend, run.cell.device))
+        machine = machine_peaks(self._peaks).get(run.cell.device, (None, ""))[0]
+        if peak:
+            metrics["peak_gflops"] = peak
+        if machine:
+            metrics["machine_peak_gflops"] = machine
+        spec = self._specs[run.cell.stage]
+        metrics |= roofline(result.train_samples_per_s, spec, machine, peak)
+        metrics["flops_per_sample"] = float(flops_per_sample(spec))
+        if run.load is not None:  # the canary and what else ran: measured by bench.execution.quiet
+            metrics |= run.load.metrics()
+        return metrics
+
+    def close(self, status: RunStatus) -> None:
+        """End the groups still open (an interrupted or failed invocation)."""
+        for group in list(self._group_ids):
+            if self._pending[group] > 0:
+                self._pending[group] = 0
+                self._tracker.end(self._group_ids[group], status)
+
+    def _group_id(self, cell: Cell) -> str | None:
+        """The cell's group run, where the group has several seeds to take statistics over;
+        None for a group of one (its run would be a row of "-")."""
+        group = cell.group
+        if len(self._seeds[group]) == 1:
+            return None
+        if group not in self._group_ids:
+            self._group_ids[group] = self._tracker.start_group(
+                self._parent_id, cell, self._seeds[group]
+            )
+            self._group_runs[group] = []
+        return self._group_ids[group]
+
+    def _close_group(self, group: str) -> None:
+        runs = self._group_runs[group]
+        self._tracker.log_metrics(self._group_ids[group], group_metrics(runs))
+        failed = any(run.result is None for run in runs)
+        self._tracker.end(self._group_ids[group], "FAILED" if failed else "FINISHED")
