@@ -4,31 +4,44 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from dataclasses import dataclass
 
 from backends.base import Backend
 from bench.core.errors import BenchError
 
-# name -> (implementation "module:Class", the framework package it needs)
-BACKENDS: dict[str, tuple[str, str]] = {
-    "tensorflow": ("backends.tensorflow:TensorFlowBackend", "tensorflow"),
-    "torch": ("backends.torch:TorchBackend", "torch"),
-    "jax": ("backends.jax:JaxBackend", "jax"),
+
+@dataclass(frozen=True)
+class Registered:
+    """One backend: where it lives, the framework package it needs, the options only it has
+    (bench.core.options.Options fields; other backends' cells record them "n/a"), and how to
+    install it where the nox sessions do not."""
+
+    implementation: str  # "module:Class", imported only when the backend is used
+    package: str
+    options: tuple[str, ...] = ()
+    install: str = "nox -s bench does"
+
+
+# A new backend is its module and one line here.
+BACKENDS: dict[str, Registered] = {
+    "tensorflow": Registered("backends.tensorflow:TensorFlowBackend", "tensorflow", ("no_xla",)),
+    "torch": Registered("backends.torch:TorchBackend", "torch", ("cuda_graphs", "torch_matmul")),
+    "jax": Registered("backends.jax:JaxBackend", "jax"),
 }
 
-# How a backend that the nox sessions do not install yet is installed.
-INSTALLED_BY: dict[str, str] = {"jax": "pip install -e .[cpu,jax]"}
 
-# RunOptions fields that only one framework has; other backends' cells record them as "n/a".
-FRAMEWORK_ONLY_OPTIONS: dict[str, str] = {
-    "xla": "tensorflow",
-    "cuda_graphs": "torch",
-    "torch_matmul": "torch",
-}
+def framework_options() -> dict[str, tuple[str, ...]]:
+    """Each framework-only option and the backends that have it."""
+    owners: dict[str, tuple[str, ...]] = {}
+    for name, entry in BACKENDS.items():
+        for option in entry.options:
+            owners[option] = (*owners.get(option, ()), name)
+    return owners
 
 
 def is_installed(name: str) -> bool:
     """Whether the framework behind a backend can be imported (checked without importing it)."""
-    return importlib.util.find_spec(BACKENDS[name][1]) is not None
+    return importlib.util.find_spec(BACKENDS[name].package) is not None
 
 
 def installed_backends() -> list[str]:
@@ -40,17 +53,16 @@ def check_backend(name: str) -> None:
     if name not in BACKENDS:
         raise BenchError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
     if not is_installed(name):
-        package = BACKENDS[name][1]
+        entry = BACKENDS[name]
         raise BenchError(
-            f"backend {name!r} needs the {package!r} package, which is not installed;"
-            f" install it ({INSTALLED_BY.get(name, 'nox -s bench does')}) or leave out"
-            f" --backend {name}"
+            f"backend {name!r} needs the {entry.package!r} package, which is not installed;"
+            f" install it ({entry.install}) or leave out --backend {name}"
         )
 
 
 def load_backend(name: str) -> type[Backend]:
     """Import and return the backend class (this imports its framework)."""
     check_backend(name)
-    module_name, class_name = BACKENDS[name][0].split(":")
+    module_name, class_name = BACKENDS[name].implementation.split(":")
     cls: type[Backend] = getattr(importlib.import_module(module_name), class_name)
     return cls

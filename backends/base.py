@@ -4,65 +4,19 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import ClassVar, Literal, TypeVar
 
 import numpy as np
 
 from bench.core.data import MnistSplits
+from bench.core.options import Options
 from bench.core.seeding import SeededRun
 from bench.core.spec import StageSpec
+from bench.core.types import Device
 
-Device = Literal["cpu", "gpu"]
 Split = Literal["val", "test"]
-DType = Literal["float32", "float64"]
-# PyTorch's CPU products: "mkl" (its default sgemm), "onednn" (the oneDNN it bundles), or
-# "auto": whichever a short measurement on this machine finds faster (see backends.torch).
-TorchMatmul = Literal["auto", "mkl", "onednn"]
-ONEDNN_ONLY = (
-    "--torch-matmul onednn: float32 training on a CPU, outside parity mode, only;"
-    " drop it or use --torch-matmul auto"
-)
 T = TypeVar("T")
 EVAL_BATCH = 10_000  # large evaluation batches: evaluation is not what is benchmarked
-
-
-@dataclass(frozen=True)
-class Settings:
-    """How a backend computes, beyond the stage: precision, determinism, TF32 on GPUs."""
-
-    dtype: DType = "float32"
-    deterministic: bool = True  # TF op determinism / torch.use_deterministic_algorithms
-    tf32: bool = False  # TensorFloat-32 matmuls on Ampere+ GPUs: faster, not exact
-    # Parity: optimizer updates written out op by op, identically in every backend, instead
-    # of each framework's fastest fused kernels (same rule, different rounding).
-    parity: bool = False
-    # Parity in float32: products, sums, the loss and its gradient computed in float64 and
-    # rounded once to float32 (parameters, gradients, optimizer state and updates stay float32).
-    # Each framework's float32 kernels sum in their own order, ~1e-7 apart, which Adam and
-    # N(0, 1) weights amplify past any tolerance within 50 steps; rounded once, the two agree
-    # to the last bit in nearly every element. "native": the frameworks' float32 kernels.
-    parity_accumulate: Literal["float64", "native"] = "float64"
-    # TensorFlow: compile the whole-epoch loop with XLA (fuses the elementwise ops; on this
-    # model's CPU runs it is ~1.7x faster than the plain graph executor).
-    xla: bool = True
-    # PyTorch on a GPU: capture the training step in a CUDA graph and replay it (one launch
-    # instead of ~40 per step; this model's GPU steps are launch-bound).
-    cuda_graphs: bool = False
-    # PyTorch on a CPU: which library computes the fast step's products (TorchMatmul).
-    torch_matmul: TorchMatmul = "auto"
-    # The model is a strict chain of ops: a second inter-op pool only competes for the cores.
-    inter_op_threads: int = 1
-
-
-DEFAULT_SETTINGS = Settings()
-
-
-def compute_dtype(settings: Settings) -> DType:
-    """The dtype a training step computes in (see Settings.parity_accumulate)."""
-    if settings.parity and settings.parity_accumulate == "float64":
-        return "float64"
-    return settings.dtype
 
 
 # Per hidden layer, for every step of an epoch: which units dropout keeps, shape
@@ -80,7 +34,7 @@ class Backend(ABC):
     name: ClassVar[str]
 
     @abstractmethod
-    def __init__(self, device: Device, threads: int, settings: Settings = DEFAULT_SETTINGS) -> None:
+    def __init__(self, device: Device, options: Options) -> None:
         """Pin the device, thread pools and numerics; must run before other framework work."""
 
     @staticmethod

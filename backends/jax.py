@@ -15,26 +15,24 @@ from jax import lax
 from jaxlib.version import __version__ as jaxlib_version
 
 from backends.base import (
-    DEFAULT_SETTINGS,
     EVAL_BATCH,
     Backend,
-    Device,
     Masks,
-    Settings,
     Split,
     adam_step_size,
-    compute_dtype,
     dropout_threshold,
     eval_splits,
 )
 from bench.core.data import MnistSplits
 from bench.core.errors import BenchError
+from bench.core.options import Options
 from bench.core.seeding import SeededRun
 from bench.core.spec import StageSpec
+from bench.core.types import Device
 
 # What the first backend of this process set before JAX's runtime started: XLA reads its flags
 # and the CPU client sizes its thread pool once, when the runtime starts (environment() records
-# what is in force, as the other backends do for their once-per-process settings).
+# what is in force, as the other backends do for their once-per-process options).
 _RUNTIME: dict[str, str] = {}
 # jax.config's update() is untyped; reached through Any, it type-checks with or without jax.
 _CONFIG: Any = jax.config
@@ -54,7 +52,7 @@ def _runtime_started() -> bool:
     return bool(xla_bridge.backends_are_initialized())
 
 
-def _configure_runtime(threads: int, settings: Settings) -> None:
+def _configure_runtime(threads: int, options: Options) -> None:
     """Threads and XLA flags, set in the environment before JAX's runtime starts.
 
     XLA's CPU client sizes its one intra-op pool (Eigen's products and the partitioned
@@ -65,7 +63,7 @@ def _configure_runtime(threads: int, settings: Settings) -> None:
     if _RUNTIME or _runtime_started():
         return
     flags = os.environ.get("XLA_FLAGS", "").split()
-    if settings.deterministic:
+    if options.deterministic:
         # Scatters and atomics are the GPU's nondeterministic ops; this step has neither (the
         # loss is written with one-hot rows), the flag keeps XLA from choosing one.
         flags.append("--xla_gpu_exclude_nondeterministic_ops=true")
@@ -107,23 +105,24 @@ def _stored(x: jax.Array, zero: jax.Array) -> jax.Array:
 class JaxBackend(Backend):
     name = "jax"
 
-    def __init__(self, device: Device, threads: int, settings: Settings = DEFAULT_SETTINGS) -> None:
+    def __init__(self, device: Device, options: Options) -> None:
+        threads = options.threads
         # Process-wide, and before any array is made: without it JAX has no float64. Once on it
         # stays on; every array here has an explicit dtype, so float32 steps are unchanged.
-        if "float64" in (settings.dtype, compute_dtype(settings)):
+        if "float64" in (options.dtype, options.compute_dtype):
             _CONFIG.update("jax_enable_x64", True)
-        _configure_runtime(threads, settings)
+        _configure_runtime(threads, options)
         if device == "gpu" and not JaxBackend.visible_gpus():
             raise BenchError("--device gpu: JAX sees no GPU; use --device cpu")
         # Not hidden from a CPU backend (as TensorFlow's are): every array is placed on this
         # device and the compiled functions run where their inputs are.
         self._device = jax.devices("gpu" if device == "gpu" else "cpu")[0]
         self._device_kind = device
-        self._settings = settings
-        self._dtype = np.dtype(settings.dtype)
-        self._compute = np.dtype(compute_dtype(settings))
+        self._options = options
+        self._dtype = np.dtype(options.dtype)
+        self._compute = np.dtype(options.compute_dtype)
         # JAX's GPU products of float32 default to TF32 on Ampere+; "highest" is exact float32.
-        self._precision = lax.Precision.DEFAULT if settings.tf32 else lax.Precision.HIGHEST
+        self._precision = lax.Precision.DEFAULT if options.tf32 else lax.Precision.HIGHEST
 
     @staticmethod
     def visible_gpus() -> int:
@@ -144,10 +143,10 @@ class JaxBackend(Backend):
                 "intra_op_threads", os.environ.get("NPROC", "default (runtime started earlier)")
             ),
             "inter_op_threads": "n/a (XLA: one pool)",
-            "deterministic_ops": str(self._settings.deterministic).lower(),
-            "tf32": str(self._settings.tf32).lower(),
-            "dtype": self._settings.dtype,
-            "compute_dtype": compute_dtype(self._settings),
+            "deterministic_ops": str(self._options.deterministic).lower(),
+            "tf32": str(self._options.tf32).lower(),
+            "dtype": self._options.dtype,
+            "compute_dtype": self._options.compute_dtype,
             "xla": "true",  # JAX compiles every step with XLA
             "xla_flags": _RUNTIME.get("xla_flags", os.environ.get("XLA_FLAGS", "")),
             "jax_enable_x64": str(_CONFIG.jax_enable_x64).lower(),
@@ -361,7 +360,7 @@ class JaxBackend(Backend):
     def _update(
         self, state: _State, grads: tuple[jax.Array, ...], lr: jax.Array, zero: jax.Array
     ) -> _State:
-        if self._settings.parity:
+        if self._options.parity:
             return self._update_explicit(state, grads, lr, zero)
         opt = self._spec.optimizer
         if opt.name == "sgd":

@@ -15,22 +15,20 @@ import numpy as np
 import tensorflow as tf
 
 from backends.base import (
-    DEFAULT_SETTINGS,
     EVAL_BATCH,
     Backend,
-    Device,
     Masks,
-    Settings,
     Split,
     adam_step_size,
-    compute_dtype,
     dropout_threshold,
     eval_splits,
 )
 from bench.core.data import MnistSplits
 from bench.core.errors import BenchError
+from bench.core.options import Options
 from bench.core.seeding import SeededRun
 from bench.core.spec import StageSpec
+from bench.core.types import Device
 
 # A batch's mean softmax cross-entropy, from (logits, integer labels).
 CrossEntropy = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
@@ -106,21 +104,22 @@ def _memory_growth(gpu: Any) -> bool:
 class TensorFlowBackend(Backend):
     name = "tensorflow"
 
-    def __init__(self, device: Device, threads: int, settings: Settings = DEFAULT_SETTINGS) -> None:
+    def __init__(self, device: Device, options: Options) -> None:
+        threads = options.threads
         # Thread pools can only be set before TF initialises its runtime; a second backend in
         # one process keeps the first one's (environment() records what is in force).
         with contextlib.suppress(RuntimeError):
             tf.config.threading.set_intra_op_parallelism_threads(threads)
-            tf.config.threading.set_inter_op_parallelism_threads(settings.inter_op_threads)
-        if settings.deterministic:
+            tf.config.threading.set_inter_op_parallelism_threads(options.inter_op_threads)
+        if options.deterministic:
             tf.config.experimental.enable_op_determinism()
-        if settings.parity:
+        if options.parity:
             # Parity wants each op as written, rounded as written: Grappler rewrites graphs
             # ((g * g) * c comes out 1 ulp off in a third of the elements) and XLA's code
             # generator fuses p - lr * g into one FMA (one rounding instead of two).
             tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
         # TF enables TF32 by default on Ampere+; off unless asked, so GPU results are exact.
-        tf.config.experimental.enable_tensor_float_32_execution(settings.tf32)
+        tf.config.experimental.enable_tensor_float_32_execution(options.tf32)
         gpus = tf.config.list_physical_devices("GPU")
         if device == "gpu" and not gpus:
             raise BenchError("--device gpu: TensorFlow sees no GPU; use --device cpu")
@@ -144,11 +143,11 @@ class TensorFlowBackend(Backend):
             )
         self._device_name = "/GPU:0" if device == "gpu" else "/CPU:0"
         self._device = device
-        self._settings = settings
-        self._xla = settings.xla and not settings.parity
-        self._cross_entropy = mean_cross_entropy_for(settings.parity, device)
-        self._dtype = tf.float64 if settings.dtype == "float64" else tf.float32
-        self._compute = tf.float64 if compute_dtype(settings) == "float64" else tf.float32
+        self._options = options
+        self._xla = options.xla and not options.parity
+        self._cross_entropy = mean_cross_entropy_for(options.parity, device)
+        self._dtype = tf.float64 if options.dtype == "float64" else tf.float32
+        self._compute = tf.float64 if options.compute_dtype == "float64" else tf.float32
 
     @staticmethod
     def visible_gpus() -> int:
@@ -161,12 +160,12 @@ class TensorFlowBackend(Backend):
             "framework_version": tf.__version__,
             "intra_op_threads": str(tf.config.threading.get_intra_op_parallelism_threads()),
             "inter_op_threads": str(tf.config.threading.get_inter_op_parallelism_threads()),
-            "deterministic_ops": str(self._settings.deterministic).lower(),
+            "deterministic_ops": str(self._options.deterministic).lower(),
             "tf32": str(tf.config.experimental.tensor_float_32_execution_enabled()).lower(),
-            "dtype": self._settings.dtype,
-            "compute_dtype": compute_dtype(self._settings),
+            "dtype": self._options.dtype,
+            "compute_dtype": self._options.compute_dtype,
             "xla": str(self._xla).lower(),
-            "grappler": "off" if self._settings.parity else "on",
+            "grappler": "off" if self._options.parity else "on",
             "dropout_rng": "stateless Philox per (seed, step, layer), 16-bit thresholds",
             # oneDNN changes CPU summation order; TF_ENABLE_ONEDNN_OPTS=0 turns it off.
             "onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
@@ -356,7 +355,7 @@ class TensorFlowBackend(Backend):
         return losses.stack()
 
     def _update(self, grads: list[tf.Tensor], lr: tf.Tensor) -> None:
-        if self._settings.parity:
+        if self._options.parity:
             self._update_explicit(grads, lr)
             return
         opt = self._spec.optimizer

@@ -16,24 +16,21 @@ import torch
 import torch.nn.functional as F
 
 from backends.base import (
-    DEFAULT_SETTINGS,
     EVAL_BATCH,
-    ONEDNN_ONLY,
     Backend,
-    Device,
     Masks,
-    Settings,
     Split,
     adam_step_size,
-    compute_dtype,
     dropout_threshold,
     eval_splits,
 )
 from bench.core.data import MnistSplits, resolve_cache_dir
 from bench.core.devices import gpu_driver_version
 from bench.core.errors import BenchError
+from bench.core.options import ONEDNN_ONLY, Options
 from bench.core.seeding import SeededRun
 from bench.core.spec import StageSpec
+from bench.core.types import Device
 
 
 def _views(flat: torch.Tensor, like: list[np.ndarray]) -> list[torch.Tensor]:
@@ -49,15 +46,15 @@ def _views(flat: torch.Tensor, like: list[np.ndarray]) -> list[torch.Tensor]:
 _GENERATORS = {"cpu": "Mersenne Twister", "cuda": "Philox4x32-10"}
 
 
-def check_cuda_graphs(settings: Settings, device: Device) -> None:
+def check_cuda_graphs(options: Options, device: Device) -> None:
     """--cuda-graphs replays the fast float32 step on a GPU; say why anything else is refused."""
-    if not settings.cuda_graphs:
+    if not options.cuda_graphs:
         return
-    if settings.dtype == "float64":
+    if options.dtype == "float64":
         # The fused Adam kernel reads a captured lr_t from a float32 tensor, while the eager
         # step hands it a double: the graph would round lr_t where the eager step does not.
         raise BenchError("--cuda-graphs trains in float32 only; drop --dtype float64")
-    if device != "gpu" or settings.parity:
+    if device != "gpu" or options.parity:
         raise BenchError("--cuda-graphs: PyTorch on a GPU, outside parity mode, only")
 
 
@@ -195,7 +192,7 @@ def _choices_path() -> Path:
 
 def auto_matmul(threads: int) -> tuple[str, str]:
     """ "mkl" or "onednn" for this machine, and why: measured once, then read from the cache."""
-    from bench.execution.runner import cpu_isa, cpu_model
+    from bench.core.devices import cpu_isa, cpu_model
 
     # The model name alone does not tell one AMD EPYC from another: the ISA does.
     key = f"{cpu_model()} ({cpu_isa()}) | torch {torch.__version__} | {threads} threads"
@@ -215,21 +212,21 @@ def auto_matmul(threads: int) -> tuple[str, str]:
     return entry["choice"], f"auto, {entry['reason']}"
 
 
-def resolve_matmul(settings: Settings, device: Device, threads: int) -> tuple[str, str]:
+def resolve_matmul(options: Options, device: Device, threads: int) -> tuple[str, str]:
     """Which library computes this backend's products, and why."""
     fixed = None
     if device == "gpu":
         fixed = "cublas", "a GPU: cuBLAS"
-    elif settings.parity:
+    elif options.parity:
         fixed = "mkl", "parity mode: autograd products, unchanged"
-    elif settings.dtype == "float64":
+    elif options.dtype == "float64":
         fixed = "mkl", "float64: oneDNN has no double-precision products"
     if fixed is not None:
-        if settings.torch_matmul == "onednn":
+        if options.torch_matmul == "onednn":
             raise BenchError(ONEDNN_ONLY)
         return fixed
-    if settings.torch_matmul != "auto":
-        return settings.torch_matmul, "asked for (--torch-matmul)"
+    if options.torch_matmul != "auto":
+        return options.torch_matmul, "asked for (--torch-matmul)"
     return auto_matmul(threads)
 
 
@@ -335,20 +332,21 @@ class _GraphedStep:
 class TorchBackend(Backend):
     name = "torch"
 
-    def __init__(self, device: Device, threads: int, settings: Settings = DEFAULT_SETTINGS) -> None:
+    def __init__(self, device: Device, options: Options) -> None:
+        threads = options.threads
         torch.set_num_threads(threads)
         # Settable once per process only; a second backend in one process keeps the first's
         # (environment() records what is in force).
-        if torch.get_num_interop_threads() != settings.inter_op_threads:
+        if torch.get_num_interop_threads() != options.inter_op_threads:
             with contextlib.suppress(RuntimeError):
-                torch.set_num_interop_threads(settings.inter_op_threads)
+                torch.set_num_interop_threads(options.inter_op_threads)
         if device == "gpu" and not torch.cuda.is_available():
             raise BenchError("--device gpu: PyTorch sees no CUDA GPU; use --device cpu")
-        check_cuda_graphs(settings, device)
-        if settings.deterministic:
+        check_cuda_graphs(options, device)
+        if options.deterministic:
             # cuBLAS needs a fixed workspace to be deterministic; set before CUDA starts.
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(settings.deterministic)
+        torch.use_deterministic_algorithms(options.deterministic)
         # Deterministic mode also fills each new tensor with NaN, a debugging aid against
         # reading uninitialised memory, which cost ~2% here. No step reads such memory: with
         # the fill on, every stage's numbers were finite and bit-identical to these.
@@ -357,13 +355,13 @@ class TorchBackend(Backend):
         # subnormals, which x86 computes ~100x slower; flushing also keeps the two frameworks'
         # numbers alike. It sets the CPU's own flags: CUDA kernels keep subnormals regardless.
         self._flush_denormal = torch.set_flush_denormal(True) and device == "cpu"
-        torch.backends.cuda.matmul.allow_tf32 = settings.tf32
-        torch.backends.cudnn.allow_tf32 = settings.tf32
+        torch.backends.cuda.matmul.allow_tf32 = options.tf32
+        torch.backends.cudnn.allow_tf32 = options.tf32
         self._device = torch.device("cuda" if device == "gpu" else "cpu")
-        self._settings = settings
-        self._dtype = torch.float64 if settings.dtype == "float64" else torch.float32
-        self._compute = torch.float64 if compute_dtype(settings) == "float64" else torch.float32
-        self._matmul, self._matmul_reason = resolve_matmul(settings, device, threads)
+        self._options = options
+        self._dtype = torch.float64 if options.dtype == "float64" else torch.float32
+        self._compute = torch.float64 if options.compute_dtype == "float64" else torch.float32
+        self._matmul, self._matmul_reason = resolve_matmul(options, device, threads)
         self._zero = torch.zeros((), device=self._device, dtype=self._dtype)  # addmm, beta=0
         self._mm: _Products = (
             _OneDnnProducts() if self._matmul == "onednn" else _MklProducts(self._zero)
@@ -385,14 +383,14 @@ class TorchBackend(Backend):
                 torch.utils.deterministic.fill_uninitialized_memory  # type: ignore[attr-defined]
             ).lower(),
             "tf32": str(torch.backends.cuda.matmul.allow_tf32).lower(),
-            "dtype": self._settings.dtype,
-            "compute_dtype": compute_dtype(self._settings),
+            "dtype": self._options.dtype,
+            "compute_dtype": self._options.compute_dtype,
             "framework_blas": blas.group(1) if blas else "unknown",
             # The library the fast step's products went through, and why (--torch-matmul).
             "torch_matmul": self._matmul,
             "torch_matmul_reason": self._matmul_reason,
             "flush_denormal": str(self._flush_denormal).lower(),
-            "cuda_graphs": str(self._settings.cuda_graphs).lower(),
+            "cuda_graphs": str(self._options.cuda_graphs).lower(),
             # The device's own generator draws the masks: CUDA's is Philox4x32-10.
             "dropout_rng": f"torch.Generator ({_GENERATORS[self._device.type]}), 16-bit thresholds",
             "mkldnn": str(torch.backends.mkldnn.is_available()).lower(),  # type: ignore[no-untyped-call]
@@ -423,7 +421,7 @@ class TorchBackend(Backend):
             1.0 - spec.model.dropout_rate, dtype=self._compute, device=self._device
         )
         arrays = [array for layer in run.layers for array in (layer.weight, layer.bias)]
-        if self._settings.parity:  # autograd leaves, one tensor each
+        if self._options.parity:  # autograd leaves, one tensor each
             self._params = [
                 torch.tensor(a, device=self._device, dtype=self._dtype, requires_grad=True)
                 for a in arrays
@@ -444,7 +442,7 @@ class TorchBackend(Backend):
         self._generator = torch.Generator(device=self._device)
         self._generator.manual_seed(run.dropout_seed)
         if spec.optimizer.name == "adam":
-            if self._settings.parity:
+            if self._options.parity:
                 self._m = [torch.zeros_like(p) for p in self._params]
                 self._v = [torch.zeros_like(p) for p in self._params]
             else:
@@ -456,7 +454,7 @@ class TorchBackend(Backend):
                     _NO_BIAS_CORRECTION, dtype=torch.float32, device=self._device
                 )
         self._graphs = None
-        if self._settings.cuda_graphs:
+        if self._options.cuda_graphs:
             self._graphs = _GraphedStep(
                 self._step_manual,
                 self._train_x,
@@ -489,7 +487,7 @@ class TorchBackend(Backend):
         # Per epoch rather than per step (a few small ops fewer each step): the labels, as
         # columns, and the fast step's one-hot rows.
         labels = self._train_y.index_select(0, batches.view(-1)).view(steps, batch, 1)
-        fast = not self._settings.parity
+        fast = not self._options.parity
         onehots = (labels == self._classes).to(self._dtype) if fast else None
         step_losses = []  # on the device: no host sync per step
         for i in range(steps):

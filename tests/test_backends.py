@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from backends import installed_backends, is_installed, load_backend
-from backends.base import Backend, Settings, effective_dropout_rate
+from backends.base import Backend, effective_dropout_rate
 from bench.core.data import MnistSplits
+from bench.core.options import Options
 from bench.core.seeding import seeded_run
 from bench.core.spec import STAGE_NAMES, StageSpec, load_stage, with_epochs
 from tests import reference
@@ -19,7 +20,7 @@ from tests.conftest import backend_params, device_params, skip_without_gpu, subs
 
 def make(name: str, device: str, spec: StageSpec, splits: MnistSplits, seed: int = 0) -> Backend:
     skip_without_gpu(name, device)
-    backend = load_backend(name)(device, 2)  # type: ignore[arg-type]
+    backend = load_backend(name)(device, Options(data_dir="", threads=2))  # type: ignore[arg-type]
     backend.load_data(splits)
     backend.build(spec, seeded_run(spec, seed, splits.train_x.shape[0]))
     return backend
@@ -106,7 +107,7 @@ def test_cuda_graphs_train_exactly_as_the_eager_step(stage: str, mnist: MnistSpl
     order = seeded_run(spec, 0, 1000).epoch_orders[0]
     losses, params = [], []
     for graphs in (False, True):
-        backend = load_backend("torch")("gpu", 2, Settings(cuda_graphs=graphs))
+        backend = load_backend("torch")("gpu", Options(data_dir="", threads=2, cuda_graphs=graphs))
         backend.load_data(data)
         backend.build(spec, seeded_run(spec, 0, 1000))
         losses.append(backend.train_epoch(order))
@@ -126,7 +127,7 @@ def test_onednn_products_train_as_mkls(stage: str, mnist: MnistSplits) -> None:
     order = seeded_run(spec, 0, 3000).epoch_orders[0]
     losses, params, taken = [], [], []
     for path in ("mkl", "onednn"):
-        backend = load_backend("torch")("cpu", 2, Settings(torch_matmul=path))  # type: ignore[arg-type]
+        backend = load_backend("torch")("cpu", Options(data_dir="", threads=2, torch_matmul=path))  # type: ignore[arg-type]
         backend.load_data(data)
         backend.build(spec, seeded_run(spec, 0, 3000))
         losses.append(backend.train_epoch(order))
@@ -159,7 +160,7 @@ def test_auto_matmul_is_measured_once_per_machine_and_kept(
     other = "mkl" if choice == "onednn" else "onednn"  # plant the other: it must be read back
     path.write_text(json.dumps({key: {"choice": other, "reason": "planted"}}))
     assert torch_backend.auto_matmul(2) == (other, "auto, planted")
-    env = load_backend("torch")("cpu", 2).environment()
+    env = load_backend("torch")("cpu", Options(data_dir="", threads=2)).environment()
     assert (env["torch_matmul"], env["torch_matmul_reason"]) == (other, "auto, planted")
 
 
@@ -216,7 +217,9 @@ def test_cuda_graphs_refuse_float64() -> None:
     from bench.core.errors import BenchError
 
     with pytest.raises(BenchError, match="--cuda-graphs trains in float32 only"):
-        load_backend("torch")("cpu", 1, Settings(cuda_graphs=True, dtype="float64"))
+        load_backend("torch")(
+            "cpu", Options(data_dir="", threads=1, cuda_graphs=True, dtype="float64")
+        )
 
 
 @pytest.mark.parametrize("device", device_params())
@@ -225,7 +228,7 @@ def test_torch_records_the_generator_and_subnormals_of_its_device(device: str) -
     """CUDA's generator is Philox4x32-10, the CPU's Mersenne Twister; flushing subnormals is a
     CPU setting that CUDA kernels do not follow."""
     skip_without_gpu("torch", device)
-    env = load_backend("torch")(device, 2).environment()  # type: ignore[arg-type]
+    env = load_backend("torch")(device, Options(data_dir="", threads=2)).environment()  # type: ignore[arg-type]
     if device == "cpu":
         assert "Mersenne Twister" in env["dropout_rng"] and env["flush_denormal"] == "true"
         assert "gpu_model" not in env and "gpu_driver" not in env

@@ -199,7 +199,7 @@ def test_run_records_parent_and_nested_cells(
         # The environment under one prefix (issue 11): "show diff only" keeps it apart.
         env = {k.removeprefix("env."): v for k, v in params.items() if k.startswith("env.")}
         assert env["framework"] == tags["backend"] and env["threads"]
-        assert params["option.deterministic"] == "true" and env["deterministic_ops"] == "true"
+        assert params["option.nondeterministic"] == "false" and env["deterministic_ops"] == "true"
         for key in (
             "framework_version",
             "python_version",

@@ -9,16 +9,17 @@ import numpy as np
 import pytest
 
 from backends import is_installed
+from bench.core.options import Options
 from bench.core.spec import STAGE_NAMES
+from bench.core.types import Cell, CellResult
 from bench.execution.matrix import LocalExecutor
-from bench.execution.runner import Cell, CellResult, RunOptions
 from tests.conftest import backend_params, device_params, mnist_dir, skip_without_gpu
 
 
 def _run(cell: Cell, tmp_path: Path, name: str, **options_: Any) -> CellResult:
     work = tmp_path / name
     work.mkdir()
-    options = RunOptions(**{"data_dir": str(mnist_dir()), "threads": 2, "epochs": 2, **options_})
+    options = Options(**{"data_dir": str(mnist_dir()), "threads": 2, "epochs": 2, **options_})
     run = LocalExecutor().execute(cell, options, work, lambda record: None)
     assert run.result is not None, run.error
     return run.result

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from backends import is_installed, load_backend
-from backends.base import Backend, Settings
+from backends.base import Backend
 from bench.core.data import MnistSplits
+from bench.core.options import Options
 from bench.core.seeding import dropout_masks, seeded_run
 from bench.core.spec import StageSpec, load_stage, with_epochs
 from bench.execution.parity import TOLERANCES, relative_difference, weights_difference
@@ -19,9 +20,9 @@ PARITY_STEPS = 50  # bench.execution.parity's float32 window; float64's bound ho
 
 
 def _backend(
-    name: str, spec: StageSpec, data: MnistSplits, settings: Settings, seed: int = 0
+    name: str, spec: StageSpec, data: MnistSplits, options: Options, seed: int = 0
 ) -> Backend:
-    backend = load_backend(name)("cpu", 2, settings)
+    backend = load_backend(name)("cpu", options)
     backend.load_data(data)
     backend.build(spec, seeded_run(spec, seed, data.train_x.shape[0]))
     return backend
@@ -51,13 +52,13 @@ def test_parity_with_torch_within_bench_parity_bounds(
     """Parity mode (numpy's masks, updates op by op, float32 accumulating in float64): JAX's
     step losses stay within the bound `bench parity` holds every pair of backends to."""
     spec = with_epochs(load_stage(stage), 1)
-    settings = Settings(dtype=dtype, parity=True)  # type: ignore[arg-type]
+    options = Options(data_dir="", threads=2, dtype=dtype, parity=True)  # type: ignore[arg-type]
     run = seeded_run(spec, 0, parity_data.train_x.shape[0])
     order = run.epoch_orders[0]
     masks = dropout_masks(spec, run, 0, PARITY_STEPS) if spec.model.dropout_rate else None
     losses, params = {}, {}
     for name in ("jax", "torch"):
-        backend = _backend(name, spec, parity_data, settings)
+        backend = _backend(name, spec, parity_data, options)
         losses[name] = backend.train_epoch(order, masks)
         params[name] = backend.parameters()
     assert losses["jax"].dtype == np.dtype(dtype) and len(losses["jax"]) == PARITY_STEPS
@@ -72,7 +73,7 @@ def test_two_fresh_backends_rerun_bit_identical(stage: str, small: MnistSplits) 
     """Same seed, same losses to the last bit over two epochs: the own dropout masks depend on
     (seed, step) only, and XLA's CPU products sum in a fixed order."""
     spec = with_epochs(load_stage(stage), 2)
-    runs = [_backend("jax", spec, small, Settings()) for _ in range(2)]
+    runs = [_backend("jax", spec, small, Options(data_dir="", threads=2)) for _ in range(2)]
     first, again = (_epochs(backend, spec, 2000, 2) for backend in runs)
     assert first.tobytes() == again.tobytes()
     for a, b in zip(runs[0].parameters(), runs[1].parameters(), strict=True):
@@ -81,7 +82,7 @@ def test_two_fresh_backends_rerun_bit_identical(stage: str, small: MnistSplits) 
 
 def test_float64_trains_in_float64(small: MnistSplits) -> None:
     spec = with_epochs(load_stage("adam"), 1)
-    backend = _backend("jax", spec, small, Settings(dtype="float64"))
+    backend = _backend("jax", spec, small, Options(data_dir="", threads=2, dtype="float64"))
     losses = _epochs(backend, spec, 2000, 1)
     assert losses.dtype == np.float64 and np.isfinite(losses).all()
     assert all(p.dtype == np.float64 for p in backend.parameters())
@@ -92,7 +93,9 @@ def test_float64_trains_in_float64(small: MnistSplits) -> None:
 
 
 def test_environment_records_what_is_in_force(small: MnistSplits) -> None:
-    env = _backend("jax", load_stage("relu-xavier"), small, Settings()).environment()
+    env = _backend(
+        "jax", load_stage("relu-xavier"), small, Options(data_dir="", threads=2)
+    ).environment()
     import jax
 
     assert env["framework"] == "jax" and env["framework_version"] == jax.__version__
@@ -103,7 +106,7 @@ def test_environment_records_what_is_in_force(small: MnistSplits) -> None:
 
 def test_fast_path_learns_relu_xavier_in_two_epochs(mnist: MnistSplits) -> None:
     spec = with_epochs(load_stage("relu-xavier"), 2)
-    backend = _backend("jax", spec, mnist, Settings())
+    backend = _backend("jax", spec, mnist, Options(data_dir="", threads=2))
     losses = _epochs(backend, spec, mnist.train_x.shape[0], 2)
     assert losses.shape == (1100,) and np.isfinite(losses).all()
     assert backend.accuracy("val") > 0.9

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from backends import installed_backends
+from bench.core.options import Options
 from bench.core.spec import load_stage, with_epochs
-from bench.execution.matrix import CellRun, LocalExecutor, build_cells, run_matrix
-from bench.execution.runner import Cell, EpochRecord, RunOptions
+from bench.core.types import Cell, CellRun, EpochRecord
+from bench.execution.matrix import LocalExecutor, build_cells, run_matrix
 from bench.recording.report import Progress, results_table
 from bench.recording.tracking import MatrixRecord, Tracker
 from tests.conftest import mnist_dir
@@ -29,7 +30,7 @@ def tracker(tmp_path: Path) -> Tracker:
 
 
 def _record(
-    tracker: Tracker, stage: str, epochs: int, cells: list[Cell], options: RunOptions
+    tracker: Tracker, stage: str, epochs: int, cells: list[Cell], options: Options
 ) -> MatrixRecord:
     parent = tracker.start_parent("test", {}, {})
     specs = {stage: with_epochs(load_stage(stage), epochs)}
@@ -41,7 +42,7 @@ def test_a_cell_runs_in_its_own_process_and_streams_epochs(
 ) -> None:
     backend = installed_backends()[0]
     cells = [Cell("relu-xavier", backend, "cpu", 0)]
-    options = RunOptions(data_dir=str(mnist_dir()), threads=2, epochs=2)
+    options = Options(data_dir=str(mnist_dir()), threads=2, epochs=2)
     record = _record(tracker, "relu-xavier", 2, cells, options)
     seen: list[EpochRecord] = []
 
@@ -72,7 +73,7 @@ def test_a_failing_cell_is_recorded_failed_with_its_message(
     cell = Cell("adam", backend, "cpu", 0)
     empty = tmp_path / "no-data"
     empty.mkdir()
-    options = RunOptions(data_dir=str(empty), threads=2, epochs=1)
+    options = Options(data_dir=str(empty), threads=2, epochs=1)
     record = _record(tracker, "adam", 1, [cell], options)
     runs = run_matrix([cell], options, LocalExecutor(), record, Progress(), lambda c: 1)
     assert runs[0].result is None
@@ -92,7 +93,7 @@ def test_an_interrupted_matrix_ends_the_cell_killed(tracker: Tracker, tmp_path: 
             raise KeyboardInterrupt
 
     cell = Cell("dropout", "torch", "cpu", 0)
-    options = RunOptions("x", 1)
+    options = Options("x", 1)
     record = _record(tracker, "dropout", 1, [cell], options)
     with pytest.raises(KeyboardInterrupt):
         run_matrix([cell], options, Interrupted(), record, Progress(), lambda c: 1)

@@ -97,13 +97,13 @@ def test_a_peak_that_moved_under_the_run_is_a_warning() -> None:
 
 
 def test_the_peak_is_tf32_only_where_the_cells_may_use_tf32() -> None:
+    from bench.core.options import Options
     from bench.execution.invocation import peak_uses_tf32
-    from bench.execution.runner import RunOptions
 
-    tf32 = RunOptions(data_dir="d", threads=1, tf32=True)
+    tf32 = Options(data_dir="d", threads=1, tf32=True)
     assert peak_uses_tf32("gpu", tf32)
     assert not peak_uses_tf32("cpu", tf32)  # CPUs have no TF32
-    assert not peak_uses_tf32("gpu", RunOptions(data_dir="d", threads=1))
+    assert not peak_uses_tf32("gpu", Options(data_dir="d", threads=1))
 
 
 def _peak(device: str, tf32: bool, tmp_path: Path) -> float:

@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 
 from bench.core.spec import load_stage
-from bench.execution.matrix import CellRun, _PhaseClock
+from bench.core.types import Cell, CellLoad, CellResult, CellRun
+from bench.execution.matrix import _PhaseClock
 from bench.execution.quiet import (
     BUSY_CORES,
     Activity,
-    CellLoad,
     CpuSample,
     CpuTimes,
     activity_between,
@@ -36,7 +36,6 @@ from bench.execution.quiet import (
     watch_after,
     watch_before,
 )
-from bench.execution.runner import Cell, CellResult
 from bench.recording.report import results_table
 from tests.live import competing_processes
 

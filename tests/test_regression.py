@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 
 from backends import BACKENDS, is_installed
+from bench.core.devices import available_cores
+from bench.core.options import Options
 from bench.core.spec import STAGE_NAMES, load_stage
+from bench.core.types import Cell, CellResult
 from bench.execution.matrix import LocalExecutor
-from bench.execution.runner import Cell, CellResult, RunOptions, available_cores
 from bench.recording.stats import combined_noise, summarize
 from tests.conftest import backend_params, mnist_dir
 
@@ -33,7 +35,7 @@ _cache: dict[tuple[str, str], list[CellResult]] = {}
 def results(stage: str, backend: str) -> list[CellResult]:
     """The stage's cells on this backend over SEEDS, run once per test session."""
     if (stage, backend) not in _cache:
-        options = RunOptions(data_dir=str(mnist_dir()), threads=available_cores())
+        options = Options(data_dir=str(mnist_dir()), threads=available_cores())
         runs = []
         for seed in SEEDS:
             with tempfile.TemporaryDirectory(prefix="mlp-bench-regression-") as tmp:

@@ -18,6 +18,7 @@ import pytest
 
 from backends import is_installed
 from bench.core.data import MnistSplits
+from bench.core.options import Options
 from bench.core.seeding import seeded_run
 from bench.core.spec import load_stage, with_epochs
 from bench.recording.perf import measure_peak
@@ -108,7 +109,7 @@ def train_on_cpu(
 ) -> np.ndarray:
     """Two epochs' step losses on the CPU, with the backend's own loss unless one is given."""
     spec = with_epochs(load_stage(stage), 2)
-    backend = tfb.TensorFlowBackend("cpu", 2)
+    backend = tfb.TensorFlowBackend("cpu", Options(data_dir="", threads=2))
     if cross_entropy is not None:
         backend._cross_entropy = cross_entropy
     backend.load_data(splits)
@@ -137,7 +138,7 @@ def test_cpu_training_is_unchanged_and_the_gpu_loss_trains_alike(
 def test_the_peak_timing_covers_the_products() -> None:
     # Bounds that hold on any machine: positive and finite, and below 100 TFLOP/s, which no
     # CPU reaches; a clock that stopped before the products ran would read far beyond it.
-    backend = tfb.TensorFlowBackend("cpu", 2)
+    backend = tfb.TensorFlowBackend("cpu", Options(data_dir="", threads=2))
     seconds = backend.matmul_seconds(2048, 3)
     assert seconds > 0.0 and math.isfinite(seconds)
     assert 2.0 * 2048**3 * 3 / seconds < 1e14
@@ -176,6 +177,7 @@ from pathlib import Path
 
 import torch
 from backends.tensorflow import TensorFlowBackend
+from bench.core.options import Options
 from bench.core.data import load_mnist
 from bench.core.seeding import seeded_run
 from bench.core.spec import load_stage, with_epochs
@@ -183,7 +185,7 @@ from tests.conftest import subset
 
 splits = subset(load_mnist(Path({str(data_dir)!r}), download=False), n_train=300)
 spec = with_epochs(load_stage("adam"), 1)
-backend = TensorFlowBackend("gpu", 2)
+backend = TensorFlowBackend("gpu", Options(data_dir="", threads=2))
 backend.load_data(splits)
 run = seeded_run(spec, 0, 300)
 backend.build(spec, run)

@@ -15,10 +15,10 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from bench.commands.exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
+from bench.core import interrupts
 from bench.core.devices import DEVICE_CHOICES
 from bench.core.errors import BenchError, StoreUnwritable
 from bench.core.spec import MAX_EPOCHS
-from bench.execution import interrupts
 from bench.execution.matrix import CELL_TIMEOUT_BASE_S, CELL_TIMEOUT_PER_EPOCH_S, MAX_CELL_TIMEOUT_S
 from bench.recording.user_tags import parse_tag
 

@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 
 from bench.core.errors import BenchError
+from bench.core.options import normalised
 from bench.core.provenance import git_state
-from bench.execution.runner import environment_of
+from bench.core.types import environment_of
 from bench.recording import compare
 from bench.recording.run_report import command_line, report_safely
 from bench.recording.tracking import INVOCATION_TAG, Tracker, resolve_tracking_uri
@@ -78,7 +79,7 @@ def resolve_run(client: Any, side: str, uri: str) -> Any:
 
 
 def _cell(client: Any, run: Any, tmp: Path) -> compare.CellData:
-    tags, params = run.data.tags, dict(run.data.params)
+    tags, params = run.data.tags, normalised(run.data.params)
     run_id = run.info.run_id
     key: compare.CellKey = (tags["stage"], tags["backend"], tags["device"], int(tags["seed"]))
     history = sorted(client.get_metric_history(run_id, "epoch_seconds"), key=lambda m: m.step)
@@ -100,7 +101,7 @@ def _cell(client: Any, run: Any, tmp: Path) -> compare.CellData:
         step_losses=losses,
         fingerprint=compare.Fingerprint.of(environment_of(params), params),
         spec=spec,
-        deterministic=params.get("option.deterministic") == "true",
+        deterministic=params.get("option.nondeterministic") == "false",
         speed_stable=tags.get("speed_stable", "true") != "false",
         unstable_reason=tags.get("speed_unstable_reason", ""),
     )
@@ -123,7 +124,7 @@ def load_side(client: Any, run: Any) -> compare.Side:
         run_id=run_id,
         name=run.info.run_name or run_id,
         experiment_id=run.info.experiment_id,
-        options={k: v for k, v in run.data.params.items() if k.startswith("option.")},
+        options={k: v for k, v in normalised(run.data.params).items() if k.startswith("option.")},
         cells={cell.key: cell for cell in sorted(loaded, key=lambda c: c.key)},
         speed_stable=run.data.tags.get("speed_stable", "true") != "false",
         peak_drift=drift,

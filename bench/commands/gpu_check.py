@@ -35,14 +35,14 @@ from typing import Any, Literal
 
 import numpy as np
 
-from backends.base import DType
 from bench.core.data import ensure_files, resolve_data_dir
-from bench.core.devices import gpu_driver_version, resolve_devices
+from bench.core.devices import cpu_model, gpu_driver_version, resolve_devices
 from bench.core.errors import BenchError
+from bench.core.options import Options
 from bench.core.spec import STAGE_NAMES, load_stage
+from bench.core.types import Cell, CellResult, DType
 from bench.execution.matrix import LocalExecutor, run_alone
 from bench.execution.parity import compare, parity_options
-from bench.execution.runner import Cell, CellResult, RunOptions, cpu_model
 from bench.recording.perf import flops_per_sample
 
 Device = Literal["cpu", "gpu"]
@@ -295,12 +295,10 @@ class Check:
 
     # --- the items' work -------------------------------------------------------------------
 
-    def _options(self, **changes: Any) -> RunOptions:
-        return RunOptions(
-            data_dir=self.data_dir, threads=self.threads, epochs=self.epochs, **changes
-        )
+    def _options(self, **changes: Any) -> Options:
+        return Options(data_dir=self.data_dir, threads=self.threads, epochs=self.epochs, **changes)
 
-    def _cell(self, name: str, cell: Cell, options: RunOptions) -> CellResult | str:
+    def _cell(self, name: str, cell: Cell, options: Options) -> CellResult | str:
         """The cell's result, or why it failed (its log's tail kept in failed_logs.txt)."""
         run = run_alone(cell, options)
         if run.result is not None:

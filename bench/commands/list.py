@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from backends import BACKENDS, INSTALLED_BY, is_installed
+from backends import BACKENDS, is_installed
 from bench.core.devices import gpu_names
 from bench.core.spec import discover_stages
 
@@ -20,8 +20,8 @@ def cmd_list() -> int:
         print(f"  {stage.name:<12} {about}")
     print("backends:")
     for name in BACKENDS:
-        hint = f" ({INSTALLED_BY[name]})" if name in INSTALLED_BY else ""
-        print(f"  {name:<12} {'installed' if is_installed(name) else 'not installed' + hint}")
+        state = "installed" if is_installed(name) else f"not installed ({BACKENDS[name].install})"
+        print(f"  {name:<12} {state}")
     print("devices:")
     print("  cpu          always")
     for gpu in gpu_names():

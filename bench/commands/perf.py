@@ -14,8 +14,9 @@ from pathlib import Path
 
 from bench.commands.exits import EXIT_FAILED, EXIT_INTERRUPTED
 from bench.commands.planning import plan_run
+from bench.core.types import CellRun
 from bench.execution.invocation import Execution, Plan, execute, finish, measure_peaks
-from bench.execution.matrix import CellRun, LocalExecutor
+from bench.execution.matrix import LocalExecutor
 from bench.recording.perf import DRIFT_LIMIT, drift_lines
 from bench.recording.report import speed_mark, table, with_speed_note
 

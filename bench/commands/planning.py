@@ -7,14 +7,13 @@ import argparse
 import sys
 
 from backends import check_backend, installed_backends
-from backends.base import ONEDNN_ONLY
 from bench.core.data import ensure_files, resolve_data_dir
-from bench.core.devices import resolve_devices
+from bench.core.devices import available_cores, resolve_devices
 from bench.core.errors import BenchError
+from bench.core.options import ONEDNN_ONLY, Options
 from bench.core.spec import select_stages
 from bench.execution.invocation import Plan, check_machine
 from bench.execution.matrix import build_cells
-from bench.execution.runner import RunOptions, available_cores
 from bench.recording.tracking import DEFAULT_EXPERIMENT, resolve_tracking_uri
 
 
@@ -56,19 +55,8 @@ def plan_run(args: argparse.Namespace, refuse_busy: bool = False) -> Plan:
         raise BenchError(ONEDNN_ONLY)
     data_dir = resolve_data_dir(args.data_dir)
     ensure_files(data_dir)  # downloads what is missing, or fails now with the file's name
-    options = RunOptions(
-        data_dir=str(data_dir),
-        threads=args.threads or available_cores(),
-        epochs=args.epochs,
-        parity=args.parity,
-        dtype=args.dtype,
-        accumulate=args.accumulate or "float64",
-        deterministic=not args.nondeterministic,
-        tf32=args.tf32,
-        inter_op_threads=args.inter_op_threads,
-        xla=not args.no_xla,
-        cuda_graphs=args.cuda_graphs,
-        torch_matmul=args.torch_matmul,
+    options = Options.from_args(
+        args, data_dir=str(data_dir), threads=args.threads or available_cores()
     )
     seeds = seeds_of(args)
     machine, busy = check_machine(refuse_busy)

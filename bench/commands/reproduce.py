@@ -9,9 +9,9 @@ from pathlib import Path
 from bench.commands.exits import EXIT_FAILED, EXIT_INTERRUPTED
 from bench.core.data import ensure_files, resolve_data_dir
 from bench.core.errors import BenchError
+from bench.core.options import Options
 from bench.execution.matrix import LocalExecutor
 from bench.execution.reproduce import compare, spec_differences
-from bench.execution.runner import RunOptions
 from bench.recording.tracking import Tracker, resolve_tracking_uri
 
 
@@ -28,7 +28,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         )
     data_dir = resolve_data_dir(args.data_dir)
     ensure_files(data_dir)
-    options = RunOptions.from_record(recorded.params, str(data_dir))
+    options = Options.from_record(recorded.params, str(data_dir))
     print(f"reproducing {recorded.cell.name} (run {args.run_id})", flush=True)
     try:
         with tempfile.TemporaryDirectory(prefix="mlp-bench-") as tmp:

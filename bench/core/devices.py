@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import functools
 import os
+import platform
 import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from bench.core.errors import BenchError
 
@@ -110,3 +112,35 @@ def resolve_devices(choices: list[str], backends: list[str]) -> DeviceChoice:
     # Silent on a machine without a GPU; said where one is attached but cannot be used.
     note = f"--device auto: the CPU, because {reason}" if reason and gpu_names() else None
     return DeviceChoice(devices, note)
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def cpu_isa() -> str:
+    """The widest x86 vector extension the CPU has ("avx512f", "avx2", ...) or the machine
+    type: one "AMD EPYC" had AVX-512 and another only AVX2, and MKL and oneDNN pick their
+    kernels (and so their speed) by it."""
+    try:
+        flags = next(
+            line.split(":", 1)[1].split()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("flags")
+        )
+    except (OSError, StopIteration):
+        return platform.machine() or "unknown"
+    for isa in ("avx512f", "avx2", "avx", "sse4_2"):
+        if isa in flags:
+            return isa
+    return platform.machine() or "unknown"

@@ -4,6 +4,7 @@ Plan from the arguments, and nothing past it reads them."""
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 import time
@@ -12,12 +13,13 @@ from pathlib import Path
 
 from backends import installed_backends
 from bench.core.errors import BenchError
+from bench.core.options import Options
 from bench.core.seeding import describe_seeds
 from bench.core.spec import StageSpec
+from bench.core.types import Cell, CellRun
 from bench.execution import quiet
-from bench.execution.matrix import CellRun, LocalExecutor, run_matrix
-from bench.execution.runner import Cell, RunOptions
-from bench.recording.perf import machine_peaks
+from bench.execution.matrix import LocalExecutor, run_matrix
+from bench.recording.perf import machine_peaks, speed_figures
 from bench.recording.report import Progress
 from bench.recording.run_report import report_safely
 from bench.recording.tracking import MatrixRecord, Tracker
@@ -30,7 +32,7 @@ class Plan:
 
     cells: list[Cell]
     specs: dict[str, StageSpec]
-    options: RunOptions
+    options: Options
     tracking_uri: str
     experiment: str
     seeds: list[int] = field(default_factory=lambda: [0])
@@ -94,14 +96,14 @@ def _invocation_params(plan: Plan) -> dict[str, str]:
     }
 
 
-def peak_uses_tf32(device: str, options: RunOptions) -> bool:
+def peak_uses_tf32(device: str, options: Options) -> bool:
     """Whether a device's cells may use TF32, so that their limit is the TF32 peak (on an H200
     several times the float32 one); CPUs have no TF32."""
     return options.tf32 and device == "gpu"
 
 
 def measure_peaks(
-    cells: list[Cell], options: RunOptions, when: str = ""
+    cells: list[Cell], options: Options, when: str = ""
 ) -> dict[tuple[str, str], float]:
     """The peak matmul rate through every installed framework on each device of the cells,
     once: float32, or TF32 where the cells may use it. The cells' own backends must measure;
@@ -181,7 +183,7 @@ def execute(plan: Plan, kind: str) -> Execution:
         peak_metrics, peak_sources = peak_records(peaks)
         tracker.log_metrics(parent_id, peak_metrics)
         tracker.set_tags(parent_id, peak_sources)
-        record = MatrixRecord(tracker, parent_id, plan.specs, plan.cells, plan.options, peaks)
+        record = MatrixRecord(tracker, parent_id, plan.specs, plan.cells, plan.options)
         runs = run_matrix(
             plan.cells,
             plan.options,
@@ -191,6 +193,7 @@ def execute(plan: Plan, kind: str) -> Execution:
             epochs_of=lambda cell: plan.specs[cell.stage].training.epochs,
             stage_texts={name: spec.text for name, spec in plan.specs.items()},
             cell_timeout_s=plan.cell_timeout_s,
+            figures=functools.partial(speed_figures, specs=plan.specs, peaks=peaks),
         )
         failed = sum(run.result is None for run in runs)
         tracker.log_metrics(parent_id, {"cells": len(runs), "cells_failed": failed})

@@ -16,14 +16,14 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from bench.core.errors import BenchError
+from bench.core.options import Options
+from bench.core.types import Cell, CellResult, CellRun, EpochRecord
 from bench.execution import quiet
-from bench.execution.runner import Cell, CellResult, EpochRecord, RunOptions
-from bench.recording.stats import outcome_counts, summarize
 
 # A cell's default time limit: generous, so that only a hung worker meets it. On 2 CPU cores
 # the dropout stage trains at 54k (PyTorch) to 89k (TensorFlow) samples/s, ~1 s an epoch, and a
@@ -47,31 +47,11 @@ def build_cells(
     ]
 
 
-@dataclass
-class CellRun:
-    """What executing a cell produced: a result, or an error message and the log."""
-
-    cell: Cell
-    result: CellResult | None
-    error: str | None
-    wall_seconds: float
-    log_path: Path
-    # Seconds measured outside the cell's process: process start, MLflow logging, display.
-    timings: dict[str, float] = field(default_factory=dict)
-    # What the recorder derived: time breakdown, harness share, GFLOP/s, roofline fraction.
-    speed: dict[str, float] = field(default_factory=dict)
-    # The end of a failed worker's log, kept where the log itself does not outlive the run.
-    log_tail: str = ""
-    # The machine around the cell (canary before and after, other processes' CPU) and the
-    # verdict on its speed; None where not watched.
-    load: quiet.CellLoad | None = None
-
-
 class Executor(Protocol):
     def execute(
         self,
         cell: Cell,
-        options: RunOptions,
+        options: Options,
         work_dir: Path,
         on_epoch: Callable[[EpochRecord], None],
         stage_text: str | None = None,
@@ -152,7 +132,7 @@ class LocalExecutor:
     def execute(
         self,
         cell: Cell,
-        options: RunOptions,
+        options: Options,
         work_dir: Path,
         on_epoch: Callable[[EpochRecord], None],
         stage_text: str | None = None,
@@ -204,7 +184,7 @@ class LocalExecutor:
         return _measure(request, work_dir, "peak", "gflops", what)
 
     def keras_reference(
-        self, stage: str, options: RunOptions, epochs: int, device: str, work_dir: Path
+        self, stage: str, options: Options, epochs: int, device: str, work_dir: Path
     ) -> float:
         """Samples/s of the stage's model trained with Keras `model.fit` (the reference), on
         the device whose cells it is compared with, TF32 off as in those cells."""
@@ -224,7 +204,7 @@ class LocalExecutor:
 LOG_TAIL_LINES = 60
 
 
-def run_alone(cell: Cell, options: RunOptions, executor: Executor | None = None) -> CellRun:
+def run_alone(cell: Cell, options: Options, executor: Executor | None = None) -> CellRun:
     """One cell outside a matrix: no progress display, no MLflow, its work folder removed
     (a failed cell keeps the end of its log in `log_tail`)."""
     with tempfile.TemporaryDirectory(prefix="mlp-bench-") as tmp:
@@ -316,20 +296,22 @@ class _PhaseClock:
 
 def run_matrix(
     cells: list[Cell],
-    options: RunOptions,
+    options: Options,
     executor: Executor,
     tracker: CellTracker,
     observer: CellObserver,
     epochs_of: Callable[[Cell], int],
     stage_texts: Mapping[str, str] | None = None,
     cell_timeout_s: int | None = None,
+    figures: Callable[[CellRun], dict[str, float]] = lambda run: {},
 ) -> list[CellRun]:
     """Run every cell in order; record each in MLflow; end each run with its true status.
     `stage_texts` (stage -> its text, read once at planning) is what each worker trains from;
     without it a worker reads the stage from the stages folder. A cell running past
     `cell_timeout_s` (default: `cell_time_limit` of its epochs) is killed and FAILED. A canary
     before and after each cell and other processes' CPU use during it judge whether its speed
-    can be trusted (`CellRun.load`; ~0.6 s a cell, outside its time)."""
+    can be trusted (`CellRun.load`; ~0.6 s a cell, outside its time). `figures` derives a
+    finished cell's speed figures (`CellRun.speed`) before it is recorded."""
     runs = []
     for index, cell in enumerate(cells, start=1):
         watch = quiet.watch_before()
@@ -360,6 +342,8 @@ def run_matrix(
                         run.load = quiet.watch_after(watch, run.result.spread)
                 run.timings.update(clock.seconds)
                 run.timings["started_at"] = clock.started_at
+                if run.result is not None:
+                    run.speed = figures(run)
                 tracker.finish_cell(run_id, run)
         except BaseException as exc:  # interrupted: KILLED; the recording broke: FAILED
             tracker.end(run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
@@ -367,17 +351,3 @@ def run_matrix(
         observer.cell_finished(run)
         runs.append(run)
     return runs
-
-
-def group_metrics(runs: list[CellRun]) -> dict[str, float]:
-    """Statistics over a group's seeds: accuracy and speed summaries, outcome counts."""
-    results = [run.result for run in runs if run.result is not None]
-    metrics: dict[str, float] = {}
-    for name in ("test_accuracy", "train_samples_per_s"):
-        values = [getattr(r, name) for r in results if getattr(r, name) is not None]
-        summary = summarize(values)
-        if summary is not None:
-            metrics.update(summary.metrics(name))
-    outcomes = [r.outcome for r in results] + ["failed"] * (len(runs) - len(results))
-    metrics.update({f"outcome_{k}": float(v) for k, v in outcome_counts(outcomes).items()})
-    return metrics

@@ -20,11 +20,12 @@ from typing import Literal
 
 import numpy as np
 
-from backends.base import DType, steps_per_epoch
+from backends.base import steps_per_epoch
 from bench.core.errors import BenchError
+from bench.core.options import Options
 from bench.core.spec import MNIST_TRAIN
+from bench.core.types import Cell, CellResult, DType
 from bench.execution.matrix import Executor, run_alone
-from bench.execution.runner import Cell, CellResult, RunOptions
 
 # (window of first steps, largest relative loss difference allowed there), per dtype.
 TOLERANCES: dict[str, tuple[int, float]] = {"float32": (50, 1e-5), "float64": (550, 1e-9)}
@@ -129,7 +130,7 @@ def weights_difference(a: list[np.ndarray], b: list[np.ndarray]) -> float:
     return worst
 
 
-def compare(stage: str, options: RunOptions, results: dict[str, CellResult]) -> ParityReport:
+def compare(stage: str, options: Options, results: dict[str, CellResult]) -> ParityReport:
     """Compare two runs (named by backend, or by backend/device) of the same stage and seed."""
     if len(results) != 2:
         raise ValueError(f"parity compares two runs at a time, not {len(results)}")
@@ -157,18 +158,17 @@ def parity_options(
     dtype: DType,
     batch_size: int,
     accumulate: Literal["float64", "native"] = "float64",
-) -> RunOptions:
+) -> Options:
     """Parity mode, deterministic, stopping after `steps`, keeping the final weights."""
     epochs = math.ceil(steps / steps_per_epoch(MNIST_TRAIN, batch_size))
-    return RunOptions(
+    return Options(
         data_dir=data_dir,
         threads=threads,
         epochs=epochs,
         parity=True,
         dtype=dtype,
         accumulate=accumulate,
-        deterministic=True,
-        max_steps=steps,
+        steps=steps,
         keep_parameters=True,
     )
 
@@ -177,7 +177,7 @@ def run_parity(
     stage: str,
     device: str,
     seed: int,
-    options: RunOptions,
+    options: Options,
     executor: Executor,
     backends: Sequence[str],
 ) -> list[ParityReport]:

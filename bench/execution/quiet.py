@@ -16,11 +16,12 @@ from __future__ import annotations
 import os
 import resource
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+
+from bench.core.types import CellLoad
 
 # Other processes using more than this many cores make a timing suspect: on a 2-core machine a
 # quarter core taken from a 2-thread cell is a 12% slowdown.
@@ -214,44 +215,6 @@ def canary(seconds: float = CANARY_SECONDS) -> float:
             _canary_step(x, onehot, weights)
         rates.append(CANARY_STEPS * len(x) / (time.perf_counter() - start))
     return float(np.median(rates))
-
-
-@dataclass(frozen=True)
-class CellLoad:
-    """The machine around one cell: the canary before and after, what else ran during it, and
-    the reasons (if any) its speed is not to be trusted."""
-
-    canary_before_samples_per_s: float
-    canary_after_samples_per_s: float
-    others_cpu_cores: float | None
-    steal_fraction: float | None
-    unstable_reasons: tuple[str, ...] = ()
-
-    @property
-    def canary_change(self) -> float:
-        return self.canary_after_samples_per_s / self.canary_before_samples_per_s - 1.0
-
-    @property
-    def stable(self) -> bool:
-        return not self.unstable_reasons
-
-    def metrics(self) -> dict[str, float]:
-        values = {
-            f.name: getattr(self, f.name) for f in fields(self) if f.name != "unstable_reasons"
-        }
-        values["canary_change"] = self.canary_change
-        return {k: float(v) for k, v in values.items() if v is not None}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> CellLoad:
-        """The inverse of dataclasses.asdict through JSON (a kept, unrecorded cell)."""
-        return cls(**{**data, "unstable_reasons": tuple(data["unstable_reasons"])})
-
-    def tags(self) -> dict[str, str]:
-        tags = {"speed_stable": str(self.stable).lower()}
-        if not self.stable:
-            tags["speed_unstable_reason"] = "; ".join(self.unstable_reasons)[:500]
-        return tags
 
 
 def unstable_reasons(

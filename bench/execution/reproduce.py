@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bench.core.spec import parse_stage, with_epochs
-from bench.execution.runner import CellResult, environment_of
+from bench.core.types import CellResult, environment_of
 
 # Environment params whose change can explain a result that is not bit-identical.
 ENVIRONMENT_KEYS = (

@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from bench.core.errors import BenchError
+from bench.core.options import Options
 from bench.core.spec import parse_stage
-from bench.execution.runner import Cell, EpochRecord, RunOptions, run_cell
+from bench.core.types import Cell, EpochRecord
+from bench.execution.runner import run_cell
 
 _PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 
@@ -47,7 +49,7 @@ def _emit(stream: TextIO, kind: str, **payload: Any) -> None:
 
 def _run_cell(request: dict[str, Any], events: TextIO) -> None:
     cell = Cell(**request["cell"])
-    options = RunOptions(**request["options"])
+    options = Options(**request["options"])
     out_dir = Path(request["out_dir"])
 
     def on_epoch(record: EpochRecord) -> None:

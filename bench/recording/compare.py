@@ -33,16 +33,16 @@ TRAIN_EXAMPLES = 60_000 - VAL_SIZE  # MNIST's training file less the validation 
 
 # Options that change the numbers computed: two sides that differ here compare different
 # experiments, so compare refuses them. The speed-only ones may differ; they are what changed.
-NUMERIC_OPTIONS = ("option.dtype", "option.parity", "option.parity_accumulate")
+NUMERIC_OPTIONS = ("option.dtype", "option.parity", "option.accumulate")
 SPEED_OPTIONS = (
     "option.threads",
     "option.inter_op_threads",
-    "option.xla",
+    "option.no_xla",
     "option.tf32",
     "option.cuda_graphs",
     "option.torch_matmul",
 )
-# A cell's fingerprint, from its env.* params (bench.execution.runner.environment_of) and
+# A cell's fingerprint, from its env.* params (bench.execution.environment_of) and
 # option.* params.
 HARDWARE_KEYS = ("cpu_model", "cpu_isa", "cores_available", "gpu_model")
 SOFTWARE_KEYS = (
@@ -64,7 +64,9 @@ SOFTWARE_KEYS = (
     "xla",
     "cuda_graphs",
 )
-SOFTWARE_OPTIONS = ("option.threads", "option.dtype", "option.deterministic", "option.xla")
+# Read through bench.core.options.normalised: an older record's option.deterministic and
+# option.xla appear under these names.
+SOFTWARE_OPTIONS = ("option.threads", "option.dtype", "option.nondeterministic", "option.no_xla")
 
 CellKey = tuple[str, str, str, int]  # stage, backend, device, seed
 

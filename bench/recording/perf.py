@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 
 from bench.core.spec import StageSpec
+from bench.core.types import CellRun
 
 PEAK_SECONDS = 1.0  # each timed burst of products; the best of three bursts is kept
 # A peak that moves by more than this between the start and the end of the run means that the
@@ -35,10 +37,16 @@ def measure_peak(
     with `tf32`, TF32 products allowed, as in the cells that it is the limit of; PyTorch's
     through the products' library its cells use (`torch_matmul`)."""
     from backends import load_backend
-    from backends.base import Settings
+    from bench.core.options import Options
 
-    settings = Settings(deterministic=False, tf32=tf32, torch_matmul=torch_matmul)  # type: ignore[arg-type]
-    backend = load_backend(backend_name)(device, threads, settings)  # type: ignore[arg-type]
+    options = Options(  # no data: a peak trains nothing
+        data_dir="",
+        threads=threads,
+        nondeterministic=True,
+        tf32=tf32,
+        torch_matmul=torch_matmul,  # type: ignore[arg-type]
+    )
+    backend = load_backend(backend_name)(device, options)  # type: ignore[arg-type]
     size = peak_size(device)
     probe = backend.matmul_seconds(size, 2) / 2
     repeats = max(3, math.ceil(PEAK_SECONDS / max(probe, 1e-6)))
@@ -120,3 +128,29 @@ def drift_lines(
             " comparable; rerun on a quiet machine"
         )
     return drift, lines
+
+
+def speed_figures(
+    run: CellRun, specs: dict[str, StageSpec], peaks: dict[tuple[str, str], float]
+) -> dict[str, float]:
+    """A finished cell's wall time, where it went, and its throughput against its device's
+    measured peak (`peaks`: (backend, device) -> GFLOP/s; empty with --no-peak). Derived once,
+    by the execution, before the cell is recorded; the recorder and the perf table read them."""
+    assert run.result is not None
+    result = run.result
+    parent = {k: v for k, v in run.timings.items() if k != "started_at"}
+    parent["total"] = time.perf_counter() - run.timings["started_at"]
+    metrics = {"wall_seconds": run.wall_seconds}
+    metrics |= time_breakdown(result.timings, parent, [e.epoch_seconds for e in result.epochs])
+    peak = peaks.get((run.cell.backend, run.cell.device))
+    machine = machine_peaks(peaks).get(run.cell.device, (None, ""))[0]
+    if peak:
+        metrics["peak_gflops"] = peak
+    if machine:
+        metrics["machine_peak_gflops"] = machine
+    spec = specs[run.cell.stage]
+    metrics |= roofline(result.train_samples_per_s, spec, machine, peak)
+    metrics["flops_per_sample"] = float(flops_per_sample(spec))
+    if run.load is not None:  # the canary and what else ran: measured by bench.execution.quiet
+        metrics |= run.load.metrics()
+    return metrics

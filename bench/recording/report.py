@@ -6,8 +6,7 @@ import sys
 from typing import TextIO
 
 from bench.core.spec import StageSpec
-from bench.execution.matrix import CellRun
-from bench.execution.runner import Cell, EpochRecord
+from bench.core.types import Cell, CellRun, EpochRecord
 from bench.recording.stats import outcome_counts, summarize
 
 

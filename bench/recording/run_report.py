@@ -22,7 +22,7 @@ from typing import Any
 
 from bench.core.errors import BenchError, StoreUnwritable
 from bench.core.spec import ExpectedSpec, StageSpec, parse_stage, with_epochs
-from bench.execution.runner import environment_of
+from bench.core.types import environment_of
 from bench.recording import store
 from bench.recording.report import CELL_COLUMNS, GROUP_COLUMNS
 from bench.recording.stats import summarize

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bench.core.types import CellRun
+
 
 @dataclass(frozen=True)
 class Summary:
@@ -67,3 +69,17 @@ def outcome_counts(outcomes: list[str]) -> dict[str, int]:
 def combined_noise(a: Summary, b: Summary) -> float:
     """Standard error of the difference of two means (Welch)."""
     return math.sqrt(a.std**2 / a.n + b.std**2 / b.n)
+
+
+def group_metrics(runs: list[CellRun]) -> dict[str, float]:
+    """Statistics over a group's seeds: accuracy and speed summaries, outcome counts."""
+    results = [run.result for run in runs if run.result is not None]
+    metrics: dict[str, float] = {}
+    for name in ("test_accuracy", "train_samples_per_s"):
+        values = [getattr(r, name) for r in results if getattr(r, name) is not None]
+        summary = summarize(values)
+        if summary is not None:
+            metrics.update(summary.metrics(name))
+    outcomes = [r.outcome for r in results] + ["failed"] * (len(runs) - len(results))
+    metrics.update({f"outcome_{k}": float(v) for k, v in outcome_counts(outcomes).items()})
+    return metrics

@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from bench.core import interrupts
 from bench.core.errors import BenchError, StoreUnwritable
-from bench.execution import interrupts
 
 _log = logging.getLogger(__name__)
 RESULTS_DIR = Path("results")

@@ -21,12 +21,12 @@ from typing import Any, Literal
 import numpy as np
 
 from bench.core.errors import BenchError, StoreUnwritable
+from bench.core.options import Options
 from bench.core.seeding import describe_seeds
 from bench.core.spec import StageSpec
-from bench.execution.matrix import CellRun, group_metrics
-from bench.execution.runner import ENV_PREFIX, Cell, CellResult, EpochRecord, RunOptions
+from bench.core.types import ENV_PREFIX, Cell, CellResult, CellRun, EpochRecord
 from bench.recording import store, unrecorded
-from bench.recording.perf import flops_per_sample, machine_peaks, roofline, time_breakdown
+from bench.recording.stats import group_metrics
 
 DEFAULT_EXPERIMENT = "mnist-tutorial"
 FLUSH_SECONDS = 10.0  # how often buffered per-epoch metrics are written during a cell
@@ -469,11 +469,9 @@ class MatrixRecord:
         parent_id: str,
         specs: dict[str, StageSpec],
         cells: list[Cell],
-        options: RunOptions,
-        peaks: dict[tuple[str, str], float] | None = None,
+        options: Options,
     ) -> None:
         self._tracker = tracker
-        self._peaks = peaks or {}
         self._parent_id = parent_id
         self._specs = specs
         self._options = options
@@ -517,8 +515,6 @@ class MatrixRecord:
         try:
             self._record(run_id, run, files)
         except StoreUnwritable as exc:  # the trained result is kept, not lost
-            if run.result is not None and not run.speed:
-                run.speed = self._speed_metrics(run)
             uri = self._tracker.uri
             kept = unrecorded.keep(store.unrecorded_dir(uri), uri, run_id, run, files)
             raise StoreUnwritable(
@@ -533,14 +529,11 @@ class MatrixRecord:
                 self._close_group(group)
 
     def _record(self, run_id: str, run: CellRun, files: list[Path]) -> None:
-        start = time.perf_counter()
+        """The cell's epochs, artifacts and finals, with the speed figures the execution
+        derived (CellRun.speed): the recorder computes none of its own."""
         self._flush(run_id)
-        run.timings["mlflow_logging"] += time.perf_counter() - start
         if run.result is not None:
-            start = time.perf_counter()
             self._tracker.log_cell_details(run_id, run.result, files, self._options.data_dir)
-            run.timings["mlflow_logging"] += time.perf_counter() - start
-            run.speed = self._speed_metrics(run)
             tags = run.load.tags() if run.load is not None else {}
             spec = self._specs[run.cell.stage]
             tutorial, met = tutorial_comparison(spec, run.result)
@@ -553,27 +546,6 @@ class MatrixRecord:
         with contextlib.suppress(Exception):  # the epochs so far, if the store still answers
             self._flush(run_id)
         self._tracker.end(run_id, status)  # type: ignore[arg-type]
-
-    def _speed_metrics(self, run: CellRun) -> dict[str, float]:
-        """Wall time, where it went, and throughput against the device's measured peak."""
-        assert run.result is not None
-        result = run.result
-        parent = {k: v for k, v in run.timings.items() if k != "started_at"}
-        parent["total"] = time.perf_counter() - run.timings["started_at"]
-        metrics = {"wall_seconds": run.wall_seconds}
-        metrics |= time_breakdown(result.timings, parent, [e.epoch_seconds for e in result.epochs])
-        peak = self._peaks.get((run.cell.backend, run.cell.device))
-        machine = machine_peaks(self._peaks).get(run.cell.device, (None, ""))[0]
-        if peak:
-            metrics["peak_gflops"] = peak
-        if machine:
-            metrics["machine_peak_gflops"] = machine
-        spec = self._specs[run.cell.stage]
-        metrics |= roofline(result.train_samples_per_s, spec, machine, peak)
-        metrics["flops_per_sample"] = float(flops_per_sample(spec))
-        if run.load is not None:  # the canary and what else ran: measured by bench.execution.quiet
-            metrics |= run.load.metrics()
-        return metrics
 
     def close(self, status: RunStatus) -> None:
         """End the groups still open (an interrupted or failed invocation)."""

@@ -14,9 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.core.errors import BenchError
-from bench.execution.matrix import CellRun
-from bench.execution.quiet import CellLoad
-from bench.execution.runner import Cell, CellResult
+from bench.core.types import Cell, CellLoad, CellResult, CellRun
 
 PENDING = "pending.json"
 

@@ -14,6 +14,7 @@ import pytest
 from backends import load_backend
 from backends.base import Backend
 from bench.core.data import MnistSplits
+from bench.core.options import Options
 from bench.core.seeding import seeded_run
 from bench.core.spec import STAGE_NAMES, load_stage
 from tests.conftest import backend_params
@@ -27,7 +28,7 @@ TRAINING_STAGES = [s for s in STAGE_NAMES if s != "relu-normal"]  # relu-normal 
 def test_one_epoch(benchmark: Any, stage: str, backend_name: str, mnist: MnistSplits) -> None:
     spec = load_stage(stage)
     run = seeded_run(spec, 0, mnist.train_x.shape[0])
-    backend: Backend = load_backend(backend_name)("cpu", 2)
+    backend: Backend = load_backend(backend_name)("cpu", Options(data_dir="", threads=2))
     backend.load_data(mnist)
     backend.build(spec, run)
     backend.train_epoch(run.epoch_orders[0])  # warm-up: tracing, kernel selection
