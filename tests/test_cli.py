@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backends import installed_backends, is_installed
+from backends import installed_backends
 from bench.core import data
 from bench.core.devices import gpu_names
 from bench.core.spec import STAGES_DIR, STAGES_DIR_ENV
@@ -768,18 +768,6 @@ def test_reproduce_of_an_invalid_recorded_stage_blames_the_record(tmp_path: Path
         " outside (0, 1000]; no stage file can fix a record" in done.stderr
     )
     assert "fix the stage file" not in done.stderr
-
-
-@pytest.mark.skipif(is_installed("jax"), reason="jax is installed here")
-def test_a_registered_backend_that_is_not_installed_says_how_to_install_it(
-    tmp_path: Path,
-) -> None:
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    done = bench("run", "--backend", "jax", "--tracking-uri", uri)
-    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
-    assert "backend 'jax' needs the 'jax' package" in done.stderr
-    assert "pip install -e .[cpu,jax]" in done.stderr
-    assert not (tmp_path / "mlflow.db").exists()
 
 
 def test_parity_refuses_fewer_than_two_backends(tmp_path: Path) -> None:

@@ -23,34 +23,35 @@ from tests.faults import inject
 needs_torch = pytest.mark.skipif(not is_installed("torch"), reason="torch not installed")
 
 GPU_PLAN = [
-    "peak gpu",
+    "peak torch gpu",
     "relu-xavier/torch/gpu",
     "adam/torch/gpu",
     "adam/torch/gpu cuda-graphs",
     "dropout/torch/gpu",
     "dropout/torch/gpu cuda-graphs",
-    "bitwise rerun",
-    "parity relu-xavier float64",
-    "parity adam float64",
+    "bitwise rerun torch",
+    "parity relu-xavier float64 torch",
+    "parity adam float64 torch",
     "relu-xavier/torch/gpu cuda-graphs",
-    "peak gpu tf32",
+    "peak torch gpu tf32",
     "relu-xavier/torch/gpu tf32",
     "relu-normal/torch/gpu",
-    "parity relu-normal float64",
-    "parity dropout float64",
-    "parity relu-normal float32",
-    "parity relu-xavier float32",
-    "parity adam float32",
-    "parity dropout float32",
-    "peak cpu",
+    "parity relu-normal float64 torch",
+    "parity dropout float64 torch",
+    "parity relu-normal float32 torch",
+    "parity relu-xavier float32 torch",
+    "parity adam float32 torch",
+    "parity dropout float32 torch",
+    "peak torch cpu",
 ]
+TORCH = ("--backend", "torch")
 
 
 def _gpu_check(
     data_dir: Path, out: Path, *options: str, env: dict[str, str] | None = None
 ) -> tuple[int, str, dict[str, Any]]:
     """Run the script; its exit status, stderr and JSON report (strict JSON: no Infinity)."""
-    command = [sys.executable, "-m", "bench.commands.gpu_check", "--data-dir", str(data_dir)]
+    command = [sys.executable, "-m", "bench.gpu_check", "--data-dir", str(data_dir)]
     done = subprocess.run(
         [*command, "--out", str(out), *options],
         cwd=ROOT,
@@ -80,56 +81,79 @@ def _rehearse(
 @pytest.mark.gpu
 @pytest.mark.skipif(not is_installed("torch") or not gpu_available("torch"), reason="no GPU")
 def test_gpu_check_writes_its_table(data_dir: Path, tmp_path: Path) -> None:
-    code, stderr, report = _gpu_check(data_dir, tmp_path, "--epochs", "2")
+    code, stderr, report = _gpu_check(data_dir, tmp_path, "--epochs", "2", *TORCH)
     assert code == 0, stderr
-    assert report["peaks"]["gpu"] > report["peaks"]["cpu"]
-    assert report["peaks"]["gpu tf32"] > report["peaks"]["gpu"]
+    assert report["peaks"]["torch gpu"] > report["peaks"]["torch cpu"]
+    assert report["peaks"]["torch gpu tf32"] > report["peaks"]["torch gpu"]
     assert set(report["graphs"].values()) == {"identical"}
-    assert report["bitwise_cell"] == "dropout/torch/gpu cuda-graphs"
-    assert report["bitwise"] == "identical"
+    assert report["bitwise"] == {"dropout/torch/gpu cuda-graphs": "identical"}
     assert all(v["passed"] for k, v in report["parity"].items() if "float64" in k)
-    assert {"framework_version", "cuda_version", "cudnn_version", "gpu_model", "driver"} <= set(
-        report["environment"]
-    )
+    expected = {"torch framework_version", "torch cuda_version", "gpu_model", "driver"}
+    assert expected <= set(report["environment"])
 
 
 def test_the_plan_puts_the_most_valuable_items_first() -> None:
-    check = Check(parse_args(["--out", "unused", "--device", "gpu"]))
+    check = Check(parse_args(["--out", "unused", "--device", "gpu", *TORCH]))
     assert [item.name for item in check.plan()] == GPU_PLAN
 
 
 def test_the_cpu_rehearsal_plans_the_same_order_without_gpu_peaks() -> None:
-    check = Check(parse_args(["--out", "unused", "--device", "cpu"]))
+    check = Check(parse_args(["--out", "unused", "--device", "cpu", *TORCH]))
     expected = [
-        n.replace("/gpu", "/cpu").replace("peak gpu", "peak cpu")
+        n.replace("/gpu", "/cpu").replace("peak torch gpu", "peak torch cpu")
         for n in GPU_PLAN[:-1]
-        if n != "peak gpu tf32"
+        if n != "peak torch gpu tf32"
     ]
     assert [item.name for item in check.plan()] == expected
-    assert check.report.bitwise_cell == "dropout/torch/cpu"
+
+
+def test_two_backends_interleave_by_value_and_parity_covers_the_pair() -> None:
+    """JAX beside PyTorch: both peaks, then each stage on both; CUDA graphs only where the
+    backend declares them; parity of each against its CPU and of the pair on the GPU."""
+    check = Check(parse_args(["--out", "unused", "--backend", "torch", "--backend", "jax"]))
+    names = [item.name for item in check.plan()]
+    assert names[:5] == [
+        "peak torch gpu",
+        "peak jax gpu",
+        "relu-xavier/torch/gpu",
+        "relu-xavier/jax/gpu",
+        "adam/torch/gpu",
+    ]
+    assert not [n for n in names if "jax" in n and "cuda-graphs" in n]
+    assert {"bitwise rerun torch", "bitwise rerun jax"} <= set(names)
+    first_parity = names.index("parity relu-xavier float64 torch")
+    assert names[first_parity : first_parity + 3] == [
+        "parity relu-xavier float64 torch",
+        "parity relu-xavier float64 jax",
+        "parity relu-xavier float64 torch vs jax",
+    ]
+    assert names[-2:] == ["peak torch cpu", "peak jax cpu"]
 
 
 @needs_torch
 def test_the_cpu_rehearsal_runs_every_item_but_the_gpu_only_rows(
     data_dir: Path, tmp_path: Path
 ) -> None:
-    code, stderr, report = _rehearse(data_dir, tmp_path, "--epochs", "2", "--stages", "relu-xavier")
+    code, stderr, report = _rehearse(
+        data_dir, tmp_path, "--epochs", "2", "--stages", "relu-xavier", *TORCH
+    )
     assert code == 0, stderr
-    assert report["finished"] and report["passed"] and report["bitwise"] == "identical"
+    assert report["finished"] and report["passed"]
+    assert report["bitwise"] == {"relu-xavier/torch/cpu": "identical"}
     outcomes = {row["cell"]: row["outcome"] for row in report["rows"]}
     assert outcomes == {
         "relu-xavier/torch/cpu": "converged",
         "relu-xavier/torch/cpu cuda-graphs": GPU_ONLY,
         "relu-xavier/torch/cpu tf32": GPU_ONLY,
     }
-    assert report["graphs"] == {"relu-xavier": GPU_ONLY}
+    assert report["graphs"] == {"relu-xavier/torch": GPU_ONLY}
     first = report["rows"][0]
-    assert first["samples_per_s"] > 0 and first["peak"] == "cpu" and first["roofline"] > 0
+    assert first["samples_per_s"] > 0 and first["peak"] == "torch cpu" and first["roofline"] > 0
     assert len(first["step_losses_sha256"]) == 64
     assert set(report["parity"]) == {
         f"torch/cpu vs torch/cpu relu-xavier {dtype}" for dtype in ("float64", "float32")
     }
-    assert report["environment"]["framework_version"].startswith("2.")
+    assert report["environment"]["torch framework_version"].startswith("2.")
     table = (tmp_path / "gpu_table.txt").read_text()
     assert table.splitlines()[-1] == "check passed"
     assert "bitwise rerun of relu-xavier/torch/cpu: identical" in table
@@ -140,18 +164,19 @@ def test_the_cpu_rehearsal_runs_every_item_but_the_gpu_only_rows(
 def test_items_past_the_budget_are_listed_as_skipped_and_fail_the_check(
     data_dir: Path, tmp_path: Path
 ) -> None:
-    code, _, report = _rehearse(data_dir, tmp_path, "--stages", "adam", "--budget-s", "0")
+    code, _, report = _rehearse(data_dir, tmp_path, "--stages", "adam", "--budget-s", "0", *TORCH)
     assert code == 1
     assert report["finished"] and not report["passed"] and report["peaks"] == {}
     assert report["skipped"] == [
-        "peak cpu",
+        "peak torch cpu",
         "adam/torch/cpu",
         "adam/torch/cpu cuda-graphs",
-        "bitwise rerun",
-        "parity adam float64",
-        "parity adam float32",
+        "bitwise rerun torch",
+        "parity adam float64 torch",
+        "parity adam float32 torch",
     ]
-    assert "skipped (budget spent): bitwise rerun" in (tmp_path / "gpu_table.txt").read_text()
+    table = (tmp_path / "gpu_table.txt").read_text()
+    assert "skipped (budget spent): bitwise rerun torch" in table
 
 
 @needs_torch
@@ -164,7 +189,7 @@ def test_a_failing_cell_keeps_its_exception_line_and_its_log_tail(
     )
     out = tmp_path / "out"
     code, stderr, report = _rehearse(
-        data_dir, out, "--epochs", "2", "--stages", "relu-xavier,adam", env=env
+        data_dir, out, "--epochs", "2", "--stages", "relu-xavier,adam", *TORCH, env=env
     )
     assert code == 1, stderr
     assert report["finished"] and not report["passed"]
@@ -189,27 +214,27 @@ def test_a_failed_peak_is_an_item_of_its_own_and_the_rows_go_on(
     env = inject(tmp_path / "fault", "bench.recording.perf", "measure_peak")
     out = tmp_path / "out"
     code, stderr, report = _rehearse(
-        data_dir, out, "--epochs", "2", "--stages", "relu-xavier", env=env
+        data_dir, out, "--epochs", "2", "--stages", "relu-xavier", *TORCH, env=env
     )
     assert code == 1, stderr
     assert report["finished"] and not report["passed"] and report["peaks"] == {}
-    assert "illegal memory access" in report["peak_failures"]["cpu"]
+    assert "illegal memory access" in report["peak_failures"]["torch cpu"]
     row = report["rows"][0]
     assert row["outcome"] == "converged" and row["samples_per_s"] > 0
     assert row["roofline"] is None and row["peak"] is None
     table = (out / "gpu_table.txt").read_text()
-    assert "cpu FAILED: measuring peak on torch/cpu failed: RuntimeError: CUDA error" in table
+    assert "torch cpu FAILED: measuring peak on torch/cpu failed: RuntimeError: CUDA" in table
     assert "roofline n/a (no peak measured)" in table
-    assert report["bitwise"] == "identical"
+    assert report["bitwise"] == {"relu-xavier/torch/cpu": "identical"}
 
 
 @needs_torch
 def test_a_run_cut_short_leaves_what_it_measured_marked_unfinished(
     data_dir: Path, tmp_path: Path
 ) -> None:
-    command = [sys.executable, "-m", "bench.commands.gpu_check", "--data-dir", str(data_dir)]
+    command = [sys.executable, "-m", "bench.gpu_check", "--data-dir", str(data_dir)]
     check = subprocess.Popen(
-        [*command, "--out", str(tmp_path), "--device", "cpu", "--stages", "relu-xavier"],
+        [*command, "--out", str(tmp_path), "--device", "cpu", "--stages", "relu-xavier", *TORCH],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -222,7 +247,7 @@ def test_a_run_cut_short_leaves_what_it_measured_marked_unfinished(
         check.kill()
         check.wait()
     report = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert report["peaks"]["cpu"] > 0
+    assert report["peaks"]["torch cpu"] > 0
     assert not report["finished"] and not report["passed"]
     table = (tmp_path / "gpu_table.txt").read_text().splitlines()
     assert table[-1] == "check unfinished (cut short?)"
@@ -268,10 +293,10 @@ def test_identical_losses_are_compared_as_bits() -> None:
 
 
 def _passing_report(tmp_path: Path) -> Report:
-    report = Report(out=tmp_path, device="gpu", peaks={"gpu": 50_000.0}, finished=True)
+    report = Report(out=tmp_path, device="gpu", peaks={"torch gpu": 50_000.0}, finished=True)
     report.rows = [Row("adam/torch/gpu", "converged", 0.97)]
-    report.graphs = {"adam": "identical", "dropout": "identical"}
-    report.bitwise = "identical"
+    report.graphs = {"adam/torch": "identical", "dropout/torch": "identical"}
+    report.bitwise = {"dropout/torch/gpu cuda-graphs": "identical"}
     report.parity = {"x float64": {"measured": 0.0, "passed": True, "weights": 0.0}}
     return report
 
@@ -279,13 +304,15 @@ def _passing_report(tmp_path: Path) -> Report:
 def test_the_verdict_counts_graphs_peaks_and_the_rerun(tmp_path: Path) -> None:
     report = _passing_report(tmp_path)
     assert report.passed
-    report.graphs["dropout"] = "DIFFERENT from step 4"
+    report.graphs["dropout/torch"] = "DIFFERENT from step 4"
     assert not report.passed
     report = _passing_report(tmp_path)
-    report.peak_failures["gpu tf32"] = "measuring failed"
+    report.peak_failures["torch gpu tf32"] = "measuring failed"
     assert not report.passed
     report = _passing_report(tmp_path)
-    report.bitwise = "DIFFERENT from step 1"
+    report.bitwise["dropout/jax/gpu"] = "DIFFERENT from step 1"
+    assert not report.passed
+    report.bitwise = {}  # no rerun ran: nothing proved
     assert not report.passed
 
 
@@ -296,3 +323,34 @@ def test_the_report_is_strict_json_when_a_difference_is_infinite(tmp_path: Path)
     saved = json.loads((tmp_path / "gpu_check.json").read_text(), parse_constant=_no_constant)
     assert saved["parity"]["y float32"]["measured"] is None
     assert "parity y float32: inf (FAIL)" in (tmp_path / "gpu_table.txt").read_text()
+
+
+@pytest.mark.skipif(
+    len([b for b in ("torch", "jax") if is_installed(b)]) < 2, reason="needs torch and jax"
+)
+def test_the_rehearsal_with_jax_beside_torch_checks_the_pair(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """What a lent machine with PyTorch and JAX runs, rehearsed on the CPU: JAX's rows, its
+    rerun, its parity against itself and against PyTorch, in float64 and float32."""
+    code, stderr, report = _rehearse(
+        data_dir,
+        tmp_path,
+        "--epochs",
+        "2",
+        "--stages",
+        "adam",
+        "--backend",
+        "torch",
+        "--backend",
+        "jax",
+    )
+    assert code == 0, stderr
+    assert report["passed"] and report["backends"] == ["torch", "jax"]
+    outcomes = {row["cell"]: row["outcome"] for row in report["rows"]}
+    assert outcomes["adam/jax/cpu"] == "converged" and "adam/jax/cpu cuda-graphs" not in outcomes
+    assert report["bitwise"] == {"adam/torch/cpu": "identical", "adam/jax/cpu": "identical"}
+    pair = report["parity"]["torch/cpu vs jax/cpu adam float32"]
+    assert pair["passed"] and pair["measured"] == 0.0  # float32 parity: the same bits
+    assert report["parity"]["torch/cpu vs jax/cpu adam float64"]["passed"]
+    assert report["environment"]["jax framework_version"].startswith("0.")
