@@ -24,7 +24,7 @@ def _has_gpu() -> bool:
 
 
 def install_project(session: nox.Session) -> None:
-    """The project with both frameworks: CUDA builds where a GPU is present, else CPU builds."""
+    """The project with its three frameworks: CUDA builds where a GPU is present, else CPU."""
     if _has_gpu():
         # A torch on TensorFlow's CUDA major: one CUDA stack and one libcudnn in the process.
         session.install("-c", str(GPU_CONSTRAINTS), "-e", ".[gpu]")
@@ -35,7 +35,7 @@ def install_project(session: nox.Session) -> None:
 
 @nox.session(reuse_venv=True)
 def bench(session: nox.Session) -> None:
-    """Run the matrix; with no arguments, the whole tutorial (all stages, both backends, seed 0)."""
+    """Run the matrix; with no arguments, the whole tutorial (all stages and backends, seed 0)."""
     install_project(session)
     session.run("python", "-m", "bench", "run", *session.posargs)
 
@@ -45,7 +45,8 @@ def tests(session: nox.Session) -> None:
     """The whole test suite, the 30-epoch regression test included."""
     install_project(session)
     session.install(*nox.project.dependency_groups(PYPROJECT, "test"))
-    session.run("pytest", "-m", "not microbench", *(session.posargs or ["-q"]))
+    # The slowest tests are printed, so that CI's time (45 minutes at most) can be watched.
+    session.run("pytest", "-m", "not microbench", *(session.posargs or ["-q", "--durations=40"]))
 
 
 @nox.session(reuse_venv=True, default=False)
