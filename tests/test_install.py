@@ -24,7 +24,8 @@ from tests.conftest import ROOT
 
 CONSTRAINTS = ROOT / "constraints"
 GPU_TXT = CONSTRAINTS / "gpu.txt"
-FRAMEWORKS = ("torch", "tensorflow")
+# The wheels that bring CUDA libraries: PyTorch, TensorFlow, and JAX's CUDA plugin.
+FRAMEWORKS = ("torch", "tensorflow", "jax-cuda12-plugin")
 # nvidia-cudnn-cu12, nvidia-nccl-cu13: the CUDA major a library wheel is built for.
 CUDA_SUFFIX = re.compile(r"^nvidia-.+-cu(\d+)$")
 
@@ -164,9 +165,9 @@ def test_the_pinned_frameworks_and_pins_agree_on_every_shared_library() -> None:
     """One version of each CUDA library satisfies both frameworks' wheels and gpu.txt: one
     libcudnn (and one NCCL, cuBLAS, ...) in the process, and pip can resolve the pins."""
     pins = _pinned(GPU_TXT)
-    torch, tensorflow = (_record(name, pins[name]) for name in FRAMEWORKS)
-    for library in sorted(torch.keys() | tensorflow.keys()):
-        ranges = [deps[library] for deps in (torch, tensorflow) if library in deps]
+    wheels = [_record(name, pins[name]) for name in FRAMEWORKS]
+    for library in sorted(set().union(*wheels)):
+        ranges = [deps[library] for deps in wheels if library in deps]
         exact = {Version(s.version) for r in ranges for s in r if s.operator == "=="}
         if library in pins:
             exact.add(pins[library])
@@ -181,12 +182,15 @@ def test_the_gpu_pins_satisfy_the_gpu_extra() -> None:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     extra = [Requirement(r) for r in pyproject["project"]["optional-dependencies"]["gpu"]]
     required = {canonicalize_name(r.name): r for r in extra}
-    # TensorFlow's CUDA libraries are the and-cuda extra: the CUDA 12 wheels the pins match.
+    # TensorFlow's CUDA libraries are the and-cuda extra, JAX's the cuda12 one: the CUDA 12
+    # wheels the pins match.
     assert "and-cuda" in required["tensorflow"].extras
+    assert f"cuda{_cuda_major()}" in required["jax"].extras
     pins = _pinned(GPU_TXT)
-    for name in FRAMEWORKS:
+    for name in ("torch", "tensorflow", "jax"):
         assert name in required and name in pins
         assert pins[name] in required[name].specifier, f"{name}=={pins[name]} vs the extra"
+    assert pins["jaxlib"] == pins["jax"] == pins["jax-cuda12-plugin"]
 
 
 def test_gpu_machines_run_the_cpu_torch_when_its_wheel_shares_tensorflows_cuda_major() -> None:
