@@ -17,6 +17,7 @@ import pytest
 
 from backends import installed_backends, is_installed
 from bench.core import data
+from bench.core.datasets.mnist import MNIST
 from bench.core.devices import gpu_names
 from bench.core.spec import STAGES_DIR, STAGES_DIR_ENV
 from bench.execution.quiet import BUSY_CORES
@@ -439,7 +440,7 @@ def test_perf_refuses_a_busy_machine_and_flags_its_cells_when_allowed(tmp_path: 
 
 def _built_cache(folder: Path) -> Path:
     """A parsed-array cache of the real data, built in this process."""
-    data.load_mnist(mnist_dir(), cache_dir=folder, download=False)
+    data.load_dataset(MNIST, mnist_dir(), cache_dir=folder, download=False)
     return folder
 
 
@@ -465,7 +466,8 @@ def test_planted_cache_is_rebuilt_and_said_before_training(tmp_path: Path) -> No
     )
     assert cell.data.tags["outcome"] == "converged" and cell.data.metrics["test_accuracy"] > 0.8
     assert (
-        cell.data.params["env.data_sha256"] == data.load_mnist(mnist_dir(), cache_dir=cache).sha256
+        cell.data.params["env.data_sha256"]
+        == data.load_dataset(MNIST, mnist_dir(), cache_dir=cache).sha256
     )
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from backends import is_installed, load_backend
 from backends.base import Backend, Settings
-from bench.core.data import MnistSplits
+from bench.core.data import Splits
 from bench.core.seeding import dropout_masks, seeded_run
 from bench.core.spec import StageSpec, load_stage, with_epochs
 from bench.execution.parity import TOLERANCES, relative_difference, weights_difference
@@ -19,7 +19,7 @@ PARITY_STEPS = 50  # bench.execution.parity's float32 window; float64's bound ho
 
 
 def _backend(
-    name: str, spec: StageSpec, data: MnistSplits, settings: Settings, seed: int = 0
+    name: str, spec: StageSpec, data: Splits, settings: Settings, seed: int = 0
 ) -> Backend:
     backend = load_backend(name)("cpu", 2, settings)
     backend.load_data(data)
@@ -33,12 +33,12 @@ def _epochs(backend: Backend, spec: StageSpec, n_train: int, epochs: int) -> np.
 
 
 @pytest.fixture(scope="module")
-def parity_data(mnist: MnistSplits) -> MnistSplits:
+def parity_data(mnist: Splits) -> Splits:
     return subset(mnist, n_train=100 * PARITY_STEPS)  # one epoch: the parity window
 
 
 @pytest.fixture(scope="module")
-def small(mnist: MnistSplits) -> MnistSplits:
+def small(mnist: Splits) -> Splits:
     return subset(mnist, n_train=2000)
 
 
@@ -46,7 +46,7 @@ def small(mnist: MnistSplits) -> MnistSplits:
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("stage", ["relu-xavier", "adam", "dropout"])
 def test_parity_with_torch_within_bench_parity_bounds(
-    stage: str, dtype: str, parity_data: MnistSplits
+    stage: str, dtype: str, parity_data: Splits
 ) -> None:
     """Parity mode (numpy's masks, updates op by op, float32 accumulating in float64): JAX's
     step losses stay within the bound `bench parity` holds every pair of backends to."""
@@ -68,7 +68,7 @@ def test_parity_with_torch_within_bench_parity_bounds(
 
 
 @pytest.mark.parametrize("stage", ["dropout", "adam"])
-def test_two_fresh_backends_rerun_bit_identical(stage: str, small: MnistSplits) -> None:
+def test_two_fresh_backends_rerun_bit_identical(stage: str, small: Splits) -> None:
     """Same seed, same losses to the last bit over two epochs: the own dropout masks depend on
     (seed, step) only, and XLA's CPU products sum in a fixed order."""
     spec = with_epochs(load_stage(stage), 2)
@@ -79,7 +79,7 @@ def test_two_fresh_backends_rerun_bit_identical(stage: str, small: MnistSplits) 
         assert a.tobytes() == b.tobytes()
 
 
-def test_float64_trains_in_float64(small: MnistSplits) -> None:
+def test_float64_trains_in_float64(small: Splits) -> None:
     spec = with_epochs(load_stage("adam"), 1)
     backend = _backend("jax", spec, small, Settings(dtype="float64"))
     losses = _epochs(backend, spec, 2000, 1)
@@ -91,7 +91,7 @@ def test_float64_trains_in_float64(small: MnistSplits) -> None:
     )
 
 
-def test_environment_records_what_is_in_force(small: MnistSplits) -> None:
+def test_environment_records_what_is_in_force(small: Splits) -> None:
     env = _backend("jax", load_stage("relu-xavier"), small, Settings()).environment()
     import jax
 
@@ -101,7 +101,7 @@ def test_environment_records_what_is_in_force(small: MnistSplits) -> None:
     assert env["intra_op_threads"] and "jaxlib_version" in env and "xla_flags" in env
 
 
-def test_fast_path_learns_relu_xavier_in_two_epochs(mnist: MnistSplits) -> None:
+def test_fast_path_learns_relu_xavier_in_two_epochs(mnist: Splits) -> None:
     spec = with_epochs(load_stage("relu-xavier"), 2)
     backend = _backend("jax", spec, mnist, Settings())
     losses = _epochs(backend, spec, mnist.train_x.shape[0], 2)

@@ -36,7 +36,7 @@ from typing import Any, Literal
 import numpy as np
 
 from backends.base import DType
-from bench.core.data import ensure_files, resolve_data_dir
+from bench.core.data import common_data_dir, ensure_data
 from bench.core.devices import gpu_driver_version, resolve_devices
 from bench.core.errors import BenchError
 from bench.core.spec import STAGE_NAMES, load_stage
@@ -201,7 +201,8 @@ class Check:
     def __init__(self, args: argparse.Namespace) -> None:
         self.device: Device = args.device
         self.stages: list[str] = args.stages
-        self.data_dir = str(resolve_data_dir(args.data_dir))
+        self.datasets = [load_stage(stage).dataset for stage in self.stages]
+        self.data_dir = str(common_data_dir(args.data_dir, self.datasets))
         self.epochs: int = args.epochs
         # Host threads per cell: a GPU cell needs few; no more than the cores (CPU rehearsal).
         self.threads = min(4, os.cpu_count() or 1)
@@ -213,7 +214,7 @@ class Check:
     def run(self) -> Report:
         # No download: the lent machine has no network, and three mirrors per missing file
         # would only fail slowly. A bad --data-dir fails here, in one line.
-        ensure_files(Path(self.data_dir), download=False)
+        ensure_data(self.data_dir, self.datasets, download=False)
         if self.device == "gpu":
             resolve_devices(["gpu"], ["torch"])  # one line if PyTorch cannot use a GPU here
         self.report.out.mkdir(parents=True, exist_ok=True)
@@ -360,8 +361,8 @@ class Check:
             self.report.bitwise = self._compare(name, f"{name} again")
 
     def _parity(self, stage: str, dtype: DType) -> None:
-        batch = load_stage(stage).training.batch_size
-        options = parity_options(self.data_dir, self.threads, PARITY_STEPS[dtype], dtype, batch)
+        spec = load_stage(stage)
+        options = parity_options(self.data_dir, self.threads, PARITY_STEPS[dtype], dtype, spec)
         sides = {
             f"torch/{d}": self._cell(
                 f"parity {stage} {dtype} {d}", Cell(stage, "torch", d, 0), options
@@ -397,7 +398,7 @@ def _stages(text: str) -> list[str]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data-dir", help="the MNIST files (default: $MLP_BENCH_DATA_DIR)")
+    parser.add_argument("--data-dir", help="the stages' data files (default: $MLP_BENCH_DATA_DIR)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--device", choices=("gpu", "cpu"), default="gpu")

@@ -22,7 +22,7 @@ import numpy as np
 
 from backends.base import DType, steps_per_epoch
 from bench.core.errors import BenchError
-from bench.core.spec import MNIST_TRAIN
+from bench.core.spec import StageSpec
 from bench.execution.matrix import Executor, run_alone
 from bench.execution.runner import Cell, CellResult, RunOptions
 
@@ -155,11 +155,13 @@ def parity_options(
     threads: int,
     steps: int,
     dtype: DType,
-    batch_size: int,
+    spec: StageSpec,
     accumulate: Literal["float64", "native"] = "float64",
 ) -> RunOptions:
-    """Parity mode, deterministic, stopping after `steps`, keeping the final weights."""
-    epochs = math.ceil(steps / steps_per_epoch(MNIST_TRAIN, batch_size))
+    """Parity mode, deterministic, stopping after `steps` of the stage (epochs enough for
+    them over its data set's training split), keeping the final weights."""
+    train_size = spec.dataset.split.train.size
+    epochs = math.ceil(steps / steps_per_epoch(train_size, spec.training.batch_size))
     return RunOptions(
         data_dir=data_dir,
         threads=threads,

@@ -180,6 +180,9 @@ class CellResult:
     diverged_step: int | None = None  # 1-based global step of the first non-finite loss
     step_losses: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32), repr=False)
     parameters: list[np.ndarray] = field(default_factory=list, repr=False)
+    # The stage's data set, which the run's dataset inputs describe ("mnist" for results kept
+    # on disk before there was a choice).
+    dataset: str = "mnist"
 
     def to_json(self) -> dict[str, Any]:
         """Everything but the arrays, which travel as .npy/.npz files (see save_arrays)."""
@@ -291,7 +294,7 @@ def run_cell(
 ) -> CellResult:
     """Run one cell in this process and return its result."""
     from backends import load_backend  # lazily: importing a backend imports its framework
-    from bench.core.data import load_mnist
+    from bench.core.data import load_dataset
     from bench.core.seeding import seeded_run
 
     clock = _Clock()
@@ -299,7 +302,7 @@ def run_cell(
     # Read the data on a second thread while the framework imports (seconds of mostly
     # single-threaded Python): "data_load" is then only the wait after the import.
     with ThreadPoolExecutor(max_workers=1) as pool:
-        loading = pool.submit(load_mnist, Path(options.data_dir), download=False)
+        loading = pool.submit(load_dataset, spec.dataset, Path(options.data_dir), download=False)
         backend_cls = load_backend(cell.backend)
         clock.lap("framework_import")
         splits = loading.result()
@@ -325,6 +328,7 @@ def run_cell(
         diverged_step=diverged_step,
         step_losses=losses,
         parameters=backend.parameters() if options.keep_parameters else [],
+        dataset=spec.data.dataset,
     )
 
 
