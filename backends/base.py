@@ -8,7 +8,7 @@ from typing import ClassVar, Literal, TypeVar
 
 import numpy as np
 
-from bench.core.data import MnistSplits
+from bench.core.data import Splits
 from bench.core.options import Options
 from bench.core.seeding import SeededRun
 from bench.core.spec import StageSpec
@@ -48,7 +48,7 @@ class Backend(ABC):
         """Framework and library versions, device model, threads, determinism, for the record."""
 
     @abstractmethod
-    def load_data(self, splits: MnistSplits) -> None:
+    def load_data(self, splits: Splits) -> None:
         """Copy the dataset to the device once; epochs then index it there."""
 
     @abstractmethod
@@ -89,7 +89,7 @@ class Backend(ABC):
         """Wait until the device has finished all queued work."""
 
 
-def eval_splits(splits: MnistSplits, put: Callable[[np.ndarray, np.ndarray], T]) -> dict[str, T]:
+def eval_splits(splits: Splits, put: Callable[[np.ndarray, np.ndarray], T]) -> dict[str, T]:
     """The validation and test splits, each placed on the device by `put` (inputs, labels)."""
     return {"val": put(splits.val_x, splits.val_y), "test": put(splits.test_x, splits.test_y)}
 

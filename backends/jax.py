@@ -23,7 +23,7 @@ from backends.base import (
     dropout_threshold,
     eval_splits,
 )
-from bench.core.data import MnistSplits
+from bench.core.data import Splits
 from bench.core.errors import BenchError
 from bench.core.options import Options
 from bench.core.seeding import SeededRun
@@ -166,7 +166,7 @@ class JaxBackend(Backend):
             )
         return env
 
-    def load_data(self, splits: MnistSplits) -> None:
+    def load_data(self, splits: Splits) -> None:
         def put(x: np.ndarray, y: np.ndarray) -> tuple[jax.Array, jax.Array]:
             return self._put(x.astype(self._dtype)), self._put(y.astype(np.int32))
 

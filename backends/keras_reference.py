@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bench.core.data import MnistSplits
+from bench.core.data import Splits
 from bench.core.errors import BenchError
 from bench.core.seeding import SeededRun
 from bench.core.spec import StageSpec
@@ -54,7 +54,7 @@ def _pin(device: str) -> str:
 
 
 def keras_fit_samples_per_s(
-    spec: StageSpec, run: SeededRun, splits: MnistSplits, epochs: int, threads: int, device: str
+    spec: StageSpec, run: SeededRun, splits: Splits, epochs: int, threads: int, device: str
 ) -> KerasFit:
     """Median samples/s over the epochs after the first of `model.fit` (SGD, the same weights)."""
     tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -63,7 +63,7 @@ def keras_fit_samples_per_s(
         return _fit(spec, run, splits, epochs)
 
 
-def _fit(spec: StageSpec, run: SeededRun, splits: MnistSplits, epochs: int) -> KerasFit:
+def _fit(spec: StageSpec, run: SeededRun, splits: Splits, epochs: int) -> KerasFit:
     sizes = spec.model.layer_sizes
     layers: list[keras.layers.Layer] = [keras.Input((sizes[0],))]
     for width in sizes[1:-1]:

@@ -23,7 +23,7 @@ from backends.base import (
     dropout_threshold,
     eval_splits,
 )
-from bench.core.data import MnistSplits
+from bench.core.data import Splits
 from bench.core.errors import BenchError
 from bench.core.options import Options
 from bench.core.seeding import SeededRun
@@ -179,7 +179,7 @@ class TensorFlowBackend(Backend):
             env["gpu_memory_growth"] = str(_memory_growth(gpu)).lower()
         return env
 
-    def load_data(self, splits: MnistSplits) -> None:
+    def load_data(self, splits: Splits) -> None:
         def put(x: np.ndarray, y: np.ndarray) -> tuple[tf.Tensor, tf.Tensor]:
             return tf.constant(x, dtype=self._dtype), tf.constant(y, dtype=tf.int32)
 

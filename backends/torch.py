@@ -24,7 +24,7 @@ from backends.base import (
     dropout_threshold,
     eval_splits,
 )
-from bench.core.data import MnistSplits, resolve_cache_dir
+from bench.core.data import Splits, resolve_cache_dir
 from bench.core.devices import gpu_driver_version
 from bench.core.errors import BenchError
 from bench.core.options import ONEDNN_ONLY, Options
@@ -402,7 +402,7 @@ class TorchBackend(Backend):
             env["gpu_driver"] = gpu_driver_version()
         return env
 
-    def load_data(self, splits: MnistSplits) -> None:
+    def load_data(self, splits: Splits) -> None:
         def put(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
             return (
                 torch.from_numpy(x).to(self._device, self._dtype),

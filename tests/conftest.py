@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from backends import BACKENDS, is_installed, load_backend
-from bench.core.data import DATA_DIR_ENV, MnistSplits, load_mnist
+from bench.core.data import DATA_DIR_ENV, Splits, load_dataset
+from bench.core.datasets.mnist import MNIST
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
@@ -29,8 +30,8 @@ def data_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def mnist(data_dir: Path) -> MnistSplits:
-    return load_mnist(data_dir, download=False)
+def mnist(data_dir: Path) -> Splits:
+    return load_dataset(MNIST, data_dir, download=False)
 
 
 def plant_cache_entry(entry: Path, array: np.ndarray) -> None:
@@ -41,9 +42,9 @@ def plant_cache_entry(entry: Path, array: np.ndarray) -> None:
     _store_cached(entry, _Parsed(array, _array_sha256(array)))
 
 
-def subset(splits: MnistSplits, n_train: int, n_eval: int = 1000) -> MnistSplits:
+def subset(splits: Splits, n_train: int, n_eval: int = 1000) -> Splits:
     """A small slice of the real data, for fast backend tests."""
-    return MnistSplits(
+    return Splits(
         train_x=splits.train_x[:n_train],
         train_y=splits.train_y[:n_train],
         val_x=splits.val_x[:n_eval],

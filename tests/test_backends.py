@@ -10,7 +10,7 @@ import pytest
 
 from backends import installed_backends, is_installed, load_backend
 from backends.base import Backend, effective_dropout_rate
-from bench.core.data import MnistSplits
+from bench.core.data import Splits
 from bench.core.options import Options
 from bench.core.seeding import seeded_run
 from bench.core.spec import STAGE_NAMES, StageSpec, load_stage, with_epochs
@@ -18,7 +18,7 @@ from tests import reference
 from tests.conftest import backend_params, device_params, skip_without_gpu, subset
 
 
-def make(name: str, device: str, spec: StageSpec, splits: MnistSplits, seed: int = 0) -> Backend:
+def make(name: str, device: str, spec: StageSpec, splits: Splits, seed: int = 0) -> Backend:
     skip_without_gpu(name, device)
     backend = load_backend(name)(device, Options(data_dir="", threads=2))  # type: ignore[arg-type]
     backend.load_data(splits)
@@ -27,7 +27,7 @@ def make(name: str, device: str, spec: StageSpec, splits: MnistSplits, seed: int
 
 
 @pytest.fixture(scope="module")
-def small(mnist: MnistSplits) -> MnistSplits:
+def small(mnist: Splits) -> Splits:
     return subset(mnist, n_train=300)
 
 
@@ -37,7 +37,7 @@ def rel_diff(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.mark.skipif(len(installed_backends()) < 2, reason="needs two backends")
 @pytest.mark.parametrize("stage", ["relu-xavier", "relu-normal"])
-def test_backends_give_the_same_logits_for_the_same_seed(stage: str, small: MnistSplits) -> None:
+def test_backends_give_the_same_logits_for_the_same_seed(stage: str, small: Splits) -> None:
     spec = load_stage(stage)
     batch = small.test_x[:100]
     names = installed_backends()
@@ -50,7 +50,7 @@ def test_backends_give_the_same_logits_for_the_same_seed(stage: str, small: Mnis
 @pytest.mark.parametrize("name", backend_params())
 @pytest.mark.parametrize("stage", ["relu-xavier", "adam"])
 def test_training_matches_the_numpy_reference(
-    name: str, device: str, stage: str, small: MnistSplits
+    name: str, device: str, stage: str, small: Splits
 ) -> None:
     """Three steps of SGD or TF1-rule Adam, against float64 numpy: same losses, same weights.
 
@@ -77,7 +77,7 @@ def test_training_matches_the_numpy_reference(
 
 
 @pytest.mark.parametrize("name", backend_params())
-def test_accuracy_uses_argmax_of_relu_logits(name: str, small: MnistSplits) -> None:
+def test_accuracy_uses_argmax_of_relu_logits(name: str, small: Splits) -> None:
     backend = make(name, "cpu", load_stage("relu-xavier"), small)
     logits, _ = reference.forward(
         [p.astype(np.float64) for p in backend.parameters()], small.test_x.astype(np.float64)
@@ -87,7 +87,7 @@ def test_accuracy_uses_argmax_of_relu_logits(name: str, small: MnistSplits) -> N
 
 
 @pytest.mark.parametrize("name", backend_params())
-def test_dropout_is_seeded_and_changes_training(name: str, small: MnistSplits) -> None:
+def test_dropout_is_seeded_and_changes_training(name: str, small: Splits) -> None:
     spec = with_epochs(load_stage("dropout"), 1)
     order = seeded_run(spec, 0, 300).epoch_orders[0]
     first = make(name, "cpu", spec, small).train_epoch(order)
@@ -99,7 +99,7 @@ def test_dropout_is_seeded_and_changes_training(name: str, small: MnistSplits) -
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("stage", STAGE_NAMES)
-def test_cuda_graphs_train_exactly_as_the_eager_step(stage: str, mnist: MnistSplits) -> None:
+def test_cuda_graphs_train_exactly_as_the_eager_step(stage: str, mnist: Splits) -> None:
     """--cuda-graphs replays the captured fast step: the same kernels, so the same bits
     (10 steps: 3 eager warm-up steps, the capture, 6 more replays)."""
     skip_without_gpu("torch", "gpu")
@@ -119,7 +119,7 @@ def test_cuda_graphs_train_exactly_as_the_eager_step(stage: str, mnist: MnistSpl
 
 @pytest.mark.skipif(not is_installed("torch"), reason="torch not installed")
 @pytest.mark.parametrize("stage", ["relu-xavier", "adam", "dropout"])
-def test_onednn_products_train_as_mkls(stage: str, mnist: MnistSplits) -> None:
+def test_onednn_products_train_as_mkls(stage: str, mnist: Splits) -> None:
     """Issue 10, item 3: the same steps through oneDNN's products as through MKL's, dropout's
     1 / keep moved from the products' alpha into the masks: the same losses and weights
     but for float32 rounding (30 steps, the framework's own dropout masks)."""
@@ -190,7 +190,7 @@ def _own_masks(backend: Backend, draws: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("name", backend_params())
-def test_own_dropout_drops_units_at_the_stated_rate(name: str, small: MnistSplits) -> None:
+def test_own_dropout_drops_units_at_the_stated_rate(name: str, small: Splits) -> None:
     """The 16-bit masks: the rate over all units and over each 16-bit lane of a random word
     (a lane whose sign bit is never set would drop ~0.6 of its units), within 5 sigma."""
     masks = _own_masks(make(name, "cpu", load_stage("dropout"), small), draws=200)
@@ -203,7 +203,7 @@ def test_own_dropout_drops_units_at_the_stated_rate(name: str, small: MnistSplit
 
 
 @pytest.mark.parametrize("name", backend_params())
-def test_relu_normal_losses_become_non_finite(name: str, mnist: MnistSplits) -> None:
+def test_relu_normal_losses_become_non_finite(name: str, mnist: Splits) -> None:
     """The tutorial's first stage: N(0, 1) weights blow up; the backend reports it honestly."""
     spec = with_epochs(load_stage("relu-normal"), 1)
     losses = make(name, "cpu", spec, mnist).train_epoch(seeded_run(spec, 0, 55000).epoch_orders[0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import os
 import shutil
 import signal
@@ -17,6 +18,7 @@ import pytest
 
 from backends import installed_backends
 from bench.core import data
+from bench.core.datasets.mnist import MNIST
 from bench.core.devices import gpu_names
 from bench.core.spec import STAGES_DIR, STAGES_DIR_ENV
 from bench.execution.quiet import BUSY_CORES
@@ -312,7 +314,7 @@ def test_reproduce_unknown_run_is_one_line(
     assert "no run '0123456789abcdef'" in done.stderr
 
 
-def _parity(uri: str, steps: str) -> subprocess.CompletedProcess[str]:
+def _parity(uri: str, steps: str, *args: str) -> subprocess.CompletedProcess[str]:
     """`bench parity` of relu-xavier for `steps` steps, recorded to `uri`."""
     data = str(mnist_dir())
     return bench(
@@ -325,23 +327,28 @@ def _parity(uri: str, steps: str) -> subprocess.CompletedProcess[str]:
         uri,
         "--data-dir",
         data,
+        *args,
     )
 
 
-@pytest.mark.skipif(len(installed_backends()) < 2, reason="parity needs both backends")
+@pytest.mark.skipif(len(installed_backends()) < 2, reason="parity needs two backends")
 def test_parity_command_prints_windows_and_records_the_curve(tmp_path: Path) -> None:
+    """Every installed backend trained once; every pair compared and recorded as its own run."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     done = _parity(uri, "60")
     assert done.returncode == 0, done.stdout + done.stderr
     for window in ("N =     1", "N =    10", "N =    50", "N =    60", "PASS"):
         assert window in done.stdout
     client = _client(uri)
-    [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    assert run.data.tags["kind"] == "parity" and run.data.tags["passed"] == "true"
-    assert run.data.metrics["max_rel_loss_diff_first_50"] <= 1e-5
-    assert {"parity_curve.csv", "parity_curve.png"} <= {
-        a.path for a in client.list_artifacts(run.info.run_id)
-    }
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    pairs = {tuple(p) for p in itertools.combinations(installed_backends(), 2)}
+    assert {tuple(r.data.params["backends"].split(",")) for r in runs} == pairs
+    for run in runs:
+        assert run.data.tags["kind"] == "parity" and run.data.tags["passed"] == "true"
+        assert run.data.metrics["max_rel_loss_diff_first_50"] <= 1e-5
+        assert {"parity_curve.csv", "parity_curve.png"} <= {
+            a.path for a in client.list_artifacts(run.info.run_id)
+        }
 
 
 def test_perf_command_prints_the_table(tmp_path: Path) -> None:
@@ -439,7 +446,7 @@ def test_perf_refuses_a_busy_machine_and_flags_its_cells_when_allowed(tmp_path: 
 
 def _built_cache(folder: Path) -> Path:
     """A parsed-array cache of the real data, built in this process."""
-    data.load_mnist(mnist_dir(), cache_dir=folder, download=False)
+    data.load_dataset(MNIST, mnist_dir(), cache_dir=folder, download=False)
     return folder
 
 
@@ -465,7 +472,8 @@ def test_planted_cache_is_rebuilt_and_said_before_training(tmp_path: Path) -> No
     )
     assert cell.data.tags["outcome"] == "converged" and cell.data.metrics["test_accuracy"] > 0.8
     assert (
-        cell.data.params["env.data_sha256"] == data.load_mnist(mnist_dir(), cache_dir=cache).sha256
+        cell.data.params["env.data_sha256"]
+        == data.load_dataset(MNIST, mnist_dir(), cache_dir=cache).sha256
     )
 
 
@@ -783,7 +791,8 @@ def test_parity_refuses_fewer_than_two_backends(tmp_path: Path) -> None:
 def test_parity_names_the_steps_it_checked(tmp_path: Path) -> None:
     """Issue 9, item 14: after 20 steps the verdict said "first 50 steps"."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    done = _parity(uri, "20")
+    first, second = installed_backends()[:2]
+    done = _parity(uri, "20", "--backend", first, "--backend", second)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "tolerance: first 20 steps <= 1e-05" in done.stdout
     assert "first 50 steps" not in done.stdout

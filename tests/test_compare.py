@@ -44,7 +44,7 @@ from tests.live import (
 
 def test_steady_rates_leave_out_the_first_epoch() -> None:
     # 55,000 training rows in batches of 100: 550 steps of 100 samples an epoch.
-    assert steady_rates([10.0, 5.0, 4.0], 100) == [11_000.0, 13_750.0]
+    assert steady_rates([10.0, 5.0, 4.0], 100, 55_000) == [11_000.0, 13_750.0]
 
 
 def test_first_difference_names_the_first_step_that_differs() -> None:

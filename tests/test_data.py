@@ -1,9 +1,8 @@
 """Tests for bench.core.data on the real MNIST files, with a real local HTTP server for
-downloads."""
+downloads (the machinery is generic; MNIST is the registered data set it is tested on)."""
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import http.server
 import logging
@@ -22,6 +21,8 @@ import numpy as np
 import pytest
 
 from bench.core import data
+from bench.core.datasets.idx import read_idx, write_idx
+from bench.core.datasets.mnist import MNIST
 from bench.core.errors import BenchError
 from tests.conftest import plant_cache_entry
 
@@ -46,7 +47,7 @@ def _assert_one_line_naming(exc: BenchError, *needles: str) -> str:
 def real_dir(data_dir: Path) -> Path:
     """The read-only folder with the four original files (conftest's: MLP_BENCH_DATA_DIR, else
     ../shared/data/mnist); skip if it is not there."""
-    if not all((data_dir / f.name).is_file() for f in data.FILES):
+    if not all((data_dir / f.name).is_file() for f in MNIST.files):
         pytest.skip(f"real MNIST files not found in {data_dir}")
     return data_dir
 
@@ -63,8 +64,8 @@ def _module_cache(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="module")
-def splits(real_dir: Path, cache_dir: Path) -> data.MnistSplits:
-    return data.load_mnist(real_dir, cache_dir=cache_dir, download=False)
+def splits(real_dir: Path, cache_dir: Path) -> data.Splits:
+    return data.load_dataset(MNIST, real_dir, cache_dir=cache_dir, download=False)
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +76,7 @@ def mirror(real_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     good.mkdir()
     bad.mkdir()
     (root / "empty").mkdir()
-    for f in data.FILES:
+    for f in MNIST.files:
         shutil.copyfile(real_dir / f.name, good / f.name)
         # Same size, one byte flipped in the middle: only the checksum can tell.
         raw = bytearray((real_dir / f.name).read_bytes())
@@ -119,7 +120,7 @@ def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _assert_real_files(folder: Path) -> None:
-    for f in data.FILES:
+    for f in MNIST.files:
         raw = (folder / f.name).read_bytes()
         assert len(raw) == f.size
         assert hashlib.sha256(raw).hexdigest() == f.sha256
@@ -128,14 +129,8 @@ def _assert_real_files(folder: Path) -> None:
 
 def _leftovers(folder: Path) -> list[str]:
     """Names in folder that are not finished MNIST files (temp files, partials)."""
-    names = {f.name for f in data.FILES}
+    names = {f.name for f in MNIST.files}
     return sorted(p.name for p in folder.iterdir() if p.name not in names)
-
-
-def _write_idx(path: Path, magic: int, dims: tuple[int, ...], payload: bytes) -> None:
-    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in dims)
-    with gzip.open(path, "wb") as fh:
-        fh.write(header + payload)
 
 
 # --- the published facts --------------------------------------------------------
@@ -147,13 +142,13 @@ def test_file_table_matches_shipped_checksums(real_dir: Path) -> None:
         pytest.skip(f"no SHA256SUMS beside the files in {real_dir}")
     lines = (real_dir / "SHA256SUMS").read_text().splitlines()
     sums = {name: sha for sha, name in (line.split() for line in lines)}
-    assert {f.name: f.sha256 for f in data.FILES} == sums
+    assert {f.name: f.sha256 for f in MNIST.files} == sums
 
 
 # --- loading the real files -----------------------------------------------------
 
 
-def test_split_shapes_and_dtypes(splits: data.MnistSplits) -> None:
+def test_split_shapes_and_dtypes(splits: data.Splits) -> None:
     assert splits.sizes == {"train": 55000, "val": 5000, "test": 10000}
     for x, n in ((splits.train_x, 55000), (splits.val_x, 5000), (splits.test_x, 10000)):
         assert x.shape == (n, 784)
@@ -165,7 +160,7 @@ def test_split_shapes_and_dtypes(splits: data.MnistSplits) -> None:
         assert y.dtype == np.int64
 
 
-def test_split_contents(splits: data.MnistSplits) -> None:
+def test_split_contents(splits: data.Splits) -> None:
     # Validation is the FIRST 5,000 training images, so it starts with the famous 5.
     assert splits.val_y[0] == 5
     assert splits.test_y[0] == 7
@@ -178,13 +173,13 @@ def test_split_contents(splits: data.MnistSplits) -> None:
     assert abs(float(splits.test_x.mean(dtype=np.float64)) - 0.132515) < 1e-5
 
 
-def test_scaling_is_divide_by_255(real_dir: Path, splits: data.MnistSplits) -> None:
-    raw = data.read_idx(real_dir / "t10k-images-idx3-ubyte.gz")
+def test_scaling_is_divide_by_255(real_dir: Path, splits: data.Splits) -> None:
+    raw = read_idx(real_dir / "t10k-images-idx3-ubyte.gz")
     assert raw.shape == (10000, 28, 28)
     assert raw.dtype == np.uint8
     expected = raw.reshape(10000, 784).astype(np.float32) / np.float32(255)
     np.testing.assert_array_equal(splits.test_x, expected)
-    labels = data.read_idx(real_dir / "t10k-labels-idx1-ubyte.gz")
+    labels = read_idx(real_dir / "t10k-labels-idx1-ubyte.gz")
     assert labels.shape == (10000,)
 
 
@@ -192,18 +187,18 @@ def test_scaling_is_divide_by_255(real_dir: Path, splits: data.MnistSplits) -> N
 
 
 def test_cache_is_written_and_reused(
-    real_dir: Path, cache_dir: Path, splits: data.MnistSplits, caplog: pytest.LogCaptureFixture
+    real_dir: Path, cache_dir: Path, splits: data.Splits, caplog: pytest.LogCaptureFixture
 ) -> None:
     cached = sorted(cache_dir.glob("*.npy"))
     assert len(cached) == 4
     # Keyed by the file's sha256, so a different source file can never hit.
-    for f in data.FILES:
+    for f in MNIST.files:
         assert any(f.sha256 in p.name for p in cached)
     # Beside each array, its digest; nothing else (no temp files).
     digests = sorted(p.name for p in cache_dir.iterdir() if p.suffix != ".npy")
     assert digests == [p.name + ".sha256" for p in cached]
 
-    again = data.load_mnist(real_dir, cache_dir=cache_dir, download=False)
+    again = data.load_dataset(MNIST, real_dir, cache_dir=cache_dir, download=False)
     for field in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y"):
         np.testing.assert_array_equal(getattr(again, field), getattr(splits, field))
     assert again.sha256 == splits.sha256 == MNIST_DATA_SHA256
@@ -222,11 +217,11 @@ def test_planted_cache_entry_is_rebuilt(
 ) -> None:
     """Issue 9, item 1: a cached test-labels array replaced by zeros of the right shape gave
     "did-not-learn 10.24%". It must fail its digest, be rebuilt, and say so."""
-    data.load_mnist(real_dir, cache_dir=tmp_path, download=False)
+    data.load_dataset(MNIST, real_dir, cache_dir=tmp_path, download=False)
     (entry,) = tmp_path.glob("t10k-labels*.npy")
     np.save(entry, np.zeros(10000, dtype=np.uint8))
     with caplog.at_level(logging.WARNING, logger="bench"):
-        loaded = data.load_mnist(real_dir, cache_dir=tmp_path, download=False)
+        loaded = data.load_dataset(MNIST, real_dir, cache_dir=tmp_path, download=False)
     assert np.bincount(loaded.test_y, minlength=10).tolist() == TEST_COUNTS
     assert loaded.sha256 == MNIST_DATA_SHA256
     assert "does not match its digest" in _rebuild_warning(caplog, entry)
@@ -238,27 +233,27 @@ def test_flipped_bit_in_cache_is_rebuilt_before_training(
 ) -> None:
     """One flipped bit in the cached training images made `reproduce` say "bit-identical: NO"
     with nothing to blame. ensure_files (what the commands run before training) finds it."""
-    data.load_mnist(real_dir, cache_dir=tmp_path, download=False)
+    data.load_dataset(MNIST, real_dir, cache_dir=tmp_path, download=False)
     (entry,) = tmp_path.glob("train-images*.npy")
     raw = bytearray(entry.read_bytes())
     raw[-1000] ^= 0x01
     entry.write_bytes(bytes(raw))
     with caplog.at_level(logging.WARNING, logger="bench"):
-        data.ensure_files(real_dir, download=False, cache_dir=tmp_path)
+        data.ensure_files(MNIST, real_dir, download=False, cache_dir=tmp_path)
     _rebuild_warning(caplog, entry)
     caplog.clear()
-    loaded = data.load_mnist(real_dir, cache_dir=tmp_path, download=False)
+    loaded = data.load_dataset(MNIST, real_dir, cache_dir=tmp_path, download=False)
     assert loaded.sha256 == MNIST_DATA_SHA256 and not caplog.records  # rebuilt once, sound now
 
 
 def test_cache_entry_without_digest_is_rebuilt(
     real_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    data.load_mnist(real_dir, cache_dir=tmp_path, download=False)
+    data.load_dataset(MNIST, real_dir, cache_dir=tmp_path, download=False)
     (digest,) = tmp_path.glob("train-labels*.npy.sha256")
     digest.unlink()
     with caplog.at_level(logging.WARNING, logger="bench"):
-        loaded = data.load_mnist(real_dir, cache_dir=tmp_path, download=False)
+        loaded = data.load_dataset(MNIST, real_dir, cache_dir=tmp_path, download=False)
     assert "has no digest" in _rebuild_warning(caplog, digest.with_suffix(""))
     assert loaded.val_y[0] == 5 and digest.is_file()
 
@@ -266,21 +261,21 @@ def test_cache_entry_without_digest_is_rebuilt(
 def test_a_consistent_planted_cache_changes_the_data_digest(real_dir: Path, tmp_path: Path) -> None:
     """An array planted together with a matching digest passes the check (nothing can tell it
     from a sound entry), but the data digest a cell records then differs: reproduce names it."""
-    data.load_mnist(real_dir, cache_dir=tmp_path, download=False)
+    data.load_dataset(MNIST, real_dir, cache_dir=tmp_path, download=False)
     (entry,) = tmp_path.glob("t10k-labels*.npy")
     plant_cache_entry(entry, np.zeros(10000, dtype=np.uint8))
-    loaded = data.load_mnist(real_dir, cache_dir=tmp_path, download=False)
+    loaded = data.load_dataset(MNIST, real_dir, cache_dir=tmp_path, download=False)
     assert set(loaded.test_y) == {0}
     assert loaded.sha256 != MNIST_DATA_SHA256
 
 
 def test_broken_cache_entry_is_rebuilt(real_dir: Path, tmp_path: Path) -> None:
-    data.load_mnist(real_dir, cache_dir=tmp_path, download=False)
+    data.load_dataset(MNIST, real_dir, cache_dir=tmp_path, download=False)
     (entry,) = tmp_path.glob("t10k-labels*.npy")
     entry.write_bytes(b"not a numpy file")
     (wrong_shape,) = tmp_path.glob("train-labels*.npy")
     np.save(wrong_shape, np.zeros(7, dtype=np.uint8))
-    again = data.load_mnist(real_dir, cache_dir=tmp_path, download=False)
+    again = data.load_dataset(MNIST, real_dir, cache_dir=tmp_path, download=False)
     assert again.test_y[0] == 7
     assert again.val_y[0] == 5
     assert np.load(entry).shape == (10000,)  # rewritten with the real data
@@ -290,7 +285,7 @@ def test_unwritable_cache_dir_is_not_an_error(real_dir: Path, tmp_path: Path) ->
     # A path under a regular file can never be created, even as root.
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    loaded = data.load_mnist(real_dir, cache_dir=blocker / "cache", download=False)
+    loaded = data.load_dataset(MNIST, real_dir, cache_dir=blocker / "cache", download=False)
     assert loaded.val_y[0] == 5
 
 
@@ -298,7 +293,7 @@ def test_cache_dir_from_env(
     real_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(data.CACHE_DIR_ENV, str(tmp_path / "envcache"))
-    data.load_mnist(real_dir, download=False)
+    data.load_dataset(MNIST, real_dir, download=False)
     assert len(list((tmp_path / "envcache").glob("*.npy"))) == 4
 
 
@@ -308,12 +303,12 @@ def test_cache_dir_from_env(
 def test_download_into_empty_dir(mirror: str, tmp_path: Path) -> None:
     target = tmp_path / "mnist"
     target.mkdir()
-    paths = data.ensure_files(target, [mirror + "good/"], timeout=10)
-    assert paths == {f.name: target / f.name for f in data.FILES}
+    paths = data.ensure_files(MNIST, target, [mirror + "good/"], timeout=10)
+    assert paths == {f.name: target / f.name for f in MNIST.files}
     _assert_real_files(target)
     assert _leftovers(target) == []
     # Present and verified now: a second call must not touch the network.
-    assert data.ensure_files(target, [], download=True) == paths
+    assert data.ensure_files(MNIST, target, [], download=True) == paths
 
 
 def test_load_mnist_downloads_into_the_default_dir(
@@ -322,7 +317,7 @@ def test_load_mnist_downloads_into_the_default_dir(
     """The default folder is the one folder created when missing."""
     monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    loaded = data.load_mnist(mirrors=[mirror + "good"], cache_dir=tmp_path / "c")
+    loaded = data.load_dataset(MNIST, mirrors=[mirror + "good"], cache_dir=tmp_path / "c")
     assert loaded.sizes == {"train": 55000, "val": 5000, "test": 10000}
     assert loaded.val_y[0] == 5
     _assert_real_files(tmp_path / "home" / ".cache" / "mlp-bench" / "mnist")
@@ -332,13 +327,13 @@ def test_fallback_past_dead_and_404_mirrors(
     mirror: str, closed_port_url: str, tmp_path: Path
 ) -> None:
     mirrors = [closed_port_url, mirror + "empty/", mirror + "good/"]
-    data.ensure_files(tmp_path, mirrors, timeout=10)
+    data.ensure_files(MNIST, tmp_path, mirrors, timeout=10)
     _assert_real_files(tmp_path)
     assert _leftovers(tmp_path) == []
 
 
 def test_corrupt_mirror_is_skipped(mirror: str, tmp_path: Path) -> None:
-    data.ensure_files(tmp_path, [mirror + "bad/", mirror + "good/"], timeout=10)
+    data.ensure_files(MNIST, tmp_path, [mirror + "bad/", mirror + "good/"], timeout=10)
     _assert_real_files(tmp_path)
     assert _leftovers(tmp_path) == []
 
@@ -348,8 +343,8 @@ def test_only_bad_mirrors_raise_naming_the_file(
 ) -> None:
     bad = mirror + "bad/"
     with pytest.raises(BenchError) as info:
-        data.ensure_files(tmp_path, [closed_port_url, mirror + "empty/", bad], timeout=10)
-    first = data.FILES[0]
+        data.ensure_files(MNIST, tmp_path, [closed_port_url, mirror + "empty/", bad], timeout=10)
+    first = MNIST.files[0]
     msg = _assert_one_line_naming(
         info.value, first.name, first.sha256, closed_port_url, bad, "HTTP 404"
     )
@@ -360,8 +355,8 @@ def test_only_bad_mirrors_raise_naming_the_file(
 
 def test_no_mirrors_at_all(tmp_path: Path) -> None:
     with pytest.raises(BenchError) as info:
-        data.ensure_files(tmp_path, [])
-    _assert_one_line_naming(info.value, data.FILES[0].name, "by hand")
+        data.ensure_files(MNIST, tmp_path, [])
+    _assert_one_line_naming(info.value, MNIST.files[0].name, "by hand")
 
 
 def test_uncreatable_default_data_dir(
@@ -371,9 +366,9 @@ def test_uncreatable_default_data_dir(
     blocker = tmp_path / "file"
     blocker.write_text("x")
     monkeypatch.setenv("HOME", str(blocker))
-    default = data.DEFAULT_DATA_DIR.expanduser()
+    default = data.default_data_dir(MNIST)
     with pytest.raises(BenchError) as info:
-        data.ensure_files(default, [mirror + "good/"])
+        data.ensure_files(MNIST, default, [mirror + "good/"])
     _assert_one_line_naming(info.value, "cannot create", str(default), data.DATA_DIR_ENV)
 
 
@@ -381,7 +376,7 @@ class _Trickle(http.server.BaseHTTPRequestHandler):
     """A mirror that announces the right size, then sends a zero byte every 50 ms, forever."""
 
     def do_GET(self) -> None:
-        spec = next(f for f in data.FILES if self.path.endswith(f.name))
+        spec = next(f for f in MNIST.files if self.path.endswith(f.name))
         self.send_response(200)
         self.send_header("Content-Length", str(spec.size))
         self.end_headers()
@@ -412,19 +407,19 @@ def test_trickling_mirror_is_given_up_after_the_transfer_limit(
     (tmp_path / SMALL).unlink()
     started = time.monotonic()
     with pytest.raises(BenchError) as info:
-        data.ensure_files(tmp_path, [trickle], timeout=30, transfer_timeout=1)
+        data.ensure_files(MNIST, tmp_path, [trickle], timeout=30, transfer_timeout=1)
     _assert_one_line_naming(info.value, SMALL, trickle, "too slow", "1 s allowed")
     assert time.monotonic() - started < 60  # generous; without the limit it never returns
     assert _leftovers(tmp_path) == []
 
-    data.ensure_files(tmp_path, [trickle, mirror + "good/"], timeout=30, transfer_timeout=1)
+    data.ensure_files(MNIST, tmp_path, [trickle, mirror + "good/"], timeout=30, transfer_timeout=1)
     _assert_real_files(tmp_path)
     assert _leftovers(tmp_path) == []
 
 
 def test_default_transfer_limit_is_generous() -> None:
     """A few minutes for the 9.9 MB file (at least 50 kB/s), a minute or more for any."""
-    budgets = {f.name: data._transfer_budget(f) for f in data.FILES}
+    budgets = {f.name: data._transfer_budget(f) for f in MNIST.files}
     assert 180 < budgets["train-images-idx3-ubyte.gz"] < 600
     assert min(budgets.values()) >= 60
 
@@ -433,7 +428,7 @@ def test_present_corrupt_file_is_never_overwritten(mirror: str, tmp_path: Path) 
     victim = tmp_path / SMALL
     victim.write_bytes(b"user data")
     with pytest.raises(BenchError):
-        data.ensure_files(tmp_path, [mirror + "good/"])
+        data.ensure_files(MNIST, tmp_path, [mirror + "good/"])
     assert victim.read_bytes() == b"user data"
 
 
@@ -441,7 +436,7 @@ def test_present_corrupt_file_is_never_overwritten(mirror: str, tmp_path: Path) 
 
 
 def _copy_real(real_dir: Path, dest: Path) -> None:
-    for f in data.FILES:
+    for f in MNIST.files:
         shutil.copyfile(real_dir / f.name, dest / f.name)
 
 
@@ -450,9 +445,9 @@ def test_flipped_byte_is_detected(real_dir: Path, tmp_path: Path) -> None:
     raw = bytearray((tmp_path / SMALL).read_bytes())
     raw[100] ^= 0x01
     (tmp_path / SMALL).write_bytes(bytes(raw))
-    spec = next(f for f in data.FILES if f.name == SMALL)
+    spec = next(f for f in MNIST.files if f.name == SMALL)
     with pytest.raises(BenchError) as info:
-        data.ensure_files(tmp_path, download=False)
+        data.ensure_files(MNIST, tmp_path, download=False)
     _assert_one_line_naming(
         info.value, str(tmp_path / SMALL), spec.sha256, "delete", data.DATA_DIR_ENV
     )
@@ -464,7 +459,7 @@ def test_truncated_file_is_detected(real_dir: Path, tmp_path: Path) -> None:
     with (tmp_path / name).open("r+b") as fh:
         fh.truncate(1000)
     with pytest.raises(BenchError) as info:
-        data.load_mnist(tmp_path, cache_dir=tmp_path / "c", download=False)
+        data.load_dataset(MNIST, tmp_path, cache_dir=tmp_path / "c", download=False)
     _assert_one_line_naming(info.value, str(tmp_path / name), "1000 bytes")
 
 
@@ -472,15 +467,15 @@ def test_missing_file_without_download(real_dir: Path, tmp_path: Path) -> None:
     _copy_real(real_dir, tmp_path)
     (tmp_path / SMALL).unlink()
     with pytest.raises(BenchError) as info:
-        data.ensure_files(tmp_path, download=False)
+        data.ensure_files(MNIST, tmp_path, download=False)
     msg = _assert_one_line_naming(info.value, SMALL, str(tmp_path), "--data-dir")
     assert data.DATA_DIR_ENV in msg
 
 
 def test_empty_dir_without_download_names_all_files(tmp_path: Path) -> None:
     with pytest.raises(BenchError) as info:
-        data.load_mnist(tmp_path, download=False)
-    _assert_one_line_naming(info.value, *(f.name for f in data.FILES))
+        data.load_dataset(MNIST, tmp_path, download=False)
+    _assert_one_line_naming(info.value, *(f.name for f in MNIST.files))
 
 
 @pytest.mark.parametrize("download", [True, False], ids=["download", "no-download"])
@@ -489,7 +484,7 @@ def test_mistyped_data_dir_is_not_created(mirror: str, tmp_path: Path, download:
     reported as missing files). Only the default folder may be created."""
     typo = tmp_path / "mnsit"
     with pytest.raises(BenchError) as info:
-        data.ensure_files(typo, [mirror + "good/"], download=download)
+        data.ensure_files(MNIST, typo, [mirror + "good/"], download=download)
     msg = _assert_one_line_naming(info.value, str(typo), "does not exist", "--data-dir")
     assert ("mkdir -p" in msg) == download
     assert not typo.exists()
@@ -501,7 +496,7 @@ def test_data_dir_that_is_a_file(tmp_path: Path) -> None:
     afile.write_bytes(b"x")
     for download in (True, False):
         with pytest.raises(BenchError) as info:
-            data.ensure_files(afile, [], download=download)
+            data.ensure_files(MNIST, afile, [], download=download)
         msg = _assert_one_line_naming(info.value, str(afile), "is a file, not a folder")
         assert "cannot create" not in msg
 
@@ -511,60 +506,15 @@ def test_another_data_sets_idx_file_is_not_called_corrupt(real_dir: Path, tmp_pa
     corrupt, with the advice to delete it. Say it is not the MNIST file, with both digests."""
     _copy_real(real_dir, tmp_path)
     labels = np.random.default_rng(0).integers(0, 10, 10000, dtype=np.uint8)
-    _write_idx(tmp_path / SMALL, data.LABEL_MAGIC, (10000,), labels.tobytes())
+    write_idx(tmp_path / SMALL, labels)
     actual = hashlib.sha256((tmp_path / SMALL).read_bytes()).hexdigest()
-    spec = next(f for f in data.FILES if f.name == SMALL)
+    spec = next(f for f in MNIST.files if f.name == SMALL)
     with pytest.raises(BenchError) as info:
-        data.ensure_files(tmp_path, download=False)
+        data.ensure_files(MNIST, tmp_path, download=False)
     msg = _assert_one_line_naming(
         info.value, str(tmp_path / SMALL), "not the MNIST file", actual, spec.sha256, "10000"
     )
     assert "corrupt" not in msg and "delete" not in msg
-
-
-# --- IDX parsing ----------------------------------------------------------------
-
-
-def test_read_idx_small_valid_files(tmp_path: Path) -> None:
-    images = np.arange(2 * 28 * 28, dtype=np.uint64).astype(np.uint8).reshape(2, 28, 28)
-    _write_idx(tmp_path / "i.gz", 0x803, (2, 28, 28), images.tobytes())
-    np.testing.assert_array_equal(data.read_idx(tmp_path / "i.gz"), images)
-    _write_idx(tmp_path / "l.gz", 0x801, (3,), bytes([4, 0, 9]))
-    assert data.read_idx(tmp_path / "l.gz").tolist() == [4, 0, 9]
-
-
-@pytest.mark.parametrize(
-    ("magic", "dims", "payload", "needle"),
-    [
-        (0x00000802, (3,), b"\x00\x01\x02", "magic 0x00000802"),
-        (0x00000803, (1, 28, 28), b"\x00" * 10, "found 10"),
-        (0x00000801, (3,), b"\x00" * 4, "found more"),
-        (0x00000803, (1, 28), b"", "dimension"),
-    ],
-    ids=["bad-magic", "short-data", "trailing-data", "short-header"],
-)
-def test_read_idx_malformed(
-    tmp_path: Path, magic: int, dims: tuple[int, ...], payload: bytes, needle: str
-) -> None:
-    path = tmp_path / "bad-idx.gz"
-    _write_idx(path, magic, dims, payload)
-    with pytest.raises(BenchError) as info:
-        data.read_idx(path)
-    _assert_one_line_naming(info.value, str(path), needle)
-
-
-def test_read_idx_not_gzip_or_cut(real_dir: Path, tmp_path: Path) -> None:
-    plain = tmp_path / "plain.gz"
-    plain.write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x01\x07")
-    with pytest.raises(BenchError) as info:
-        data.read_idx(plain)
-    _assert_one_line_naming(info.value, str(plain))
-
-    cut = tmp_path / "cut.gz"
-    cut.write_bytes((real_dir / SMALL).read_bytes()[:2000])
-    with pytest.raises(BenchError) as info:
-        data.read_idx(cut)
-    _assert_one_line_naming(info.value, str(cut))
 
 
 # --- where the data lives -------------------------------------------------------
@@ -574,25 +524,25 @@ def test_resolve_data_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     default = tmp_path / "home" / ".cache" / "mlp-bench" / "mnist"
-    assert data.resolve_data_dir(None) == default
-    assert data.resolve_data_dir("") == default
+    assert data.resolve_data_dir(None, MNIST) == default
+    assert data.resolve_data_dir("", MNIST) == default
 
     monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path / "from-env"))
-    assert data.resolve_data_dir(None) == tmp_path / "from-env"
+    assert data.resolve_data_dir(None, MNIST) == tmp_path / "from-env"
 
-    assert data.resolve_data_dir(tmp_path / "from-cli") == tmp_path / "from-cli"
-    assert data.resolve_data_dir(str(tmp_path / "cli-str")) == tmp_path / "cli-str"
-    assert data.resolve_data_dir("~/x") == tmp_path / "home" / "x"
+    assert data.resolve_data_dir(tmp_path / "from-cli", MNIST) == tmp_path / "from-cli"
+    assert data.resolve_data_dir(str(tmp_path / "cli-str"), MNIST) == tmp_path / "cli-str"
+    assert data.resolve_data_dir("~/x", MNIST) == tmp_path / "home" / "x"
 
     monkeypatch.setenv(data.DATA_DIR_ENV, "")
-    assert data.resolve_data_dir(None) == default
+    assert data.resolve_data_dir(None, MNIST) == default
 
 
 def test_load_mnist_uses_env_data_dir(
     real_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(data.DATA_DIR_ENV, str(real_dir))
-    loaded = data.load_mnist(cache_dir=tmp_path, download=False)
+    loaded = data.load_dataset(MNIST, cache_dir=tmp_path, download=False)
     assert loaded.test_y[0] == 7
 
 

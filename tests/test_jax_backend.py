@@ -7,7 +7,7 @@ import pytest
 
 from backends import is_installed, load_backend
 from backends.base import Backend
-from bench.core.data import MnistSplits
+from bench.core.data import Splits
 from bench.core.options import Options
 from bench.core.seeding import dropout_masks, seeded_run
 from bench.core.spec import StageSpec, load_stage, with_epochs
@@ -19,9 +19,7 @@ pytest.importorskip("jax")
 PARITY_STEPS = 50  # bench.execution.parity's float32 window; float64's bound holds there too
 
 
-def _backend(
-    name: str, spec: StageSpec, data: MnistSplits, options: Options, seed: int = 0
-) -> Backend:
+def _backend(name: str, spec: StageSpec, data: Splits, options: Options, seed: int = 0) -> Backend:
     backend = load_backend(name)("cpu", options)
     backend.load_data(data)
     backend.build(spec, seeded_run(spec, seed, data.train_x.shape[0]))
@@ -34,12 +32,12 @@ def _epochs(backend: Backend, spec: StageSpec, n_train: int, epochs: int) -> np.
 
 
 @pytest.fixture(scope="module")
-def parity_data(mnist: MnistSplits) -> MnistSplits:
+def parity_data(mnist: Splits) -> Splits:
     return subset(mnist, n_train=100 * PARITY_STEPS)  # one epoch: the parity window
 
 
 @pytest.fixture(scope="module")
-def small(mnist: MnistSplits) -> MnistSplits:
+def small(mnist: Splits) -> Splits:
     return subset(mnist, n_train=2000)
 
 
@@ -47,7 +45,7 @@ def small(mnist: MnistSplits) -> MnistSplits:
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("stage", ["relu-xavier", "adam", "dropout"])
 def test_parity_with_torch_within_bench_parity_bounds(
-    stage: str, dtype: str, parity_data: MnistSplits
+    stage: str, dtype: str, parity_data: Splits
 ) -> None:
     """Parity mode (numpy's masks, updates op by op, float32 accumulating in float64): JAX's
     step losses stay within the bound `bench parity` holds every pair of backends to."""
@@ -69,7 +67,7 @@ def test_parity_with_torch_within_bench_parity_bounds(
 
 
 @pytest.mark.parametrize("stage", ["dropout", "adam"])
-def test_two_fresh_backends_rerun_bit_identical(stage: str, small: MnistSplits) -> None:
+def test_two_fresh_backends_rerun_bit_identical(stage: str, small: Splits) -> None:
     """Same seed, same losses to the last bit over two epochs: the own dropout masks depend on
     (seed, step) only, and XLA's CPU products sum in a fixed order."""
     spec = with_epochs(load_stage(stage), 2)
@@ -80,7 +78,7 @@ def test_two_fresh_backends_rerun_bit_identical(stage: str, small: MnistSplits) 
         assert a.tobytes() == b.tobytes()
 
 
-def test_float64_trains_in_float64(small: MnistSplits) -> None:
+def test_float64_trains_in_float64(small: Splits) -> None:
     spec = with_epochs(load_stage("adam"), 1)
     backend = _backend("jax", spec, small, Options(data_dir="", threads=2, dtype="float64"))
     losses = _epochs(backend, spec, 2000, 1)
@@ -92,7 +90,7 @@ def test_float64_trains_in_float64(small: MnistSplits) -> None:
     )
 
 
-def test_environment_records_what_is_in_force(small: MnistSplits) -> None:
+def test_environment_records_what_is_in_force(small: Splits) -> None:
     env = _backend(
         "jax", load_stage("relu-xavier"), small, Options(data_dir="", threads=2)
     ).environment()
@@ -104,7 +102,7 @@ def test_environment_records_what_is_in_force(small: MnistSplits) -> None:
     assert env["intra_op_threads"] and "jaxlib_version" in env and "xla_flags" in env
 
 
-def test_fast_path_learns_relu_xavier_in_two_epochs(mnist: MnistSplits) -> None:
+def test_fast_path_learns_relu_xavier_in_two_epochs(mnist: Splits) -> None:
     spec = with_epochs(load_stage("relu-xavier"), 2)
     backend = _backend("jax", spec, mnist, Options(data_dir="", threads=2))
     losses = _epochs(backend, spec, mnist.train_x.shape[0], 2)

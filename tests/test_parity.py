@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from backends import installed_backends
-from bench.core.spec import STAGE_NAMES
+from bench.core.spec import STAGE_NAMES, load_stage
 from bench.execution.matrix import LocalExecutor
 from bench.execution.parity import (
     ParityReport,
@@ -24,7 +24,8 @@ pytestmark = pytest.mark.skipif(
 
 def _parity(stage: str, steps: int, dtype: str, accumulate: str = "float64") -> list[ParityReport]:
     """Every installed backend trained once; one report per pair of them."""
-    options = parity_options(str(mnist_dir()), 2, steps, dtype, 100, accumulate)  # type: ignore[arg-type]
+    spec = load_stage(stage)
+    options = parity_options(str(mnist_dir()), 2, steps, dtype, spec, accumulate)  # type: ignore[arg-type]
     backends = installed_backends()
     reports = run_parity(stage, "cpu", 0, options, LocalExecutor(), backends)
     assert len(reports) == len(backends) * (len(backends) - 1) // 2

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.core.datasets.mnist import MNIST
 from bench.core.errors import BenchError
 from bench.core.spec import (
     STAGE_NAMES,
@@ -68,6 +69,22 @@ def _text(name: str = "relu-xavier") -> str:
         ("[optimizer]\n", "[optimizer]\nbeta1 = 0.9\n", "needed for adam and only for it"),
         ("epochs = 30", "epochs = 0", "training.epochs = 0 is outside [1, 10000]"),
         ("784, 256, 256, 10", "784, 256, 256, 9", "MNIST needs 784 inputs and 10 outputs"),
+        ("784, 256, 256, 10", "28, 256, 256, 10", "[28, 256, 256, 10]: MNIST needs 784 inputs"),
+        (
+            'dataset = "mnist"',
+            'dataset = "cifar10"',
+            "data.dataset = 'cifar10' is not a known data set (choose from mnist)",
+        ),
+        (
+            'validation = "first_5000_train"',
+            'validation = "last_5000_train"',
+            "data.validation = 'last_5000_train', but MNIST holds out 'first_5000_train'",
+        ),
+        (
+            "batch_size = 100",
+            "batch_size = 55001",
+            "training.batch_size = 55001 is outside [1, 55000]",
+        ),
         ("name = ", "name = = ", "is not valid TOML"),
         ("order = 2", "order = 2.5", "order = 2.5 has type float, expected int"),
         ('expect = "min_test_accuracy"', 'expect = "no_reference"', "not allowed with no_ref"),
@@ -80,6 +97,15 @@ def test_bad_stage_files_are_rejected_with_one_line(old: str, new: str, message:
         parse_stage(text.replace(old, new, 1), "x.toml")
     assert message in str(info.value) and str(info.value).endswith("; fix the stage file")
     assert "\n" not in str(info.value)
+
+
+def test_a_stage_without_a_data_set_trains_on_mnist() -> None:
+    """Stage files written before there was a choice of data set stay valid."""
+    text = _text()
+    spec = parse_stage(text.replace('dataset = "mnist"\n', ""), "x.toml")
+    assert spec.data.dataset == "mnist" and spec.dataset is MNIST
+    assert spec.flat()["data.dataset"] == "mnist"
+    assert spec.flat() == parse_stage(text, "x.toml").flat()
 
 
 def test_a_stage_keeps_the_text_it_was_parsed_from() -> None:

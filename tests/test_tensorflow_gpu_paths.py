@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from backends import is_installed
-from bench.core.data import MnistSplits
+from bench.core.data import Splits
 from bench.core.options import Options
 from bench.core.seeding import seeded_run
 from bench.core.spec import load_stage, with_epochs
@@ -100,12 +100,12 @@ def test_the_dense_gradient_compiles_without_gather_or_scatter() -> None:
 
 
 @pytest.fixture(scope="module")
-def small(mnist: MnistSplits) -> MnistSplits:
+def small(mnist: Splits) -> Splits:
     return subset(mnist, n_train=300)
 
 
 def train_on_cpu(
-    stage: str, splits: MnistSplits, cross_entropy: tfb.CrossEntropy | None = None
+    stage: str, splits: Splits, cross_entropy: tfb.CrossEntropy | None = None
 ) -> np.ndarray:
     """Two epochs' step losses on the CPU, with the backend's own loss unless one is given."""
     spec = with_epochs(load_stage(stage), 2)
@@ -119,9 +119,7 @@ def train_on_cpu(
 
 
 @pytest.mark.parametrize("stage", ["relu-xavier", "adam", "dropout"])
-def test_cpu_training_is_unchanged_and_the_gpu_loss_trains_alike(
-    stage: str, small: MnistSplits
-) -> None:
+def test_cpu_training_is_unchanged_and_the_gpu_loss_trains_alike(stage: str, small: Splits) -> None:
     """The CPU keeps the fused kernel's backprop, bit for bit on a rerun; the GPU's dense loss,
     forced on the CPU, trains to the same losses within float32 rounding.
 
@@ -178,12 +176,13 @@ from pathlib import Path
 import torch
 from backends.tensorflow import TensorFlowBackend
 from bench.core.options import Options
-from bench.core.data import load_mnist
+from bench.core.data import load_dataset
+from bench.core.datasets.mnist import MNIST
 from bench.core.seeding import seeded_run
 from bench.core.spec import load_stage, with_epochs
 from tests.conftest import subset
 
-splits = subset(load_mnist(Path({str(data_dir)!r}), download=False), n_train=300)
+splits = subset(load_dataset(MNIST, Path({str(data_dir)!r}), download=False), n_train=300)
 spec = with_epochs(load_stage("adam"), 1)
 backend = TensorFlowBackend("gpu", Options(data_dir="", threads=2))
 backend.load_data(splits)

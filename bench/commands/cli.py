@@ -75,7 +75,10 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         help="parity mode: compute products, sums and the loss in float64, rounding once to "
         "the dtype (default), or in the frameworks' native float32 kernels",
     )
-    parser.add_argument("--data-dir", help="folder of the MNIST .gz files (or MLP_BENCH_DATA_DIR)")
+    parser.add_argument(
+        "--data-dir",
+        help="folder of the stages' data set files, MNIST's .gz (or MLP_BENCH_DATA_DIR)",
+    )
     parser.add_argument("--tracking-uri", help="MLflow store (or MLFLOW_TRACKING_URI)")
     parser.add_argument("--experiment", help="MLflow experiment (default mnist-tutorial)")
 
@@ -180,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     reproduce = commands.add_parser("reproduce", help="rerun a recorded cell and compare")
     reproduce.add_argument("run_id", help="the MLflow run id of a cell")
-    reproduce.add_argument("--data-dir", help="folder of the MNIST .gz files")
+    reproduce.add_argument("--data-dir", help="folder of the stage's data set files (MNIST's .gz)")
     reproduce.add_argument("--tracking-uri", help="MLflow store (or MLFLOW_TRACKING_URI)")
 
     report = commands.add_parser(

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.core.datasets import get_dataset
 from bench.core.errors import BenchError
 from bench.core.options import normalised
 from bench.core.provenance import git_state
@@ -84,6 +85,7 @@ def _cell(client: Any, run: Any, tmp: Path) -> compare.CellData:
     key: compare.CellKey = (tags["stage"], tags["backend"], tags["device"], int(tags["seed"]))
     history = sorted(client.get_metric_history(run_id, "epoch_seconds"), key=lambda m: m.step)
     batch = int(params.get("training.batch_size", "100"))
+    train_examples = get_dataset(params.get("data.dataset", "mnist")).split.train.size
     losses = None
     try:
         path = client.download_artifacts(run_id, "step_losses.csv", str(tmp))
@@ -97,7 +99,7 @@ def _cell(client: Any, run: Any, tmp: Path) -> compare.CellData:
         run_id=run_id,
         outcome=tags.get("outcome", "failed"),
         test_accuracy=accuracy,
-        rates=compare.steady_rates([m.value for m in history], batch),
+        rates=compare.steady_rates([m.value for m in history], batch, train_examples),
         step_losses=losses,
         fingerprint=compare.Fingerprint.of(environment_of(params), params),
         spec=spec,

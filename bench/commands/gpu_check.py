@@ -41,7 +41,7 @@ from typing import Any, Literal
 import numpy as np
 
 from backends import check_backend, framework_options, installed_backends
-from bench.core.data import ensure_files, resolve_data_dir
+from bench.core.data import common_data_dir, ensure_data
 from bench.core.devices import cpu_model, gpu_driver_version, resolve_devices
 from bench.core.errors import BenchError
 from bench.core.options import Options
@@ -215,7 +215,8 @@ class Check:
         self.device: Device = args.device
         self.stages: list[str] = args.stages
         self.backends: list[str] = args.backend or _default_backends()
-        self.data_dir = str(resolve_data_dir(args.data_dir))
+        self.datasets = [load_stage(stage).dataset for stage in self.stages]
+        self.data_dir = str(common_data_dir(args.data_dir, self.datasets))
         self.epochs: int = args.epochs
         # Host threads per cell: a GPU cell needs few; no more than the cores (CPU rehearsal).
         self.threads = min(4, os.cpu_count() or 1)
@@ -229,7 +230,7 @@ class Check:
             check_backend(backend)
         # No download: the lent machine has no network, and three mirrors per missing file
         # would only fail slowly. A bad --data-dir fails here, in one line.
-        ensure_files(Path(self.data_dir), download=False)
+        ensure_data(self.data_dir, self.datasets, download=False)
         if self.device == "gpu":
             resolve_devices(["gpu"], self.backends)  # one line if a backend cannot use a GPU
         self.report.out.mkdir(parents=True, exist_ok=True)
@@ -415,8 +416,8 @@ class Check:
         return self._results[name]
 
     def _parity_options(self, stage: str, dtype: DType) -> Options:
-        batch = load_stage(stage).training.batch_size
-        return parity_options(self.data_dir, self.threads, PARITY_STEPS[dtype], dtype, batch)
+        spec = load_stage(stage)
+        return parity_options(self.data_dir, self.threads, PARITY_STEPS[dtype], dtype, spec)
 
     def _parity(self, stage: str, dtype: DType, backend: str) -> None:
         """The backend on the device against itself on the CPU."""
@@ -475,7 +476,7 @@ def _stages(text: str) -> list[str]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data-dir", help="the MNIST files (default: $MLP_BENCH_DATA_DIR)")
+    parser.add_argument("--data-dir", help="the stages' data files (default: $MLP_BENCH_DATA_DIR)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--device", choices=("gpu", "cpu"), default="gpu")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from backends import check_backend, installed_backends
 from bench.commands.exits import EXIT_FAILED, EXIT_INTERRUPTED
-from bench.core.data import ensure_files, resolve_data_dir
+from bench.core.data import ensure_data
 from bench.core.devices import available_cores, resolve_devices
 from bench.core.errors import BenchError
 from bench.core.provenance import git_state
@@ -66,8 +66,7 @@ def cmd_parity(args: argparse.Namespace) -> int:
         )
     [device] = resolve_devices([args.device], backends).devices
     spec = load_stage(args.stage)
-    data_dir = resolve_data_dir(args.data_dir)
-    ensure_files(data_dir)
+    data_dir = ensure_data(args.data_dir, [spec.dataset])
     uri = resolve_tracking_uri(args.tracking_uri)
     tracker = Tracker(uri, args.experiment or DEFAULT_EXPERIMENT)
     options = parity_options(
@@ -75,7 +74,7 @@ def cmd_parity(args: argparse.Namespace) -> int:
         args.threads or available_cores(),
         args.steps,
         args.dtype,
-        spec.training.batch_size,
+        spec,
         args.accumulate,
     )
     print(

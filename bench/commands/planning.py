@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from backends import check_backend, installed_backends
-from bench.core.data import ensure_files, resolve_data_dir
+from bench.core.data import ensure_data
 from bench.core.devices import available_cores, resolve_devices
 from bench.core.errors import BenchError
 from bench.core.options import ONEDNN_ONLY, Options
@@ -53,8 +53,8 @@ def plan_run(args: argparse.Namespace, refuse_busy: bool = False) -> Plan:
         args.parity or args.dtype == "float64" or "gpu" in devices
     ):
         raise BenchError(ONEDNN_ONLY)
-    data_dir = resolve_data_dir(args.data_dir)
-    ensure_files(data_dir)  # downloads what is missing, or fails now with the file's name
+    # Downloads what is missing, or fails now with the file's name.
+    data_dir = ensure_data(args.data_dir, [spec.dataset for spec in specs.values()])
     options = Options.from_args(
         args, data_dir=str(data_dir), threads=args.threads or available_cores()
     )

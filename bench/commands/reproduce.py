@@ -7,11 +7,11 @@ import tempfile
 from pathlib import Path
 
 from bench.commands.exits import EXIT_FAILED, EXIT_INTERRUPTED
-from bench.core.data import ensure_files, resolve_data_dir
+from bench.core.data import ensure_data
 from bench.core.errors import BenchError
 from bench.core.options import Options
 from bench.execution.matrix import LocalExecutor
-from bench.execution.reproduce import compare, spec_differences
+from bench.execution.reproduce import compare, recorded_spec, spec_differences
 from bench.recording.tracking import Tracker, resolve_tracking_uri
 
 
@@ -26,8 +26,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             f"run {args.run_id}: param {key}={param} but its stage file says "
             f"{artifact}; the record is inconsistent"
         )
-    data_dir = resolve_data_dir(args.data_dir)
-    ensure_files(data_dir)
+    data_dir = ensure_data(args.data_dir, [recorded_spec(recorded.stage_text, args.run_id).dataset])
     options = Options.from_record(recorded.params, str(data_dir))
     print(f"reproducing {recorded.cell.name} (run {args.run_id})", flush=True)
     try:

@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from bench.core.datasets import DATASETS, get_dataset
+from bench.core.datasets.base import Dataset
 from bench.core.errors import BenchError
 
 STAGES_DIR = Path(__file__).parent / "stages"
 STAGES_DIR_ENV = "MLP_BENCH_STAGES_DIR"
 STAGE_FILE_FIX = "fix the stage file"
-# The tutorial's training split: MNIST's 60,000 training images less the first 5,000.
-MNIST_TRAIN = 55_000
 # Upper bounds that keep a typo from reaching a worker as a MemoryError or an overflow.
 MAX_EPOCHS = 10_000
 MAX_UNITS = 65_536
@@ -89,8 +89,10 @@ class TrainingSpec:
 
 @dataclass(frozen=True)
 class DataSpec:
-    dataset: Literal["mnist"]
-    validation: Literal["first_5000_train"]
+    # A registered data set (bench.core.datasets); a stage file that leaves it out means MNIST.
+    dataset: str = field(default="mnist", kw_only=True)
+    # Must be the data set's own split, by its name: the stage's expectations were set on it.
+    validation: str
     scale: Literal["divide_by_255"]
 
 
@@ -153,6 +155,11 @@ class StageSpec:
     @property
     def n_layers(self) -> int:
         return len(self.model.layer_sizes) - 1
+
+    @property
+    def dataset(self) -> Dataset:
+        """The data set it trains on (checked against the registry when parsed)."""
+        return get_dataset(self.data.dataset)
 
     @property
     def file_epochs(self) -> int:
@@ -240,7 +247,23 @@ def _in_range(key: str, value: float, interval: str) -> None:
     _require(above_low and below_high, f"{key} = {value!r} is outside {interval}")
 
 
-def _validate_model(model: ModelSpec) -> None:
+def _validate_data(data: DataSpec) -> Dataset:
+    """The stage's data set, which must be registered and split as the stage says."""
+    _require(
+        data.dataset in DATASETS,
+        f"data.dataset = {data.dataset!r} is not a known data set"
+        f" (choose from {', '.join(DATASETS)})",
+    )
+    dataset = DATASETS[data.dataset]
+    _require(
+        data.validation == dataset.validation,
+        f"data.validation = {data.validation!r}, but {dataset.title} holds out"
+        f" {dataset.validation!r}",
+    )
+    return dataset
+
+
+def _validate_model(model: ModelSpec, dataset: Dataset) -> None:
     sizes = model.layer_sizes
     _require(
         2 <= len(sizes) <= MAX_HIDDEN_LAYERS + 2,
@@ -248,8 +271,9 @@ def _validate_model(model: ModelSpec) -> None:
         f" (inputs, up to {MAX_HIDDEN_LAYERS} hidden layers, outputs)",
     )
     _require(
-        sizes[0] == 784 and sizes[-1] == 10,
-        f"model.layer_sizes {list(sizes)}: MNIST needs 784 inputs and 10 outputs",
+        sizes[0] == dataset.input_size and sizes[-1] == dataset.classes,
+        f"model.layer_sizes {list(sizes)}: {dataset.title} needs {dataset.input_size} inputs"
+        f" and {dataset.classes} outputs",
     )
     for i, units in enumerate(sizes):
         _in_range(f"model.layer_sizes[{i}]", units, f"[1, {MAX_UNITS}]")
@@ -288,10 +312,10 @@ def _validate_optimizer(opt: OptimizerSpec) -> None:
         _in_range("optimizer.epsilon", opt.epsilon, "(0, 1]")
 
 
-def _validate_training(training: TrainingSpec) -> None:
+def _validate_training(training: TrainingSpec, dataset: Dataset) -> None:
     _in_range("training.epochs", training.epochs, f"[1, {MAX_EPOCHS}]")
     # Batches are drawn from the training split; a larger batch has no samples to fill it.
-    _in_range("training.batch_size", training.batch_size, f"[1, {MNIST_TRAIN}]")
+    _in_range("training.batch_size", training.batch_size, f"[1, {dataset.split.train.size}]")
 
 
 def _validate_expected(exp: ExpectedSpec) -> None:
@@ -322,10 +346,11 @@ def _validate(spec: StageSpec) -> None:
         f"name = {spec.name!r}: use 1 to 64 letters, digits, '.', '_' or '-',"
         " starting with a letter or digit",
     )
-    _validate_model(spec.model)
+    dataset = _validate_data(spec.data)
+    _validate_model(spec.model, dataset)
     _validate_init(spec.init)
     _validate_optimizer(spec.optimizer)
-    _validate_training(spec.training)
+    _validate_training(spec.training, dataset)
     _validate_expected(spec.expected)
 
 

@@ -70,6 +70,9 @@ class CellResult:
     diverged_step: int | None = None  # 1-based global step of the first non-finite loss
     step_losses: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32), repr=False)
     parameters: list[np.ndarray] = field(default_factory=list, repr=False)
+    # The stage's data set, which the run's dataset inputs describe ("mnist" for results kept
+    # on disk before there was a choice).
+    dataset: str = "mnist"
 
     def to_json(self) -> dict[str, Any]:
         """Everything but the arrays, which travel as .npy/.npz files (see save_arrays)."""

@@ -23,7 +23,7 @@ import numpy as np
 from backends.base import steps_per_epoch
 from bench.core.errors import BenchError
 from bench.core.options import Options
-from bench.core.spec import MNIST_TRAIN
+from bench.core.spec import StageSpec
 from bench.core.types import Cell, CellResult, DType
 from bench.execution.matrix import Executor, run_alone
 
@@ -156,11 +156,13 @@ def parity_options(
     threads: int,
     steps: int,
     dtype: DType,
-    batch_size: int,
+    spec: StageSpec,
     accumulate: Literal["float64", "native"] = "float64",
 ) -> Options:
-    """Parity mode, deterministic, stopping after `steps`, keeping the final weights."""
-    epochs = math.ceil(steps / steps_per_epoch(MNIST_TRAIN, batch_size))
+    """Parity mode, deterministic, stopping after `steps` of the stage (epochs enough for
+    them over its data set's training split), keeping the final weights."""
+    train_size = spec.dataset.split.train.size
+    epochs = math.ceil(steps / steps_per_epoch(train_size, spec.training.batch_size))
     return Options(
         data_dir=data_dir,
         threads=threads,

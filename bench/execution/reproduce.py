@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.core.spec import parse_stage, with_epochs
+from bench.core.datasets import get_dataset
+from bench.core.spec import StageSpec, parse_stage, with_epochs
 from bench.core.types import CellResult, environment_of
 
 # Environment params whose change can explain a result that is not bit-identical.
@@ -38,8 +39,13 @@ _RECORD_FIX = (
     "no stage file can fix a record: it was altered, or made by an mlp-bench that checks"
     " stages differently (see its git_commit param); reproduce it with that version"
 )
-# What a key means, where its name alone does not say it.
-_KEY_LABELS = {"data_sha256": "data_sha256 (the MNIST arrays trained and evaluated on)"}
+# What a key means, where its name alone does not say it ({title}: the data set's).
+_KEY_LABELS = {"data_sha256": "data_sha256 (the {title} arrays trained and evaluated on)"}
+
+
+def recorded_spec(stage_text: str, run_id: str) -> StageSpec:
+    """The spec of a run's recorded stage text (a record no stage file can fix)."""
+    return parse_stage(stage_text, f"the recorded stage text of run {run_id}", _RECORD_FIX)
 
 
 def spec_differences(
@@ -48,8 +54,7 @@ def spec_differences(
     """Recorded spec params that the recorded stage file (with the recorded epochs) disagrees
     with: a sign that the artifact and the params do not belong together."""
     spec = with_epochs(
-        parse_stage(stage_text, f"the recorded stage text of run {run_id}", _RECORD_FIX),
-        int(params.get("training.epochs", "0")) or None,
+        recorded_spec(stage_text, run_id), int(params.get("training.epochs", "0")) or None
     )
     return {k: (params.get(k, "-"), v) for k, v in spec.flat().items() if params.get(k) != v}
 
@@ -63,6 +68,7 @@ class Comparison:
     recorded_accuracy: float
     new_accuracy: float
     environment: dict[str, tuple[str, str]]  # key -> (recorded, now), only where they differ
+    data_title: str  # the data set's, as its messages name it ("MNIST")
 
     @property
     def bit_identical(self) -> bool:
@@ -88,7 +94,7 @@ class Comparison:
         if self.environment:
             lines.append("  environment differences (recorded -> now):")
             lines += [
-                f"    {_KEY_LABELS.get(k, k)}: {old} -> {new}"
+                f"    {_KEY_LABELS.get(k, k).format(title=self.data_title)}: {old} -> {new}"
                 for k, (old, new) in self.environment.items()
             ]
         else:
@@ -122,4 +128,5 @@ def compare(
         recorded_accuracy=recorded_accuracy,
         new_accuracy=result.test_accuracy,
         environment={k: v for k, v in env.items() if v[0] != v[1]},
+        data_title=get_dataset(result.dataset).title,
     )

@@ -78,7 +78,7 @@ def run_cell(
 ) -> CellResult:
     """Run one cell in this process and return its result."""
     from backends import load_backend  # lazily: importing a backend imports its framework
-    from bench.core.data import load_mnist
+    from bench.core.data import load_dataset
     from bench.core.seeding import seeded_run
 
     clock = _Clock()
@@ -86,7 +86,7 @@ def run_cell(
     # Read the data on a second thread while the framework imports (seconds of mostly
     # single-threaded Python): "data_load" is then only the wait after the import.
     with ThreadPoolExecutor(max_workers=1) as pool:
-        loading = pool.submit(load_mnist, Path(options.data_dir), download=False)
+        loading = pool.submit(load_dataset, spec.dataset, Path(options.data_dir), download=False)
         backend_cls = load_backend(cell.backend)
         clock.lap("framework_import")
         splits = loading.result()
@@ -112,6 +112,7 @@ def run_cell(
         diverged_step=diverged_step,
         step_losses=losses,
         parameters=backend.parameters() if options.keep_parameters else [],
+        dataset=spec.data.dataset,
     )
 
 

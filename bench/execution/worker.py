@@ -100,12 +100,12 @@ def _run_peak(request: dict[str, Any], events: TextIO) -> None:
 
 def _run_keras(request: dict[str, Any], events: TextIO) -> None:
     from backends.keras_reference import keras_fit_samples_per_s
-    from bench.core.data import load_mnist
+    from bench.core.data import load_dataset
     from bench.core.seeding import seeded_run
     from bench.core.spec import load_stage
 
     spec = load_stage(request["stage"])
-    splits = load_mnist(Path(request["data_dir"]), download=False)
+    splits = load_dataset(spec.dataset, Path(request["data_dir"]), download=False)
     run = seeded_run(spec, 0, splits.train_x.shape[0])
     fit = keras_fit_samples_per_s(
         spec, run, splits, request["epochs"], request["threads"], request.get("device", "cpu")

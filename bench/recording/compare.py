@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bench.core.data import VAL_SIZE
-
 EXIT_OK = 0
 EXIT_REGRESSION = 1
 EXIT_INCONCLUSIVE = 3  # 2 is bad input (bench.commands.cli.EXIT_USAGE)
@@ -29,7 +27,6 @@ PEAK_DRIFT_LIMIT = 0.10  # a peak that moved more than this during a run: the ma
 POWER = 0.8  # of the minimum detectable effect
 BOOTSTRAP_SAMPLES = 4000
 BOOTSTRAP_SEED = 0  # the CI is the same number every time it is printed
-TRAIN_EXAMPLES = 60_000 - VAL_SIZE  # MNIST's training file less the validation rows
 
 # Options that change the numbers computed: two sides that differ here compare different
 # experiments, so compare refuses them. The speed-only ones may differ; they are what changed.
@@ -129,10 +126,13 @@ class Settings:
     run_noise: float = DEFAULT_RUN_NOISE  # the slowdown one process a side cannot rule out
 
 
-def steady_rates(epoch_seconds: Iterable[float], batch_size: int) -> list[float]:
+def steady_rates(
+    epoch_seconds: Iterable[float], batch_size: int, train_examples: int
+) -> list[float]:
     """Samples/s of each epoch after the first (the first traces and compiles), from the
-    epoch_seconds history in epoch order; as bench.execution.runner.steady_rates computes them."""
-    steps = TRAIN_EXAMPLES // batch_size
+    epoch_seconds history in epoch order and the size of the data set's training split; as
+    bench.execution.runner.steady_rates computes them."""
+    steps = train_examples // batch_size
     return [steps * batch_size / s for s in list(epoch_seconds)[1:] if s > 0]
 
 

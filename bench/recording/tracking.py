@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from bench.core.datasets import get_dataset
 from bench.core.errors import BenchError, StoreUnwritable
 from bench.core.options import Options
 from bench.core.seeding import describe_seeds
@@ -38,13 +39,6 @@ log = logging.getLogger(__name__)
 # `tags.invocation = '<id>' and tags.kind = 'cell'` finds an invocation's cells.
 INVOCATION_TAG = "invocation"
 GROUP_TAG = "group_run"  # on a cell of a group of several seeds: the group's run
-# The tutorial's split of MNIST (bench.core.data): context, rows, which file rows.
-MNIST_SPLIT = (
-    ("train", 55_000, "train-images-idx3-ubyte.gz[5000:60000]"),
-    ("validation", 5_000, "train-images-idx3-ubyte.gz[0:5000]"),
-    ("test", 10_000, "t10k-images-idx3-ubyte.gz[0:10000]"),
-)
-
 
 EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
@@ -255,35 +249,38 @@ class Tracker:
     def log_cell_details(
         self, run_id: str, result: CellResult, files: list[Path], data_dir: str = ""
     ) -> None:
-        """Environment params, the MNIST split as dataset inputs, per-step losses and the given
-        files as artifacts."""
+        """Environment params, the data set's split as dataset inputs, per-step losses and the
+        given files as artifacts."""
         self._log_params(run_id, {ENV_PREFIX + k: v for k, v in result.environment.items()})
-        self.log_data_inputs(run_id, result.environment.get("data_sha256", ""), data_dir)
+        self.log_data_inputs(run_id, result, data_dir)
         self._log_losses(run_id, result)
         for path in files:
             self._client.log_artifact(run_id, str(path))
 
-    def log_data_inputs(self, run_id: str, data_sha256: str, data_dir: str) -> None:
-        """The tutorial's 55,000/5,000/10,000 split as three dataset inputs (contexts train,
-        validation, test), so the UI's Dataset column says what a cell trained on. The digest
-        is the data's (env.data_sha256), cut to the 36 characters MLflow's store holds."""
+    def log_data_inputs(self, run_id: str, result: CellResult, data_dir: str) -> None:
+        """The cell's data set split as three dataset inputs (contexts train, validation, test;
+        for MNIST the tutorial's 55,000/5,000/10,000), so the UI's Dataset column says what a
+        cell trained on. The digest is the data's (env.data_sha256), cut to the 36 characters
+        MLflow's store holds."""
         from mlflow.entities import Dataset, DatasetInput, InputTag
 
+        data_sha256 = result.environment.get("data_sha256", "")
         if not data_sha256:  # hand-made splits (tests): nothing to name
             return
-        source = data_dir or "MNIST IDX files"
+        dataset = get_dataset(result.dataset)
+        source = data_dir or f"{dataset.title} {dataset.file_format} files"
         inputs = [
             DatasetInput(
                 Dataset(
-                    name=f"mnist-{context}",
+                    name=f"{dataset.name}-{context}",
                     digest=data_sha256[:16],
                     source_type="local",
                     source=source,
-                    profile=json.dumps({"num_rows": rows, "rows": where}),
+                    profile=json.dumps({"num_rows": rows.size, "rows": rows.describe()}),
                 ),
                 tags=[InputTag("mlflow.data.context", context)],
             )
-            for context, rows, where in MNIST_SPLIT
+            for context, rows in dataset.split.parts().items()
         ]
         self._client.log_inputs(run_id, datasets=inputs)
 

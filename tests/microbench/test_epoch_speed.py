@@ -13,7 +13,7 @@ import pytest
 
 from backends import load_backend
 from backends.base import Backend
-from bench.core.data import MnistSplits
+from bench.core.data import Splits
 from bench.core.options import Options
 from bench.core.seeding import seeded_run
 from bench.core.spec import STAGE_NAMES, load_stage
@@ -25,7 +25,7 @@ TRAINING_STAGES = [s for s in STAGE_NAMES if s != "relu-normal"]  # relu-normal 
 
 @pytest.mark.parametrize("backend_name", backend_params())
 @pytest.mark.parametrize("stage", TRAINING_STAGES)
-def test_one_epoch(benchmark: Any, stage: str, backend_name: str, mnist: MnistSplits) -> None:
+def test_one_epoch(benchmark: Any, stage: str, backend_name: str, mnist: Splits) -> None:
     spec = load_stage(stage)
     run = seeded_run(spec, 0, mnist.train_x.shape[0])
     backend: Backend = load_backend(backend_name)("cpu", Options(data_dir="", threads=2))
