@@ -52,13 +52,14 @@ def _runtime_started() -> bool:
     return bool(xla_bridge.backends_are_initialized())
 
 
-def _configure_runtime(threads: int, options: Options) -> None:
+def configure_runtime(threads: int, options: Options) -> None:
     """Threads and XLA flags, set in the environment before JAX's runtime starts.
 
     XLA's CPU client sizes its one intra-op pool (Eigen's products and the partitioned
     elementwise loops share it) from NPROC, else from the cores available: with NPROC=1 every
     op ran on the Python thread, with NPROC=2 two pool threads did the work (read from
-    /proc/self/task here). XLA has no inter-op pool to size.
+    /proc/self/task here). XLA has no inter-op pool to size. The Keras reference on JAX
+    (keras_reference) sizes its pool here too, so both are measured on the same threads.
     """
     if _RUNTIME or _runtime_started():
         return
@@ -111,7 +112,7 @@ class JaxBackend(Backend):
         # stays on; every array here has an explicit dtype, so float32 steps are unchanged.
         if "float64" in (options.dtype, options.compute_dtype):
             _CONFIG.update("jax_enable_x64", True)
-        _configure_runtime(threads, options)
+        configure_runtime(threads, options)
         if device == "gpu" and not JaxBackend.visible_gpus():
             raise BenchError("--device gpu: JAX sees no GPU; use --device cpu")
         # Not hidden from a CPU backend (as TensorFlow's are): every array is placed on this

@@ -1,96 +1,105 @@
-"""The reference the backends are measured against: the same model trained with Keras fit.
+"""The reference the backends are measured against: the same model trained with Keras 3
+`model.fit`, on the Keras backend of each framework (TensorFlow, PyTorch, JAX).
 
 Not a backend: it only reports throughput (samples/s of the steady epochs), so that the harness
-can show how far its own training loops are from the framework's stock high-level path.
+can show how far each of its training loops is from its own framework's stock high-level path.
+Keras chooses its backend once, when it is imported, so each backend's reference runs in a
+process of its own, whose environment is set here before Keras is imported (`keras_fit`).
+This module imports no framework: the parent process reads its registry and `KerasFit`.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
-import time
+import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import keras
-import numpy as np
-import tensorflow as tf
-
+from backends import is_installed
 from bench.core.data import Splits
-from bench.core.errors import BenchError
+from bench.core.options import Options
 from bench.core.seeding import SeededRun
 from bench.core.spec import StageSpec
 
+# The harness's backend -> the Keras backend that runs on the same framework. A backend that
+# is not here has no Keras reference: its cells show "-" against Keras.
+KERAS_BACKENDS: dict[str, str] = {"tensorflow": "tensorflow", "torch": "torch", "jax": "jax"}
 
-class _EpochTimer(keras.callbacks.Callback):  # type: ignore[misc]
-    def __init__(self) -> None:
-        super().__init__()
-        self.seconds: list[float] = []
-
-    def on_epoch_begin(self, epoch: int, logs: object = None) -> None:
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch: int, logs: object = None) -> None:
-        self.seconds.append(time.perf_counter() - self._start)
+# Frameworks that read the environment set below once, at import or when their runtime starts.
+_READ_AT_IMPORT = ("keras", "tensorflow", "torch", "jax")
 
 
 @dataclass(frozen=True)
 class KerasFit:
+    """What one reference measured, and what it ran on (as its worker reports it)."""
+
     samples_per_s: float  # the median of the epochs after the first
-    ran_on: str  # the device that held the model's weights, as TensorFlow names it
+    ran_on: str  # the device that held the model's weights, as the framework names it
+    keras_backend: str  # as Keras itself reports it once imported
+    keras_version: str
     tf32: bool
+    intra_op_threads: int
+    jit_compile: bool  # what `fit` resolved Keras's default "auto" to on this backend
 
 
-def _pin(device: str) -> str:
-    """Run on the device of the cells the reference is compared with, with TF32 off as they
-    are: left alone, Keras takes a GPU wherever there is one, with TF's default TF32 on."""
-    tf.config.experimental.enable_tensor_float_32_execution(False)
-    gpus = tf.config.list_physical_devices("GPU")
-    if device == "gpu" and not gpus:
-        raise BenchError("the Keras reference on the GPU: TensorFlow sees no GPU")
-    if device == "cpu" and gpus:
-        tf.config.set_visible_devices([], "GPU")
-    return "/GPU:0" if device == "gpu" else "/CPU:0"
+def keras_installed() -> bool:
+    """Whether Keras can be imported (checked without importing it, or any framework)."""
+    return importlib.util.find_spec("keras") is not None
+
+
+def keras_label(backend: str) -> str:
+    """How tables and messages name a backend's reference: `keras/torch`."""
+    return f"keras/{KERAS_BACKENDS[backend]}"
+
+
+def reference_backends(backends: Iterable[str]) -> list[str]:
+    """Those of `backends` that have a Keras backend and whose framework is installed."""
+    return [name for name in backends if name in KERAS_BACKENDS and is_installed(name)]
+
+
+def device_kind(ran_on: str) -> str:
+    """ "cpu" or "gpu" from a device as TensorFlow (`/job:.../device:GPU:0`), PyTorch
+    (`cuda:0`) or JAX (`TFRT_CPU_0`, `cuda:0`) names it."""
+    name = ran_on.lower()
+    return "gpu" if "gpu" in name or "cuda" in name else "cpu"
+
+
+def select_backend(backend: str, device: str, threads: int) -> None:
+    """Set this process's environment for Keras on `backend` and `device`: Keras reads
+    KERAS_BACKEND when imported, JAX its platforms when imported, CUDA its visible devices
+    and XLA its thread pool when their runtime starts."""
+    imported = [name for name in _READ_AT_IMPORT if name in sys.modules]
+    if imported:
+        raise RuntimeError(f"{', '.join(imported)} already imported: too late to choose")
+    os.environ["KERAS_BACKEND"] = KERAS_BACKENDS[backend]
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if device == "cpu":
+        # Left alone, Keras on every framework takes a GPU wherever there is one, even as the
+        # baseline of CPU cells; hidden from CUDA, none of them can.
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        if backend == "jax":
+            os.environ["JAX_PLATFORMS"] = "cpu"  # else JAX warns that CUDA failed to start
+    if backend == "jax":
+        from backends.jax import configure_runtime
+
+        # The cells' thread pool; no determinism flag, as Keras's stock path has none (nor
+        # has the TensorFlow reference op determinism).
+        configure_runtime(threads, Options(data_dir="", threads=threads, nondeterministic=True))
 
 
 def keras_fit_samples_per_s(
-    spec: StageSpec, run: SeededRun, splits: Splits, epochs: int, threads: int, device: str
+    backend: str,
+    spec: StageSpec,
+    run: SeededRun,
+    splits: Splits,
+    epochs: int,
+    threads: int,
+    device: str,
 ) -> KerasFit:
-    """Median samples/s over the epochs after the first of `model.fit` (SGD, the same weights)."""
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-    with tf.device(_pin(device)):
-        return _fit(spec, run, splits, epochs)
+    """Median samples/s over the epochs after the first of `model.fit` (SGD, the same
+    weights) with Keras on `backend`; the process must not have imported Keras yet."""
+    select_backend(backend, device, threads)
+    from backends.keras_fit import fit  # imports Keras, on the backend just selected
 
-
-def _fit(spec: StageSpec, run: SeededRun, splits: Splits, epochs: int) -> KerasFit:
-    sizes = spec.model.layer_sizes
-    layers: list[keras.layers.Layer] = [keras.Input((sizes[0],))]
-    for width in sizes[1:-1]:
-        layers.append(keras.layers.Dense(width, activation="relu"))
-        if spec.model.dropout_rate:
-            layers.append(keras.layers.Dropout(spec.model.dropout_rate))
-    layers.append(keras.layers.Dense(sizes[-1]))
-    model = keras.Sequential(layers)
-    model.set_weights([a for layer in run.layers for a in (layer.weight, layer.bias)])
-    model.compile(
-        optimizer=keras.optimizers.SGD(spec.optimizer.learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
-    timer = _EpochTimer()
-    model.fit(
-        splits.train_x,
-        splits.train_y,
-        batch_size=spec.training.batch_size,
-        epochs=epochs,
-        shuffle=True,
-        verbose=0,
-        callbacks=[timer],
-    )
-    batches = len(splits.train_x) // spec.training.batch_size
-    samples = batches * spec.training.batch_size  # Keras also runs the last partial batch
-    return KerasFit(
-        samples_per_s=float(np.median([samples / s for s in timer.seconds[1:]])),
-        ran_on=str(model.weights[0].value.device),
-        tf32=bool(tf.config.experimental.tensor_float_32_execution_enabled()),
-    )
+    return fit(KERAS_BACKENDS[backend], spec, run, splits, epochs, threads, device)

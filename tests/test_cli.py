@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from backends import installed_backends
+from backends.keras_reference import reference_backends
 from bench.core import data
 from bench.core.datasets.mnist import MNIST
 from bench.core.devices import gpu_names
@@ -362,6 +363,10 @@ def test_perf_command_prints_the_table(tmp_path: Path) -> None:
         "2",
         "--keras-epochs",
         "2",
+        # Two threads beside another process made PyTorch's cells and Keras reference ten
+        # times slower; one keeps the test short on a shared machine.
+        "--threads",
+        "1",
         "--tracking-uri",
         uri,
         "--data-dir",
@@ -375,6 +380,14 @@ def test_perf_command_prints_the_table(tmp_path: Path) -> None:
         [e.experiment_id for e in client.search_experiments()], filter_string="tags.kind = 'perf'"
     )
     assert parents[0].data.metrics["keras_fit_samples_per_s_cpu"] > 0
+    # Keras model.fit on each installed framework's Keras backend, a row and a metric each.
+    for backend in reference_backends(installed_backends()):
+        assert parents[0].data.metrics[f"keras_fit_samples_per_s_{backend}_cpu"] > 0
+        assert parents[0].data.tags[f"keras_fit_keras_backend_{backend}_cpu"] == backend
+        rows = [line.split() for line in done.stdout.splitlines() if f" keras/{backend} " in line]
+        assert [row[:3] for row in rows if row[0] == "relu-xavier"] == [
+            ["relu-xavier", f"keras/{backend}", "cpu"]
+        ]
     [drift] = [line for line in done.stdout.splitlines() if line.startswith("peak drift")]
     assert "torch/cpu" in drift
     assert parents[0].data.metrics["peak_gflops_end_torch_cpu"] > 0

@@ -5,8 +5,21 @@ from pathlib import Path
 
 import pytest
 
-from backends import is_installed
+from backends import BACKENDS, is_installed
+from backends.keras_reference import KERAS_BACKENDS, KerasFit, device_kind, keras_installed
+from bench.commands.perf import (
+    KERAS_NOTE,
+    REFERENCE_STAGE,
+    KerasReference,
+    _keras,
+    perf_table,
+    reference_records,
+)
 from bench.core.spec import load_stage
+from bench.execution.invocation import Plan
+from bench.execution.matrix import CellRun, LocalExecutor
+from bench.execution.quiet import CellLoad
+from bench.execution.runner import Cell, CellResult, RunOptions
 from bench.recording.perf import (
     DRIFT_LIMIT,
     drift_lines,
@@ -15,7 +28,8 @@ from bench.recording.perf import (
     roofline,
     time_breakdown,
 )
-from tests.conftest import device_params, skip_without_gpu
+from tests.conftest import device_params, gpu_available, skip_without_gpu
+from tests.live import bench
 
 
 def test_flops_per_sample_counts_what_is_computed() -> None:
@@ -107,8 +121,6 @@ def test_the_peak_is_tf32_only_where_the_cells_may_use_tf32() -> None:
 
 
 def _peak(device: str, tf32: bool, tmp_path: Path) -> float:
-    from bench.execution.matrix import LocalExecutor
-
     folder = tmp_path / f"{device}-{tf32}"
     folder.mkdir()
     return LocalExecutor().peak("torch", device, 2, folder, tf32=tf32)
@@ -127,30 +139,150 @@ def test_the_tf32_peak_is_the_faster_limit_on_a_gpu(tmp_path: Path) -> None:
     assert _peak("gpu", True, tmp_path) > 1.5 * _peak("gpu", False, tmp_path)
 
 
-def _keras_event(device: str, data_dir: Path, tmp_path: Path) -> dict[str, object]:
-    from bench.execution.matrix import spawn_worker
-
-    request = {
-        "mode": "keras",
-        "stage": "relu-xavier",
-        "data_dir": str(data_dir),
-        "threads": 2,
-        "epochs": 2,
-        "device": device,
-    }
-    done = spawn_worker(request, tmp_path, lambda event: None)
-    events = [e for e in done.events if e["type"] == "keras"]
-    assert done.code == 0 and events, (tmp_path / "worker.log").read_text()[-2000:]
-    return events[0]
+needs_keras = pytest.mark.skipif(not keras_installed(), reason="keras not installed")
 
 
+def keras_backend_params() -> list[object]:
+    """Every registered backend that has a Keras backend; one whose framework is missing is
+    skipped, not failed."""
+    return [
+        pytest.param(
+            name,
+            marks=pytest.mark.skipif(not is_installed(name), reason=f"{name} not installed"),
+        )
+        for name in BACKENDS
+        if name in KERAS_BACKENDS
+    ]
+
+
+def _keras_fit(backend: str, device: str, data_dir: Path, tmp_path: Path) -> KerasFit:
+    """The real reference, 2 epochs (the first is warm-up) on one thread: two threads beside
+    another process's made PyTorch's ten times slower."""
+    options = RunOptions(data_dir=str(data_dir), threads=1)
+    return LocalExecutor().keras_reference(backend, REFERENCE_STAGE, options, 2, device, tmp_path)
+
+
+@needs_keras
 @pytest.mark.parametrize("device", device_params())
-@pytest.mark.skipif(not is_installed("tensorflow"), reason="tensorflow not installed")
-def test_the_keras_reference_runs_on_the_device_it_is_compared_with(
-    device: str, data_dir: Path, tmp_path: Path
+@pytest.mark.parametrize("backend", keras_backend_params())
+def test_the_keras_reference_runs_on_its_framework_and_the_cells_device(
+    backend: str, device: str, data_dir: Path, tmp_path: Path
 ) -> None:
-    """Left alone, Keras takes the GPU (with TF32) even as the baseline of CPU cells."""
-    skip_without_gpu("tensorflow", device)
-    event = _keras_event(device, data_dir, tmp_path)
-    assert f"{device.upper()}:0" in str(event["ran_on"]) and event["tf32"] is False
-    assert float(event["samples_per_s"]) > 0  # type: ignore[arg-type]
+    """Keras chooses its backend at import, and left alone takes a GPU (with TF32 on
+    TensorFlow and JAX) even as the baseline of CPU cells; the cells' threads, not its own."""
+    skip_without_gpu(backend, device)
+    fit = _keras_fit(backend, device, data_dir, tmp_path)
+    assert fit.keras_backend == KERAS_BACKENDS[backend]
+    assert device_kind(fit.ran_on) == device, fit.ran_on
+    assert fit.tf32 is False and fit.intra_op_threads == 1
+    assert fit.keras_version.startswith("3.") and fit.samples_per_s > 0
+
+
+@needs_keras
+@pytest.mark.parametrize("backend", keras_backend_params())
+def test_a_failed_keras_reference_is_one_line_naming_its_backend(
+    backend: str, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A reference that cannot run (here: on a GPU its framework does not see) is a warning
+    and a reference without a figure, not the end of the perf command."""
+    if gpu_available(backend):
+        pytest.skip(f"{backend} sees a GPU: its reference there would run")
+    plan = Plan(
+        cells=[],
+        specs={},
+        options=RunOptions(data_dir=str(data_dir), threads=1),
+        tracking_uri="",
+        experiment="",
+    )
+    reference = _keras(plan, 2, backend, "gpu")
+    [line] = capsys.readouterr().out.splitlines()
+    assert line.startswith(f"WARNING: measuring the Keras reference on keras/{backend} gpu failed")
+    assert line.endswith("sees no GPU for Keras to run on; the table shows - for it")
+    assert reference.fit is None and reference.error is not None
+
+
+BUSY = CellLoad(200.0, 100.0, 1.9, 0.0, ("canary -50%",))
+
+
+def _cell_run(stage: str, backend: str, samples_per_s: float) -> CellRun:
+    cell = Cell(stage, backend, "cpu", 0)  # type: ignore[arg-type]
+    result = CellResult(cell, "converged", 0.98, samples_per_s, {}, {}, [], {}, {})
+    return CellRun(cell, result, None, 10.0, Path("worker.log"))
+
+
+def _fit(samples_per_s: float, backend: str, ran_on: str = "cpu") -> KerasFit:
+    return KerasFit(samples_per_s, ran_on, backend, "3.15.1", False, 2, backend == "jax")
+
+
+def test_each_cell_is_held_against_keras_on_its_own_framework() -> None:
+    """torch's cells against Keras on torch, TensorFlow's against nothing (its reference
+    failed), and a row per reference: its speed against the peaks as the cells' are, marked
+    where the machine was busy around it."""
+    runs = [
+        _cell_run("relu-xavier", "tensorflow", 40_000.0),
+        _cell_run("relu-xavier", "torch", 30_000.0),
+        _cell_run("adam", "torch", 15_000.0),
+    ]
+    speed = roofline(10_000.0, load_stage(REFERENCE_STAGE), 100.0, 50.0)
+    references = [
+        KerasReference("tensorflow", "cpu", error="measuring ... failed: no"),
+        KerasReference("torch", "cpu", _fit(10_000.0, "torch"), speed=speed, load=BUSY),
+    ]
+    lines = perf_table(runs, references).splitlines()
+    rows = [line.split() for line in lines[2:-2]]
+    # stage, backend, device, samples/s, GFLOP/s, roofline, own peak, x Keras fit, vs
+    # relu-xavier, harness share
+    assert [row[7:9] for row in rows[:3]] == [["-", "1.00"], ["3.00", "1.00"], ["1.50", "0.50"]]
+    assert rows[3] == ["relu-xavier", "keras/tensorflow", "cpu"] + ["-"] * 7
+    assert (
+        rows[4]
+        == ["relu-xavier", "keras/torch", "cpu", "10,000!", "12.1", "0.12", "0.24"] + ["-"] * 3
+    )
+    assert lines[-2:] == [KERAS_NOTE, "! speed not stable: keras/torch/cpu canary -50%"]
+    without = perf_table(runs, []).splitlines()
+    assert len(without) == 2 + len(runs) and [row.split()[7] for row in without[2:]] == ["-"] * 3
+
+
+def test_the_parent_records_each_reference_and_tensorflows_metric_under_its_old_name() -> None:
+    tf_device = "/job:localhost/replica:0/task:0/device:CPU:0"
+    metrics, tags = reference_records(
+        [
+            KerasReference("tensorflow", "cpu", _fit(20_000.0, "tensorflow", tf_device)),
+            KerasReference("jax", "cpu", _fit(30_000.0, "jax", "TFRT_CPU_0"), load=BUSY),
+            KerasReference("torch", "cpu", error="measuring the Keras reference failed: why"),
+        ]
+    )
+    assert metrics == {
+        "keras_fit_samples_per_s_tensorflow_cpu": 20_000.0,
+        "keras_fit_samples_per_s_cpu": 20_000.0,  # what tooling read before
+        "keras_fit_samples_per_s_jax_cpu": 30_000.0,
+    }
+    assert tags["keras_fit_ran_on_tensorflow_cpu"] == tf_device
+    assert tags["keras_fit_keras_backend_jax_cpu"] == "jax"
+    assert tags["keras_fit_keras_version_jax_cpu"] == "3.15.1"
+    assert tags["keras_fit_jit_compile_jax_cpu"] == "true"
+    assert tags["keras_fit_tf32_tensorflow_cpu"] == "false"
+    assert tags["keras_fit_speed_stable_jax_cpu"] == "false"
+    assert tags["keras_fit_speed_unstable_reason_jax_cpu"] == "canary -50%"
+    assert tags["keras_fit_error_torch_cpu"] == "measuring the Keras reference failed: why"
+    assert [key for key in [*metrics, *tags] if "torch" in key] == ["keras_fit_error_torch_cpu"]
+
+
+def test_devices_are_told_apart_as_each_framework_names_them() -> None:
+    for name, kind in [
+        ("/job:localhost/replica:0/task:0/device:CPU:0", "cpu"),
+        ("/job:localhost/replica:0/task:0/device:GPU:0", "gpu"),
+        ("cpu", "cpu"),
+        ("cuda:0", "gpu"),
+        ("TFRT_CPU_0", "cpu"),
+    ]:
+        assert device_kind(name) == kind
+
+
+def test_one_keras_epoch_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    """The reference's speed is the median of the epochs after the first: one leaves none."""
+    store = tmp_path / "mlflow.db"
+    done = bench("perf", "--keras-epochs", "1", "--tracking-uri", f"sqlite:///{store}")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "--keras-epochs: 1 leaves no epoch after the first" in done.stderr
+    assert not store.exists()

@@ -52,6 +52,18 @@ def _int_in(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
+def _keras_epochs(text: str) -> int:
+    """--keras-epochs: 0 (no reference) or 2 and more, since the reference's speed is the
+    median of the epochs after the first (the first compiles and warms up)."""
+    value = _int_in(0, MAX_EPOCHS)(text)
+    if value == 1:
+        raise argparse.ArgumentTypeError(
+            "1 leaves no epoch after the first, whose median is the reference's speed;"
+            " give 2 or more, or 0 to skip the reference"
+        )
+    return value
+
+
 def _fraction(text: str) -> float:
     """An argparse type: a number strictly between 0 and 1."""
     try:
@@ -156,9 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
         _add_matrix(matrix_parser)
     perf.add_argument(
         "--keras-epochs",
-        type=_int_in(0, MAX_EPOCHS),
+        type=_keras_epochs,
         default=4,
-        help="epochs of the Keras model.fit reference (0: skip it); default 4",
+        help="epochs of the Keras model.fit reference on each framework's Keras backend"
+        " (0: skip it; else 2 or more); default 4",
     )
     perf.add_argument(
         "--allow-busy",

@@ -1,8 +1,9 @@
 """`python -m bench perf`: speed against the machine's limit, and against Keras `model.fit`.
 
 Measures each device's peak matmul rate, runs the stages (30 epochs by default, so the
-harness's share is measured on real cells), runs the Keras reference, and prints and records a
-table: samples/s, GFLOP/s, roofline fraction, ratio to Keras, ratio to relu-xavier, overhead.
+harness's share is measured on real cells), runs the Keras reference on the Keras backend of
+each of the cells' frameworks, and prints and records a table: samples/s, GFLOP/s, roofline
+fraction, ratio to Keras on the same framework, ratio to relu-xavier, overhead.
 Then it measures the peaks again: one that moved under the run makes its figures suspect.
 """
 
@@ -10,27 +11,80 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from backends.keras_reference import (
+    KERAS_BACKENDS,
+    KerasFit,
+    keras_installed,
+    keras_label,
+    reference_backends,
+)
 from bench.commands.exits import EXIT_FAILED, EXIT_INTERRUPTED
 from bench.commands.planning import plan_run
-from bench.core.types import CellRun
+from bench.core.errors import BenchError
+from bench.core.spec import load_stage
+from bench.core.types import CellLoad, CellRun
+from bench.execution import quiet
 from bench.execution.invocation import Execution, Plan, execute, finish, measure_peaks
 from bench.execution.matrix import LocalExecutor
-from bench.recording.perf import DRIFT_LIMIT, drift_lines
+from bench.recording.perf import DRIFT_LIMIT, drift_lines, machine_peaks, roofline
 from bench.recording.report import speed_mark, table, with_speed_note
 
 REFERENCE_STAGE = "relu-xavier"
+KERAS_NOTE = (
+    "x Keras fit: against Keras model.fit on the cell's own framework and device (the keras/*"
+    f" rows, {REFERENCE_STAGE})"
+)
+
+
+@dataclass(frozen=True)
+class KerasReference:
+    """Keras `model.fit` on one framework's Keras backend and one device: what it measured,
+    or why it measured nothing."""
+
+    backend: str  # the harness's backend whose framework Keras ran on
+    device: str
+    fit: KerasFit | None = None
+    error: str | None = None
+    speed: dict[str, float] = field(default_factory=dict)  # GFLOP/s, roofline fractions
+    # The machine around it, watched as a cell's is: its ratios are only as sound as it is.
+    load: CellLoad | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{keras_label(self.backend)}/{self.device}"
 
 
 def _fraction(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def perf_table(runs: list[CellRun], keras: dict[str, float]) -> str:
-    """`keras`: the Keras reference's samples/s on each device (each cell against its own).
-    "roofline" is against the machine's peak (the best any installed framework reached),
-    "own peak" against the cell's framework's own."""
+def _speed_columns(samples_per_s: str, speed: dict[str, float]) -> list[str]:
+    """samples/s, GFLOP/s, roofline, own peak."""
+    gflops = speed.get("train_gflops")
+    return [
+        samples_per_s,
+        "-" if gflops is None else f"{gflops:,.1f}",
+        _fraction(speed.get("roofline_fraction")),
+        _fraction(speed.get("framework_roofline_fraction")),
+    ]
+
+
+def _reference_row(reference: KerasReference) -> list[str]:
+    """A Keras reference's own row: its speed; a ratio to itself says nothing."""
+    fit, load = reference.fit, reference.load
+    mark = "!" if load is not None and not load.stable else ""
+    rate = "-" if fit is None else f"{fit.samples_per_s:,.0f}{mark}"
+    where = [REFERENCE_STAGE, keras_label(reference.backend), reference.device]
+    return [*where, *_speed_columns(rate, reference.speed), "-", "-", "-"]
+
+
+def perf_table(runs: list[CellRun], references: list[KerasReference]) -> str:
+    """Each cell against the Keras reference of its own framework on its device ("x Keras
+    fit"), then a row per reference. "roofline" is against the machine's peak (the best any
+    installed framework reached), "own peak" against the cell's framework's own."""
     header = [
         "stage",
         "backend",
@@ -43,11 +97,12 @@ def perf_table(runs: list[CellRun], keras: dict[str, float]) -> str:
         "vs relu-xavier",
         "harness share",
     ]
-    reference = {
+    base = {
         (r.cell.backend, r.cell.device): r.result.train_samples_per_s
         for r in runs
         if r.result is not None and r.cell.stage == REFERENCE_STAGE
     }
+    fits = {(r.backend, r.device): r.fit.samples_per_s for r in references if r.fit}
     rows = []
     for run in runs:
         c, result = run.cell, run.result
@@ -55,23 +110,22 @@ def perf_table(runs: list[CellRun], keras: dict[str, float]) -> str:
             rows.append([c.stage, c.backend, c.device] + ["-"] * (len(header) - 3))
             continue
         speed = result.train_samples_per_s
-        base = reference.get((c.backend, c.device))
-        fit = keras.get(c.device)
+        own_base = base.get((c.backend, c.device))
+        fit = fits.get((c.backend, c.device))
         rows.append(
             [
                 c.stage,
                 c.backend,
                 c.device,
-                f"{speed:,.0f}{speed_mark(run)}",
-                f"{run.speed.get('train_gflops', 0):,.1f}",
-                _fraction(run.speed.get("roofline_fraction")),
-                _fraction(run.speed.get("framework_roofline_fraction")),
+                *_speed_columns(f"{speed:,.0f}{speed_mark(run)}", run.speed),
                 f"{speed / fit:.2f}" if fit else "-",
-                f"{speed / base:.2f}" if base else "-",
+                f"{speed / own_base:.2f}" if own_base else "-",
                 f"{100 * run.speed.get('harness_fraction', 0):.2f}%",
             ]
         )
-    return with_speed_note(table(header, rows), runs)
+    rows += [_reference_row(reference) for reference in references]
+    text = table(header, rows) + (f"\n{KERAS_NOTE}" if references else "")
+    return with_speed_note(text, runs, [(r.name, r.load) for r in references])
 
 
 def _check_drift(execution: Execution, plan: Plan) -> list[str]:
@@ -87,28 +141,89 @@ def _check_drift(execution: Execution, plan: Plan) -> list[str]:
     return lines
 
 
-def _keras(plan: Plan, epochs: int, device: str) -> float:
-    with tempfile.TemporaryDirectory(prefix="mlp-bench-keras-") as tmp:
-        rate = LocalExecutor().keras_reference(
-            REFERENCE_STAGE, plan.options, epochs, device, Path(tmp)
-        )
+def _keras(plan: Plan, epochs: int, backend: str, device: str) -> KerasReference:
+    """One Keras reference; a failure is one line and a reference without a figure, so the
+    other backends' references and the table still come."""
+    label = f"{keras_label(backend)} {device}"
+    watch = quiet.watch_before()
+    try:
+        with tempfile.TemporaryDirectory(prefix="mlp-bench-keras-") as tmp:
+            fit = LocalExecutor().keras_reference(
+                backend, REFERENCE_STAGE, plan.options, epochs, device, Path(tmp)
+            )
+    except BenchError as error:
+        print(f"WARNING: {error}; the table shows - for it", flush=True)
+        return KerasReference(backend, device, error=str(error))
+    load = quiet.watch_after(watch, {})
     print(
-        f"Keras model.fit reference, {REFERENCE_STAGE} on {device}: {rate:,.0f} samples/s",
+        f"Keras model.fit reference, {REFERENCE_STAGE} on {label} (keras {fit.keras_version},"
+        f" ran on {fit.ran_on}): {fit.samples_per_s:,.0f} samples/s",
         flush=True,
     )
-    return rate
+    return KerasReference(backend, device, fit, load=load)
+
+
+def keras_references(plan: Plan, epochs: int) -> list[KerasReference]:
+    """Keras `model.fit` on each device of the cells, on the Keras backend of each of the
+    cells' frameworks that has one: a reference without a cell of its framework to compare
+    would cost its time (a process, an import, the epochs) and compare nothing."""
+    if not keras_installed():
+        print("WARNING: no Keras model.fit reference: keras is not installed (pip install keras)")
+        return []
+    backends = reference_backends(dict.fromkeys(c.backend for c in plan.cells))
+    devices = dict.fromkeys(c.device for c in plan.cells)
+    return [_keras(plan, epochs, b, d) for d in devices for b in backends]
+
+
+def with_roofline(
+    reference: KerasReference, plan: Plan, peaks: dict[tuple[str, str], float]
+) -> KerasReference:
+    """The reference's GFLOP/s and roofline fractions, computed as the cells' are."""
+    if reference.fit is None:
+        return reference
+    spec = plan.specs.get(REFERENCE_STAGE) or load_stage(REFERENCE_STAGE)
+    machine = machine_peaks(peaks).get(reference.device)
+    own = peaks.get((reference.backend, reference.device))
+    speed = roofline(reference.fit.samples_per_s, spec, machine[0] if machine else None, own)
+    return replace(reference, speed=speed)
+
+
+def reference_records(
+    references: list[KerasReference],
+) -> tuple[dict[str, float], dict[str, str]]:
+    """The parent run's metrics (`keras_fit_samples_per_s_{backend}_{device}`) and tags (what
+    each reference ran on, or why it failed). TensorFlow's also keeps its name from before
+    Keras ran on every backend, `keras_fit_samples_per_s_{device}`, which tooling reads."""
+    metrics: dict[str, float] = {}
+    tags: dict[str, str] = {}
+    for reference in references:
+        where = f"{KERAS_BACKENDS[reference.backend]}_{reference.device}"
+        if reference.fit is None:
+            tags[f"keras_fit_error_{where}"] = (reference.error or "failed")[:500]
+            continue
+        metrics[f"keras_fit_samples_per_s_{where}"] = reference.fit.samples_per_s
+        if reference.load is not None:
+            tags |= {f"keras_fit_{k}_{where}": v for k, v in reference.load.tags().items()}
+        if reference.backend == "tensorflow":
+            metrics[f"keras_fit_samples_per_s_{reference.device}"] = reference.fit.samples_per_s
+        for name, value in asdict(reference.fit).items():
+            if name != "samples_per_s":
+                text = str(value).lower() if isinstance(value, bool) else str(value)
+                tags[f"keras_fit_{name}_{where}"] = text
+    return metrics, tags
 
 
 def _table(execution: Execution, plan: Plan, keras_epochs: int) -> str:
-    """The Keras reference on each device, the table and the peaks' drift, recorded on the
-    parent run."""
-    keras: dict[str, float] = {}
+    """The Keras references, the table and the peaks' drift, recorded on the parent run."""
+    references: list[KerasReference] = []
     if keras_epochs:
-        for device in dict.fromkeys(c.device for c in plan.cells):
-            keras[device] = _keras(plan, keras_epochs, device)
-        metrics = {f"keras_fit_samples_per_s_{d}": v for d, v in keras.items()}
+        references = [
+            with_roofline(r, plan, execution.peaks) for r in keras_references(plan, keras_epochs)
+        ]
+        metrics, tags = reference_records(references)
         execution.tracker.log_metrics(execution.parent_id, metrics)
-    text = perf_table(execution.runs, keras)
+        execution.tracker.set_tags(execution.parent_id, tags)
+    text = perf_table(execution.runs, references)
     if execution.peaks:  # measured at the start unless --no-peak
         text += "\n\n" + "\n".join(_check_drift(execution, plan))
     with tempfile.TemporaryDirectory() as tmp:

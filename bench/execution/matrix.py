@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from backends.keras_reference import KerasFit, keras_label
 from bench.core.errors import BenchError
 from bench.core.options import Options
 from bench.core.types import Cell, CellResult, CellRun, EpochRecord
@@ -184,21 +185,29 @@ class LocalExecutor:
         return _measure(request, work_dir, "peak", "gflops", what)
 
     def keras_reference(
-        self, stage: str, options: Options, epochs: int, device: str, work_dir: Path
-    ) -> float:
-        """Samples/s of the stage's model trained with Keras `model.fit` (the reference), on
-        the device whose cells it is compared with, TF32 off as in those cells."""
+        self,
+        backend: str,
+        stage: str,
+        options: Options,
+        epochs: int,
+        device: str,
+        work_dir: Path,
+    ) -> KerasFit:
+        """The stage's model trained with Keras `model.fit` (the reference) on the Keras
+        backend of `backend`'s framework, in a process of its own (Keras picks its backend
+        at import), on the device and threads of the cells it is compared with, TF32 off."""
         request = {
             "mode": "keras",
+            "backend": backend,
             "stage": stage,
             "data_dir": options.data_dir,
             "threads": options.threads,
             "epochs": epochs,
             "device": device,
         }
-        return _measure(
-            request, work_dir, "keras", "samples_per_s", f"the Keras reference on {device}"
-        )
+        what = f"the Keras reference on {keras_label(backend)} {device}"
+        event = _measured_event(request, work_dir, "keras", what, cell_time_limit(epochs))
+        return KerasFit(**{k: v for k, v in event.items() if k != "type"})
 
 
 LOG_TAIL_LINES = 60
@@ -217,12 +226,26 @@ def run_alone(cell: Cell, options: Options, executor: Executor | None = None) ->
 
 def _measure(request: dict[str, Any], work_dir: Path, kind: str, key: str, what: str) -> float:
     """Run a measuring worker and return the one number its `kind` event carries."""
-    done = spawn_worker(request, work_dir, lambda event: None)
-    values = [e[key] for e in done.events if e["type"] == kind]
-    if not values:
+    return float(_measured_event(request, work_dir, kind, what)[key])
+
+
+def _measured_event(
+    request: dict[str, Any],
+    work_dir: Path,
+    kind: str,
+    what: str,
+    timeout_s: float | None = None,
+) -> dict[str, Any]:
+    """Run a measuring worker and return its `kind` event; past `timeout_s` it is killed."""
+    done = spawn_worker(request, work_dir, lambda event: None, timeout_s)
+    found = [e for e in done.events if e["type"] == kind]
+    if found:
+        return found[0]
+    if done.timed_out:
+        reason = f"ran past {timeout_s:g} s and was killed"
+    else:
         reason = done.error or _crash_message(done.code, work_dir / "worker.log")
-        raise BenchError(f"measuring {what} failed: {reason}")
-    return float(values[0])
+    raise BenchError(f"measuring {what} failed: {reason}")
 
 
 def _crash_message(code: int, log_path: Path) -> str:

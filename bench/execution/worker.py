@@ -14,6 +14,7 @@ import signal
 import sys
 import time
 import traceback
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -99,18 +100,23 @@ def _run_peak(request: dict[str, Any], events: TextIO) -> None:
 
 
 def _run_keras(request: dict[str, Any], events: TextIO) -> None:
-    from backends.keras_reference import keras_fit_samples_per_s
+    """Keras `model.fit` on one backend: this process's Keras, chosen before its import."""
+    from backends.keras_reference import keras_fit_samples_per_s, keras_label
     from bench.core.data import load_dataset
     from bench.core.seeding import seeded_run
     from bench.core.spec import load_stage
 
+    backend, device, threads = request["backend"], request["device"], request["threads"]
     spec = load_stage(request["stage"])
     splits = load_dataset(spec.dataset, Path(request["data_dir"]), download=False)
     run = seeded_run(spec, 0, splits.train_x.shape[0])
-    fit = keras_fit_samples_per_s(
-        spec, run, splits, request["epochs"], request["threads"], request.get("device", "cpu")
+    _log(f"Keras reference {spec.name} on {keras_label(backend)} {device}: {threads} threads")
+    fit = keras_fit_samples_per_s(backend, spec, run, splits, request["epochs"], threads, device)
+    _log(
+        f"result: {fit.samples_per_s:,.0f} samples/s (median of the epochs after the first)"
+        f" on {fit.ran_on}, keras {fit.keras_version} on {fit.keras_backend}"
     )
-    _emit(events, "keras", samples_per_s=fit.samples_per_s, ran_on=fit.ran_on, tf32=fit.tf32)
+    _emit(events, "keras", **asdict(fit))
 
 
 def main(request_path: str) -> int:

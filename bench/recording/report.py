@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from typing import TextIO
 
 from bench.core.spec import StageSpec
-from bench.core.types import Cell, CellRun, EpochRecord
+from bench.core.types import Cell, CellLoad, CellRun, EpochRecord
 from bench.recording.stats import outcome_counts, summarize
 
 
@@ -127,12 +128,16 @@ def speed_mark(run: CellRun) -> str:
     return "!" if run.load is not None and not run.load.stable else ""
 
 
-def with_speed_note(text: str, runs: list[CellRun]) -> str:
-    """A table and, under it, one line giving why each cell marked "!" is marked."""
+def with_speed_note(
+    text: str, runs: list[CellRun], others: Iterable[tuple[str, CellLoad | None]] = ()
+) -> str:
+    """A table and, under it, one line giving why each row marked "!" is marked: the cells',
+    then `others` (name, load: perf's Keras references)."""
+    loads = [(r.cell.name, r.load) for r in runs] + list(others)
     notes = [
-        f"{r.cell.name} {', '.join(r.load.unstable_reasons)}"
-        for r in runs
-        if r.load is not None and not r.load.stable
+        f"{name} {', '.join(load.unstable_reasons)}"
+        for name, load in loads
+        if load is not None and not load.stable
     ]
     return f"{text}\n! speed not stable: {'; '.join(notes)}" if notes else text
 
