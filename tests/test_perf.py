@@ -15,11 +15,12 @@ from bench.commands.perf import (
     perf_table,
     reference_records,
 )
+from bench.core.options import Options
 from bench.core.spec import load_stage
+from bench.core.types import Cell, CellResult, CellRun
 from bench.execution.invocation import Plan
-from bench.execution.matrix import CellRun, LocalExecutor
+from bench.execution.matrix import LocalExecutor
 from bench.execution.quiet import CellLoad
-from bench.execution.runner import Cell, CellResult, RunOptions
 from bench.recording.perf import (
     DRIFT_LIMIT,
     drift_lines,
@@ -158,7 +159,7 @@ def keras_backend_params() -> list[object]:
 def _keras_fit(backend: str, device: str, data_dir: Path, tmp_path: Path) -> KerasFit:
     """The real reference, 2 epochs (the first is warm-up) on one thread: two threads beside
     another process's made PyTorch's ten times slower."""
-    options = RunOptions(data_dir=str(data_dir), threads=1)
+    options = Options(data_dir=str(data_dir), threads=1)
     return LocalExecutor().keras_reference(backend, REFERENCE_STAGE, options, 2, device, tmp_path)
 
 
@@ -190,7 +191,7 @@ def test_a_failed_keras_reference_is_one_line_naming_its_backend(
     plan = Plan(
         cells=[],
         specs={},
-        options=RunOptions(data_dir=str(data_dir), threads=1),
+        options=Options(data_dir=str(data_dir), threads=1),
         tracking_uri="",
         experiment="",
     )

@@ -4,7 +4,7 @@ every pair of them is compared.
 In parity mode the dropout masks come from numpy and the optimizer updates are written out op by
 op in the same order in every backend, so any difference is floating-point rounding (matmul
 summation order, library kernels) and how chaos amplifies it. In float32 the products, sums and
-loss are by default computed in float64 and rounded once (Settings.parity_accumulate), so that
+loss are by default computed in float64 and rounded once (Options.accumulate), so that
 the check sees the float32 parameters, gradients and updates, not the kernels' summation order;
 `accumulate="native"` shows how the frameworks' own float32 kernels drift apart.
 """
