@@ -6,7 +6,7 @@ import importlib.metadata
 import os
 import pkgutil
 import time
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -15,13 +15,13 @@ from jax import lax
 from jaxlib.version import __version__ as jaxlib_version
 
 from backends.base import (
-    EVAL_BATCH,
     Backend,
     Masks,
-    Split,
-    adam_step_size,
+    Runtime,
+    Shape,
+    State,
     dropout_threshold,
-    eval_splits,
+    initial_arrays,
 )
 from bench.core.data import Splits
 from bench.core.errors import BenchError
@@ -36,14 +36,6 @@ from bench.core.types import Device
 _RUNTIME: dict[str, str] = {}
 # jax.config's update() is untyped; reached through Any, it type-checks with or without jax.
 _CONFIG: Any = jax.config
-
-
-class _State(NamedTuple):
-    """What an epoch updates in place (its buffers are donated to the compiled epoch)."""
-
-    params: tuple[jax.Array, ...]  # w1, b1, w2, b2, ...
-    m: tuple[jax.Array, ...]  # Adam's moments; empty for SGD
-    v: tuple[jax.Array, ...]
 
 
 def _runtime_started() -> bool:
@@ -103,10 +95,15 @@ def _stored(x: jax.Array, zero: jax.Array) -> jax.Array:
     return lax.bitcast_convert_type(bits ^ zero, x.dtype)
 
 
+# What an epoch updates (its buffers are donated to the compiled epoch).
+_State = State[jax.Array]
+
+
 class JaxBackend(Backend):
     name = "jax"
 
     def __init__(self, device: Device, options: Options) -> None:
+        super().__init__(device, options)
         threads = options.threads
         # Process-wide, and before any array is made: without it JAX has no float64. Once on it
         # stays on; every array here has an explicit dtype, so float32 steps are unchanged.
@@ -118,8 +115,6 @@ class JaxBackend(Backend):
         # Not hidden from a CPU backend (as TensorFlow's are): every array is placed on this
         # device and the compiled functions run where their inputs are.
         self._device = jax.devices("gpu" if device == "gpu" else "cpu")[0]
-        self._device_kind = device
-        self._options = options
         self._dtype = np.dtype(options.dtype)
         self._compute = np.dtype(options.compute_dtype)
         # JAX's GPU products of float32 default to TF32 on Ampere+; "highest" is exact float32.
@@ -134,95 +129,42 @@ class JaxBackend(Backend):
         except RuntimeError:  # no CUDA device, or a driver the plugin cannot use
             return 0
 
-    def environment(self) -> dict[str, str]:
-        client = self._device.client
-        env = {
-            "framework": "jax",
-            "framework_version": jax.__version__,
-            "jaxlib_version": jaxlib_version,
-            "intra_op_threads": _RUNTIME.get(
-                "intra_op_threads", os.environ.get("NPROC", "default (runtime started earlier)")
-            ),
-            "inter_op_threads": "n/a (XLA: one pool)",
-            "deterministic_ops": str(self._options.deterministic).lower(),
-            "tf32": str(self._options.tf32).lower(),
-            "dtype": self._options.dtype,
-            "compute_dtype": self._options.compute_dtype,
-            "xla": "true",  # JAX compiles every step with XLA
-            "xla_flags": _RUNTIME.get("xla_flags", os.environ.get("XLA_FLAGS", "")),
-            "jax_enable_x64": str(_CONFIG.jax_enable_x64).lower(),
-            "matmul_precision": str(self._precision.name).lower(),
-            # XLA's CPU executables run with subnormals flushed (1e-9 * 1e-30 gave 0 here), as
-            # TensorFlow's CPU threads and the torch backend do.
-            "flush_denormal": str(self._device_kind == "cpu").lower(),
-            "dropout_rng": "jax.random threefry2x32, one key per (seed, step), 16-bit thresholds",
-            "cuda_version": "none",
-            "cudnn_version": "none",
-        }
-        if self._device_kind == "gpu":
-            env["cuda_version"] = str(client.platform_version)
-            env["gpu_model"] = str(self._device.device_kind)
-            env["gpu_memory_preallocate"] = _RUNTIME.get(
-                "gpu_memory_preallocate", os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE", "true")
-            )
-        return env
-
     def load_data(self, splits: Splits) -> None:
-        def put(x: np.ndarray, y: np.ndarray) -> tuple[jax.Array, jax.Array]:
-            return self._put(x.astype(self._dtype)), self._put(y.astype(np.int32))
-
-        self._train_x, self._train_y = put(splits.train_x, splits.train_y)
-        self._eval = eval_splits(splits, put)
+        self._train_x = self._put(np.asarray(splits.train_x, self._dtype))
+        self._train_y = self._put(splits.train_y.astype(np.int32))
+        self._eval = self._eval_batches(splits)
 
     def build(self, spec: StageSpec, run: SeededRun) -> None:
         self._spec = spec
-        self._t = 0  # steps taken: Adam's t, and the dropout RNG's counter
-        params = tuple(
-            self._put(array.astype(self._dtype))
-            for layer in run.layers
-            for array in (layer.weight, layer.bias)
-        )
+        self._t = 0
+        params = tuple(self._put(array.astype(self._dtype)) for array in initial_arrays(run))
         moments: tuple[jax.Array, ...] = ()
         if spec.optimizer.name == "adam":
             moments = tuple(jnp.zeros_like(p) for p in params)
         self._state = _State(params, moments, tuple(jnp.zeros_like(p) for p in moments))
-        with jax.default_device(self._device):
-            self._dropout_key = jax.random.key(run.dropout_seed)
+        self._rng = self._dropout_rng(run.dropout_seed)
         self._zero = self._put(np.zeros((), np.uint32))  # see _stored
         # The state's buffers are donated: each epoch updates the parameters in place.
         self._epoch_fn = jax.jit(self._epoch, donate_argnums=0)
         self._logits_fn = jax.jit(lambda params, x: self._forward(params, x, None))
 
     def train_epoch(self, order: np.ndarray, masks: Masks = None) -> np.ndarray:
-        batch = self._spec.training.batch_size
-        steps = len(order) // batch
-        batches = order[: steps * batch].reshape(steps, batch).astype(np.int32)
+        batches = self._batches(order)
+        steps = len(batches)
         keep = None if masks is None else tuple(self._put(np.asarray(m, bool)) for m in masks)
         self._state, losses = self._epoch_fn(
             self._state,
             self._train_x,
             self._train_y,
-            self._put(batches),
+            self._put(batches.astype(np.int32)),
             self._put(self._step_sizes(steps).astype(self._dtype)),
             self._put(np.uint32(self._t)),
             keep,
-            self._dropout_key,
+            self._rng,
             self._zero,
         )
         self._t += steps
-        return np.asarray(losses)  # the copy to host waits for the device
-
-    def accuracy(self, split: Split) -> float:
-        x, y = self._eval[split]
-        correct = 0
-        for start in range(0, x.shape[0], EVAL_BATCH):
-            logits = self._logits_fn(self._state.params, x[start : start + EVAL_BATCH])
-            correct += int(jnp.sum(self._predict(logits) == y[start : start + EVAL_BATCH]))
-        return correct / int(x.shape[0])
-
-    def logits(self, x: np.ndarray) -> np.ndarray:
-        inputs = self._put(np.asarray(x, self._dtype))
-        return np.asarray(self._logits_fn(self._state.params, inputs))
+        return self._to_host(losses)  # the copy to host waits for the device
 
     def parameters(self) -> list[np.ndarray]:
         # Copies: the next epoch donates (overwrites) the device buffers these would view.
@@ -255,74 +197,50 @@ class JaxBackend(Backend):
             for array in jax.tree.leaves(self._state):
                 array.block_until_ready()
 
-    # --- pieces ----------------------------------------------------------------------------
+    # --- the mirrored pieces (backends.base lists them) ------------------------------------
+
+    def _runtime(self) -> Runtime:
+        extra = {
+            "jaxlib_version": jaxlib_version,
+            "xla": "true",  # JAX compiles every step with XLA
+            "xla_flags": _RUNTIME.get("xla_flags", os.environ.get("XLA_FLAGS", "")),
+            "jax_enable_x64": str(_CONFIG.jax_enable_x64).lower(),
+            "matmul_precision": str(self._precision.name).lower(),
+            # XLA's CPU executables run with subnormals flushed (1e-9 * 1e-30 gave 0 here), as
+            # TensorFlow's CPU threads and the torch backend do.
+            "flush_denormal": str(self._device_kind == "cpu").lower(),
+        }
+        cuda_version, gpu_model = "none", None
+        if self._device_kind == "gpu":
+            cuda_version = str(self._device.client.platform_version)
+            gpu_model = str(self._device.device_kind)
+            extra["gpu_memory_preallocate"] = _RUNTIME.get(
+                "gpu_memory_preallocate", os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE", "true")
+            )
+        return Runtime(
+            framework_version=jax.__version__,
+            intra_op_threads=_RUNTIME.get(
+                "intra_op_threads", os.environ.get("NPROC", "default (runtime started earlier)")
+            ),
+            inter_op_threads="n/a (XLA: one pool)",
+            deterministic_ops=self._options.deterministic,
+            tf32=self._options.tf32,
+            dropout_rng="jax.random threefry2x32, one key per (seed, step), 16-bit thresholds",
+            cuda_version=cuda_version,
+            cudnn_version="none",
+            gpu_model=gpu_model,
+            extra=extra,
+        )
 
     def _put(self, array: np.ndarray | np.generic) -> jax.Array:
         placed: jax.Array = jax.device_put(array, self._device)
         return placed
 
-    def _step_sizes(self, steps: int) -> np.ndarray:
-        """The learning rate of each step of this epoch (Adam's varies with t)."""
-        opt = self._spec.optimizer
-        if opt.name == "sgd":
-            return np.full(steps, opt.learning_rate)
-        assert opt.beta1 is not None and opt.beta2 is not None
-        ts = range(self._t + 1, self._t + steps + 1)
-        return np.array([adam_step_size(opt.learning_rate, opt.beta1, opt.beta2, t) for t in ts])
-
-    def _forward(
-        self, params: tuple[jax.Array, ...], x: jax.Array, keep: list[jax.Array] | None
-    ) -> jax.Array:
-        """Logits; with dropout where given which units to keep (numpy's or the own masks)."""
-        rate = self._spec.model.dropout_rate
-        n_layers = len(params) // 2
-        h = x
-        for i in range(n_layers):
-            h = jnp.matmul(h, params[2 * i], precision=self._precision) + params[2 * i + 1]
-            if i == n_layers - 1:
-                break
-            h = jax.nn.relu(h)  # its gradient at 0 is 0, as TensorFlow's and PyTorch's
-            if rate > 0.0 and keep is not None:  # as TensorFlow writes it
-                h = jnp.where(keep[i], h / (1.0 - rate), jnp.zeros_like(h))
-        return h
-
-    def _own_masks(self, key: jax.Array, shapes: list[tuple[int, int]]) -> list[jax.Array]:
-        """JAX's seeded dropout masks, every hidden layer of a step in one draw: True = kept.
-
-        16-bit uniforms against dropout_threshold, two per 32-bit word: jax.random.bits spends
-        a whole threefry block (64 bits) on each value it returns, whatever its width.
-        """
-        sizes = [rows * cols for rows, cols in shapes]
-        words = jax.random.bits(key, ((sum(sizes) + 1) // 2,), jnp.uint32)
-        halves = lax.bitcast_convert_type(words, jnp.uint16).reshape(-1)
-        keep = halves >= jnp.uint16(dropout_threshold(self._spec.model.dropout_rate))
-        masks, start = [], 0
-        for size, shape in zip(sizes, shapes, strict=True):
-            masks.append(keep[start : start + size].reshape(shape))
-            start += size
-        return masks
-
-    def _loss(
-        self,
-        params: tuple[jax.Array, ...],
-        x: jax.Array,
-        y: jax.Array,
-        keep: list[jax.Array] | None,
-    ) -> jax.Array:
-        """Mean softmax cross-entropy, in compute_dtype (the casts' gradients round back to the
-        parameters' dtype, as in the other backends). One-hot rows instead of a gather of each
-        row's label: its gradient would be a scatter-add, nondeterministic on GPUs."""
-        logits = self._forward(
-            tuple(p.astype(self._compute) for p in params), x.astype(self._compute), keep
-        )
-        log_probs = jax.nn.log_softmax(logits)
-        onehot = jax.nn.one_hot(y, logits.shape[-1], dtype=logits.dtype)
-        return -jnp.mean(jnp.sum(onehot * log_probs, axis=1))
-
-    def _predict(self, logits: jax.Array) -> jax.Array:
-        if self._spec.loss.prediction == "argmax_relu_logits":
-            logits = jax.nn.relu(logits)
-        return jnp.argmax(logits, axis=1).astype(jnp.int32)
+    def _dropout_rng(self, seed: int) -> jax.Array:
+        """The run's dropout key: each step's is folded in from it."""
+        with jax.default_device(self._device):
+            key: jax.Array = jax.random.key(seed)
+        return key
 
     def _epoch(
         self,
@@ -333,34 +251,101 @@ class JaxBackend(Backend):
         step_sizes: jax.Array,
         first_step: jax.Array,
         masks: tuple[jax.Array, ...] | None,
-        dropout_key: jax.Array,
+        rng: jax.Array,
         zero: jax.Array,
     ) -> tuple[_State, jax.Array]:
         """Every step of an epoch, in one compiled loop; returns the state and step losses."""
         rate = self._spec.model.dropout_rate
-        batch = self._spec.training.batch_size
-        shapes = [(batch, width) for width in self._spec.model.layer_sizes[1:-1]]
+        shapes = self._hidden_shapes()
 
-        def step(state: _State, inputs: Any) -> tuple[_State, jax.Array]:
+        def body(state: _State, inputs: Any) -> tuple[_State, jax.Array]:
             i, rows, lr, given = inputs
             # The harness's orders are permutations of the training rows: no bounds checks.
             x = train_x.at[rows].get(mode="promise_in_bounds")
             y = train_y.at[rows].get(mode="promise_in_bounds")
-            keep = None if given is None else list(given)
-            if keep is None and rate > 0.0:
-                # The mask depends only on (seed, step): reruns repeat it, whatever the epochs.
-                keep = self._own_masks(jax.random.fold_in(dropout_key, first_step + i + 1), shapes)
-            loss, grads = jax.value_and_grad(self._loss)(state.params, x, y, keep)
-            return self._update(state, grads, lr, zero), loss.astype(self._dtype)
+            step_masks = None if given is None else list(given)
+            if step_masks is None and rate > 0.0:
+                step = first_step + i + 1
+                step_masks = self._dropout_masks(self._step_rng(rng, step), shapes)
+            return self._step(state, x, y, step_masks, lr, zero)
 
         steps = batches.shape[0]
         inputs = (jnp.arange(steps, dtype=jnp.uint32), batches, step_sizes, masks)
-        state, losses = lax.scan(step, state, inputs)
+        state, losses = lax.scan(body, state, inputs)
         return state, losses
+
+    def _step(
+        self,
+        state: _State,
+        x: jax.Array,
+        y: jax.Array,
+        masks: list[jax.Array] | None,
+        lr: jax.Array,
+        zero: jax.Array,
+    ) -> tuple[_State, jax.Array]:
+        """One training step; the new state and its loss, in the parameters' dtype."""
+        loss, grads = jax.value_and_grad(self._loss)(state.params, x, y, masks)
+        return self._update(state, grads, lr, zero), loss.astype(self._dtype)
+
+    def _loss(
+        self,
+        params: tuple[jax.Array, ...],
+        x: jax.Array,
+        y: jax.Array,
+        masks: list[jax.Array] | None,
+    ) -> jax.Array:
+        """Mean softmax cross-entropy, in compute_dtype (the casts' gradients round back to the
+        parameters' dtype, as in the other backends). One-hot rows instead of a gather of each
+        row's label: its gradient would be a scatter-add, nondeterministic on GPUs."""
+        computed = tuple(p.astype(self._compute) for p in params)
+        logits = self._forward(computed, x.astype(self._compute), masks)
+        log_probs = jax.nn.log_softmax(logits)
+        onehot = jax.nn.one_hot(y, logits.shape[-1], dtype=logits.dtype)
+        return -jnp.mean(jnp.sum(onehot * log_probs, axis=1))
+
+    def _forward(
+        self, params: tuple[jax.Array, ...], x: jax.Array, masks: list[jax.Array] | None
+    ) -> jax.Array:
+        """Logits; with dropout where given which units to keep (numpy's or the own masks)."""
+        rate = self._spec.model.dropout_rate
+        n_layers = len(params) // 2
+        h = x
+        for i in range(n_layers):
+            h = jnp.matmul(h, params[2 * i], precision=self._precision) + params[2 * i + 1]
+            if i == n_layers - 1:
+                break
+            h = jax.nn.relu(h)  # its gradient at 0 is 0, as TensorFlow's and PyTorch's
+            if rate > 0.0 and masks is not None:  # as TensorFlow writes it
+                h = jnp.where(masks[i], h / (1.0 - rate), jnp.zeros_like(h))
+        return h
+
+    def _step_rng(self, rng: jax.Array, step: jax.Array | int) -> jax.Array:
+        """One step's key. A mask depends only on (seed, step): reruns repeat it, whatever
+        the epochs."""
+        key: jax.Array = jax.random.fold_in(rng, step)
+        return key
+
+    def _dropout_masks(self, rng: jax.Array, shapes: list[Shape]) -> list[jax.Array]:
+        """JAX's seeded dropout masks of one step, every layer in one draw: True = kept.
+
+        16-bit uniforms against dropout_threshold, two per 32-bit word: jax.random.bits spends
+        a whole threefry block (64 bits) on each value it returns, whatever its width.
+        """
+        sizes = [rows * cols for rows, cols in shapes]
+        words = jax.random.bits(rng, ((sum(sizes) + 1) // 2,), jnp.uint32)
+        halves = lax.bitcast_convert_type(words, jnp.uint16).reshape(-1)
+        keep = halves >= jnp.uint16(dropout_threshold(self._spec.model.dropout_rate))
+        masks, start = [], 0
+        for size, shape in zip(sizes, shapes, strict=True):
+            masks.append(keep[start : start + size].reshape(shape))
+            start += size
+        return masks
 
     def _update(
         self, state: _State, grads: tuple[jax.Array, ...], lr: jax.Array, zero: jax.Array
     ) -> _State:
+        """SGD or the TF1 Adam rule (op by op in parity mode); the new state. `zero` is a
+        runtime zero that only the parity update needs (see _stored)."""
         if self._options.parity:
             return self._update_explicit(state, grads, lr, zero)
         opt = self._spec.optimizer
@@ -402,3 +387,15 @@ class JaxBackend(Backend):
             new_m.append(m)
             new_v.append(v)
         return _State(tuple(new_params), tuple(new_m), tuple(new_v))
+
+    def _logits(self, x: jax.Array) -> jax.Array:
+        logits: jax.Array = self._logits_fn(self._state.params, x)
+        return logits
+
+    def _predict(self, logits: jax.Array) -> jax.Array:
+        if self._spec.loss.prediction == "argmax_relu_logits":
+            logits = jax.nn.relu(logits)
+        return jnp.argmax(logits, axis=1).astype(jnp.int32)
+
+    def _to_host(self, array: jax.Array) -> np.ndarray:
+        return np.asarray(array)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 # Quiet TF's C++ start-up banner; errors still show. Must be set before tensorflow is imported.
@@ -15,13 +15,13 @@ import numpy as np
 import tensorflow as tf
 
 from backends.base import (
-    EVAL_BATCH,
     Backend,
     Masks,
-    Split,
-    adam_step_size,
+    Runtime,
+    Shape,
+    State,
     dropout_threshold,
-    eval_splits,
+    initial_arrays,
 )
 from bench.core.data import Splits
 from bench.core.errors import BenchError
@@ -105,6 +105,7 @@ class TensorFlowBackend(Backend):
     name = "tensorflow"
 
     def __init__(self, device: Device, options: Options) -> None:
+        super().__init__(device, options)
         threads = options.threads
         # Thread pools can only be set before TF initialises its runtime; a second backend in
         # one process keeps the first one's (environment() records what is in force).
@@ -141,9 +142,7 @@ class TensorFlowBackend(Backend):
                 "--device gpu: a CPU backend earlier in this process hid TensorFlow's GPUs;"
                 " run GPU cells in a process of their own (the harness does)"
             )
-        self._device_name = "/GPU:0" if device == "gpu" else "/CPU:0"
-        self._device = device
-        self._options = options
+        self._device = "/GPU:0" if device == "gpu" else "/CPU:0"  # every op runs in its scope
         self._xla = options.xla and not options.parity
         self._cross_entropy = mean_cross_entropy_for(options.parity, device)
         self._dtype = tf.float64 if options.dtype == "float64" else tf.float32
@@ -153,95 +152,53 @@ class TensorFlowBackend(Backend):
     def visible_gpus() -> int:
         return len(tf.config.list_physical_devices("GPU"))
 
-    def environment(self) -> dict[str, str]:
-        build = tf.sysconfig.get_build_info()
-        env = {
-            "framework": "tensorflow",
-            "framework_version": tf.__version__,
-            "intra_op_threads": str(tf.config.threading.get_intra_op_parallelism_threads()),
-            "inter_op_threads": str(tf.config.threading.get_inter_op_parallelism_threads()),
-            "deterministic_ops": str(self._options.deterministic).lower(),
-            "tf32": str(tf.config.experimental.tensor_float_32_execution_enabled()).lower(),
-            "dtype": self._options.dtype,
-            "compute_dtype": self._options.compute_dtype,
-            "xla": str(self._xla).lower(),
-            "grappler": "off" if self._options.parity else "on",
-            "dropout_rng": "stateless Philox per (seed, step, layer), 16-bit thresholds",
-            # oneDNN changes CPU summation order; TF_ENABLE_ONEDNN_OPTS=0 turns it off.
-            "onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
-            "cuda_version": str(build.get("cuda_version", "none")),
-            "cudnn_version": str(build.get("cudnn_version", "none")),
-        }
-        if self._device == "gpu":
-            gpu = tf.config.list_physical_devices("GPU")[0]
-            details = tf.config.experimental.get_device_details(gpu)
-            env["gpu_model"] = str(details.get("device_name", "unknown"))
-            env["gpu_memory_growth"] = str(_memory_growth(gpu)).lower()
-        return env
-
     def load_data(self, splits: Splits) -> None:
-        def put(x: np.ndarray, y: np.ndarray) -> tuple[tf.Tensor, tf.Tensor]:
-            return tf.constant(x, dtype=self._dtype), tf.constant(y, dtype=tf.int32)
-
-        with tf.device(self._device_name):
-            self._train_x, self._train_y = put(splits.train_x, splits.train_y)
-            # XLA's gather costs per element: float32 rows gathered as int64 words (two
-            # pixels each, the same bits) make a step's batch ~5% of a step cheaper.
-            self._train_words = None
-            if self._dtype == tf.float32 and splits.train_x.shape[1] % 2 == 0:
-                words = np.ascontiguousarray(splits.train_x, dtype=np.float32).view(np.int64)
-                self._train_words = tf.constant(words)
-            self._eval = eval_splits(splits, put)
+        self._train_x = self._put(np.asarray(splits.train_x, self._options.dtype))
+        self._train_y = self._put(splits.train_y.astype(np.int32))
+        # XLA's gather costs per element: float32 rows gathered as int64 words (two pixels
+        # each, the same bits) make a step's batch ~5% of a step cheaper.
+        self._train_words = None
+        if self._dtype == tf.float32 and splits.train_x.shape[1] % 2 == 0:
+            words = np.ascontiguousarray(splits.train_x, dtype=np.float32).view(np.int64)
+            self._train_words = self._put(words)
+        self._eval = self._eval_batches(splits)
 
     def build(self, spec: StageSpec, run: SeededRun) -> None:
         self._spec = spec
-        self._t = 0  # steps taken: Adam's t, and the dropout RNG's counter
-        with tf.device(self._device_name):
-            self._params = [
-                tf.Variable(tf.constant(array, dtype=self._dtype))
-                for layer in run.layers
-                for array in (layer.weight, layer.bias)
-            ]
-            self._dropout_seed = tf.constant(run.dropout_seed, dtype=tf.int64)
+        self._t = 0
+        with tf.device(self._device):
+            params = tuple(
+                tf.Variable(tf.constant(array, dtype=self._dtype)) for array in initial_arrays(run)
+            )
+            m: tuple[tf.Variable, ...] = ()
+            v: tuple[tf.Variable, ...] = ()
             if spec.optimizer.name == "adam":
-                self._m = [tf.Variable(tf.zeros_like(p)) for p in self._params]
-                self._v = [tf.Variable(tf.zeros_like(p)) for p in self._params]
+                m = tuple(tf.Variable(tf.zeros_like(p)) for p in params)
+                v = tuple(tf.Variable(tf.zeros_like(p)) for p in params)
+        self._state = State(params, m, v)
+        self._rng = self._dropout_rng(run.dropout_seed)
         self._epoch_fn = tf.function(self._epoch, jit_compile=self._xla)
-        self._logits_fn = tf.function(lambda x: self._forward(x, None, None))
+        self._logits_fn = tf.function(lambda x: self._forward(self._state.params, x, None))
 
     def train_epoch(self, order: np.ndarray, masks: Masks = None) -> np.ndarray:
-        batch = self._spec.training.batch_size
-        steps = len(order) // batch
+        batches = self._batches(order)
+        steps = len(batches)
         step_sizes = self._step_sizes(steps)
-        with tf.device(self._device_name):
+        with tf.device(self._device):
             losses = self._epoch_fn(
-                tf.constant(order[: steps * batch].reshape(steps, batch), dtype=tf.int32),
+                tf.constant(batches, dtype=tf.int32),
                 tf.constant(step_sizes, dtype=self._dtype),
                 tf.constant(self._t, dtype=tf.int64),
                 None if masks is None else [tf.constant(m) for m in masks],
             )
         self._t += steps
-        return np.asarray(losses.numpy())  # .numpy() waits for the device
-
-    def accuracy(self, split: Split) -> float:
-        x, y = self._eval[split]
-        correct = 0
-        with tf.device(self._device_name):
-            for start in range(0, int(x.shape[0]), EVAL_BATCH):
-                predicted = self._predict(self._logits_fn(x[start : start + EVAL_BATCH]))
-                hits = tf.equal(predicted, y[start : start + EVAL_BATCH])
-                correct += int(tf.reduce_sum(tf.cast(hits, tf.int32)))
-        return correct / int(x.shape[0])
-
-    def logits(self, x: np.ndarray) -> np.ndarray:
-        with tf.device(self._device_name):
-            return np.asarray(self._logits_fn(tf.constant(x, dtype=self._dtype)).numpy())
+        return self._to_host(losses)  # .numpy() waits for the device
 
     def parameters(self) -> list[np.ndarray]:
-        return [np.asarray(p.numpy()) for p in self._params]
+        return [self._to_host(p) for p in self._state.params]
 
     def matmul_seconds(self, size: int, repeats: int) -> float:
-        with tf.device(self._device_name):
+        with tf.device(self._device):
             a = tf.random.stateless_uniform([size, size], seed=[1, 2], dtype=tf.float32)
             b = tf.random.stateless_uniform([size, size], seed=[3, 4], dtype=tf.float32)
             tf.matmul(a, b)  # warm-up: kernel selection, thread pool start
@@ -256,80 +213,52 @@ class TensorFlowBackend(Backend):
             return time.perf_counter() - start
 
     def device_memory_peak_mb(self) -> float | None:
-        if self._device != "gpu":
+        if self._device_kind != "gpu":
             return None
         return float(tf.config.experimental.get_memory_info("GPU:0")["peak"]) / 2**20
 
     def synchronize(self) -> None:
         # Host transfers already wait; this waits on anything still queued (GPU streams).
-        if self._device == "gpu":
+        if self._device_kind == "gpu":
             tf.test.experimental.sync_devices()
 
-    # --- pieces ----------------------------------------------------------------------------
+    # --- the mirrored pieces (backends.base lists them) ------------------------------------
 
-    def _step_sizes(self, steps: int) -> np.ndarray:
-        """The learning rate of each step of this epoch (Adam's varies with t)."""
-        opt = self._spec.optimizer
-        if opt.name == "sgd":
-            return np.full(steps, opt.learning_rate)
-        assert opt.beta1 is not None and opt.beta2 is not None
-        ts = range(self._t + 1, self._t + steps + 1)
-        return np.array([adam_step_size(opt.learning_rate, opt.beta1, opt.beta2, t) for t in ts])
-
-    def _forward(
-        self,
-        x: tf.Tensor,
-        keep: list[tf.Tensor] | None,
-        key: tf.Tensor | None,
-        params: list[tf.Tensor] | None = None,
-    ) -> tf.Tensor:
-        """Logits; with dropout when given numpy masks (`keep`) or an RNG key (`key`)."""
-        rate = self._spec.model.dropout_rate
-        params = self._params if params is None else params
-        n_layers = len(params) // 2
-        h = x
-        for i in range(n_layers):
-            h = tf.matmul(h, params[2 * i]) + params[2 * i + 1]
-            if i == n_layers - 1:
-                break
-            h = tf.nn.relu(h)
-            if rate > 0.0 and (keep is not None or key is not None):
-                if keep is not None:
-                    mask = keep[i]
-                else:
-                    assert key is not None
-                    # Stateless: the mask depends only on (seed, step, layer): reruns repeat it.
-                    mask = self._own_mask(h.shape, tf.stack([self._dropout_seed, key * 16 + i]))
-                h = tf.where(mask, h / (1.0 - rate), tf.zeros_like(h))
-        return h
-
-    def _batch_x(self, rows: tf.Tensor) -> tf.Tensor:
-        if self._train_words is None:
-            return tf.gather(self._train_x, rows)
-        pairs = tf.bitcast(tf.gather(self._train_words, rows), tf.float32)
-        return tf.reshape(pairs, [-1, self._train_x.shape[1]])
-
-    def _own_mask(self, shape: tf.TensorShape, seed: tf.Tensor) -> tf.Tensor:
-        """TensorFlow's seeded dropout mask: True where a unit is kept.
-
-        16-bit uniforms from Philox's stream, against a 16-bit threshold (see
-        dropout_threshold): a float uniform per unit made dropout cost 1.3x a step here. The
-        stream is drawn as 64-bit words: the same bits as 32-bit words (checked, with and
-        without XLA), but XLA's CPU code draws 32-bit words 3x slower (97 against 31 ms an
-        epoch).
-        """
-        size = shape.num_elements()
-        words = tf.random.stateless_uniform(
-            [(size + 3) // 4], seed=seed, minval=None, maxval=None, dtype=tf.uint64
+    def _runtime(self) -> Runtime:
+        build = tf.sysconfig.get_build_info()
+        extra = {
+            "xla": str(self._xla).lower(),
+            "grappler": "off" if self._options.parity else "on",
+            # oneDNN changes CPU summation order; TF_ENABLE_ONEDNN_OPTS=0 turns it off.
+            "onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
+        }
+        gpu_model = None
+        if self._device_kind == "gpu":
+            gpu = tf.config.list_physical_devices("GPU")[0]
+            details = tf.config.experimental.get_device_details(gpu)
+            gpu_model = str(details.get("device_name", "unknown"))
+            extra["gpu_memory_growth"] = str(_memory_growth(gpu)).lower()
+        return Runtime(
+            framework_version=tf.__version__,
+            intra_op_threads=str(tf.config.threading.get_intra_op_parallelism_threads()),
+            inter_op_threads=str(tf.config.threading.get_inter_op_parallelism_threads()),
+            deterministic_ops=self._options.deterministic,
+            tf32=bool(tf.config.experimental.tensor_float_32_execution_enabled()),
+            dropout_rng="stateless Philox per (seed, step, layer), 16-bit thresholds",
+            cuda_version=str(build.get("cuda_version", "none")),
+            cudnn_version=str(build.get("cudnn_version", "none")),
+            gpu_model=gpu_model,
+            extra=extra,
         )
-        halves = tf.reshape(tf.bitcast(words, tf.uint16), [-1])[:size]
-        threshold = dropout_threshold(self._spec.model.dropout_rate)
-        return tf.reshape(halves >= tf.constant(threshold, tf.uint16), shape)
 
-    def _predict(self, logits: tf.Tensor) -> tf.Tensor:
-        if self._spec.loss.prediction == "argmax_relu_logits":
-            logits = tf.nn.relu(logits)
-        return tf.argmax(logits, axis=1, output_type=tf.int32)
+    def _put(self, array: np.ndarray) -> tf.Tensor:
+        with tf.device(self._device):
+            return tf.constant(array)
+
+    def _dropout_rng(self, seed: int) -> tf.Tensor:
+        """The run's dropout seed: with each step's number, it keys stateless Philox draws."""
+        with tf.device(self._device):
+            return tf.constant(seed, dtype=tf.int64)
 
     def _epoch(
         self,
@@ -338,28 +267,91 @@ class TensorFlowBackend(Backend):
         first_step: tf.Tensor,
         masks: list[tf.Tensor] | None,
     ) -> tf.Tensor:
+        """Every step of an epoch, in one compiled loop; returns the step losses."""
+        rate = self._spec.model.dropout_rate
+        shapes = self._hidden_shapes()
         steps = tf.shape(batches)[0]
         losses = tf.TensorArray(self._dtype, size=steps)
         for i in tf.range(steps):
             x = self._batch_x(batches[i])
             y = tf.gather(self._train_y, batches[i])
-            keep = None if masks is None else [m[i] for m in masks]
-            key = first_step + tf.cast(i, tf.int64) + 1
-            with tf.GradientTape() as tape:
-                # In compute_dtype; the casts' gradients round back to the parameters' dtype.
-                params = [tf.cast(p, self._compute) for p in self._params]
-                logits = self._forward(tf.cast(x, self._compute), keep, key, params)
-                loss = self._cross_entropy(logits, y)
-            self._update(tape.gradient(loss, self._params), step_sizes[i])
-            losses = losses.write(i, tf.cast(loss, self._dtype))
+            step_masks = None if masks is None else [m[i] for m in masks]
+            if step_masks is None and rate > 0.0:
+                step = first_step + tf.cast(i, tf.int64) + 1
+                step_masks = self._dropout_masks(self._step_rng(self._rng, step), shapes)
+            losses = losses.write(i, self._step(x, y, step_masks, step_sizes[i]))
         return losses.stack()
 
-    def _update(self, grads: list[tf.Tensor], lr: tf.Tensor) -> None:
+    def _step(
+        self, x: tf.Tensor, y: tf.Tensor, masks: list[tf.Tensor] | None, lr: tf.Tensor
+    ) -> tf.Tensor:
+        """One training step; its loss, in the parameters' dtype."""
+        with tf.GradientTape() as tape:
+            loss = self._loss(self._state.params, x, y, masks)
+        self._update(self._state, tape.gradient(loss, self._state.params), lr)
+        return tf.cast(loss, self._dtype)
+
+    def _loss(
+        self,
+        params: tuple[tf.Tensor, ...],
+        x: tf.Tensor,
+        y: tf.Tensor,
+        masks: list[tf.Tensor] | None,
+    ) -> tf.Tensor:
+        """Mean softmax cross-entropy, in compute_dtype (the casts' gradients round back to
+        the parameters' dtype)."""
+        computed = [tf.cast(p, self._compute) for p in params]
+        return self._cross_entropy(self._forward(computed, tf.cast(x, self._compute), masks), y)
+
+    def _forward(
+        self, params: Sequence[tf.Tensor], x: tf.Tensor, masks: list[tf.Tensor] | None
+    ) -> tf.Tensor:
+        """Logits; with dropout where given which units to keep (numpy's or the own masks)."""
+        rate = self._spec.model.dropout_rate
+        n_layers = len(params) // 2
+        h = x
+        for i in range(n_layers):
+            h = tf.matmul(h, params[2 * i]) + params[2 * i + 1]
+            if i == n_layers - 1:
+                break
+            h = tf.nn.relu(h)
+            if rate > 0.0 and masks is not None:
+                h = tf.where(masks[i], h / (1.0 - rate), tf.zeros_like(h))
+        return h
+
+    def _step_rng(self, rng: tf.Tensor, step: tf.Tensor | int) -> tf.Tensor:
+        """Philox's seed pair of one step, (seed, step * 16): layer i draws (seed, step * 16 + i).
+        Stateless: a mask depends only on (seed, step, layer), so reruns repeat it."""
+        return tf.stack([rng, tf.cast(step, tf.int64) * 16])
+
+    def _dropout_masks(self, rng: tf.Tensor, shapes: list[Shape]) -> list[tf.Tensor]:
+        """TensorFlow's seeded dropout masks of one step, a draw per layer: True = kept.
+
+        16-bit uniforms from Philox's stream, against a 16-bit threshold (see
+        dropout_threshold): a float uniform per unit made dropout cost 1.3x a step here. The
+        stream is drawn as 64-bit words: the same bits as 32-bit words (checked, with and
+        without XLA), but XLA's CPU code draws 32-bit words 3x slower (97 against 31 ms an
+        epoch).
+        """
+        threshold = tf.constant(dropout_threshold(self._spec.model.dropout_rate), tf.uint16)
+        masks = []
+        for layer, shape in enumerate(shapes):
+            size = shape[0] * shape[1]
+            seed = rng + tf.constant([0, layer], tf.int64)
+            words = tf.random.stateless_uniform(
+                [(size + 3) // 4], seed=seed, minval=None, maxval=None, dtype=tf.uint64
+            )
+            halves = tf.reshape(tf.bitcast(words, tf.uint16), [-1])[:size]
+            masks.append(tf.reshape(halves >= threshold, shape))
+        return masks
+
+    def _update(self, state: State[tf.Variable], grads: Sequence[tf.Tensor], lr: tf.Tensor) -> None:
+        """SGD or the TF1 Adam rule, in TensorFlow's fused kernels (op by op in parity)."""
         if self._options.parity:
-            self._update_explicit(grads, lr)
+            self._update_explicit(state, grads, lr)
             return
         opt = self._spec.optimizer
-        for i, (p, g) in enumerate(zip(self._params, grads, strict=True)):
+        for i, (p, g) in enumerate(zip(state.params, grads, strict=True)):
             if opt.name == "sgd":
                 tf.raw_ops.ResourceApplyGradientDescent(var=p.handle, alpha=lr, delta=g)
             else:
@@ -367,8 +359,8 @@ class TensorFlowBackend(Backend):
                 zero = tf.zeros([], self._dtype)
                 tf.raw_ops.ResourceApplyAdam(
                     var=p.handle,
-                    m=self._m[i].handle,
-                    v=self._v[i].handle,
+                    m=state.m[i].handle,
+                    v=state.v[i].handle,
                     beta1_power=zero,
                     beta2_power=zero,
                     lr=lr,
@@ -378,15 +370,39 @@ class TensorFlowBackend(Backend):
                     grad=g,
                 )
 
-    def _update_explicit(self, grads: list[tf.Tensor], lr: tf.Tensor) -> None:
-        """Written out op by op, in the same order as the PyTorch backend's."""
+    def _update_explicit(
+        self, state: State[tf.Variable], grads: Sequence[tf.Tensor], lr: tf.Tensor
+    ) -> None:
+        """Written out op by op, in the same order as the other backends'."""
         opt = self._spec.optimizer
         if opt.name == "sgd":
-            for p, g in zip(self._params, grads, strict=True):
+            for p, g in zip(state.params, grads, strict=True):
                 p.assign_sub(lr * g)
             return
         assert opt.beta1 is not None and opt.beta2 is not None and opt.epsilon is not None
-        for p, g, m, v in zip(self._params, grads, self._m, self._v, strict=True):
+        for p, g, m, v in zip(state.params, grads, state.m, state.v, strict=True):
             m.assign(m * opt.beta1 + g * (1.0 - opt.beta1))
             v.assign(v * opt.beta2 + (g * g) * (1.0 - opt.beta2))
             p.assign_sub((m * lr) / (tf.sqrt(v) + opt.epsilon))
+
+    def _logits(self, x: tf.Tensor) -> tf.Tensor:
+        with tf.device(self._device):
+            return self._logits_fn(x)
+
+    def _predict(self, logits: tf.Tensor) -> tf.Tensor:
+        with tf.device(self._device):
+            if self._spec.loss.prediction == "argmax_relu_logits":
+                logits = tf.nn.relu(logits)
+            return tf.argmax(logits, axis=1, output_type=tf.int32)
+
+    def _to_host(self, array: tf.Tensor) -> np.ndarray:
+        return np.asarray(array.numpy())
+
+    # --- TensorFlow only -------------------------------------------------------------------
+
+    def _batch_x(self, rows: tf.Tensor) -> tf.Tensor:
+        """A batch's inputs: gathered as int64 words where load_data made them."""
+        if self._train_words is None:
+            return tf.gather(self._train_x, rows)
+        pairs = tf.bitcast(tf.gather(self._train_words, rows), tf.float32)
+        return tf.reshape(pairs, [-1, self._train_x.shape[1]])

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,13 +17,13 @@ import torch
 import torch.nn.functional as F
 
 from backends.base import (
-    EVAL_BATCH,
     Backend,
     Masks,
-    Split,
-    adam_step_size,
+    Runtime,
+    Shape,
+    State,
     dropout_threshold,
-    eval_splits,
+    initial_arrays,
 )
 from bench.core.data import Splits, resolve_cache_dir
 from bench.core.devices import gpu_driver_version
@@ -230,45 +231,24 @@ def resolve_matmul(options: Options, device: Device, threads: int) -> tuple[str,
     return auto_matmul(threads)
 
 
-class _Dropout:
-    """PyTorch's own seeded dropout masks, all hidden layers of a step in one draw.
+class _MaskBuffers:
+    """The memory one step's dropout masks are drawn into, allocated once per set of shapes:
+    the random words, and every layer's mask as a view of one flat tensor (one pass each)."""
 
-    torch.rand costs ~3.3 ns per element on CPU (one 32-bit Mersenne Twister draw each); here
-    each 64-bit draw gives four 16-bit uniforms, compared against dropout_threshold, so a
-    step's masks cost about a third.
-    """
-
-    def __init__(
-        self,
-        rate: float,
-        shapes: list[tuple[int, int]],
-        generator: torch.Generator,
-        dtype: torch.dtype,
-        scale: float = 1.0,  # the kept units' value: 1, or 1 / keep where no product scales
-    ) -> None:
+    def __init__(self, shapes: list[Shape], device: torch.device, dtype: torch.dtype) -> None:
         sizes = [rows * cols for rows, cols in shapes]
-        device = generator.device
-        self._bits = torch.empty((sum(sizes) + 3) // 4, dtype=torch.int64, device=device)
-        self._flat = torch.empty(sum(sizes), dtype=dtype, device=device)
-        self._masks = [
+        self.bits = torch.empty((sum(sizes) + 3) // 4, dtype=torch.int64, device=device)
+        self.flat = torch.empty(sum(sizes), dtype=dtype, device=device)
+        self.masks = [
             part.view(shape)
-            for part, shape in zip(torch.split(self._flat, sizes), shapes, strict=True)
+            for part, shape in zip(torch.split(self.flat, sizes), shapes, strict=True)
         ]
-        self._generator = generator
-        # As signed 16-bit values u in [-32768, 32767], a unit is kept when u + 32768 >=
-        # threshold, i.e. when u + 32769 - threshold >= 1; dropped ones give <= 0: clamp to 0/1.
-        self._offset = float(32769 - dropout_threshold(rate))
-        self._scale = scale
 
-    def draw(self) -> list[torch.Tensor]:
-        """Masks for every hidden layer of one step: 0 for dropped units, `scale` for kept ones."""
-        # from=-2**63, to=None: the full 64-bit range (plain random_() leaves the sign bit 0).
-        self._bits.random_(-(2**63), None, generator=self._generator)
-        self._flat.copy_(self._bits.view(torch.int16)[: self._flat.numel()])
-        self._flat.add_(self._offset).clamp_(0.0, 1.0)
-        if self._scale != 1.0:
-            self._flat.mul_(self._scale)
-        return self._masks
+
+# A step as _GraphedStep captures it: (inputs, labels as a column, dropout masks, lr) -> loss.
+_FastStep = Callable[
+    [torch.Tensor, torch.Tensor, list[torch.Tensor] | None, float | torch.Tensor], torch.Tensor
+]
 
 
 class _GraphedStep:
@@ -284,29 +264,35 @@ class _GraphedStep:
 
     def __init__(
         self,
-        step: Callable[[torch.Tensor, torch.Tensor, None], torch.Tensor],
+        step: _FastStep,
+        draw: Callable[[], list[torch.Tensor]] | None,  # one step's own dropout masks
         train_x: torch.Tensor,
         train_y: torch.Tensor,
         batch: int,
         generator: torch.Generator | None,  # the dropout RNG, advanced by each replay
+        adam: bool,
     ) -> None:
         device = train_x.device
-        self._step, self._train_x, self._train_y = step, train_x, train_y
+        self._step, self._draw, self._train_x, self._train_y = step, draw, train_x, train_y
         self._batch = torch.zeros(batch, dtype=torch.int64, device=device)
         self._x = torch.empty((batch, train_x.shape[1]), dtype=train_x.dtype, device=device)
         self._y = torch.empty(batch, dtype=train_y.dtype, device=device)
+        self._adam = adam
         self.lr_t = torch.zeros((), dtype=torch.float32, device=device)
+        self._lr = 0.0  # SGD's rate, the same every step: a constant of the captured graph
         self._generator = generator
         self._warmup_left = self.WARMUP_STEPS
         self._graph: torch.cuda.CUDAGraph | None = None
         self._loss = torch.empty(())
         self._side = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
 
-    def step(self, batch: torch.Tensor, lr_t: float | None) -> torch.Tensor:
+    def step(self, batch: torch.Tensor, lr: float) -> torch.Tensor:
         """One training step on these sample indices; its loss (on the device)."""
         self._batch.copy_(batch)
-        if lr_t is not None:
-            self.lr_t.fill_(lr_t)
+        if self._adam:
+            self.lr_t.fill_(lr)
+        else:
+            self._lr = lr
         if self._warmup_left:
             self._warmup_left -= 1
             self._side.wait_stream(torch.cuda.current_stream())
@@ -326,13 +312,18 @@ class _GraphedStep:
     def _run(self) -> torch.Tensor:
         torch.index_select(self._train_x, 0, self._batch, out=self._x)
         torch.index_select(self._train_y, 0, self._batch, out=self._y)
-        return self._step(self._x, self._y.view(-1, 1), None)
+        masks = None if self._draw is None else self._draw()
+        # Adam's fused kernel reads lr_t from the static tensor that each replay refills.
+        return self._step(
+            self._x, self._y.view(-1, 1), masks, self.lr_t if self._adam else self._lr
+        )
 
 
 class TorchBackend(Backend):
     name = "torch"
 
     def __init__(self, device: Device, options: Options) -> None:
+        super().__init__(device, options)
         threads = options.threads
         torch.set_num_threads(threads)
         # Settable once per process only; a second backend in one process keeps the first's
@@ -358,7 +349,6 @@ class TorchBackend(Backend):
         torch.backends.cuda.matmul.allow_tf32 = options.tf32
         torch.backends.cudnn.allow_tf32 = options.tf32
         self._device = torch.device("cuda" if device == "gpu" else "cpu")
-        self._options = options
         self._dtype = torch.float64 if options.dtype == "float64" else torch.float32
         self._compute = torch.float64 if options.compute_dtype == "float64" else torch.float32
         self._matmul, self._matmul_reason = resolve_matmul(options, device, threads)
@@ -371,152 +361,84 @@ class TorchBackend(Backend):
     def visible_gpus() -> int:
         return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
-    def environment(self) -> dict[str, str]:
-        blas = re.search(r"BLAS_INFO=(\w+)", torch.__config__.show())
-        env = {
-            "framework": "torch",
-            "framework_version": torch.__version__,
-            "intra_op_threads": str(torch.get_num_threads()),
-            "inter_op_threads": str(torch.get_num_interop_threads()),
-            "deterministic_ops": str(torch.are_deterministic_algorithms_enabled()).lower(),
-            "fill_uninitialized_memory": str(
-                torch.utils.deterministic.fill_uninitialized_memory  # type: ignore[attr-defined]
-            ).lower(),
-            "tf32": str(torch.backends.cuda.matmul.allow_tf32).lower(),
-            "dtype": self._options.dtype,
-            "compute_dtype": self._options.compute_dtype,
-            "framework_blas": blas.group(1) if blas else "unknown",
-            # The library the fast step's products went through, and why (--torch-matmul).
-            "torch_matmul": self._matmul,
-            "torch_matmul_reason": self._matmul_reason,
-            "flush_denormal": str(self._flush_denormal).lower(),
-            "cuda_graphs": str(self._options.cuda_graphs).lower(),
-            # The device's own generator draws the masks: CUDA's is Philox4x32-10.
-            "dropout_rng": f"torch.Generator ({_GENERATORS[self._device.type]}), 16-bit thresholds",
-            "mkldnn": str(torch.backends.mkldnn.is_available()).lower(),  # type: ignore[no-untyped-call]
-            "cuda_version": str(torch.version.cuda or "none"),
-            "cudnn_version": str(torch.backends.cudnn.version() or "none"),  # type: ignore[no-untyped-call]
-        }
-        if self._device.type == "cuda":
-            env["gpu_model"] = torch.cuda.get_device_name(self._device)
-            env["gpu_driver"] = gpu_driver_version()
-        return env
-
     def load_data(self, splits: Splits) -> None:
-        def put(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-            return (
-                torch.from_numpy(x).to(self._device, self._dtype),
-                torch.from_numpy(y).to(self._device),
-            )
-
-        self._train_x, self._train_y = put(splits.train_x, splits.train_y)
-        self._eval = eval_splits(splits, put)
+        self._train_x = self._put(np.asarray(splits.train_x, self._options.dtype))
+        self._train_y = self._put(splits.train_y)
+        self._eval = self._eval_batches(splits)
 
     def build(self, spec: StageSpec, run: SeededRun) -> None:
         self._spec = spec
-        self._t = 0  # steps taken: Adam's t
-        # Tensors, not Python floats, so each scalar is rounded to the dtype as in TensorFlow.
-        self._lr = torch.tensor(spec.optimizer.learning_rate, dtype=self._dtype)
-        self._keep_scale = torch.tensor(
-            1.0 - spec.model.dropout_rate, dtype=self._compute, device=self._device
-        )
-        arrays = [array for layer in run.layers for array in (layer.weight, layer.bias)]
+        self._t = 0
+        arrays = initial_arrays(run)
+        adam = spec.optimizer.name == "adam"
         if self._options.parity:  # autograd leaves, one tensor each
             self._params = [
                 torch.tensor(a, device=self._device, dtype=self._dtype, requires_grad=True)
                 for a in arrays
             ]
+            moments = tuple(torch.zeros_like(p) for p in self._params) if adam else ()
+            self._state = State(
+                tuple(self._params), moments, tuple(torch.zeros_like(m) for m in moments)
+            )
         else:
             # Views into one flat buffer (and so the gradients and Adam's m and v): each
             # optimizer op is then one large multithreaded kernel instead of six small ones.
             flat = torch.cat([torch.from_numpy(a).reshape(-1) for a in arrays])
-            self._flat = flat.to(self._device, self._dtype)
-            self._params = _views(self._flat, arrays)
-            self._flat_grad = torch.zeros_like(self._flat)
+            flat = flat.to(self._device, self._dtype)
+            self._params = _views(flat, arrays)
+            self._flat_grad = torch.zeros_like(flat)
             self._grads = _views(self._flat_grad, arrays)
-        # _alphas[i] scales layer i's input in the fast step: 1 / keep for a hidden layer's
-        # dropped-out output (1 without dropout).
-        keep_prob = 1.0 - spec.model.dropout_rate
-        self._alphas = [1.0] + [1.0 / keep_prob] * (len(spec.model.layer_sizes) - 2)
-        self._classes = torch.arange(spec.model.layer_sizes[-1], device=self._device)
-        self._generator = torch.Generator(device=self._device)
-        self._generator.manual_seed(run.dropout_seed)
-        if spec.optimizer.name == "adam":
-            if self._options.parity:
-                self._m = [torch.zeros_like(p) for p in self._params]
-                self._v = [torch.zeros_like(p) for p in self._params]
-            else:
-                self._m_flat = torch.zeros_like(self._flat)
-                self._v_flat = torch.zeros_like(self._flat)
+            moments = (torch.zeros_like(flat),) if adam else ()
+            self._state = State((flat,), moments, tuple(torch.zeros_like(m) for m in moments))
+            if adam:
                 # The fused kernel divides by 1 - beta^step; a step this large makes both
                 # corrections exactly 1, so it applies the TF1 rule with our own lr_t and eps.
                 self._fused_step = torch.tensor(
                     _NO_BIAS_CORRECTION, dtype=torch.float32, device=self._device
                 )
+        # _alphas[i] scales layer i's input in the fast step: 1 / keep for a hidden layer's
+        # dropped-out output (1 without dropout).
+        rate = spec.model.dropout_rate
+        keep_prob = 1.0 - rate
+        self._alphas = [1.0] + [1.0 / keep_prob] * (len(spec.model.layer_sizes) - 2)
+        # A tensor, not a Python float, so that it is rounded to the dtype as in TensorFlow.
+        self._keep_scale = torch.tensor(keep_prob, dtype=self._compute, device=self._device)
+        self._classes = torch.arange(spec.model.layer_sizes[-1], device=self._device)
+        self._rng = self._dropout_rng(run.dropout_seed)
+        # The own masks' kept value: 1, or 1 / keep where no product's alpha scales (oneDNN).
+        self._mask_scale = 1.0 / keep_prob if self._mm.scaled_masks else 1.0
+        self._mask_buffers: dict[tuple[Shape, ...], _MaskBuffers] = {}
+        shapes = self._hidden_shapes()
+        if rate > 0.0:  # allocated before a CUDA graph captures the draws into them
+            self._mask_buffers[tuple(shapes)] = _MaskBuffers(shapes, self._device, self._dtype)
         self._graphs = None
         if self._options.cuda_graphs:
+            draw = None
+            if rate > 0.0:  # a draw is part of the captured step: each replay draws anew
+                draw = functools.partial(self._dropout_masks, self._rng, shapes)
             self._graphs = _GraphedStep(
-                self._step_manual,
+                self._step_fast,
+                draw,
                 self._train_x,
                 self._train_y,
                 spec.training.batch_size,
-                self._generator if spec.model.dropout_rate > 0.0 else None,
-            )
-        if spec.model.dropout_rate > 0.0:
-            hidden = spec.model.layer_sizes[1:-1]
-            self._dropout = _Dropout(
-                spec.model.dropout_rate,
-                [(spec.training.batch_size, width) for width in hidden],
-                self._generator,
-                self._dtype,
-                scale=1.0 / keep_prob if self._mm.scaled_masks else 1.0,
+                self._rng if rate > 0.0 else None,
+                adam,
             )
 
     def train_epoch(self, order: np.ndarray, masks: Masks = None) -> np.ndarray:
-        batch = self._spec.training.batch_size
-        steps = len(order) // batch
-        batches = torch.from_numpy(order[: steps * batch]).to(self._device).view(steps, batch)
-        keep = None if masks is None else [torch.from_numpy(m).to(self._device) for m in masks]
-        if self._graphs is not None:
-            losses = torch.empty(steps, device=self._device, dtype=self._dtype)
-            adam = self._spec.optimizer.name == "adam"
-            for i in range(steps):
-                self._t += 1
-                losses[i] = self._graphs.step(batches[i], self._adam_lr() if adam else None)
-            return losses.cpu().numpy()
-        # Per epoch rather than per step (a few small ops fewer each step): the labels, as
-        # columns, and the fast step's one-hot rows.
-        labels = self._train_y.index_select(0, batches.view(-1)).view(steps, batch, 1)
-        fast = not self._options.parity
-        onehots = (labels == self._classes).to(self._dtype) if fast else None
-        step_losses = []  # on the device: no host sync per step
-        for i in range(steps):
-            x = self._train_x.index_select(0, batches[i])
-            kept = None if keep is None else [k[i] for k in keep]
-            self._t += 1
-            if onehots is not None:
-                step_losses.append(self._step_manual(x, labels[i], kept, onehots[i]))
-            else:
-                step_losses.append(self._step_autograd(x, labels[i].view(-1), kept))
-        return torch.stack(step_losses).cpu().numpy()  # the copy to host waits for the device
-
-    def accuracy(self, split: Split) -> float:
-        x, y = self._eval[split]
-        correct = 0
-        with torch.no_grad():
-            for start in range(0, x.shape[0], EVAL_BATCH):
-                logits = self._forward(x[start : start + EVAL_BATCH], None, training=False)
-                correct += int((self._predict(logits) == y[start : start + EVAL_BATCH]).sum())
-        return correct / x.shape[0]
-
-    def logits(self, x: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            inputs = torch.from_numpy(x).to(self._device, self._dtype)
-            out = self._forward(inputs, None, training=False)
-        return out.cpu().numpy()
+        batches = self._batches(order)
+        steps = len(batches)
+        losses = self._epoch(
+            self._put(batches),
+            self._step_sizes(steps),
+            None if masks is None else [self._put(m) for m in masks],
+        )
+        self._t += steps
+        return self._to_host(losses)  # the copy to host waits for the device
 
     def parameters(self) -> list[np.ndarray]:
-        return [p.detach().cpu().numpy().copy() for p in self._params]
+        return [self._to_host(p).copy() for p in self._params]
 
     def matmul_seconds(self, size: int, repeats: int) -> float:
         generator = torch.Generator(device=self._device).manual_seed(1)
@@ -530,61 +452,231 @@ class TorchBackend(Backend):
         return time.perf_counter() - start
 
     def device_memory_peak_mb(self) -> float | None:
-        if self._device.type != "cuda":
+        if self._device_kind != "gpu":
             return None
         return torch.cuda.max_memory_allocated(self._device) / 2**20
 
     def synchronize(self) -> None:
-        if self._device.type == "cuda":
+        if self._device_kind == "gpu":
             torch.cuda.synchronize(self._device)
 
-    # --- pieces ----------------------------------------------------------------------------
+    # --- the mirrored pieces (backends.base lists them) ------------------------------------
+
+    def _runtime(self) -> Runtime:
+        blas = re.search(r"BLAS_INFO=(\w+)", torch.__config__.show())
+        extra = {
+            "fill_uninitialized_memory": str(
+                torch.utils.deterministic.fill_uninitialized_memory  # type: ignore[attr-defined]
+            ).lower(),
+            "framework_blas": blas.group(1) if blas else "unknown",
+            # The library the fast step's products went through, and why (--torch-matmul).
+            "torch_matmul": self._matmul,
+            "torch_matmul_reason": self._matmul_reason,
+            "flush_denormal": str(self._flush_denormal).lower(),
+            "cuda_graphs": str(self._options.cuda_graphs).lower(),
+            "mkldnn": str(torch.backends.mkldnn.is_available()).lower(),  # type: ignore[no-untyped-call]
+        }
+        gpu_model = None
+        if self._device_kind == "gpu":
+            gpu_model = torch.cuda.get_device_name(self._device)
+            extra["gpu_driver"] = gpu_driver_version()
+        return Runtime(
+            framework_version=torch.__version__,
+            intra_op_threads=str(torch.get_num_threads()),
+            inter_op_threads=str(torch.get_num_interop_threads()),
+            deterministic_ops=torch.are_deterministic_algorithms_enabled(),
+            tf32=torch.backends.cuda.matmul.allow_tf32,
+            # The device's own generator draws the masks: CUDA's is Philox4x32-10.
+            dropout_rng=f"torch.Generator ({_GENERATORS[self._device.type]}), 16-bit thresholds",
+            cuda_version=str(torch.version.cuda or "none"),
+            cudnn_version=str(torch.backends.cudnn.version() or "none"),  # type: ignore[no-untyped-call]
+            gpu_model=gpu_model,
+            extra=extra,
+        )
+
+    def _put(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(array).to(self._device)
+
+    def _dropout_rng(self, seed: int) -> torch.Generator:
+        """The device's own generator, seeded: every draw moves it on (see _step_rng)."""
+        generator = torch.Generator(device=self._device)
+        generator.manual_seed(seed)
+        return generator
+
+    def _epoch(
+        self, batches: torch.Tensor, step_sizes: np.ndarray, masks: list[torch.Tensor] | None
+    ) -> torch.Tensor:
+        """Every step of an epoch, a Python loop (or CUDA graph replays); the step losses,
+        kept on the device: no host sync per step."""
+        steps, batch = batches.shape
+        if self._graphs is not None:
+            losses = torch.empty(steps, device=self._device, dtype=self._dtype)
+            for i in range(steps):
+                losses[i] = self._graphs.step(batches[i], float(step_sizes[i]))
+            return losses
+        rate = self._spec.model.dropout_rate
+        shapes = self._hidden_shapes()
+        # Per epoch rather than per step (a few small ops fewer each step): the labels, as
+        # columns, and the fast step's one-hot rows.
+        labels = self._train_y.index_select(0, batches.view(-1)).view(steps, batch, 1)
+        fast = not self._options.parity
+        onehots = (labels == self._classes).to(self._dtype) if fast else None
+        step_losses = []
+        for i in range(steps):
+            x = self._train_x.index_select(0, batches[i])
+            step_masks = None if masks is None else [m[i] for m in masks]
+            if step_masks is None and rate > 0.0:
+                step = self._t + i + 1
+                step_masks = self._dropout_masks(self._step_rng(self._rng, step), shapes)
+            lr = float(step_sizes[i])
+            if onehots is not None:
+                step_losses.append(self._step_fast(x, labels[i], step_masks, lr, onehots[i]))
+            else:
+                step_losses.append(self._step(x, labels[i].view(-1), step_masks, lr))
+        return torch.stack(step_losses)
+
+    def _step(
+        self, x: torch.Tensor, y: torch.Tensor, masks: list[torch.Tensor] | None, lr: float
+    ) -> torch.Tensor:
+        """One training step with autograd (parity mode; _step_fast otherwise); its loss."""
+        loss = self._loss(self._state.params, x, y, masks)
+        grads = torch.autograd.grad(loss, self._state.params)
+        with torch.no_grad():
+            self._update(self._state, grads, lr)
+        return loss.detach().to(self._dtype)
+
+    def _loss(
+        self,
+        params: Sequence[torch.Tensor],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        masks: list[torch.Tensor] | None,
+    ) -> torch.Tensor:
+        """Mean softmax cross-entropy, in compute_dtype (the casts' gradients round back to
+        the parameters' dtype, as in the other backends)."""
+        computed = [p.to(self._compute) for p in params]
+        return F.cross_entropy(self._forward(computed, x.to(self._compute), masks), y)
 
     def _forward(
-        self,
-        x: torch.Tensor,
-        keep: list[torch.Tensor] | None,
-        training: bool = True,
-        params: list[torch.Tensor] | None = None,
+        self, params: Sequence[torch.Tensor], x: torch.Tensor, masks: list[torch.Tensor] | None
     ) -> torch.Tensor:
-        """Logits; dropout in training, from numpy masks (`keep`) or the seeded generator."""
+        """Logits; with dropout where given which units to keep (numpy's or the own masks)."""
         rate = self._spec.model.dropout_rate
-        params = self._params if params is None else params
         n_layers = len(params) // 2
-        own = self._dropout.draw() if training and rate > 0.0 and keep is None else None
         h = x
         for i in range(n_layers):
             h = torch.addmm(params[2 * i + 1], h, params[2 * i])
             if i == n_layers - 1:
                 break
             h = torch.relu(h)
-            if keep is not None and training and rate > 0.0:  # as TensorFlow writes it
-                h = torch.where(keep[i], h / self._keep_scale.to(h.device), torch.zeros_like(h))
-            elif own is not None:
-                h = h * own[i][: len(h)] / self._keep_scale
+            if rate > 0.0 and masks is not None:
+                if masks[i].dtype == torch.bool:  # numpy's, applied as TensorFlow writes it
+                    h = torch.where(masks[i], h / self._keep_scale, torch.zeros_like(h))
+                else:  # the own masks, 0/1 factors
+                    h = h * masks[i][: len(h)] / self._keep_scale
         return h
 
-    def _step_autograd(
-        self, x: torch.Tensor, y: torch.Tensor, keep: list[torch.Tensor] | None
-    ) -> torch.Tensor:
-        """Parity: autograd, then the update written out op by op as in TensorFlow.
+    def _step_rng(self, rng: torch.Generator, step: int) -> torch.Generator:
+        """The generator itself: it is stateful, each step's draw moves it on to the next
+        step's (a CUDA graph's replays too), so `step` picks nothing here."""
+        return rng
 
-        The forward and backward run in compute_dtype; the casts' gradients round back to the
-        parameters' dtype, as in the TensorFlow backend.
+    def _dropout_masks(self, rng: torch.Generator, shapes: list[Shape]) -> list[torch.Tensor]:
+        """PyTorch's own seeded dropout masks of one step, every layer in one draw: factors, 0
+        for a dropped unit, 1 (or 1 / keep where the products do not scale) for a kept one.
+
+        torch.rand costs ~3.3 ns per element on CPU (one 32-bit Mersenne Twister draw each);
+        here each 64-bit draw gives four 16-bit uniforms, compared against dropout_threshold,
+        so a step's masks cost about a third. The masks are views of buffers the next draw
+        overwrites.
         """
-        params = [p.to(self._compute) for p in self._params]
-        loss = F.cross_entropy(self._forward(x.to(self._compute), keep, params=params), y)
-        grads = torch.autograd.grad(loss, self._params)
+        buffers = self._mask_buffers.get(tuple(shapes))
+        if buffers is None:
+            buffers = _MaskBuffers(shapes, rng.device, self._dtype)
+            self._mask_buffers[tuple(shapes)] = buffers
+        # from=-2**63, to=None: the full 64-bit range (plain random_() leaves the sign bit 0).
+        buffers.bits.random_(-(2**63), None, generator=rng)
+        buffers.flat.copy_(buffers.bits.view(torch.int16)[: buffers.flat.numel()])
+        # As signed 16-bit values u in [-32768, 32767], a unit is kept when u + 32768 >=
+        # threshold, i.e. when u + 32769 - threshold >= 1; dropped ones give <= 0: clamp to 0/1.
+        offset = float(32769 - dropout_threshold(self._spec.model.dropout_rate))
+        buffers.flat.add_(offset).clamp_(0.0, 1.0)
+        if self._mask_scale != 1.0:
+            buffers.flat.mul_(self._mask_scale)
+        return buffers.masks
+
+    def _update(
+        self,
+        state: State[torch.Tensor],
+        grads: Sequence[torch.Tensor],
+        lr: float | torch.Tensor,
+    ) -> None:
+        """SGD or the TF1 Adam rule (op by op in parity mode). Outside parity SGD never comes
+        here, _step_fast folds it into the weight-gradient products; Adam runs PyTorch's fused
+        (one-pass) kernel over the flat buffers. With its bias corrections made exactly 1 (see
+        build), the kernel computes p -= lr * m / (sqrt(v) + eps): the TF1 rule when lr is
+        TF1's lr_t and eps its epsilon. `lr` is a tensor in a CUDA graph (_GraphedStep)."""
+        if self._options.parity:
+            assert isinstance(lr, float)
+            self._update_explicit(state, grads, lr)
+            return
+        opt = self._spec.optimizer
+        assert opt.beta1 is not None and opt.beta2 is not None and opt.epsilon is not None
+        torch._fused_adam_(
+            list(state.params),
+            list(grads),
+            list(state.m),
+            list(state.v),
+            [],
+            [self._fused_step],
+            lr=lr,
+            beta1=opt.beta1,
+            beta2=opt.beta2,
+            weight_decay=0.0,
+            eps=opt.epsilon,
+            amsgrad=False,
+            maximize=False,
+        )
+
+    def _update_explicit(
+        self, state: State[torch.Tensor], grads: Sequence[torch.Tensor], lr: float
+    ) -> None:
+        """Written out op by op, in the same order as the other backends'."""
+        opt = self._spec.optimizer
+        # A tensor, not a Python float, so that lr is rounded to the dtype as in TensorFlow.
+        lr_t = torch.tensor(lr, dtype=self._dtype)
+        if opt.name == "sgd":
+            for p, g in zip(state.params, grads, strict=True):
+                p.sub_(lr_t * g)
+            return
+        assert opt.beta1 is not None and opt.beta2 is not None and opt.epsilon is not None
+        for p, g, m, v in zip(state.params, grads, state.m, state.v, strict=True):
+            m.mul_(opt.beta1).add_(g * (1.0 - opt.beta1))
+            v.mul_(opt.beta2).add_((g * g) * (1.0 - opt.beta2))
+            p.sub_((m * lr_t) / (self._sqrt(v) + opt.epsilon))
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            self._update_explicit(grads)
-        return loss.detach().to(self._dtype)
+            return self._forward(self._params, x, None)
+
+    def _predict(self, logits: torch.Tensor) -> torch.Tensor:
+        if self._spec.loss.prediction == "argmax_relu_logits":
+            logits = torch.relu(logits)
+        return logits.argmax(dim=1)
+
+    def _to_host(self, array: torch.Tensor) -> np.ndarray:
+        """A host array; on the CPU it shares the tensor's memory."""
+        return array.detach().cpu().numpy()
+
+    # --- PyTorch only ----------------------------------------------------------------------
 
     @torch.no_grad()
-    def _step_manual(
+    def _step_fast(
         self,
         x: torch.Tensor,
         y: torch.Tensor,  # the labels as a column, (batch, 1)
-        keep: list[torch.Tensor] | None,
+        masks: list[torch.Tensor] | None,
+        lr: float | torch.Tensor,  # Adam's lr_t is a tensor in a CUDA graph
         onehot: torch.Tensor | None = None,  # y's one-hot rows, when computed ahead
     ) -> torch.Tensor:
         """The fast path: forward and backward written out, no autograd tape, in-place ops.
@@ -594,10 +686,11 @@ class TorchBackend(Backend):
         the weight-gradient product and dropout's 1 / keep into the products' alpha.
         """
         n_layers = len(self._params) // 2
-        rate = self._spec.model.dropout_rate
-        masks: list[torch.Tensor] = []
-        if rate > 0.0:  # numpy's masks (tests) or this framework's own
-            masks = self._dropout.draw() if keep is None else self._numpy_masks(keep, x.dtype)
+        factors: list[torch.Tensor] = []
+        if self._spec.model.dropout_rate > 0.0 and masks is not None:
+            # The own masks are factors already; numpy's (tests) are True where kept.
+            bools = masks[0].dtype == torch.bool
+            factors = self._numpy_masks(masks, x.dtype) if bools else masks
         alphas, mm = self._alphas, self._mm
         inputs = [x]  # each layer's input: post-ReLU, masked, not yet scaled
         h = x
@@ -605,8 +698,8 @@ class TorchBackend(Backend):
             h = mm.layer(h, self._params[2 * i], self._params[2 * i + 1], alphas[i])
             if i < n_layers - 1:
                 h.relu_()
-                if masks:
-                    h.mul_(masks[i][: len(h)])
+                if factors:
+                    h.mul_(factors[i][: len(h)])
                 inputs.append(h)
         # Softmax cross-entropy and its gradient (softmax - onehot) / batch, from one log_softmax.
         log_probs = torch.log_softmax(h, dim=1)
@@ -617,7 +710,7 @@ class TorchBackend(Backend):
         # CUDA and could not be captured in a CUDA graph); x - 0 and x - 1 round as before.
         delta.sub_((self._classes == y).to(delta.dtype) if onehot is None else onehot)
         delta.div_(len(y))
-        lr = self._spec.optimizer.learning_rate
+        sgd = self._spec.optimizer.name == "sgd"
         for i in reversed(range(n_layers)):
             weight, bias, alpha = self._params[2 * i], self._params[2 * i + 1], alphas[i]
             below = None
@@ -625,7 +718,8 @@ class TorchBackend(Backend):
                 # dropped and inactive units are 0 in inputs[i], so one threshold masks both
                 product = mm.input_grad(delta, weight, alpha)
                 below = torch.ops.aten.threshold_backward(product, inputs[i], 0.0)
-            if self._spec.optimizer.name == "sgd":
+            if sgd:
+                assert isinstance(lr, float)  # SGD's rate is a constant, in a graph too
                 mm.sgd(weight, inputs[i], delta, lr, alpha)
                 bias.add_(delta.sum(0), alpha=-lr)
             else:
@@ -633,8 +727,8 @@ class TorchBackend(Backend):
                 torch.sum(delta, 0, out=self._grads[2 * i + 1])
             if below is not None:
                 delta = below
-        if self._spec.optimizer.name != "sgd":
-            self._adam_flat()
+        if not sgd:
+            self._update(self._state, (self._flat_grad,), lr)
         return loss
 
     def _numpy_masks(self, keep: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
@@ -645,60 +739,9 @@ class TorchBackend(Backend):
             masks = [m.mul_(scale) for m in masks]
         return masks
 
-    def _predict(self, logits: torch.Tensor) -> torch.Tensor:
-        if self._spec.loss.prediction == "argmax_relu_logits":
-            logits = torch.relu(logits)
-        return logits.argmax(dim=1)
-
-    def _adam_flat(self) -> None:
-        """The TF1 Adam rule on the flat buffers, in PyTorch's fused (one-pass) Adam kernel.
-
-        With its bias corrections made exactly 1 (see build), the kernel computes
-        p -= lr * m / (sqrt(v) + eps): the TF1 rule when lr is TF1's lr_t and eps its epsilon.
-        """
-        opt = self._spec.optimizer
-        assert opt.beta1 is not None and opt.beta2 is not None and opt.epsilon is not None
-        torch._fused_adam_(
-            [self._flat],
-            [self._flat_grad],
-            [self._m_flat],
-            [self._v_flat],
-            [],
-            [self._fused_step],
-            # A captured CUDA graph reads lr_t from a tensor that each replay's step refills.
-            lr=self._graphs.lr_t if self._graphs else self._adam_lr(),
-            beta1=opt.beta1,
-            beta2=opt.beta2,
-            weight_decay=0.0,
-            eps=opt.epsilon,
-            amsgrad=False,
-            maximize=False,
-        )
-
-    def _adam_lr(self) -> float:
-        opt = self._spec.optimizer
-        assert opt.beta1 is not None and opt.beta2 is not None
-        return adam_step_size(opt.learning_rate, opt.beta1, opt.beta2, self._t)
-
     def _sqrt(self, v: torch.Tensor) -> torch.Tensor:
         """The correctly rounded square root, as TensorFlow's: torch's CPU sqrt (SLEEF, within
         0.5001 ulp) is 1 ulp off for ~0.6% of float32 inputs; CUDA's sqrtf is IEEE-exact."""
         if v.device.type == "cpu":
             return torch.from_numpy(np.sqrt(v.numpy()))
         return v.sqrt()
-
-    def _update_explicit(self, grads: tuple[torch.Tensor, ...]) -> None:
-        """Written out op by op, in the same order as the TensorFlow backend's."""
-        opt = self._spec.optimizer
-        if opt.name == "sgd":
-            for p, g in zip(self._params, grads, strict=True):
-                p.sub_(self._lr * g)
-            return
-        assert opt.beta1 is not None and opt.beta2 is not None and opt.epsilon is not None
-        lr_t = torch.tensor(
-            adam_step_size(opt.learning_rate, opt.beta1, opt.beta2, self._t), dtype=self._dtype
-        )
-        for p, g, m, v in zip(self._params, grads, self._m, self._v, strict=True):
-            m.mul_(opt.beta1).add_(g * (1.0 - opt.beta1))
-            v.mul_(opt.beta2).add_((g * g) * (1.0 - opt.beta2))
-            p.sub_((m * lr_t) / (self._sqrt(v) + opt.epsilon))

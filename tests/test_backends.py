@@ -165,28 +165,9 @@ def test_auto_matmul_is_measured_once_per_machine_and_kept(
 
 
 def _own_masks(backend: Backend, draws: int) -> np.ndarray:
-    """`draws` steps of a backend's own dropout masks (hidden layer 1), 1 where kept."""
-    if backend.name == "torch":
-        # > 0: with oneDNN's products the kept units carry 1 / keep instead of 1
-        return np.stack([backend._dropout.draw()[0].numpy() > 0 for _ in range(draws)])  # type: ignore[attr-defined]
-    if backend.name == "jax":
-        import jax
-
-        key = jax.random.key(7)
-        return np.stack(
-            [
-                np.asarray(backend._own_masks(jax.random.fold_in(key, k), [(100, 256)])[0])  # type: ignore[attr-defined]
-                for k in range(draws)
-            ]
-        ).astype(np.float32)
-    import tensorflow as tf
-
-    return np.stack(
-        [
-            backend._own_mask(tf.TensorShape([100, 256]), tf.constant([7, k], tf.int64)).numpy()  # type: ignore[attr-defined]
-            for k in range(draws)
-        ]
-    ).astype(np.float32)
+    """`draws` steps of a backend's own dropout masks (one hidden layer of 100 x 256), 1 where
+    kept: the same public call for every backend."""
+    return backend.own_dropout_masks((100, 256), draws, seed=7).astype(np.float32)
 
 
 @pytest.mark.parametrize("name", backend_params())
