@@ -231,14 +231,18 @@ def test_a_report_that_fails_does_not_lose_the_run(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(len(installed_backends()) < 2, reason="parity needs both backends")
+@pytest.mark.skipif(len(installed_backends()) < 2, reason="parity needs two backends")
 def test_parity_run_gets_a_report_with_its_curve(tmp_path: Path) -> None:
+    """One pair (the first two backends): one parity run, whose report this checks."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
+    pair = [arg for name in installed_backends()[:2] for arg in ("--backend", name)]
     done = bench(
         "parity",
         "--stage",
         "relu-xavier",
         "--steps",
         "5",
+        *pair,
         "--tracking-uri",
         uri,
         "--data-dir",
@@ -248,7 +252,7 @@ def test_parity_run_gets_a_report_with_its_curve(tmp_path: Path) -> None:
     [run] = all_runs(uri)
     note = run.data.tags["mlflow.note.content"]
     assert note.startswith("**parity** run") and "parity passed" in note
-    assert "--stage relu-xavier --steps 5" in note
+    assert "--stage relu-xavier --steps 5 --backend" in note
     page = default_report_dir(uri, run.info.run_id) / "report.html"
     assert "<h2>parity_curve.png</h2><img" in page.read_text()
     assert "report.html" in {a.path for a in client(uri).list_artifacts(run.info.run_id)}
