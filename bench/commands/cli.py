@@ -20,6 +20,7 @@ from bench.core.devices import DEVICE_CHOICES
 from bench.core.errors import BenchError, StoreUnwritable
 from bench.core.spec import MAX_EPOCHS
 from bench.execution.matrix import CELL_TIMEOUT_BASE_S, CELL_TIMEOUT_PER_EPOCH_S, MAX_CELL_TIMEOUT_S
+from bench.execution.ray_executor import DEFAULT_RETRIES
 from bench.recording.user_tags import parse_tag
 
 # Ranges of the numeric options: a typo is an error here, not an overflow in a worker.
@@ -27,6 +28,7 @@ MAX_THREADS = 1024
 MAX_SEED = 2**32 - 1
 MAX_SEEDS = 10_000
 MAX_PARITY_STEPS = 100_000
+MAX_RETRIES = 10
 
 
 class _Parser(argparse.ArgumentParser):
@@ -157,6 +159,34 @@ def _add_matrix(parser: argparse.ArgumentParser) -> None:
     _add_common(parser)
 
 
+def _add_executor(parser: argparse.ArgumentParser) -> None:
+    """Where `run` runs its cells: here, one at a time, or on a Ray cluster."""
+    parser.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="local (default): this machine, one cell at a time; ray: one Ray task per cell",
+    )
+    parser.add_argument(
+        "--ray-address",
+        help="auto or HOST:PORT or ray://HOST:PORT of a running cluster; default: a local Ray"
+        " started for this invocation",
+    )
+    parser.add_argument(
+        "--cpus-per-cell",
+        type=_int_in(1, MAX_THREADS),
+        help="CPUs each cell's Ray task asks for (and its threads); default: all the cores of"
+        " the cluster's smallest node, so that no two cells share a node's cores",
+    )
+    parser.add_argument(
+        "--retries",
+        type=_int_in(0, MAX_RETRIES),
+        default=DEFAULT_RETRIES,
+        help=f"times a cell whose Ray node or worker died is run again (default"
+        f" {DEFAULT_RETRIES}); a cell that fails on its own is not",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="bench", description="mlp-bench: the MNIST tutorial stages, benchmarked")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -166,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     perf = commands.add_parser("perf", help="throughput vs the peak and vs Keras model.fit")
     for matrix_parser in (run, perf):
         _add_matrix(matrix_parser)
+    _add_executor(run)
     perf.add_argument(
         "--keras-epochs",
         type=_keras_epochs,

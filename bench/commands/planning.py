@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from backends import check_backend, installed_backends
 from bench.core.data import ensure_data
@@ -15,6 +16,9 @@ from bench.core.spec import select_stages
 from bench.execution.invocation import Plan, check_machine
 from bench.execution.matrix import build_cells
 from bench.recording.tracking import DEFAULT_EXPERIMENT, resolve_tracking_uri
+
+if TYPE_CHECKING:  # ray is imported only when --executor ray is chosen
+    from bench.execution.ray_executor import RayExecutor
 
 
 def seeds_of(args: argparse.Namespace) -> list[int]:
@@ -55,11 +59,11 @@ def plan_run(args: argparse.Namespace, refuse_busy: bool = False) -> Plan:
         raise BenchError(ONEDNN_ONLY)
     # Downloads what is missing, or fails now with the file's name.
     data_dir = ensure_data(args.data_dir, [spec.dataset for spec in specs.values()])
-    options = Options.from_args(
-        args, data_dir=str(data_dir), threads=args.threads or available_cores()
-    )
     seeds = seeds_of(args)
     machine, busy = check_machine(refuse_busy)
+    cluster = join_cluster(args, devices)  # last: nothing after it can fail
+    cores = cluster.cpus_per_cell if cluster is not None else available_cores()
+    options = Options.from_args(args, data_dir=str(data_dir), threads=args.threads or cores)
     return Plan(
         cells=build_cells(specs, backends, devices, seeds),
         specs=specs,
@@ -73,4 +77,19 @@ def plan_run(args: argparse.Namespace, refuse_busy: bool = False) -> Plan:
         cell_timeout_s=args.cell_timeout,
         tags=dict(args.tag or []),
         command=" ".join(sys.argv[1:]),
+        cluster=cluster,
     )
+
+
+def join_cluster(args: argparse.Namespace, devices: list[str]) -> RayExecutor | None:
+    """--executor ray: the cluster joined (or a local Ray started) and checked; else None."""
+    executor = getattr(args, "executor", "local")  # perf runs locally only
+    if executor != "ray":
+        if getattr(args, "ray_address", None) or getattr(args, "cpus_per_cell", None):
+            raise BenchError(
+                "--ray-address and --cpus-per-cell apply to --executor ray; add it or drop them"
+            )
+        return None
+    from bench.execution.ray_executor import RaySettings, connect
+
+    return connect(RaySettings(args.ray_address, args.cpus_per_cell, args.retries), devices)

@@ -162,3 +162,17 @@ class CellRun:
     # The machine around the cell (canary before and after, other processes' CPU) and the
     # verdict on its speed; None where not watched.
     load: CellLoad | None = None
+    # Where a cluster executor ran it: host name and node id ({}: this machine, one at a time).
+    node: dict[str, str] = field(default_factory=dict)
+    # The peaks measured on its own node, (backend, device) -> GFLOP/s; None: the invocation's.
+    peaks: dict[tuple[str, str], float] | None = None
+    # Why each earlier attempt was lost (its node or worker process died), one line each.
+    retries: list[str] = field(default_factory=list)
+
+    def placement_tags(self) -> dict[str, str]:
+        """The node it ran on and its retries, as tags (none for a local cell)."""
+        tags = {f"node_{key}": value for key, value in self.node.items()}
+        if self.retries:
+            tags["retries"] = str(len(self.retries))
+            tags["retried_after"] = " | ".join(self.retries)[:500]
+        return tags

@@ -18,7 +18,7 @@ from bench.core.seeding import describe_seeds
 from bench.core.spec import StageSpec
 from bench.core.types import Cell, CellRun
 from bench.execution import quiet
-from bench.execution.matrix import LocalExecutor, run_matrix
+from bench.execution.matrix import ClusterExecutor, LocalExecutor, run_matrix
 from bench.recording.perf import machine_peaks, speed_figures
 from bench.recording.report import Progress
 from bench.recording.run_report import report_safely
@@ -43,6 +43,9 @@ class Plan:
     cell_timeout_s: int | None = None  # None: the matrix's default for the cell's epochs
     tags: dict[str, str] = field(default_factory=dict)  # the user's --tag labels
     command: str = ""  # the command line, as recorded on the parent run
+    # Where the cells run: None, this machine one at a time; else a cluster (--executor ray),
+    # already joined and checked at planning.
+    cluster: ClusterExecutor | None = None
 
 
 def check_machine(refuse_busy: bool) -> tuple[quiet.Activity, str | None]:
@@ -143,6 +146,15 @@ def peak_records(peaks: dict[tuple[str, str], float]) -> tuple[dict[str, float],
     return metrics, {f"machine_peak_source_{d}": source for d, (_, source) in best.items()}
 
 
+def node_peak_metrics(node_peaks: dict[str, float]) -> dict[str, float]:
+    """Each node's peaks on the parent run: `node_peak_gflops/NODE_ID/BACKEND_DEVICE`."""
+    metrics = {}
+    for key, gflops in node_peaks.items():
+        node, backend, device = key.rsplit("/", 2)
+        metrics[f"node_peak_gflops/{node[:16]}/{backend}_{device}"] = gflops
+    return metrics
+
+
 @dataclass
 class Execution:
     """A finished (or interrupted) invocation: its runs and where they are recorded."""
@@ -178,8 +190,12 @@ def execute(plan: Plan, kind: str) -> Execution:
             f"{len(plan.cells)} cells -> {plan.tracking_uri} (experiment {plan.experiment!r})",
             flush=True,
         )
+        if plan.cluster is not None:
+            print(plan.cluster.describe(), flush=True)
         tracker.log_metrics(parent_id, _machine_metrics(plan))
-        peaks = measure_peaks(plan.cells, plan.options) if plan.measure_peaks else {}
+        # On a cluster each node measures its own peak, before its first cell.
+        local_peaks = plan.measure_peaks and plan.cluster is None
+        peaks = measure_peaks(plan.cells, plan.options) if local_peaks else {}
         peak_metrics, peak_sources = peak_records(peaks)
         tracker.log_metrics(parent_id, peak_metrics)
         tracker.set_tags(parent_id, peak_sources)
@@ -187,14 +203,17 @@ def execute(plan: Plan, kind: str) -> Execution:
         runs = run_matrix(
             plan.cells,
             plan.options,
-            LocalExecutor(),
+            plan.cluster or LocalExecutor(),
             record,
             Progress(),
             epochs_of=lambda cell: plan.specs[cell.stage].training.epochs,
             stage_texts={name: spec.text for name, spec in plan.specs.items()},
             cell_timeout_s=plan.cell_timeout_s,
             figures=functools.partial(speed_figures, specs=plan.specs, peaks=peaks),
+            measure_peaks=plan.measure_peaks,
         )
+        if plan.cluster is not None:
+            tracker.log_metrics(parent_id, node_peak_metrics(plan.cluster.node_peaks()))
         failed = sum(run.result is None for run in runs)
         tracker.log_metrics(parent_id, {"cells": len(runs), "cells_failed": failed})
         stable = plan.busy is None and all(r.load is None or r.load.stable for r in runs)
@@ -210,6 +229,9 @@ def execute(plan: Plan, kind: str) -> Execution:
             record.close("FAILED")
         tracker.end(parent_id, "FAILED")
         raise
+    finally:
+        if plan.cluster is not None:
+            plan.cluster.close()
     return Execution(tracker, parent_id, runs, peaks, interrupted=False, speed_stable=stable)
 
 

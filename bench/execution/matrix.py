@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from backends.keras_reference import KerasFit, keras_label
 from bench.core.errors import BenchError
@@ -127,6 +127,57 @@ def spawn_worker(
     )
 
 
+def cell_request(cell: Cell, options: Options, stage_text: str | None) -> dict[str, Any]:
+    """What a worker process is asked to train (its request.json, less the folder)."""
+    return {
+        "mode": "cell",
+        "cell": asdict(cell),
+        "options": asdict(options),
+        "stage_text": stage_text,
+    }
+
+
+def epoch_record(event: dict[str, Any]) -> EpochRecord:
+    return EpochRecord(**{k: v for k, v in event.items() if k != "type"})
+
+
+def collect_cell_run(
+    cell: Cell, done: WorkerExit, work_dir: Path, timeout_s: float | None
+) -> CellRun:
+    """The CellRun a finished worker left in `work_dir`: its result, or why it has none."""
+    log_path = work_dir / "worker.log"
+    result_path = work_dir / "result.json"
+    timings = {"process_start": done.start_seconds}
+    if done.code == 0 and result_path.exists():
+        result = CellResult.load(json.loads(result_path.read_text()), work_dir)
+        return CellRun(cell, result, None, done.wall_seconds, log_path, timings)
+    if done.timed_out:
+        error = f"exceeded --cell-timeout {timeout_s:g} s; the worker was killed"
+    else:
+        error = done.error or _crash_message(done.code, log_path)
+    return CellRun(cell, None, error, done.wall_seconds, log_path, timings)
+
+
+def peak_request(
+    backend: str, device: str, threads: int, tf32: bool, torch_matmul: str
+) -> dict[str, Any]:
+    """What a worker process is asked to measure the peak matmul rate of."""
+    return {
+        "mode": "peak",
+        "backend": backend,
+        "device": device,
+        "threads": threads,
+        "tf32": tf32,
+        "torch_matmul": torch_matmul,
+    }
+
+
+def peak_label(request: dict[str, Any]) -> str:
+    return (
+        f"peak on {request['backend']}/{request['device']}{' with TF32' if request['tf32'] else ''}"
+    )
+
+
 class LocalExecutor:
     """Runs each cell as its own `python -m bench.execution.worker` process, one at a time."""
 
@@ -141,26 +192,11 @@ class LocalExecutor:
     ) -> CellRun:
         def on_event(event: dict[str, Any]) -> None:
             if event["type"] == "epoch":
-                on_epoch(EpochRecord(**{k: v for k, v in event.items() if k != "type"}))
+                on_epoch(epoch_record(event))
 
-        request = {
-            "mode": "cell",
-            "cell": asdict(cell),
-            "options": asdict(options),
-            "stage_text": stage_text,
-        }
+        request = cell_request(cell, options, stage_text)
         done = spawn_worker(request, work_dir, on_event, timeout_s)
-        log_path = work_dir / "worker.log"
-        result_path = work_dir / "result.json"
-        timings = {"process_start": done.start_seconds}
-        if done.code == 0 and result_path.exists():
-            result = CellResult.load(json.loads(result_path.read_text()), work_dir)
-            return CellRun(cell, result, None, done.wall_seconds, log_path, timings)
-        if done.timed_out:
-            error = f"exceeded --cell-timeout {timeout_s:g} s; the worker was killed"
-        else:
-            error = done.error or _crash_message(done.code, log_path)
-        return CellRun(cell, None, error, done.wall_seconds, log_path, timings)
+        return collect_cell_run(cell, done, work_dir, timeout_s)
 
     def peak(
         self,
@@ -173,16 +209,8 @@ class LocalExecutor:
     ) -> float:
         """The device's peak float32 matmul GFLOP/s, measured through the framework; with
         `tf32`, the TF32 rate that rows trained with TF32 are held against (GPUs only)."""
-        request = {
-            "mode": "peak",
-            "backend": backend,
-            "device": device,
-            "threads": threads,
-            "tf32": tf32,
-            "torch_matmul": torch_matmul,
-        }
-        what = f"peak on {backend}/{device}{' with TF32' if tf32 else ''}"
-        return _measure(request, work_dir, "peak", "gflops", what)
+        request = peak_request(backend, device, threads, tf32, torch_matmul)
+        return measure(request, work_dir, "peak", "gflops", peak_label(request))
 
     def keras_reference(
         self,
@@ -224,7 +252,7 @@ def run_alone(cell: Cell, options: Options, executor: Executor | None = None) ->
         return run
 
 
-def _measure(request: dict[str, Any], work_dir: Path, kind: str, key: str, what: str) -> float:
+def measure(request: dict[str, Any], work_dir: Path, kind: str, key: str, what: str) -> float:
     """Run a measuring worker and return the one number its `kind` event carries."""
     return float(_measured_event(request, work_dir, kind, what)[key])
 
@@ -317,24 +345,64 @@ class _PhaseClock:
             self.started_at += time.perf_counter() - start
 
 
+@runtime_checkable
+class ClusterExecutor(Protocol):
+    """An executor that runs many cells at once on other machines (Ray): it yields each
+    cell's run as it finishes, and cancels what is still out when closed early."""
+
+    def run_cells(
+        self,
+        cells: list[Cell],
+        options: Options,
+        stage_texts: Mapping[str, str],
+        time_limit: Callable[[Cell], float],
+        measure_peaks: bool,
+    ) -> Iterator[CellRun]: ...
+
+    def node_peaks(self) -> dict[str, float]: ...
+
+    def describe(self) -> str: ...
+
+    def close(self) -> None: ...
+
+
 def run_matrix(
     cells: list[Cell],
     options: Options,
-    executor: Executor,
+    executor: Executor | ClusterExecutor,
     tracker: CellTracker,
     observer: CellObserver,
     epochs_of: Callable[[Cell], int],
     stage_texts: Mapping[str, str] | None = None,
     cell_timeout_s: int | None = None,
     figures: Callable[[CellRun], dict[str, float]] = lambda run: {},
+    measure_peaks: bool = False,
 ) -> list[CellRun]:
-    """Run every cell in order; record each in MLflow; end each run with its true status.
+    """Run every cell; record each in MLflow; end each run with its true status.
     `stage_texts` (stage -> its text, read once at planning) is what each worker trains from;
     without it a worker reads the stage from the stages folder. A cell running past
-    `cell_timeout_s` (default: `cell_time_limit` of its epochs) is killed and FAILED. A canary
-    before and after each cell and other processes' CPU use during it judge whether its speed
-    can be trusted (`CellRun.load`; ~0.6 s a cell, outside its time). `figures` derives a
+    `cell_timeout_s` (default: `cell_time_limit` of its epochs) is killed and FAILED. Locally,
+    cells run in order, one at a time, and a canary before and after each cell and other
+    processes' CPU use during it judge whether its speed can be trusted (`CellRun.load`; ~0.6 s
+    a cell, outside its time). On a cluster they run at once and each is recorded as it
+    comes back, its node's peak measured on that node (`measure_peaks`). `figures` derives a
     finished cell's speed figures (`CellRun.speed`) before it is recorded."""
+
+    def time_limit(cell: Cell) -> int:
+        return cell_timeout_s or cell_time_limit(epochs_of(cell))
+
+    texts = stage_texts or {}
+    if isinstance(executor, ClusterExecutor):
+        finished = executor.run_cells(cells, options, texts, time_limit, measure_peaks)
+        try:
+            runs = [
+                _record_finished(run, index, len(cells), tracker, observer, figures)
+                for index, run in enumerate(finished, start=1)
+            ]
+        finally:
+            finished.close()  # type: ignore[attr-defined]  # a generator: cancels what is out
+        order = {cell: position for position, cell in enumerate(cells)}
+        return sorted(runs, key=lambda run: order[run.cell])
     runs = []
     for index, cell in enumerate(cells, start=1):
         watch = quiet.watch_before()
@@ -343,34 +411,78 @@ def run_matrix(
             observer.cell_started(index, len(cells), cell)
         with clock.timing("mlflow_logging"):
             run_id = tracker.start_cell(cell)
-        try:
-            with tempfile.TemporaryDirectory(prefix="mlp-bench-") as tmp:
+        with (
+            _ended_on_error(tracker, run_id),
+            tempfile.TemporaryDirectory(prefix="mlp-bench-") as tmp,
+        ):
 
-                def on_epoch(
-                    record: EpochRecord,
-                    cell: Cell = cell,
-                    run_id: str = run_id,
-                    clock: _PhaseClock = clock,
-                ) -> None:
-                    with clock.timing("mlflow_logging"):
-                        tracker.log_epoch(run_id, record)
-                    with clock.timing("display"):
-                        observer.epoch(cell, record, epochs_of(cell))
+            def on_epoch(
+                record: EpochRecord,
+                cell: Cell = cell,
+                run_id: str = run_id,
+                clock: _PhaseClock = clock,
+            ) -> None:
+                with clock.timing("mlflow_logging"):
+                    tracker.log_epoch(run_id, record)
+                with clock.timing("display"):
+                    observer.epoch(cell, record, epochs_of(cell))
 
-                stage_text = (stage_texts or {}).get(cell.stage)
-                limit = cell_timeout_s or cell_time_limit(epochs_of(cell))
-                run = executor.execute(cell, options, Path(tmp), on_epoch, stage_text, limit)
-                if run.result is not None:
-                    with clock.paused():
-                        run.load = quiet.watch_after(watch, run.result.spread)
-                run.timings.update(clock.seconds)
-                run.timings["started_at"] = clock.started_at
-                if run.result is not None:
-                    run.speed = figures(run)
-                tracker.finish_cell(run_id, run)
-        except BaseException as exc:  # interrupted: KILLED; the recording broke: FAILED
-            tracker.end(run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-            raise
+            run = executor.execute(
+                cell, options, Path(tmp), on_epoch, texts.get(cell.stage), time_limit(cell)
+            )
+            if run.result is not None:
+                with clock.paused():
+                    run.load = quiet.watch_after(watch, run.result.spread)
+            run.timings["started_at"] = clock.started_at
+            _finish(run, run_id, clock, tracker, figures)
         observer.cell_finished(run)
         runs.append(run)
     return runs
+
+
+@contextlib.contextmanager
+def _ended_on_error(tracker: CellTracker, run_id: str) -> Iterator[None]:
+    """Interrupted: the cell's run ends KILLED; the recording broke: FAILED."""
+    try:
+        yield
+    except BaseException as exc:
+        tracker.end(run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+
+
+def _finish(
+    run: CellRun,
+    run_id: str,
+    clock: _PhaseClock,
+    tracker: CellTracker,
+    figures: Callable[[CellRun], dict[str, float]],
+) -> None:
+    """The parent-side timings and speed figures, then the cell's records and its end."""
+    run.timings.update(clock.seconds)
+    if run.result is not None:
+        run.speed = figures(run)
+    tracker.finish_cell(run_id, run)
+
+
+def _record_finished(
+    run: CellRun,
+    index: int,
+    total: int,
+    tracker: CellTracker,
+    observer: CellObserver,
+    figures: Callable[[CellRun], dict[str, float]],
+) -> CellRun:
+    """A cell that came back from a cluster: its run is made now (none waits RUNNING while
+    the cell is queued), its epochs written in one go, then its end."""
+    clock = _PhaseClock()
+    with clock.timing("display"):
+        observer.cell_started(index, total, run.cell)
+    with clock.timing("mlflow_logging"):
+        run_id = tracker.start_cell(run.cell)
+    with _ended_on_error(tracker, run_id):
+        for record in run.result.epochs if run.result is not None else []:
+            with clock.timing("mlflow_logging"):
+                tracker.log_epoch(run_id, record)
+        _finish(run, run_id, clock, tracker, figures)
+    observer.cell_finished(run)
+    return run

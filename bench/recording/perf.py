@@ -138,6 +138,8 @@ def speed_figures(
     by the execution, before the cell is recorded; the recorder and the perf table read them."""
     assert run.result is not None
     result = run.result
+    if run.peaks is not None:  # measured on the node the cell ran on (a cluster executor)
+        peaks = run.peaks
     parent = {k: v for k, v in run.timings.items() if k != "started_at"}
     parent["total"] = time.perf_counter() - run.timings["started_at"]
     metrics = {"wall_seconds": run.wall_seconds}

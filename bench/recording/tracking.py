@@ -529,14 +529,17 @@ class MatrixRecord:
         """The cell's epochs, artifacts and finals, with the speed figures the execution
         derived (CellRun.speed): the recorder computes none of its own."""
         self._flush(run_id)
+        placement = run.placement_tags()  # the node and retries of a cluster's cell
         if run.result is not None:
             self._tracker.log_cell_details(run_id, run.result, files, self._options.data_dir)
-            tags = run.load.tags() if run.load is not None else {}
+            tags = {**placement, **(run.load.tags() if run.load is not None else {})}
             spec = self._specs[run.cell.stage]
             tutorial, met = tutorial_comparison(spec, run.result)
             tags["expectation_met"] = met
-            self._tracker.log_cell_finals(run_id, run.result, run.speed | tutorial, tags)
+            retries = {"retries": float(len(run.retries))} if run.node else {}
+            self._tracker.log_cell_finals(run_id, run.result, run.speed | tutorial | retries, tags)
         else:
+            self._tracker.set_tags(run_id, placement)
             self._tracker.record_failed(run_id, run.error or "", files)
 
     def end(self, run_id: str, status: str) -> None:
