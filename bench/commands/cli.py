@@ -21,6 +21,7 @@ from bench.core.errors import BenchError, StoreUnwritable
 from bench.core.spec import MAX_EPOCHS
 from bench.execution.matrix import CELL_TIMEOUT_BASE_S, CELL_TIMEOUT_PER_EPOCH_S, MAX_CELL_TIMEOUT_S
 from bench.execution.ray_executor import DEFAULT_RETRIES
+from bench.recording.server import DATABASE_ENV, DEFAULT_DATABASE, SERVER_PORT
 from bench.recording.user_tags import parse_tag
 
 # Ranges of the numeric options: a typo is an error here, not an overflow in a worker.
@@ -179,6 +180,12 @@ def _add_executor(parser: argparse.ArgumentParser) -> None:
         " the cluster's smallest node, so that no two cells share a node's cores",
     )
     parser.add_argument(
+        "--resume",
+        metavar="PARENT_RUN_ID",
+        help="run the cells of that invocation that did not finish, under its parent run"
+        " (its own stages and options)",
+    )
+    parser.add_argument(
         "--retries",
         type=_int_in(0, MAX_RETRIES),
         default=DEFAULT_RETRIES,
@@ -282,6 +289,24 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, help="default 5000")
     ui.add_argument("--tracking-uri", help="a SQLite store (or MLFLOW_TRACKING_URI)")
 
+    server = commands.add_parser(
+        "server", help="a shared MLflow tracking server on PostgreSQL (nox -s server)"
+    )
+    server.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this host only)")
+    server.add_argument("--port", type=_int_in(1, 65535), default=SERVER_PORT)
+    server.add_argument(
+        "--database-uri",
+        help=f"postgresql://USER:PASSWORD@HOST:PORT/DB (or {DATABASE_ENV}); default"
+        f" {DEFAULT_DATABASE}",
+    )
+    server.add_argument("--artifacts", help="folder the server keeps artifacts in")
+    server.add_argument(
+        "--basic-auth",
+        action="store_true",
+        help="MLflow's basic-auth app: clients log in with MLFLOW_TRACKING_USERNAME/PASSWORD",
+    )
+    server.add_argument("--workers", type=_int_in(1, 64), default=4)
+
     pending = commands.add_parser(
         "record-pending", help="record the cells a locked or read-only store could not take"
     )
@@ -336,6 +361,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from bench.commands.ui import cmd_ui
 
             return cmd_ui(args)
+        if args.command == "server":
+            from bench.commands.server import cmd_server
+
+            return cmd_server(args)
         if args.command == "record-pending":
             from bench.commands.record_pending import cmd_record_pending
 

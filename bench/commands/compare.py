@@ -20,7 +20,7 @@ from bench.core.options import normalised
 from bench.core.provenance import git_state
 from bench.core.types import environment_of
 from bench.recording import compare
-from bench.recording.run_report import command_line, report_safely
+from bench.recording.run_report import command_line, latest_attempts, report_safely
 from bench.recording.tracking import INVOCATION_TAG, Tracker, resolve_tracking_uri
 from bench.recording.user_tags import parse_tag
 
@@ -114,7 +114,8 @@ def load_side(client: Any, run: Any) -> compare.Side:
     run_id = run.info.run_id
     query = f"tags.{INVOCATION_TAG} = '{run_id}' and tags.kind = 'cell'"
     # MLflow returns 1,000 runs unless told more; its store's ceiling is 50,000.
-    cells = client.search_runs([run.info.experiment_id], filter_string=query, max_results=50_000)
+    found = client.search_runs([run.info.experiment_id], filter_string=query, max_results=50_000)
+    cells = latest_attempts(found)  # a resumed invocation: the later run of a cell counts
     with tempfile.TemporaryDirectory(prefix="mlp-bench-compare-") as tmp:
         loaded = [_cell(client, cell, Path(tmp)) for cell in cells]
     drift = {

@@ -4,6 +4,7 @@ machine probed, before any training starts. The one place the arguments of a mat
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import TYPE_CHECKING
 
@@ -12,10 +13,10 @@ from bench.core.data import ensure_data
 from bench.core.devices import available_cores, resolve_devices
 from bench.core.errors import BenchError
 from bench.core.options import ONEDNN_ONLY, Options
-from bench.core.spec import select_stages
+from bench.core.spec import parse_stage, select_stages, with_epochs
 from bench.execution.invocation import Plan, check_machine
 from bench.execution.matrix import build_cells
-from bench.recording.tracking import DEFAULT_EXPERIMENT, resolve_tracking_uri
+from bench.recording.tracking import DEFAULT_EXPERIMENT, Tracker, resolve_tracking_uri
 
 if TYPE_CHECKING:  # ray is imported only when --executor ray is chosen
     from bench.execution.ray_executor import RayExecutor
@@ -93,3 +94,72 @@ def join_cluster(args: argparse.Namespace, devices: list[str]) -> RayExecutor | 
     from bench.execution.ray_executor import RaySettings, connect
 
     return connect(RaySettings(args.ray_address, args.cpus_per_cell, args.retries), devices)
+
+
+# What `run --resume` may set: where and how the rest runs, not what it is.
+_RESUME_MAY_SET = {
+    "command",
+    "resume",
+    "executor",
+    "ray_address",
+    "cpus_per_cell",
+    "retries",
+    "tracking_uri",
+    "data_dir",
+    "cell_timeout",
+    "no_peak",
+}
+
+
+def plan_resume(args: argparse.Namespace) -> Plan:
+    """The cells of a recorded invocation that did not finish, with its own stages and options,
+    to be run under its parent run."""
+    from bench.commands.cli import build_parser
+
+    defaults = vars(build_parser().parse_args(["run"]))
+    for name, value in vars(args).items():
+        if name not in _RESUME_MAY_SET and value != defaults.get(name):
+            raise BenchError(
+                f"--resume runs the recorded invocation's own cells, stages and options; drop"
+                f" --{name.replace('_', '-')}"
+            )
+    uri = resolve_tracking_uri(args.tracking_uri)
+    recorded = Tracker(uri, None).load_invocation(args.resume)
+    cells = recorded.unfinished()
+    if not cells:
+        raise BenchError(
+            f"invocation {args.resume} has no cell left to run: all {len(recorded.cells)} finished"
+        )
+    plan = recorded.plan
+    options = Options(**plan["options"])
+    specs = {
+        name: with_epochs(parse_stage(text, f"recorded {name}.toml"), options.epochs)
+        for name, text in plan["stage_texts"].items()
+    }
+    for backend in dict.fromkeys(cell.backend for cell in cells):
+        check_backend(backend)
+    data_dir = ensure_data(
+        args.data_dir or options.data_dir, [spec.dataset for spec in specs.values()]
+    )
+    machine, busy = check_machine(refuse_busy=False)
+    devices: list[str] = list(dict.fromkeys(cell.device for cell in cells))
+    cluster = join_cluster(args, devices)
+    print(
+        f"resuming {args.resume}: {len(cells)} of its {len(recorded.cells)} cells did not finish",
+        flush=True,
+    )
+    return Plan(
+        cells=cells,
+        specs=specs,
+        options=dataclasses.replace(options, data_dir=str(data_dir)),
+        tracking_uri=uri,
+        experiment=recorded.experiment,
+        seeds=list(plan["seeds"]),
+        machine=machine,
+        busy=busy,
+        measure_peaks=bool(plan["measure_peaks"]) and not args.no_peak,
+        cell_timeout_s=args.cell_timeout or plan["cell_timeout_s"],
+        command=" ".join(sys.argv[1:]),
+        cluster=cluster,
+        resumed=recorded,
+    )

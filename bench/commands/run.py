@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 
 from bench.commands.exits import EXIT_FAILED, EXIT_INTERRUPTED
-from bench.commands.planning import plan_run
+from bench.commands.planning import plan_resume, plan_run
 from bench.execution.invocation import execute, finish
 from bench.recording.report import group_table, results_table
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    plan = plan_run(args)
+    plan = plan_resume(args) if args.resume else plan_run(args)
     execution = execute(plan, "matrix")
     if execution.interrupted:
         return EXIT_INTERRUPTED

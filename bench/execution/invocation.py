@@ -4,6 +4,7 @@ Plan from the arguments, and nothing past it reads them."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import tempfile
@@ -22,7 +23,7 @@ from bench.execution.matrix import ClusterExecutor, LocalExecutor, run_matrix
 from bench.recording.perf import machine_peaks, speed_figures
 from bench.recording.report import Progress
 from bench.recording.run_report import report_safely
-from bench.recording.tracking import MatrixRecord, Tracker
+from bench.recording.tracking import MatrixRecord, RecordedInvocation, Tracker
 from bench.recording.ui import closing_lines
 
 
@@ -46,6 +47,8 @@ class Plan:
     # Where the cells run: None, this machine one at a time; else a cluster (--executor ray),
     # already joined and checked at planning.
     cluster: ClusterExecutor | None = None
+    # `run --resume`: the invocation whose unfinished cells these are (None: a new one).
+    resumed: RecordedInvocation | None = None
 
 
 def check_machine(refuse_busy: bool) -> tuple[quiet.Activity, str | None]:
@@ -146,6 +149,19 @@ def peak_records(peaks: dict[tuple[str, str], float]) -> tuple[dict[str, float],
     return metrics, {f"machine_peak_source_{d}": source for d, (_, source) in best.items()}
 
 
+def invocation_plan(plan: Plan) -> dict[str, object]:
+    """What `run --resume` needs to run the rest of an invocation as it was planned: its cells,
+    options and stage texts (recorded on the parent run as invocation.json)."""
+    return {
+        "cells": [dataclasses.asdict(cell) for cell in plan.cells],
+        "options": dataclasses.asdict(plan.options),
+        "stage_texts": {name: spec.text for name, spec in plan.specs.items()},
+        "seeds": plan.seeds,
+        "measure_peaks": plan.measure_peaks,
+        "cell_timeout_s": plan.cell_timeout_s,
+    }
+
+
 def node_peak_metrics(node_peaks: dict[str, float]) -> dict[str, float]:
     """Each node's peaks on the parent run: `node_peak_gflops/NODE_ID/BACKEND_DEVICE`."""
     metrics = {}
@@ -173,19 +189,25 @@ def execute(plan: Plan, kind: str) -> Execution:
     from bench.core.provenance import git_state
 
     tracker = Tracker(plan.tracking_uri, plan.experiment)
-    parent_id = tracker.start_parent(
-        invocation_name(kind, plan),
-        params=_invocation_params(plan),
-        # The user's --tag labels first: the harness's own tags (validated apart) come after.
-        tags={
-            **plan.tags,
-            "kind": kind,
-            "machine_busy": str(plan.busy is not None).lower(),
-            **git_state(),
-        },
-    )
+    if plan.resumed is not None:
+        parent_id = plan.resumed.parent_id
+        tracker.reopen(plan.resumed, plan.cells)
+    else:
+        parent_id = tracker.start_parent(
+            invocation_name(kind, plan),
+            params=_invocation_params(plan),
+            # The user's --tag labels first: the harness's own tags (validated apart) after.
+            tags={
+                **plan.tags,
+                "kind": kind,
+                "machine_busy": str(plan.busy is not None).lower(),
+                **git_state(),
+            },
+        )
     record = None
     try:
+        if plan.resumed is None:
+            tracker.log_invocation(parent_id, invocation_plan(plan))
         print(
             f"{len(plan.cells)} cells -> {plan.tracking_uri} (experiment {plan.experiment!r})",
             flush=True,
@@ -199,7 +221,9 @@ def execute(plan: Plan, kind: str) -> Execution:
         peak_metrics, peak_sources = peak_records(peaks)
         tracker.log_metrics(parent_id, peak_metrics)
         tracker.set_tags(parent_id, peak_sources)
-        record = MatrixRecord(tracker, parent_id, plan.specs, plan.cells, plan.options)
+        record = MatrixRecord(
+            tracker, parent_id, plan.specs, plan.cells, plan.options, plan.resumed
+        )
         runs = run_matrix(
             plan.cells,
             plan.options,
@@ -215,7 +239,8 @@ def execute(plan: Plan, kind: str) -> Execution:
         if plan.cluster is not None:
             tracker.log_metrics(parent_id, node_peak_metrics(plan.cluster.node_peaks()))
         failed = sum(run.result is None for run in runs)
-        tracker.log_metrics(parent_id, {"cells": len(runs), "cells_failed": failed})
+        planned = len(plan.resumed.cells) if plan.resumed is not None else len(runs)
+        tracker.log_metrics(parent_id, {"cells": planned, "cells_failed": failed})
         stable = plan.busy is None and all(r.load is None or r.load.stable for r in runs)
         tracker.set_tags(parent_id, {"speed_stable": str(stable).lower()})
     except KeyboardInterrupt:

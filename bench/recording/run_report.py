@@ -145,7 +145,7 @@ def _cell_runs(client: Any, experiment_id: str, parent_id: str) -> list[Any]:
         max_results=_MAX_SEARCH,
     )
     if tagged:
-        return list(tagged)
+        return latest_attempts(tagged)
     found: list[Any] = []
     level = [parent_id]
     for _ in range(2):
@@ -160,6 +160,18 @@ def _cell_runs(client: Any, experiment_id: str, parent_id: str) -> list[Any]:
         found += [r for r in children if r.data.tags.get("kind") == "cell"]
         level = [r.info.run_id for r in children if r.data.tags.get("kind") == "group"]
     return sorted(found, key=lambda r: r.info.start_time)
+
+
+def latest_attempts(runs: list[Any]) -> list[Any]:
+    """One run per cell: a resumed invocation ran again the cells that had not finished, and
+    the later run stands for the cell (the earlier, KILLED or FAILED, stays in the store)."""
+    latest: dict[tuple[str, ...], Any] = {}
+    for run in sorted(runs, key=lambda r: r.info.start_time):
+        tags = run.data.tags
+        key = tuple(tags.get(k, "") for k in ("stage", "backend", "device", "seed"))
+        latest.pop(key, None)  # re-inserted: the order stays by start time
+        latest[key] = run
+    return list(latest.values())
 
 
 def _load_cells(client: Any, experiment_id: str, parent_id: str) -> list[CellData]:

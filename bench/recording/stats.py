@@ -71,15 +71,31 @@ def combined_noise(a: Summary, b: Summary) -> float:
     return math.sqrt(a.std**2 / a.n + b.std**2 / b.n)
 
 
-def group_metrics(runs: list[CellRun]) -> dict[str, float]:
+@dataclass(frozen=True)
+class Member:
+    """What a group's statistics need of one cell: from a run just made, or read back from
+    the store (a resumed invocation's cells that finished before)."""
+
+    outcome: str  # "failed": no result
+    test_accuracy: float | None = None
+    train_samples_per_s: float | None = None
+
+    @classmethod
+    def of(cls, run: CellRun) -> Member:
+        if run.result is None:
+            return cls("failed")
+        r = run.result
+        return cls(r.outcome, r.test_accuracy, r.train_samples_per_s)
+
+
+def group_metrics(members: list[Member]) -> dict[str, float]:
     """Statistics over a group's seeds: accuracy and speed summaries, outcome counts."""
-    results = [run.result for run in runs if run.result is not None]
     metrics: dict[str, float] = {}
     for name in ("test_accuracy", "train_samples_per_s"):
-        values = [getattr(r, name) for r in results if getattr(r, name) is not None]
+        values = [getattr(m, name) for m in members if getattr(m, name) is not None]
         summary = summarize(values)
         if summary is not None:
             metrics.update(summary.metrics(name))
-    outcomes = [r.outcome for r in results] + ["failed"] * (len(runs) - len(results))
+    outcomes = [m.outcome for m in members]
     metrics.update({f"outcome_{k}": float(v) for k, v in outcome_counts(outcomes).items()})
     return metrics

@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import tempfile
 import time
 from collections import Counter
@@ -27,7 +28,7 @@ from bench.core.seeding import describe_seeds
 from bench.core.spec import StageSpec
 from bench.core.types import ENV_PREFIX, Cell, CellResult, CellRun, EpochRecord
 from bench.recording import store, unrecorded
-from bench.recording.stats import group_metrics
+from bench.recording.stats import Member, group_metrics
 
 DEFAULT_EXPERIMENT = "mnist-tutorial"
 FLUSH_SECONDS = 10.0  # how often buffered per-epoch metrics are written during a cell
@@ -71,6 +72,9 @@ def _quiet_mlflow() -> None:
     # Fail fast on an unreachable server instead of retrying for minutes.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    # A server's client prints two links for every run it ends: noise among the progress lines
+    # (and a request each); the invocation prints its own links once.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 def _quiet_loggers() -> None:
@@ -93,6 +97,30 @@ class RecordedCell:
     metrics: dict[str, float]
     stage_text: str
     step_losses: np.ndarray
+
+
+INVOCATION_FILE = "invocation.json"  # on a parent run: what it planned to run (resume reads it)
+_MAX_RUNS = 50_000  # one search's page: an invocation's cells and groups fit in it
+
+
+@dataclass(frozen=True)
+class RecordedInvocation:
+    """A `bench run` invocation as the store holds it: what it planned, what finished."""
+
+    parent_id: str
+    experiment: str
+    plan: dict[str, Any]  # cells, options, stage texts: see invocation.invocation_plan
+    finished: dict[Cell, Member]  # cells with a FINISHED run
+    group_ids: dict[str, str]  # group -> its run
+    open_runs: list[str]  # its runs still RUNNING, left by a process that is gone
+
+    @property
+    def cells(self) -> list[Cell]:
+        return [Cell(**cell) for cell in self.plan["cells"]]
+
+    def unfinished(self) -> list[Cell]:
+        """Its cells with no FINISHED run (never started, interrupted, failed), in order."""
+        return [cell for cell in self.cells if cell not in self.finished]
 
 
 class Tracker:
@@ -121,6 +149,13 @@ class Tracker:
             raise
         except Exception as exc:  # any other failure here means the store is not usable
             reason = " ".join(str(exc).split())[:200]
+            refused = _refused(reason)
+            if refused:
+                raise BenchError(
+                    f"tracking server {uri} refused the credentials ({refused}); set"
+                    " MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to a user of its"
+                    " basic-auth app"
+                ) from None
             raise BenchError(
                 f"tracking store {uri} is not usable ({type(exc).__name__}: {reason}); "
                 "start it or pass a working --tracking-uri / MLFLOW_TRACKING_URI"
@@ -382,6 +417,83 @@ class Tracker:
     def log_artifact(self, run_id: str, path: Path) -> None:
         self._client.log_artifact(run_id, str(path))
 
+    def log_invocation(self, run_id: str, plan: dict[str, Any]) -> None:
+        """What an invocation is about to run, on its parent run, for `run --resume`."""
+        self._client.log_dict(run_id, plan, INVOCATION_FILE)
+
+    def load_invocation(self, parent_id: str) -> RecordedInvocation:
+        """A `bench run` invocation read back to be resumed; one that is still running here,
+        or that was recorded without its plan, is an error."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            parent = self._client.get_run(parent_id)
+        except MlflowException:
+            raise BenchError(
+                f"no run {parent_id!r} in {self.uri}; give the id `bench run` printed after"
+                " 'recorded as parent run', with the store it is in (--tracking-uri)"
+            ) from None
+        tags = parent.data.tags
+        if tags.get("kind") != "matrix":
+            raise BenchError(
+                f"run {parent_id} is not a `bench run` invocation (kind {tags.get('kind')!r});"
+                " give the id printed after 'recorded as parent run'"
+            )
+        here = tags.get("owner_host") == socket.gethostname()
+        if parent.info.status == "RUNNING" and here and not store.owner_gone(tags):
+            raise BenchError(
+                f"invocation {parent_id} is still running (pid {tags.get('owner_pid')});"
+                " let it finish or stop it, then resume"
+            )
+        experiment = self._client.get_experiment(parent.info.experiment_id).name
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = self._client.download_artifacts(parent_id, INVOCATION_FILE, tmp)
+                plan = json.loads(Path(path).read_text())
+        except (MlflowException, OSError):
+            raise BenchError(
+                f"invocation {parent_id} was recorded without its plan (by an mlp-bench"
+                " older than --resume); run its command again instead"
+            ) from None
+        children = self._client.search_runs(
+            [parent.info.experiment_id],
+            filter_string=f"tags.{INVOCATION_TAG} = '{parent_id}'",
+            max_results=_MAX_RUNS,
+        )
+        finished, group_ids, open_runs = {}, {}, []
+        for run in children:
+            kind, status = run.data.tags.get("kind"), run.info.status
+            if status == "RUNNING":
+                open_runs.append(run.info.run_id)
+            if kind == "group":
+                group_ids[_cell_of(run.data.tags, seed=0).group] = run.info.run_id
+            elif kind == "cell" and status == "FINISHED":
+                finished[_cell_of(run.data.tags)] = Member(
+                    run.data.tags.get("outcome", "failed"),
+                    run.data.metrics.get("test_accuracy"),
+                    run.data.metrics.get("train_samples_per_s"),
+                )
+        if parent.info.status == "RUNNING":
+            open_runs.append(parent_id)
+        return RecordedInvocation(parent_id, experiment, plan, finished, group_ids, open_runs)
+
+    def reopen(self, invocation: RecordedInvocation, cells: list[Cell]) -> None:
+        """Before a resumed invocation runs `cells`: its runs left RUNNING are ended KILLED,
+        then its parent and the groups of `cells` are RUNNING again, owned by this process."""
+        for run_id in invocation.open_runs:
+            self._client.set_terminated(run_id, "KILLED")
+        if invocation.open_runs:
+            log.info(f"{len(invocation.open_runs)} run(s) left RUNNING: marked KILLED")
+        groups = {cell.group for cell in cells}
+        reopened = [invocation.parent_id] + [
+            run_id for group, run_id in invocation.group_ids.items() if group in groups
+        ]
+        for run_id in reopened:
+            self._client.update_run(run_id, status="RUNNING")
+            self.set_tags(run_id, store.owner_tags())
+        resumes = self._client.get_run(invocation.parent_id).data.tags.get("resumes", "0")
+        self.set_tags(invocation.parent_id, {"resumes": str(int(resumes) + 1)})
+
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         for key, value in tags.items():
             self._client.set_tag(run_id, key, value)
@@ -426,6 +538,20 @@ class Tracker:
             self._client.log_artifact(run_id, str(path))
 
 
+def _refused(reason: str) -> str | None:
+    """HTTP 401 or 403 in MLflow's words for a failed request (None: another failure)."""
+    for code, name in (("401", "unauthorized"), ("403", "forbidden")):
+        if f"code {code}" in reason or f"{code} {name.title()}" in reason:
+            return f"HTTP {code} {name}"
+    return None
+
+
+def _cell_of(tags: dict[str, str], seed: int | None = None) -> Cell:
+    """The cell a cell run's (or, with a seed, a group run's) tags name."""
+    device: Literal["cpu", "gpu"] = "gpu" if tags.get("device") == "gpu" else "cpu"
+    return Cell(tags["stage"], tags["backend"], device, int(tags["seed"]) if seed is None else seed)
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -467,15 +593,25 @@ class MatrixRecord:
         specs: dict[str, StageSpec],
         cells: list[Cell],
         options: Options,
+        resumed: RecordedInvocation | None = None,
     ) -> None:
+        """`cells` are those to run; a `resumed` invocation brings the cells that finished
+        before and its group runs, whose statistics take in both."""
         self._tracker = tracker
         self._parent_id = parent_id
         self._specs = specs
         self._options = options
         self._pending = Counter(cell.group for cell in cells)
-        self._seeds = {g: [c.seed for c in cells if c.group == g] for g in self._pending}
+        every = resumed.cells if resumed is not None else cells
+        self._seeds = {g: [c.seed for c in every if c.group == g] for g in self._pending}
         self._group_ids: dict[str, str] = {}
-        self._group_runs: dict[str, list[CellRun]] = {}
+        self._members: dict[str, list[Member]] = {}
+        if resumed is not None:
+            for group, run_id in resumed.group_ids.items():
+                self._group_ids[group] = run_id
+                self._members[group] = [
+                    member for cell, member in resumed.finished.items() if cell.group == group
+                ]
         self._pending_epochs: dict[str, list[EpochRecord]] = {}
         self._last_flush: dict[str, float] = {}
 
@@ -521,7 +657,7 @@ class MatrixRecord:
         group = run.cell.group
         self._pending[group] -= 1
         if group in self._group_ids:
-            self._group_runs[group].append(run)
+            self._members[group].append(Member.of(run))
             if self._pending[group] == 0:
                 self._close_group(group)
 
@@ -564,11 +700,11 @@ class MatrixRecord:
             self._group_ids[group] = self._tracker.start_group(
                 self._parent_id, cell, self._seeds[group]
             )
-            self._group_runs[group] = []
+            self._members[group] = []
         return self._group_ids[group]
 
     def _close_group(self, group: str) -> None:
-        runs = self._group_runs[group]
-        self._tracker.log_metrics(self._group_ids[group], group_metrics(runs))
-        failed = any(run.result is None for run in runs)
+        members = self._members[group]
+        self._tracker.log_metrics(self._group_ids[group], group_metrics(members))
+        failed = any(member.outcome == "failed" for member in members)
         self._tracker.end(self._group_ids[group], "FAILED" if failed else "FINISHED")
