@@ -23,27 +23,45 @@ def _has_gpu() -> bool:
     return shutil.which("nvidia-smi") is not None
 
 
-def install_project(session: nox.Session) -> None:
-    """The project with its three frameworks: CUDA builds where a GPU is present, else CPU."""
+def install_project(session: nox.Session, *extras: str) -> None:
+    """The project with its three frameworks (CUDA builds where a GPU is present, else CPU)
+    and the given extras (ray, server)."""
     if _has_gpu():
         # A torch on TensorFlow's CUDA major: one CUDA stack and one libcudnn in the process.
-        session.install("-c", str(GPU_CONSTRAINTS), "-e", ".[gpu]")
+        session.install("-c", str(GPU_CONSTRAINTS), "-e", f".[{','.join(['gpu', *extras])}]")
     else:
         # The constraint keeps pip from pulling the multi-GB CUDA build of torch.
-        session.install("-c", str(CPU_CONSTRAINTS), "-e", ".[cpu]")
+        session.install("-c", str(CPU_CONSTRAINTS), "-e", f".[{','.join(['cpu', *extras])}]")
+
+
+def _wants_ray(args: list[str]) -> bool:
+    """`--executor ray` (or `--executor=ray`) among a session's arguments."""
+    pairs = zip(args, [*args[1:], ""], strict=True)
+    return "--executor=ray" in args or ("--executor", "ray") in pairs
 
 
 @nox.session(reuse_venv=True)
 def bench(session: nox.Session) -> None:
     """Run the matrix; with no arguments, the whole tutorial (all stages and backends, seed 0)."""
-    install_project(session)
+    # Ray (.[ray]) only where asked for: `nox -s bench -- --executor ray ...`.
+    install_project(session, *(["ray"] if _wants_ray(session.posargs) else []))
     session.run("python", "-m", "bench", "run", *session.posargs)
+
+
+@nox.session(reuse_venv=True, default=False)
+def server(session: nox.Session) -> None:
+    """A team's MLflow tracking server on PostgreSQL, serving artifacts (bench server):
+    `nox -s server -- [--host 0.0.0.0] [--port 5050] [--basic-auth] [--database-uri URI]`."""
+    # The project without its frameworks: the server records, it trains nothing.
+    session.install("-c", str(CPU_CONSTRAINTS), "-e", ".[server]")
+    session.run("python", "-m", "bench", "server", *session.posargs)
 
 
 @nox.session(reuse_venv=True)
 def tests(session: nox.Session) -> None:
-    """The whole test suite, the 30-epoch regression test included."""
-    install_project(session)
+    """The whole test suite, the 30-epoch regression test included; a real Ray and a real
+    PostgreSQL-backed server in the executor and server tests."""
+    install_project(session, "ray", "server")
     session.install(*nox.project.dependency_groups(PYPROJECT, "test"))
     # The slowest tests are printed, so that CI's time (45 minutes at most) can be watched.
     session.run("pytest", "-m", "not microbench", *(session.posargs or ["-q", "--durations=40"]))

@@ -45,10 +45,15 @@ def plan_run(args: argparse.Namespace, refuse_busy: bool = False) -> Plan:
         check_backend(name)
     if args.cuda_graphs and args.dtype == "float64":
         raise BenchError("--cuda-graphs trains in float32 only; drop --dtype float64")
-    choice = resolve_devices(args.device or ["auto"], backends)
-    devices = choice.devices
-    if choice.note:
-        print(choice.note, flush=True)
+    if getattr(args, "executor", "local") == "ray":
+        # The cells run on the cluster's nodes, not here: the cluster is checked for GPUs
+        # when joined. auto is the CPU there; --device gpu asks for GPU cells.
+        devices = list(dict.fromkeys(d for d in args.device or ["cpu"] if d != "auto")) or ["cpu"]
+    else:
+        choice = resolve_devices(args.device or ["auto"], backends)
+        devices = choice.devices
+        if choice.note:
+            print(choice.note, flush=True)
     if args.cuda_graphs and (devices != ["gpu"] or args.parity):
         raise BenchError(
             "--cuda-graphs replays PyTorch's fast step on a GPU: give --device gpu (alone),"

@@ -13,8 +13,10 @@ from bench.recording.server import (
     DATABASE_ENV,
     DEFAULT_DATABASE,
     Database,
+    basic_auth_environment,
     port_free,
     prepare_database,
+    quiet_server_environment,
     server_command,
 )
 
@@ -26,10 +28,13 @@ def cmd_server(args: argparse.Namespace) -> int:
     prepare_database(database)
     artifacts = Path(args.artifacts or store.RESULTS_DIR / "server-artifacts")
     artifacts.mkdir(parents=True, exist_ok=True)
+    if args.basic_auth:
+        basic_auth_environment(artifacts.parent)
     command = server_command(
         database, artifacts, args.host, args.port, args.basic_auth, args.workers
     )
     where = f"http://{args.host}:{args.port}"
     print(f"MLflow tracking server on {database.redacted()}, artifacts in {artifacts}", flush=True)
     print(f"record into it with: python -m bench run --tracking-uri {where}", flush=True)
+    quiet_server_environment()
     os.execvp(command[0], command)  # the server replaces this process: Ctrl-C stops it

@@ -10,6 +10,7 @@ import shlex
 
 from bench.core.errors import BenchError
 from bench.recording import store
+from bench.recording.server import quiet_server_environment
 from bench.recording.tracking import Tracker, resolve_tracking_uri
 from bench.recording.ui import UI_PORT, cells_url, ui_command
 
@@ -27,4 +28,5 @@ def cmd_ui(args: argparse.Namespace) -> int:
         print(f"{experiment.name}: {cells_url(uri, experiment.experiment_id, port=port)}")
     command = shlex.split(ui_command(uri, port))
     print(" ".join(command), flush=True)
+    quiet_server_environment()
     os.execvp(command[0], command)  # the server replaces this process: Ctrl-C stops it

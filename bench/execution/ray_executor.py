@@ -85,9 +85,21 @@ def _check_reachable(address: str) -> None:
         ) from None
 
 
+def _has_token() -> bool:
+    """Whether this user has a Ray authentication token (where `ray start` makes one)."""
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return True
+    return (Path.home() / ".ray" / "auth_token").is_file()
+
+
 def connect(settings: RaySettings, devices: list[str]) -> RayExecutor:
     """Join the cluster (or start a local Ray) and check it can run the cells: every error
     here is one line, before the store is written or any cell runs."""
+    # Read by Ray at import.
+    if settings.address is not None and _has_token():
+        # A cluster from `ray start` uses token authentication once a token exists (Ray 2.5x
+        # and later), but a driver joining it sent none unless told to.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     try:
         import ray
     except ImportError:
@@ -96,8 +108,6 @@ def connect(settings: RaySettings, devices: list[str]) -> RayExecutor:
         ) from None
     if settings.address not in (None, "auto"):
         _check_reachable(settings.address)
-    # Ray's own log lines (and its workers' output) would bury the progress lines.
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     try:
         ray.init(
             address=settings.address,

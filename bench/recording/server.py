@@ -198,3 +198,40 @@ def port_free(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def quiet_server_environment() -> None:
+    """MLflow 3's server starts job consumers for its GenAI features (7 processes that used 0.4
+    of a core while idle, on a host that may be running cells); runs and artifacts need none."""
+    import os
+
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+
+
+AUTH_CONFIG_ENV = "MLFLOW_AUTH_CONFIG_PATH"
+ADMIN_PASSWORD_ENV = "MLFLOW_AUTH_ADMIN_PASSWORD"
+
+
+def basic_auth_environment(folder: Path) -> None:
+    """What MLflow's basic-auth app needs: its users in a SQLite file in `folder` (the server's
+    host keeps them; its own migrations would clash with the tracking store's in one
+    database), the admin's first password, and one session key for all workers."""
+    import os
+    import secrets
+
+    if AUTH_CONFIG_ENV not in os.environ:
+        config = folder / "basic_auth.ini"
+        config.write_text(
+            "[mlflow]\n"
+            "default_permission = READ\n"
+            f"database_uri = sqlite:///{(folder / 'basic_auth.db').resolve()}\n"
+            "admin_username = admin\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        )
+        os.environ[AUTH_CONFIG_ENV] = str(config)
+    if not (folder / "basic_auth.db").exists() and not os.environ.get(ADMIN_PASSWORD_ENV):
+        raise BenchError(
+            f"--basic-auth: set {ADMIN_PASSWORD_ENV} to the password of the user admin (read"
+            " on the first start only)"
+        )
+    os.environ.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", secrets.token_hex(32))
