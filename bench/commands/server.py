@@ -25,11 +25,11 @@ def cmd_server(args: argparse.Namespace) -> int:
     database = Database.parse(args.database_uri or os.environ.get(DATABASE_ENV, DEFAULT_DATABASE))
     if not port_free(args.host, args.port):
         raise BenchError(f"port {args.port} on {args.host} is taken; pass another --port")
-    prepare_database(database)
     artifacts = Path(args.artifacts or store.RESULTS_DIR / "server-artifacts")
     artifacts.mkdir(parents=True, exist_ok=True)
     if args.basic_auth:
         basic_auth_environment(artifacts.parent)
+    prepare_database(database)
     command = server_command(
         database, artifacts, args.host, args.port, args.basic_auth, args.workers
     )

@@ -1,0 +1,133 @@
+"""The shared tracking server (`bench server`): MLflow on a real PostgreSQL database, artifacts
+served by it; `run`, `reproduce` and `compare` through it; several invocations at once against
+it and against a SQLite store; a server that refuses the credentials."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench.core.errors import BenchError
+from bench.recording.server import Database
+from tests.conftest import ROOT
+from tests.live import PATIENCE_S, bench, store_runs, tiny_run
+from tests.services import free_port, tracking_server
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    folder = tmp_path_factory.mktemp("server")
+    with tracking_server(folder) as uri:
+        yield uri, folder
+
+
+def test_runs_reproduce_and_compare_read_and_write_through_the_server(
+    server: tuple[str, Path],
+) -> None:
+    uri, folder = server
+    for label in ("a", "b"):
+        done = bench(*tiny_run(uri, "--experiment", "through-server", "--tag", f"side={label}")[3:])
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "View run" not in done.stdout  # MLflow's own links for each run, suppressed
+    runs = [r for r in store_runs(uri) if r.data.tags.get("kind") in ("cell", "matrix")]
+    cells = [r for r in runs if r.data.tags["kind"] == "cell"]
+    assert len(cells) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    assert all(r.info.artifact_uri.startswith("mlflow-artifacts:") for r in cells)
+    stored = {p.name for p in (folder / "artifacts").rglob("*") if p.is_file()}
+    assert {"relu-xavier.toml", "step_losses.csv", "worker.log", "invocation.json"} <= stored
+    again = bench("reproduce", cells[0].info.run_id, "--tracking-uri", uri)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "bit-identical" in again.stdout
+    compared = bench("compare", "tag:side=a", "tag:side=b", "--tracking-uri", uri)
+    assert compared.returncode in (0, 3), compared.stdout + compared.stderr  # pass or too few
+    assert "regress" not in compared.stdout.lower().split("verdict")[-1][:40]
+
+
+def _concurrently(uri: str, count: int) -> list[subprocess.CompletedProcess[str]]:
+    """`count` invocations of 2 one-epoch cells each, started at once."""
+    processes = [
+        subprocess.Popen(
+            tiny_run(uri, "--seeds", "2", "--tag", f"batch={i}"),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(count)
+    ]
+    finished = []
+    for process in processes:
+        out, err = process.communicate(timeout=PATIENCE_S)
+        finished.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
+    return finished
+
+
+@pytest.mark.parametrize("kind", ["server", "sqlite"])
+def test_invocations_at_once_lose_no_run(
+    kind: str, server: tuple[str, Path], tmp_path: Path
+) -> None:
+    uri = server[0] if kind == "server" else f"sqlite:///{tmp_path}/mlflow.db"
+    before = {r.info.run_id for r in store_runs(uri)} if kind == "server" else set()
+    done = _concurrently(uri, 3)
+    for process in done:
+        assert process.returncode == 0, process.stdout + process.stderr
+        assert "database is locked" not in process.stdout + process.stderr
+    runs = [r for r in store_runs(uri) if r.info.run_id not in before]
+    parents = [r for r in runs if r.data.tags["kind"] == "matrix"]
+    assert len(parents) == 3
+    for parent in parents:
+        cells = [
+            r
+            for r in runs
+            if r.data.tags.get("invocation") == parent.info.run_id and r.data.tags["kind"] == "cell"
+        ]
+        assert sorted(r.data.tags["seed"] for r in cells) == ["0", "1"]
+        assert {r.info.status for r in cells} == {"FINISHED"} == {parent.info.status}
+
+
+def test_a_server_that_refuses_the_credentials_is_one_line_exit_2(tmp_path: Path) -> None:
+    admin = {"MLFLOW_AUTH_ADMIN_PASSWORD": "a-long-test-password-1"}
+    with tracking_server(tmp_path / "auth", "--basic-auth", env=admin) as uri:
+        refused = bench(
+            *tiny_run(uri)[3:],
+            env={"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": "wrong"},
+        )
+        password = admin["MLFLOW_AUTH_ADMIN_PASSWORD"]
+        allowed = bench(
+            *tiny_run(uri)[3:],
+            env={"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password},
+        )
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "refused the credentials (HTTP 401" in refused.stderr
+    assert refused.stderr.count("\n") == 1
+    assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+
+
+def test_basic_auth_without_an_admin_password_is_refused(tmp_path: Path) -> None:
+    port = str(free_port())
+    done = bench("server", "--basic-auth", "--artifacts", str(tmp_path / "a"), "--port", port)
+    assert done.returncode == 2 and "MLFLOW_AUTH_ADMIN_PASSWORD" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "uri", ["mysql://u:p@h/db", "postgresql://u:p@h:5432/"], ids=["not-postgres", "no-database"]
+)
+def test_a_database_uri_that_is_not_postgresql_is_refused(uri: str) -> None:
+    with pytest.raises(BenchError, match="is not a postgresql://"):
+        Database.parse(uri)
+    done = bench("server", "--database-uri", uri)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+
+
+def test_the_password_is_not_printed() -> None:
+    database = Database.parse("postgresql://team:s3cret@db.example:5432/runs")
+    assert "s3cret" not in database.redacted()
+    assert (database.host, database.port, database.user, database.name) == (
+        "db.example",
+        5432,
+        "team",
+        "runs",
+    )
