@@ -181,11 +181,18 @@ class Tracker:
             return str(found.experiment_id)
         # A model-training experiment: MLflow 3 opens any other on its GenAI overview (traces,
         # tokens), where a new user found no runs.
-        return str(
-            self._client.create_experiment(
-                name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING}
+        try:
+            return str(
+                self._client.create_experiment(
+                    name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING}
+                )
             )
-        )
+        except Exception as exc:
+            # Another invocation made it since the look-up above (a server takes several at
+            # once; a SQLite store is locked around this): use theirs.
+            if "RESOURCE_ALREADY_EXISTS" not in str(exc):
+                raise
+            return str(self._client.get_experiment_by_name(name).experiment_id)
 
     def _end_orphans(self) -> None:
         """End KILLED the runs left RUNNING by a process of this host that is gone (`kill -9`,
