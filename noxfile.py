@@ -86,6 +86,14 @@ def perf(session: nox.Session) -> None:
 
 
 @nox.session(reuse_venv=True, default=False)
+def scale(session: nox.Session) -> None:
+    """`nox -s scale -- --tracking-uri http://HOST:PORT --data-dir DIR`: Ray's per-cell
+    overhead, one driver's recording rate into the server, a 200-cell sweep (figures)."""
+    install_project(session, "ray", "server")
+    session.run("python", "-m", "bench.execution.scale", *session.posargs)
+
+
+@nox.session(reuse_venv=True, default=False)
 def microbench(session: nox.Session) -> None:
     """pytest-benchmark: one epoch per backend and stage, saved as JSON under results/."""
     install_project(session)

@@ -354,9 +354,14 @@ def test_parity_command_prints_windows_and_records_the_curve(tmp_path: Path) -> 
 
 def test_perf_command_prints_the_table(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
+    # One backend's cells and Keras reference (each framework's Keras reference is tested in
+    # test_perf); the peaks are still measured through every installed framework.
+    backend = installed_backends()[-1]
     done = bench(
         "perf",
         "--allow-busy",  # the machine's load is not what this test is about
+        "--backend",
+        backend,
         "--stage",
         "relu-xavier",
         "--epochs",
@@ -380,13 +385,13 @@ def test_perf_command_prints_the_table(tmp_path: Path) -> None:
         [e.experiment_id for e in client.search_experiments()], filter_string="tags.kind = 'perf'"
     )
     assert parents[0].data.metrics["keras_fit_samples_per_s_cpu"] > 0
-    # Keras model.fit on each installed framework's Keras backend, a row and a metric each.
-    for backend in reference_backends(installed_backends()):
-        assert parents[0].data.metrics[f"keras_fit_samples_per_s_{backend}_cpu"] > 0
-        assert parents[0].data.tags[f"keras_fit_keras_backend_{backend}_cpu"] == backend
-        rows = [line.split() for line in done.stdout.splitlines() if f" keras/{backend} " in line]
+    # Keras model.fit on the cells' framework's Keras backend: a row and a metric.
+    for name in reference_backends([backend]):
+        assert parents[0].data.metrics[f"keras_fit_samples_per_s_{name}_cpu"] > 0
+        assert parents[0].data.tags[f"keras_fit_keras_backend_{name}_cpu"] == name
+        rows = [line.split() for line in done.stdout.splitlines() if f" keras/{name} " in line]
         assert [row[:3] for row in rows if row[0] == "relu-xavier"] == [
-            ["relu-xavier", f"keras/{backend}", "cpu"]
+            ["relu-xavier", f"keras/{name}", "cpu"]
         ]
     [drift] = [line for line in done.stdout.splitlines() if line.startswith("peak drift")]
     assert "torch/cpu" in drift
