@@ -31,6 +31,12 @@ from bench.recording.tracking import MatrixRecord, Tracker
 STAGE = "relu-xavier"
 
 
+def _cells(backend: str, seeds: int, data_dir: str) -> list[str]:
+    """`bench run` arguments for `seeds` one-epoch cells of the stage on one backend."""
+    cells = ["--stage", STAGE, "--backend", backend, "--epochs", "1", "--seeds", str(seeds)]
+    return [*cells, "--data-dir", data_dir]
+
+
 def _bench_run(args: Sequence[str]) -> float:
     """Seconds one `python -m bench run ARGS` took, start to exit; it must succeed."""
     start = time.perf_counter()
@@ -55,23 +61,9 @@ def overhead(backend: str, data_dir: str, cells: int, ray_address: str | None) -
         walls = {}
         for count in (1, cells):
             with tempfile.TemporaryDirectory(prefix="mlp-bench-scale-") as tmp:
+                store = ["--tracking-uri", f"sqlite:///{tmp}/mlflow.db"]
                 walls[count] = _bench_run(
-                    [
-                        *extra,
-                        "--stage",
-                        STAGE,
-                        "--backend",
-                        backend,
-                        "--epochs",
-                        "1",
-                        "--seeds",
-                        str(count),
-                        "--no-peak",
-                        "--data-dir",
-                        data_dir,
-                        "--tracking-uri",
-                        f"sqlite:///{tmp}/mlflow.db",
-                    ]
+                    [*extra, *_cells(backend, count, data_dir), "--no-peak", *store]
                 )
         per_cell[executor] = (walls[cells] - walls[1]) / (cells - 1)
         startup = walls[1] - per_cell[executor]
@@ -120,29 +112,8 @@ def sweep(uri: str, backend: str, data_dir: str, cells: int, address: str | None
 
     tag = f"scale={time.strftime('%Y%m%d-%H%M%S')}"
     extra = ["--ray-address", address] if address else []
-    wall = _bench_run(
-        [
-            "--executor",
-            "ray",
-            *extra,
-            "--stage",
-            STAGE,
-            "--backend",
-            backend,
-            "--epochs",
-            "1",
-            "--seeds",
-            str(cells),
-            "--data-dir",
-            data_dir,
-            "--tracking-uri",
-            uri,
-            "--experiment",
-            "mlp-bench-scale",
-            "--tag",
-            tag,
-        ]
-    )
+    where = ["--tracking-uri", uri, "--experiment", "mlp-bench-scale", "--tag", tag]
+    wall = _bench_run(["--executor", "ray", *extra, *_cells(backend, cells, data_dir), *where])
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("mlp-bench-scale").experiment_id
     key, value = tag.split("=")
