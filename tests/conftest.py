@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -88,3 +89,14 @@ def skip_without_gpu(backend: str, device: str) -> None:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """One PostgreSQL-backed `bench server` for the session's server and Ray tests (each
+    starts in ~10-40 s): its URI and its folder (artifacts under folder/artifacts)."""
+    from tests.services import tracking_server
+
+    folder = tmp_path_factory.mktemp("server")
+    with tracking_server(folder) as uri:
+        yield uri, folder

@@ -15,7 +15,7 @@ import pytest
 from backends import installed_backends
 from tests.conftest import mnist_dir
 from tests.live import PATIENCE_S, bench, bench_command, finish, store_runs
-from tests.services import free_port, need_ray, ray_cluster, tracking_server
+from tests.services import free_port, need_ray, ray_cluster
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
@@ -43,36 +43,45 @@ def _ray_run(address: str, uri: str, *args: str) -> list[str]:
 
 
 def test_a_small_matrix_through_ray_into_the_server_records_every_cell(
-    cluster: str, tmp_path: Path
+    cluster: str, shared_server: tuple[str, Path]
 ) -> None:
+    uri, folder = shared_server
     backends = installed_backends()[:2]
-    with tracking_server(tmp_path / "server") as uri:
-        done = bench(
-            *_ray_run(cluster, uri, "--stage", "relu-xavier", "--stage", "relu-normal"),
-            *[arg for b in backends for arg in ("--backend", b)],
-            *["--epochs", "1", "--seeds", "2"],
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
-        assert "Ray: 1 node(s), 2 CPUs, 0 GPUs; each cell takes 2 CPUs" in done.stdout
-        runs = store_runs(uri)
+    done = bench(
+        *_ray_run(cluster, uri, "--stage", "relu-xavier", "--experiment", "ray-matrix"),
+        *[arg for b in backends for arg in ("--backend", b)],
+        *["--epochs", "1", "--seeds", "2"],
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Ray: 1 node(s), 2 CPUs, 0 GPUs; each cell takes 2 CPUs" in done.stdout
+    runs = [r for r in store_runs(uri) if r.info.experiment_id == _experiment(uri, "ray-matrix")]
     cells = [r for r in runs if r.data.tags["kind"] == "cell"]
-    assert len(cells) == 2 * len(backends) * 2
+    assert len(cells) == len(backends) * 2
     assert {r.info.status for r in runs} == {"FINISHED"}
     nodes = {r.data.tags["node_ray_node_id"] for r in cells}
     assert len(nodes) == 1 and {r.data.tags["node_host"] for r in cells} == {os.uname().nodename}
     for cell in cells:
         # The node's peak, measured there before its first cell, is each cell's roofline.
         assert cell.data.metrics["peak_gflops"] > 0 and cell.data.metrics["retries"] == 0
+        # Made when the cell came back, its run starts when the cell started on its node.
+        duration_s = (cell.info.end_time - cell.info.start_time) / 1000
+        assert duration_s >= cell.data.metrics["wall_seconds"]
     [parent] = [r for r in runs if r.data.tags["kind"] == "matrix"]
     node = next(iter(nodes))[:16]
     for backend in backends:
         assert parent.data.metrics[f"node_peak_gflops/{node}/{backend}_cpu"] > 0
     groups = [r for r in runs if r.data.tags["kind"] == "group"]
-    assert len(groups) == 2 * len(backends)
+    assert len(groups) == len(backends)
     assert all(g.data.metrics["test_accuracy_n"] == 2 for g in groups)
     # Artifacts went through the server into its own folder.
-    stored = {p.name for p in (tmp_path / "server" / "artifacts").rglob("*") if p.is_file()}
+    stored = {p.name for p in (folder / "artifacts").rglob("*") if p.is_file()}
     assert {"relu-xavier.toml", "step_losses.csv", "worker.log"} <= stored
+
+
+def _experiment(uri: str, name: str) -> str:
+    from mlflow.tracking import MlflowClient
+
+    return str(MlflowClient(uri).get_experiment_by_name(name).experiment_id)
 
 
 def _cell_worker_of_ray() -> tuple[int, int, Path] | None:

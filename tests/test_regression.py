@@ -36,8 +36,12 @@ def results(stage: str, backend: str) -> list[CellResult]:
     """The stage's cells on this backend over SEEDS, run once per test session."""
     if (stage, backend) not in _cache:
         options = Options(data_dir=str(mnist_dir()), threads=available_cores())
+        # A stage expected not to learn (relu-normal) diverges within its first epoch on every
+        # seed, its weights' scale and not the seed making it: one seed shows it, and its cells
+        # take no part in the agreement test below.
+        expected = load_stage(stage).expected.expect
         runs = []
-        for seed in SEEDS:
+        for seed in SEEDS if expected == "min_test_accuracy" else SEEDS[:1]:
             with tempfile.TemporaryDirectory(prefix="mlp-bench-regression-") as tmp:
                 cell = Cell(stage, backend, "cpu", seed)
                 run = LocalExecutor().execute(cell, options, Path(tmp), lambda record: None)

@@ -5,7 +5,6 @@ it and against a SQLite store; a server that refuses the credentials."""
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,22 +16,22 @@ from tests.live import PATIENCE_S, bench, store_runs, tiny_run
 from tests.services import free_port, tracking_server
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    folder = tmp_path_factory.mktemp("server")
-    with tracking_server(folder) as uri:
-        yield uri, folder
-
-
 def test_runs_reproduce_and_compare_read_and_write_through_the_server(
-    server: tuple[str, Path],
+    shared_server: tuple[str, Path],
 ) -> None:
-    uri, folder = server
+    uri, folder = shared_server
     for label in ("a", "b"):
         done = bench(*tiny_run(uri, "--experiment", "through-server", "--tag", f"side={label}")[3:])
         assert done.returncode == 0, done.stdout + done.stderr
         assert "View run" not in done.stdout  # MLflow's own links for each run, suppressed
-    runs = [r for r in store_runs(uri) if r.data.tags.get("kind") in ("cell", "matrix")]
+    from mlflow.tracking import MlflowClient
+
+    ours = MlflowClient(uri).get_experiment_by_name("through-server").experiment_id
+    runs = [
+        r
+        for r in store_runs(uri)
+        if r.data.tags.get("kind") in ("cell", "matrix") and r.info.experiment_id == ours
+    ]
     cells = [r for r in runs if r.data.tags["kind"] == "cell"]
     assert len(cells) == 2 and all(r.info.status == "FINISHED" for r in runs)
     assert all(r.info.artifact_uri.startswith("mlflow-artifacts:") for r in cells)
@@ -67,9 +66,9 @@ def _concurrently(uri: str, count: int) -> list[subprocess.CompletedProcess[str]
 
 @pytest.mark.parametrize("kind", ["server", "sqlite"])
 def test_invocations_at_once_lose_no_run(
-    kind: str, server: tuple[str, Path], tmp_path: Path
+    kind: str, shared_server: tuple[str, Path], tmp_path: Path
 ) -> None:
-    uri = server[0] if kind == "server" else f"sqlite:///{tmp_path}/mlflow.db"
+    uri = shared_server[0] if kind == "server" else f"sqlite:///{tmp_path}/mlflow.db"
     before = {r.info.run_id for r in store_runs(uri)} if kind == "server" else set()
     done = _concurrently(uri, 3)
     for process in done:

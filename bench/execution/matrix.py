@@ -313,7 +313,7 @@ class CellObserver(Protocol):
 
 
 class CellTracker(Protocol):
-    def start_cell(self, cell: Cell) -> str: ...
+    def start_cell(self, cell: Cell, start_ms: int | None = None) -> str: ...
     def log_epoch(self, run_id: str, record: EpochRecord) -> None: ...
     def finish_cell(self, run_id: str, run: CellRun) -> None: ...
     def end(self, run_id: str, status: str) -> None: ...
@@ -477,8 +477,10 @@ def _record_finished(
     clock = _PhaseClock()
     with clock.timing("display"):
         observer.cell_started(index, total, run.cell)
+    # When the cell started on its node, on this clock: its run's start time.
+    started = time.time() - (time.perf_counter() - run.timings["started_at"])
     with clock.timing("mlflow_logging"):
-        run_id = tracker.start_cell(run.cell)
+        run_id = tracker.start_cell(run.cell, start_ms=int(1000 * started))
     with _ended_on_error(tracker, run_id):
         for record in run.result.epochs if run.result is not None else []:
             with clock.timing("mlflow_logging"):

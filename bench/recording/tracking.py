@@ -217,9 +217,14 @@ class Tracker:
         such as bench.recording.run_report that need more than the methods here."""
         return self._client
 
-    def _create_run(self, experiment_id: str, name: str, tags: dict[str, str]) -> str:
+    def _create_run(
+        self, experiment_id: str, name: str, tags: dict[str, str], start_ms: int | None = None
+    ) -> str:
         run = self._client.create_run(
-            experiment_id, run_name=name, tags={**tags, **store.owner_tags()}
+            experiment_id,
+            start_time=start_ms,
+            run_name=name,
+            tags={**tags, **store.owner_tags()},
         )
         return str(run.info.run_id)
 
@@ -248,6 +253,7 @@ class Tracker:
         params: dict[str, str],
         group: str | None = None,
         extra_tags: dict[str, str] | None = None,
+        start_ms: int | None = None,
     ) -> str:
         """A cell's run, tagged with its invocation's run and its group's (if any). Not nested
         (mlflow.parentRunId): the UI lists a nested run under a collapsed parent row, even
@@ -262,7 +268,7 @@ class Tracker:
             "kind": "cell",
             **(extra_tags or {}),
         }
-        run_id = self._create_run(self.experiment_id, run_name(cell), tags)
+        run_id = self._create_run(self.experiment_id, run_name(cell), tags, start_ms)
         self._log_params(run_id, params)
         return run_id
 
@@ -622,12 +628,14 @@ class MatrixRecord:
         self._pending_epochs: dict[str, list[EpochRecord]] = {}
         self._last_flush: dict[str, float] = {}
 
-    def start_cell(self, cell: Cell) -> str:
+    def start_cell(self, cell: Cell, start_ms: int | None = None) -> str:
+        """The cell's run, started now, or at `start_ms` (a cell that ran elsewhere and is
+        recorded when it comes back: the UI's duration is then its own)."""
         spec = self._specs[cell.stage]
         params = {**spec.flat(), **self._options.record(cell.backend)}
         description = {"mlflow.note.content": cell_description(spec)}
         return self._tracker.start_cell(
-            self._parent_id, cell, params, self._group_id(cell), description
+            self._parent_id, cell, params, self._group_id(cell), description, start_ms
         )
 
     def log_epoch(self, run_id: str, record: EpochRecord) -> None:
