@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -176,3 +177,13 @@ def test_an_unreachable_ray_address_is_one_line_exit_2(tmp_path: Path) -> None:
 def test_ray_flags_without_the_ray_executor_are_refused(tmp_path: Path) -> None:
     done = bench("run", "--ray-address", "auto", "--tracking-uri", f"sqlite:///{tmp_path}/m.db")
     assert done.returncode == 2 and "--executor ray" in done.stderr
+
+
+def test_ray_is_imported_by_the_ray_executor_only() -> None:
+    """The extra stays optional: `run` (local), its planning and execution import no ray."""
+    code = (
+        "import sys, bench.commands.cli, bench.commands.planning, bench.execution.invocation;"
+        " print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
