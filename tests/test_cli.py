@@ -384,7 +384,6 @@ def test_perf_command_prints_the_table(tmp_path: Path) -> None:
     parents = client.search_runs(
         [e.experiment_id for e in client.search_experiments()], filter_string="tags.kind = 'perf'"
     )
-    assert parents[0].data.metrics["keras_fit_samples_per_s_cpu"] > 0
     # Keras model.fit on the cells' framework's Keras backend: a row and a metric.
     for name in reference_backends([backend]):
         assert parents[0].data.metrics[f"keras_fit_samples_per_s_{name}_cpu"] > 0
