@@ -19,7 +19,13 @@ from bench.core.seeding import describe_seeds
 from bench.core.spec import StageSpec
 from bench.core.types import Cell, CellRun
 from bench.execution import quiet
-from bench.execution.matrix import ClusterExecutor, LocalExecutor, run_matrix
+from bench.execution.matrix import (
+    ClusterExecutor,
+    LocalExecutor,
+    NodePeak,
+    peak_uses_tf32,
+    run_matrix,
+)
 from bench.recording.perf import machine_peaks, speed_figures
 from bench.recording.report import Progress
 from bench.recording.run_report import report_safely
@@ -102,12 +108,6 @@ def _invocation_params(plan: Plan) -> dict[str, str]:
     }
 
 
-def peak_uses_tf32(device: str, options: Options) -> bool:
-    """Whether a device's cells may use TF32, so that their limit is the TF32 peak (on an H200
-    several times the float32 one); CPUs have no TF32."""
-    return options.tf32 and device == "gpu"
-
-
 def measure_peaks(
     cells: list[Cell], options: Options, when: str = ""
 ) -> dict[tuple[str, str], float]:
@@ -162,13 +162,12 @@ def invocation_plan(plan: Plan) -> dict[str, object]:
     }
 
 
-def node_peak_metrics(node_peaks: dict[str, float]) -> dict[str, float]:
+def node_peak_metrics(node_peaks: dict[NodePeak, float]) -> dict[str, float]:
     """Each node's peaks on the parent run: `node_peak_gflops/NODE_ID/BACKEND_DEVICE`."""
-    metrics = {}
-    for key, gflops in node_peaks.items():
-        node, backend, device = key.rsplit("/", 2)
-        metrics[f"node_peak_gflops/{node[:16]}/{backend}_{device}"] = gflops
-    return metrics
+    return {
+        f"node_peak_gflops/{node[:16]}/{backend}_{device}": gflops
+        for (node, backend, device), gflops in node_peaks.items()
+    }
 
 
 @dataclass

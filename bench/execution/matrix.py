@@ -172,6 +172,16 @@ def peak_request(
     }
 
 
+# A peak measured on one node of a cluster: (its node id, backend, device).
+NodePeak = tuple[str, str, str]
+
+
+def peak_uses_tf32(device: str, options: Options) -> bool:
+    """Whether a device's cells may use TF32, so that their limit is the TF32 peak (on an H200
+    several times the float32 one); CPUs have no TF32."""
+    return options.tf32 and device == "gpu"
+
+
 def peak_label(request: dict[str, Any]) -> str:
     return (
         f"peak on {request['backend']}/{request['device']}{' with TF32' if request['tf32'] else ''}"
@@ -359,7 +369,7 @@ class ClusterExecutor(Protocol):
         measure_peaks: bool,
     ) -> Iterator[CellRun]: ...
 
-    def node_peaks(self) -> dict[str, float]: ...
+    def node_peaks(self) -> dict[NodePeak, float]: ...
 
     def describe(self) -> str: ...
 

@@ -27,12 +27,14 @@ from bench.core.errors import BenchError
 from bench.core.options import Options
 from bench.core.types import Cell, CellRun
 from bench.execution.matrix import (
+    NodePeak,
     WorkerExit,
     cell_request,
     collect_cell_run,
     measure,
     peak_label,
     peak_request,
+    peak_uses_tf32,
     spawn_worker,
 )
 
@@ -158,15 +160,15 @@ class _PeakBook:
     the first cell on a node measures it, before it trains; later cells there reuse it."""
 
     def __init__(self) -> None:
-        self._peaks: dict[str, float] = {}
+        self._peaks: dict[NodePeak, float] = {}
 
-    def get(self, key: str) -> float | None:
+    def get(self, key: NodePeak) -> float | None:
         return self._peaks.get(key)
 
-    def put(self, key: str, gflops: float) -> None:
+    def put(self, key: NodePeak, gflops: float) -> None:
         self._peaks.setdefault(key, gflops)
 
-    def all(self) -> dict[str, float]:
+    def all(self) -> dict[NodePeak, float]:
         return dict(self._peaks)
 
 
@@ -186,7 +188,7 @@ def _cell_task(
         work = Path(tmp)
         gflops, peak_error = None, None
         if peak is not None:
-            key = f"{node['ray_node_id']}/{peak['backend']}/{peak['device']}"
+            key = (node["ray_node_id"], peak["backend"], peak["device"])
             gflops = ray.get(book.get.remote(key))
             if gflops is None:
                 (work / "peak").mkdir()
@@ -233,8 +235,8 @@ class RayExecutor:
             f" {self.cpus_per_cell} CPUs"
         )
 
-    def node_peaks(self) -> dict[str, float]:
-        """node id/backend/device -> GFLOP/s, as measured on each node that ran cells."""
+    def node_peaks(self) -> dict[NodePeak, float]:
+        """(node id, backend, device) -> GFLOP/s, as measured on each node that ran cells."""
         import ray
 
         return dict(ray.get(self._book.all.remote()))
@@ -252,7 +254,7 @@ class RayExecutor:
                 cell.backend,
                 cell.device,
                 options.threads,
-                options.tf32 and cell.device == "gpu",
+                peak_uses_tf32(cell.device, options),
                 options.torch_matmul,
             )
             if measure_peak

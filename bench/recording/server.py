@@ -9,6 +9,7 @@ makes the role and database; elsewhere it says in one line what to run.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -98,8 +99,6 @@ def prepare_database(database: Database) -> None:
 
 def _can_admin() -> bool:
     """Whether this process can act as the `postgres` user: root, with Debian's tools."""
-    import os
-
     return os.geteuid() == 0 and shutil.which("runuser") is not None
 
 
@@ -203,8 +202,6 @@ def port_free(host: str, port: int) -> bool:
 def quiet_server_environment() -> None:
     """MLflow 3's server starts job consumers for its GenAI features (7 processes that used 0.4
     of a core while idle, on a host that may be running cells); runs and artifacts need none."""
-    import os
-
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
 
 
@@ -216,7 +213,6 @@ def basic_auth_environment(folder: Path) -> None:
     """What MLflow's basic-auth app needs: its users in a SQLite file in `folder` (the server's
     host keeps them; its own migrations would clash with the tracking store's in one
     database), the admin's first password, and one session key for all workers."""
-    import os
     import secrets
 
     if AUTH_CONFIG_ENV not in os.environ:
