@@ -5,6 +5,7 @@ Each session installs everything it needs, so these commands work on a fresh mac
 
 from __future__ import annotations
 
+import itertools
 import shutil
 from pathlib import Path
 
@@ -35,9 +36,8 @@ def install_project(session: nox.Session, *extras: str) -> None:
 
 
 def _wants_ray(args: list[str]) -> bool:
-    """`--executor ray` (or `--executor=ray`) among a session's arguments."""
-    pairs = zip(args, [*args[1:], ""], strict=True)
-    return "--executor=ray" in args or ("--executor", "ray") in pairs
+    """`--executor ray` (or `--executor=ray`) among a session's arguments (none: False)."""
+    return "--executor=ray" in args or ("--executor", "ray") in itertools.pairwise(args)
 
 
 @nox.session(reuse_venv=True)
