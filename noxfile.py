@@ -1,4 +1,5 @@
-"""nox sessions: `bench` runs the matrix, `tests` the whole suite, `lint` ruff and mypy.
+"""nox sessions: `bench` runs the matrix, `tests` the whole suite, `quick` all but its slow tier,
+`lint` ruff and mypy, `docs` the documentation site.
 
 Each session installs everything it needs, so these commands work on a fresh machine.
 """
@@ -57,14 +58,28 @@ def server(session: nox.Session) -> None:
     session.run("python", "-m", "bench", "server", *session.posargs)
 
 
+def install_tests(session: nox.Session) -> None:
+    """What the test suite needs: the project, Ray and the server extra, the test tools."""
+    install_project(session, "ray", "server")
+    session.install(*nox.project.dependency_groups(PYPROJECT, "test"))
+
+
 @nox.session(reuse_venv=True)
 def tests(session: nox.Session) -> None:
     """The whole test suite, the 30-epoch regression test included; a real Ray and a real
     PostgreSQL-backed server in the executor and server tests."""
-    install_project(session, "ray", "server")
-    session.install(*nox.project.dependency_groups(PYPROJECT, "test"))
-    # The slowest tests are printed, so that CI's time (45 minutes at most) can be watched.
+    install_tests(session)
+    # The slowest tests are printed, so that CI's time (50 minutes at most) can be watched.
     session.run("pytest", "-m", "not microbench", *(session.posargs or ["-q", "--durations=40"]))
+
+
+@nox.session(reuse_venv=True, default=False)
+def quick(session: nox.Session) -> None:
+    """The edit-test loop: every test but the slow tier (marker `slow`: 30-epoch training, the
+    real Ray cluster, the real PostgreSQL server, the browser, whole-matrix command runs)."""
+    install_tests(session)
+    marks = "not slow and not microbench"
+    session.run("pytest", "-m", marks, *(session.posargs or ["-q", "--durations=10"]))
 
 
 @nox.session(reuse_venv=True, default=False)
@@ -108,6 +123,24 @@ def microbench(session: nox.Session) -> None:
         "--benchmark-columns=min,median,max,rounds",
         *session.posargs,
     )
+
+
+@nox.session(reuse_venv=True, default=False)
+def gpu_check(session: nox.Session) -> None:
+    """`mlp-bench gpu-check` on this machine's GPU (results/gpu-check/): speed, CUDA graphs,
+    bitwise reruns and parity of each backend; `-- --device cpu` rehearses it without one."""
+    install_project(session)
+    session.run("python", "-m", "bench", "gpu-check", *session.posargs)
+
+
+@nox.session(reuse_venv=True, default=False)
+def docs(session: nox.Session) -> None:
+    """The documentation site (docs/, mkdocs.yml) into site/; --strict: a broken link fails.
+    The command reference is generated from the parsers, so the project is installed."""
+    # The project without its frameworks: building the parsers trains nothing.
+    session.install("-c", str(CPU_CONSTRAINTS), "-e", ".")
+    session.install(*nox.project.dependency_groups(PYPROJECT, "docs"))
+    session.run("mkdocs", "build", "--strict", *session.posargs)
 
 
 @nox.session(reuse_venv=True)

@@ -4,4 +4,4 @@ import sys
 
 from bench.commands.cli import main
 
-sys.exit(main())
+sys.exit(main(prog="python -m bench"))

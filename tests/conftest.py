@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import http.server
 import os
+import shutil
+import threading
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -100,3 +104,47 @@ def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
     folder = tmp_path_factory.mktemp("server")
     with tracking_server(folder) as uri:
         yield uri, folder
+
+
+@pytest.fixture(scope="session")
+def real_dir(data_dir: Path) -> Path:
+    """The read-only folder with the four original files (conftest's: MLP_BENCH_DATA_DIR, else
+    ../shared/data/mnist); skip if it is not there."""
+    if not all((data_dir / f.name).is_file() for f in MNIST.files):
+        pytest.skip(f"real MNIST files not found in {data_dir}")
+    return data_dir
+
+
+@pytest.fixture(scope="module")
+def mirror(real_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real HTTP server: /good/ has the real files, /bad/ corrupted copies, /empty/ none."""
+    root = tmp_path_factory.mktemp("www")
+    good, bad = root / "good", root / "bad"
+    good.mkdir()
+    bad.mkdir()
+    (root / "empty").mkdir()
+    for f in MNIST.files:
+        shutil.copyfile(real_dir / f.name, good / f.name)
+        # Same size, one byte flipped in the middle: only the checksum can tell.
+        raw = bytearray((real_dir / f.name).read_bytes())
+        raw[len(raw) // 2] ^= 0xFF
+        (bad / f.name).write_bytes(bytes(raw))
+
+    class QuietHandler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    handler = partial(QuietHandler, directory=str(root))
+    yield from serving(http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler))
+
+
+def serving(server: http.server.ThreadingHTTPServer) -> Iterator[str]:
+    """Serve on a thread, yield the server's URL, and stop it when the fixture ends."""
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

@@ -55,7 +55,7 @@ def test_training_matches_the_numpy_reference(
     """Three steps of SGD or TF1-rule Adam, against float64 numpy: same losses, same weights.
 
     Seed 1: with seed 0 one hidden pre-activation of this subset lies within 2e-7 of zero, so
-    float32 rounding flips its ReLU and the gradients legitimately differ (see issue 3's parity).
+    float32 rounding flips its ReLU and the gradients legitimately differ (see parity mode).
     """
     spec = with_epochs(load_stage(stage), 1)
     backend = make(name, device, spec, small, seed=1)
@@ -120,7 +120,7 @@ def test_cuda_graphs_train_exactly_as_the_eager_step(stage: str, mnist: Splits) 
 @pytest.mark.skipif(not is_installed("torch"), reason="torch not installed")
 @pytest.mark.parametrize("stage", ["relu-xavier", "adam", "dropout"])
 def test_onednn_products_train_as_mkls(stage: str, mnist: Splits) -> None:
-    """Issue 10, item 3: the same steps through oneDNN's products as through MKL's, dropout's
+    """The same steps through oneDNN's products as through MKL's, dropout's
     1 / keep moved from the products' alpha into the masks: the same losses and weights
     but for float32 rounding (30 steps, the framework's own dropout masks)."""
     spec, data = with_epochs(load_stage(stage), 1), subset(mnist, n_train=3000)

@@ -61,7 +61,7 @@ BAD_INPUTS = [
     (["--seed", "one"], "'one' is not an integer"),
     (["--epochs", "0"], "argument --epochs: 0 is outside 1..10000"),
     (["--threads", "0"], "argument --threads: 0 is outside 1..1024"),
-    # Issue 9, item 3: every number has a range, checked before the store is opened.
+    # Every number has a range, checked before the store is opened.
     (["--epochs", "1000000000"], "argument --epochs: 1000000000 is outside 1..10000"),
     (["--threads", "4294967296"], "argument --threads: 4294967296 is outside 1..1024"),
     (["--inter-op-threads", "4294967296"], "--inter-op-threads: 4294967296 is outside 1..1024"),
@@ -169,13 +169,13 @@ def test_run_records_parent_and_nested_cells(
     parents = [r for r in runs if r.data.tags.get("kind") == "matrix"]
     groups = [r for r in runs if r.data.tags.get("kind") == "group"]
     cells = [r for r in runs if r.data.tags.get("kind") == "cell"]
-    # Issue 11: one seed, so no group run (it would be a row of "-"): the cells nest directly.
+    # One seed, so no group run (it would be a row of "-"): the cells nest directly.
     assert len(parents) == 1 and not groups and len(cells) == len(backends)
     assert len(runs) == 1 + len(backends)
     assert parents[0].info.run_name.startswith("run relu-xavier | ")
     assert all(r.info.status == "FINISHED" for r in runs)
     assert parents[0].data.tags["git_commit"]
-    # Issue 10, item 4: the machine probed before any timing (busy or not: not this test's).
+    # The machine probed before any timing (busy or not: not this test's).
     assert parents[0].data.tags["machine_busy"] in ("true", "false")
     assert parents[0].data.metrics["others_cpu_cores_at_start"] >= 0
     assert str(experiment.artifact_location).endswith("/artifacts")
@@ -199,7 +199,7 @@ def test_run_records_parent_and_nested_cells(
             "converged",
         )
         assert params["optimizer.learning_rate"] == "0.1" and params["training.epochs"] == "2"
-        # The environment under one prefix (issue 11): "show diff only" keeps it apart.
+        # The environment under one prefix: "show diff only" keeps it apart.
         env = {k.removeprefix("env."): v for k, v in params.items() if k.startswith("env.")}
         assert env["framework"] == tags["backend"] and env["threads"]
         assert params["option.nondeterministic"] == "false" and env["deterministic_ops"] == "true"
@@ -236,7 +236,7 @@ def test_run_records_parent_and_nested_cells(
             assert [m.step for m in history] == [1, 2]
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"relu-xavier.toml", "step_losses.csv", "worker.log"} <= artifacts
-        # Issue 11: the cell's log holds its own progress and result, not only library banners.
+        # The cell's log holds its own progress and result, not only library banners.
         log = Path(client.download_artifacts(run.info.run_id, "worker.log")).read_text()
         assert "epoch 2: train loss " in log and "result: converged, test accuracy " in log
 
@@ -397,7 +397,7 @@ def test_perf_command_prints_the_table(tmp_path: Path) -> None:
     assert parents[0].data.metrics["peak_gflops_end_torch_cpu"] > 0
     assert "peak_drift_torch_cpu" in parents[0].data.metrics
     assert parents[0].data.tags["speed_stable"] in ("true", "false")
-    # Issue 10, item 2: each installed framework's peak, the machine's is the best of them,
+    # Each installed framework's peak, the machine's is the best of them,
     # and every cell's roofline is against the machine's, its framework's kept beside it.
     metrics, tags = parents[0].data.metrics, parents[0].data.tags
     framework_peaks = {b: metrics[f"peak_gflops_{b}_cpu"] for b in installed_backends()}
@@ -424,7 +424,7 @@ def _perf_one_cell(uri: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_perf_refuses_a_busy_machine_and_flags_its_cells_when_allowed(tmp_path: Path) -> None:
-    """Issue 10, item 4: a second process on the 2 cores made the torch cells 5-17x slower
+    """A second process on the 2 cores made the torch cells 5-17x slower
     and nothing said so. With two processes spinning, `perf` refuses before writing anything;
     with --allow-busy it times, and the cell, the parent and the table say the speed is not
     to be trusted."""
@@ -458,7 +458,7 @@ def test_perf_refuses_a_busy_machine_and_flags_its_cells_when_allowed(tmp_path: 
     assert note.startswith("! speed not stable: relu-xavier/") and "other processes used" in note
 
 
-# --- issue 9, items 1 and 13: the data a cell uses, and data-dir mistakes ----------------
+# --- the data a cell uses, and data-dir mistakes ----------------
 
 
 def _built_cache(folder: Path) -> Path:
@@ -468,7 +468,7 @@ def _built_cache(folder: Path) -> Path:
 
 
 def test_planted_cache_is_rebuilt_and_said_before_training(tmp_path: Path) -> None:
-    """Issue 9, item 1: test labels replaced by zeros in the cache gave "did-not-learn 10.24%",
+    """Test labels replaced by zeros in the cache gave "did-not-learn 10.24%",
     recorded FINISHED. Now the command says it rebuilds the entry, and the cell learns."""
     cache = _built_cache(tmp_path / "cache")
     (entry,) = cache.glob("t10k-labels*.npy")
@@ -497,7 +497,7 @@ def test_planted_cache_is_rebuilt_and_said_before_training(tmp_path: Path) -> No
 def test_reproduce_names_the_data_as_the_difference(
     recorded: tuple[str, subprocess.CompletedProcess[str]], tmp_path: Path
 ) -> None:
-    """Issue 9, item 1: a rerun on other data (here a cache planted with a digest to match,
+    """A rerun on other data (here a cache planted with a digest to match,
     which no check can catch) must name the data, not report the same everything."""
     uri, _ = recorded
     run_id = _cell_id(uri, installed_backends()[0])
@@ -541,7 +541,7 @@ def _mistyped(tmp_path: Path) -> tuple[Path, str]:
 def test_data_dir_mistakes_are_named_before_the_store(
     make: Callable[[Path], tuple[Path, str]], tmp_path: Path
 ) -> None:
-    """Issue 9, item 13: Fashion-MNIST was "corrupt, delete it"; a file was "cannot create"; a
+    """Fashion-MNIST was "corrupt, delete it"; a file was "cannot create"; a
     mistyped --data-dir was created empty. One line each, exit 2, nothing created."""
     folder, message = make(tmp_path)
     store = tmp_path / "m.db"
@@ -555,7 +555,7 @@ def test_data_dir_mistakes_are_named_before_the_store(
         assert not folder.exists()  # not created empty
 
 
-# Issue 9, items 2, 3, 12 and 14: stages, validation and messages.
+# Stages, validation and messages.
 
 MINE = (STAGES_DIR / "adam.toml").read_text().replace('name = "adam"', 'name = "mine"', 1)
 BAD_STAGE_FILES = [
@@ -714,7 +714,7 @@ def _wait_for_cell(uri: str) -> None:
 def test_a_stage_file_edited_during_a_run_is_trained_and_recorded_as_planned(
     tmp_path: Path,
 ) -> None:
-    """Issue 9, item 2: each worker re-read the stage file, the artifact was copied at the end:
+    """Each worker re-read the stage file, the artifact was copied at the end:
     a cell trained at lr 0.01 was recorded with 0.1. Here both stages' files are edited once
     the first cell has started; both cells still train and record lr 0.1. Also items 12: a
     stage from MLP_BENCH_STAGES_DIR beside a broken file, a --stage-file, no reference ("-")."""
@@ -751,7 +751,7 @@ def test_a_stage_file_edited_during_a_run_is_trained_and_recorded_as_planned(
 
 
 def test_many_seeds_are_recorded_as_a_range(tmp_path: Path) -> None:
-    """Issue 9, item 14: `--seeds 2000` listed one by one was cut at MLflow's 6,000 characters.
+    """`--seeds 2000` listed one by one was cut at MLflow's 6,000 characters.
     The params are written before the first cell; the run is then interrupted."""
     mine = tmp_path / "mine.toml"
     mine.write_text(TINY)
@@ -774,7 +774,7 @@ def test_many_seeds_are_recorded_as_a_range(tmp_path: Path) -> None:
 
 
 def test_reproduce_of_an_invalid_recorded_stage_blames_the_record(tmp_path: Path) -> None:
-    """Issue 9, item 14: a recorded stage text that fails the checks said "fix the stage file",
+    """A recorded stage text that fails the checks said "fix the stage file",
     which no stage file of the user's can do."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = _client(uri)
@@ -806,7 +806,7 @@ def test_parity_refuses_fewer_than_two_backends(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(len(installed_backends()) < 2, reason="parity needs both backends")
 def test_parity_names_the_steps_it_checked(tmp_path: Path) -> None:
-    """Issue 9, item 14: after 20 steps the verdict said "first 50 steps"."""
+    """After 20 steps the verdict said "first 50 steps"."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     first, second = installed_backends()[:2]
     done = _parity(uri, "20", "--backend", first, "--backend", second)

@@ -11,10 +11,8 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +22,7 @@ from bench.core import data
 from bench.core.datasets.idx import read_idx, write_idx
 from bench.core.datasets.mnist import MNIST
 from bench.core.errors import BenchError
-from tests.conftest import plant_cache_entry
+from tests.conftest import plant_cache_entry, serving
 
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -43,15 +41,6 @@ def _assert_one_line_naming(exc: BenchError, *needles: str) -> str:
     return msg
 
 
-@pytest.fixture(scope="session")
-def real_dir(data_dir: Path) -> Path:
-    """The read-only folder with the four original files (conftest's: MLP_BENCH_DATA_DIR, else
-    ../shared/data/mnist); skip if it is not there."""
-    if not all((data_dir / f.name).is_file() for f in MNIST.files):
-        pytest.skip(f"real MNIST files not found in {data_dir}")
-    return data_dir
-
-
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("cache")
@@ -66,41 +55,6 @@ def _module_cache(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="module")
 def splits(real_dir: Path, cache_dir: Path) -> data.Splits:
     return data.load_dataset(MNIST, real_dir, cache_dir=cache_dir, download=False)
-
-
-@pytest.fixture(scope="module")
-def mirror(real_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real HTTP server: /good/ has the real files, /bad/ corrupted copies, /empty/ none."""
-    root = tmp_path_factory.mktemp("www")
-    good, bad = root / "good", root / "bad"
-    good.mkdir()
-    bad.mkdir()
-    (root / "empty").mkdir()
-    for f in MNIST.files:
-        shutil.copyfile(real_dir / f.name, good / f.name)
-        # Same size, one byte flipped in the middle: only the checksum can tell.
-        raw = bytearray((real_dir / f.name).read_bytes())
-        raw[len(raw) // 2] ^= 0xFF
-        (bad / f.name).write_bytes(bytes(raw))
-
-    class QuietHandler(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    handler = partial(QuietHandler, directory=str(root))
-    yield from _serving(http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler))
-
-
-def _serving(server: http.server.ThreadingHTTPServer) -> Iterator[str]:
-    """Serve on a thread, yield the server's URL, and stop it when the fixture ends."""
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 @pytest.fixture
@@ -215,7 +169,7 @@ def _rebuild_warning(caplog: pytest.LogCaptureFixture, entry: Path) -> str:
 def test_planted_cache_entry_is_rebuilt(
     real_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Issue 9, item 1: a cached test-labels array replaced by zeros of the right shape gave
+    """A cached test-labels array replaced by zeros of the right shape gave
     "did-not-learn 10.24%". It must fail its digest, be rebuilt, and say so."""
     data.load_dataset(MNIST, real_dir, cache_dir=tmp_path, download=False)
     (entry,) = tmp_path.glob("t10k-labels*.npy")
@@ -395,13 +349,13 @@ class _Trickle(http.server.BaseHTTPRequestHandler):
 def trickle() -> Iterator[str]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Trickle)
     server.daemon_threads = True
-    yield from _serving(server)
+    yield from serving(server)
 
 
 def test_trickling_mirror_is_given_up_after_the_transfer_limit(
     real_dir: Path, trickle: str, mirror: str, tmp_path: Path
 ) -> None:
-    """Issue 9, item 15: the timeout bounded each read, so a byte every second (here every
+    """The timeout bounded each read, so a byte every second (here every
     50 ms) held the download forever. transfer_timeout bounds the file; the next mirror wins."""
     _copy_real(real_dir, tmp_path)
     (tmp_path / SMALL).unlink()
@@ -480,7 +434,7 @@ def test_empty_dir_without_download_names_all_files(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("download", [True, False], ids=["download", "no-download"])
 def test_mistyped_data_dir_is_not_created(mirror: str, tmp_path: Path, download: bool) -> None:
-    """Issue 9, item 13: a --data-dir that does not exist was created empty (and, offline,
+    """A --data-dir that does not exist was created empty (and, offline,
     reported as missing files). Only the default folder may be created."""
     typo = tmp_path / "mnsit"
     with pytest.raises(BenchError) as info:
@@ -491,7 +445,7 @@ def test_mistyped_data_dir_is_not_created(mirror: str, tmp_path: Path, download:
 
 
 def test_data_dir_that_is_a_file(tmp_path: Path) -> None:
-    """Issue 9, item 13: reported as "cannot create"; say what it is."""
+    """Reported as "cannot create"; say what it is."""
     afile = tmp_path / "mnist.tar"
     afile.write_bytes(b"x")
     for download in (True, False):
@@ -502,7 +456,7 @@ def test_data_dir_that_is_a_file(tmp_path: Path) -> None:
 
 
 def test_another_data_sets_idx_file_is_not_called_corrupt(real_dir: Path, tmp_path: Path) -> None:
-    """Issue 9, item 13: a valid IDX file of MNIST's name and shape (Fashion-MNIST) was called
+    """A valid IDX file of MNIST's name and shape (Fashion-MNIST) was called
     corrupt, with the advice to delete it. Say it is not the MNIST file, with both digests."""
     _copy_real(real_dir, tmp_path)
     labels = np.random.default_rng(0).integers(0, 10, 10000, dtype=np.uint8)
@@ -549,7 +503,7 @@ def test_load_mnist_uses_env_data_dir(
 def test_real_data_tests_run_where_only_the_variable_names_the_data(
     real_dir: Path, tmp_path: Path
 ) -> None:
-    """Issue 9, item 17: these tests read ../shared/data/mnist only, so they skipped where the
+    """These tests read ../shared/data/mnist only, so they skipped where the
     data was given by MLP_BENCH_DATA_DIR. Run some in a checkout with nothing beside it."""
     here = Path(__file__).parent
     checkout = tmp_path / "checkout"

@@ -43,7 +43,7 @@ def test_two_runs_are_bit_identical(stage: str, backend: str, device: str, tmp_p
 @pytest.mark.skipif(not is_installed("torch"), reason="torch not installed")
 @pytest.mark.parametrize("stage", ["adam", "dropout"])
 def test_onednn_products_rerun_bit_identical(stage: str, tmp_path: Path) -> None:
-    """Issue 10, item 3: PyTorch's products through oneDNN keep reruns bit-identical."""
+    """PyTorch's products through oneDNN keep reruns bit-identical."""
     cell = Cell(stage, "torch", "cpu", 3)
     first, second = (
         _run(cell, tmp_path, name, epochs=1, torch_matmul="onednn") for name in ("a", "b")

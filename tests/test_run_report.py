@@ -225,7 +225,7 @@ def test_a_report_that_fails_does_not_lose_the_run(tmp_path: Path) -> None:
     run = record_run(tmp_path, "--backend", installed_backends()[-1])
     assert run.done.returncode == 0, run.done.stdout + run.done.stderr
     [warning] = [line for line in run.done.stdout.splitlines() if "WARNING: the report" in line]
-    assert f"python -m bench report {run.parent.info.run_id}" in warning
+    assert f"mlp-bench report {run.parent.info.run_id}" in warning
     assert run.parent.info.status == "FINISHED"
     assert [c.info.status for c in run.cells] == ["FINISHED"]
 

@@ -57,7 +57,7 @@ def test_epoch_count_does_not_change_weights_or_early_orders() -> None:
 
 
 def test_orders_are_drawn_when_asked_for_not_up_front() -> None:
-    """10,000 epochs of orders up front were 4.4 GB on the full training set (issue 9, item 3):
+    """10,000 epochs of orders up front were 4.4 GB on the full training set:
     here 10,000 x 1,000 would be 80 MB; drawn lazily, a cell holds one order at a time."""
     spec = with_epochs(load_stage("relu-xavier"), 10_000)
     tracemalloc.start()

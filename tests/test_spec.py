@@ -109,7 +109,7 @@ def test_a_stage_without_a_data_set_trains_on_mnist() -> None:
 
 
 def test_a_stage_keeps_the_text_it_was_parsed_from() -> None:
-    """Workers train from this text and MLflow records it (issue 9, item 2)."""
+    """Workers train from this text and MLflow records it."""
     text = _text()
     spec = parse_stage(text, "x.toml")
     assert spec.text == text and "text" not in spec.flat() and "order" not in spec.flat()

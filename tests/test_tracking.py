@@ -52,7 +52,7 @@ def test_store_locked_past_the_wait_keeps_the_cell_for_record_pending(tmp_path: 
     [line] = err.splitlines()
     assert line.startswith("error: ") and "database is locked" in line, line
     kept = tmp_path / "unrecorded"
-    assert f"record it with `python -m bench record-pending {kept}`" in line
+    assert f"record it with `mlp-bench record-pending {kept}`" in line
     [pending] = kept.glob("*/pending.json")
     assert json.loads(pending.read_text())["result"]["test_accuracy"] > 0.5
 

@@ -1,5 +1,5 @@
-"""Command line: `python -m bench list | run | perf | parity | reproduce | report | compare | ui |
-record-pending`.
+"""Command line: `mlp-bench` (or `python -m bench`) `list | run | perf | parity | reproduce |
+report | compare | ui | server | record-pending | gpu-check`.
 
 Every input is checked, and the tracking store opened, before any training starts; a user's
 mistake prints one line and exits 2. Each command lives in its own module (bench/commands/*.py).
@@ -14,10 +14,12 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
+from bench.commands import gpu_check
 from bench.commands.exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
 from bench.core import interrupts
 from bench.core.devices import DEVICE_CHOICES
 from bench.core.errors import BenchError, StoreUnwritable
+from bench.core.program import PROGRAM
 from bench.core.spec import MAX_EPOCHS
 from bench.execution.matrix import CELL_TIMEOUT_BASE_S, CELL_TIMEOUT_PER_EPOCH_S, MAX_CELL_TIMEOUT_S
 from bench.execution.ray_executor import DEFAULT_RETRIES
@@ -36,8 +38,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports a usage mistake on one line, without the usage block."""
 
     def error(self, message: str) -> NoReturn:
-        command = " ".join(["python -m bench", *self.prog.split()[1:], "--help"])
-        raise BenchError(f"{message}; see `{command}`")
+        raise BenchError(f"{message}; see `{self.prog} --help`")
 
 
 def _int_in(low: int, high: int) -> Callable[[str], int]:
@@ -194,8 +195,10 @@ def _add_executor(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="bench", description="mlp-bench: the MNIST tutorial stages, benchmarked")
+def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
+    """Every command's arguments; `prog` is how the user typed the command (`mlp-bench` or
+    `python -m bench`), which the usage lines and the one-line errors repeat."""
+    parser = _Parser(prog=prog, description="mlp-bench: the MNIST tutorial stages, benchmarked")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     commands.add_parser("list", help="show stages, backends and devices")
 
@@ -311,6 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
         "record-pending", help="record the cells a locked or read-only store could not take"
     )
     pending.add_argument("folder", help="the folder the error named (.../unrecorded)")
+
+    check = commands.add_parser(
+        "gpu-check", help="check the GPU paths of each backend: speed, bitwise reruns, parity"
+    )
+    gpu_check.add_arguments(check)
     return parser
 
 
@@ -325,14 +333,19 @@ def _show_progress_logs() -> None:
     logger.propagate = False
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def script_main() -> int:
+    """The `mlp-bench` console script."""
+    return main(prog=PROGRAM)
+
+
+def main(argv: Sequence[str] | None = None, prog: str = PROGRAM) -> int:
     # MLflow 3 reports usage to an outside host unless told not to; every process started from
     # here (workers included) inherits the setting. A user's own setting wins.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     _show_progress_logs()
     interrupts.install()
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(prog).parse_args(argv)
         if args.command == "list":
             from bench.commands.list import cmd_list
 
@@ -369,6 +382,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from bench.commands.record_pending import cmd_record_pending
 
             return cmd_record_pending(args)
+        if args.command == "gpu-check":
+            return gpu_check.cmd_gpu_check(args)
         from bench.commands.reproduce import cmd_reproduce
 
         return cmd_reproduce(args)

@@ -1,8 +1,8 @@
-"""The GPU check: `python -m bench.gpu_check --data-dir D --out DIR` (no MLflow needed).
+"""The GPU check: `mlp-bench gpu-check [--data-dir D] [--out DIR]` (`nox -s gpu_check`; also
+`python -m bench.gpu_check`). It records nothing to MLflow, so it runs on a minimal GPU machine.
 
-Made for a lent GPU machine that has PyTorch and JAX but neither TensorFlow nor MLflow, and a
-few minutes of it; it checks every installed backend that can use the GPU (`--backend` to
-choose), so a machine with JAX alone is checked too. The items run in order of what they
+It checks every installed backend that can use the GPU but TensorFlow (`--backend` to choose),
+so a machine with only PyTorch, or only JAX, is checked too. The items run in order of what they
 prove, so that a run cut short has proved the most: each backend's float32 peak; relu-xavier;
 adam and dropout, each eager and, for a backend with CUDA graphs (PyTorch), graphed, the two
 compared byte for byte (a graph that replayed a stale batch, mask or lr_t would still
@@ -58,6 +58,7 @@ FIRST_STAGES = ("relu-xavier", "adam", "dropout")  # the rows worth most, in thi
 GRAPHED_FIRST = ("adam", "dropout")  # stages whose CUDA-graph rows come early
 PARITY_FIRST = ("relu-xavier", "adam")  # float64 parity worth running before the rest
 GPU_ONLY = "skipped: GPU only"
+DEFAULT_OUT = "results/gpu-check"
 # Taken from the first cell that finishes: the versions and GPU that every row ran on.
 ENVIRONMENT_KEYS = ("framework_version", "cuda_version", "cudnn_version", "gpu_model")
 
@@ -228,9 +229,9 @@ class Check:
     def run(self) -> Report:
         for backend in self.backends:
             check_backend(backend)
-        # No download: the lent machine has no network, and three mirrors per missing file
-        # would only fail slowly. A bad --data-dir fails here, in one line.
-        ensure_data(self.data_dir, self.datasets, download=False)
+        # The data as every command reads it (missing files downloaded and verified); a bad
+        # --data-dir fails here, in one line, before the output folder is made.
+        ensure_data(self.data_dir, self.datasets)
         if self.device == "gpu":
             resolve_devices(["gpu"], self.backends)  # one line if a backend cannot use a GPU
         self.report.out.mkdir(parents=True, exist_ok=True)
@@ -458,8 +459,9 @@ def _has_graphs(backend: str) -> bool:
 
 
 def _default_backends() -> list[str]:
-    """Every installed backend but TensorFlow, which the lent machines do not carry (and whose
-    GPU paths tests/test_tensorflow_gpu_paths.py checks where it is)."""
+    """Every installed backend but TensorFlow, whose GPU paths `run --device gpu` and
+    tests/test_tensorflow_gpu_paths.py check: the check then needs neither TensorFlow nor its
+    CUDA libraries, and a machine with PyTorch or JAX alone can run it."""
     return [b for b in installed_backends() if b != "tensorflow"]
 
 
@@ -474,31 +476,63 @@ def _stages(text: str) -> list[str]:
     return [s for s in STAGE_NAMES if s in names]
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data-dir", help="the stages' data files (default: $MLP_BENCH_DATA_DIR)")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--device", choices=("gpu", "cpu"), default="gpu")
-    parser.add_argument("--stages", type=_stages, default=list(STAGE_NAMES))
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The check's arguments, for `mlp-bench gpu-check` and `python -m bench.gpu_check`."""
+    parser.add_argument(
+        "--data-dir",
+        help="the stages' data files (else MLP_BENCH_DATA_DIR, else the default folder;"
+        " missing files are downloaded)",
+    )
+    parser.add_argument(
+        "--out", default=DEFAULT_OUT, help=f"folder for the table and JSON; default {DEFAULT_OUT}"
+    )
+    parser.add_argument("--epochs", type=int, default=10, help="epochs of each row; default 10")
+    parser.add_argument(
+        "--device",
+        choices=("gpu", "cpu"),
+        default="gpu",
+        help="gpu (default); cpu rehearses the whole check where there is no GPU",
+    )
+    parser.add_argument(
+        "--stages",
+        type=_stages,
+        default=list(STAGE_NAMES),
+        help="comma-separated stages; default all",
+    )
     parser.add_argument(
         "--backend", action="append", help="repeatable; default: every installed but tensorflow"
     )
-    # About 420 s: two backends' items fit a lent machine's 15 minutes with its start-up; the
-    # most valuable items come first, so a shorter budget still proves the most.
-    parser.add_argument("--budget-s", type=float, default=420.0)
+    # Seven minutes fit two backends' most valuable items; they come first, so a shorter
+    # budget still proves the most.
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=420.0,
+        help="items that would start after this many seconds are listed as skipped; default 420",
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__)
+    add_arguments(parser)
     return parser.parse_args(argv)
 
 
+def cmd_gpu_check(args: argparse.Namespace) -> int:
+    """Run the check, print its table; 0 when everything ran and held, else 1 (BenchError,
+    bad input, propagates: the caller prints it in one line and exits 2)."""
+    report = Check(args).run()
+    print("\n".join(report.lines()))
+    return 0 if report.passed else 1
+
+
 def main() -> None:
-    args = parse_args()
     try:
-        report = Check(args).run()
+        code = cmd_gpu_check(parse_args())
     except BenchError as error:  # exit 2, as for bad arguments; 1 is a check that failed
         print(f"gpu_check: {error}", file=sys.stderr)
         sys.exit(2)
-    print("\n".join(report.lines()))
-    sys.exit(0 if report.passed else 1)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

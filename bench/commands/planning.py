@@ -13,7 +13,13 @@ from bench.core.data import ensure_data
 from bench.core.devices import available_cores, resolve_devices
 from bench.core.errors import BenchError
 from bench.core.options import ONEDNN_ONLY, Options
-from bench.core.spec import parse_stage, select_stages, with_epochs
+from bench.core.spec import (
+    EPOCHS_ENV,
+    epochs_from_env,
+    parse_stage,
+    select_stages,
+    with_epochs,
+)
 from bench.execution.invocation import Plan, check_machine
 from bench.execution.matrix import build_cells
 from bench.recording.tracking import DEFAULT_EXPERIMENT, Tracker, resolve_tracking_uri
@@ -28,9 +34,24 @@ def seeds_of(args: argparse.Namespace) -> list[int]:
     return list(dict.fromkeys(seeds or [0]))
 
 
+def requested_epochs(flag: int | None) -> int | None:
+    """--epochs, else MLP_BENCH_EPOCHS (said on a line: a run shortened by the environment
+    should never pass for a full one), else None: the stage files' own."""
+    if flag is not None:
+        return flag
+    epochs = epochs_from_env()
+    if epochs is not None:
+        print(
+            f"epochs: {epochs} for every stage, from {EPOCHS_ENV} (--epochs overrides it)",
+            flush=True,
+        )
+    return epochs
+
+
 def plan_run(args: argparse.Namespace, refuse_busy: bool = False) -> Plan:
     """Check every input and the machine; with `refuse_busy` (perf) a busy machine is an
     error, else a warning."""
+    args = argparse.Namespace(**(vars(args) | {"epochs": requested_epochs(args.epochs)}))
     # Each stage file is read here, once: its text is what the workers train from.
     specs = select_stages(args.stage or [], args.stage_file or [], args.epochs)
     if args.accumulate and not args.parity:

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from bench.core.errors import BenchError
+from bench.core.program import PROGRAM
 from bench.recording import store
 from bench.recording.server import (
     DATABASE_ENV,
@@ -35,6 +36,6 @@ def cmd_server(args: argparse.Namespace) -> int:
     )
     where = f"http://{args.host}:{args.port}"
     print(f"MLflow tracking server on {database.redacted()}, artifacts in {artifacts}", flush=True)
-    print(f"record into it with: python -m bench run --tracking-uri {where}", flush=True)
+    print(f"record into it with: {PROGRAM} run --tracking-uri {where}", flush=True)
     quiet_server_environment()
     os.execvp(command[0], command)  # the server replaces this process: Ctrl-C stops it

@@ -28,6 +28,9 @@ from bench.core.errors import BenchError
 
 STAGES_DIR = Path(__file__).parent / "stages"
 STAGES_DIR_ENV = "MLP_BENCH_STAGES_DIR"
+# Every stage's epochs when --epochs is not given: a quick look at the whole matrix with the
+# command typed as documented (`MLP_BENCH_EPOCHS=1 nox -s bench`).
+EPOCHS_ENV = "MLP_BENCH_EPOCHS"
 STAGE_FILE_FIX = "fix the stage file"
 # Upper bounds that keep a typo from reaching a worker as a MemoryError or an overflow.
 MAX_EPOCHS = 10_000
@@ -461,6 +464,23 @@ def select_stages(
             )
         specs[spec.name] = spec
     return {name: with_epochs(spec, epochs) for name, spec in specs.items()}
+
+
+def epochs_from_env() -> int | None:
+    """MLP_BENCH_EPOCHS as a count in 1..MAX_EPOCHS, or None where it is unset or empty."""
+    text = os.environ.get(EPOCHS_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        epochs = int(text)
+    except ValueError:
+        epochs = 0
+    if not 1 <= epochs <= MAX_EPOCHS:
+        raise BenchError(
+            f"{EPOCHS_ENV}={text!r} is not an epoch count; set it to 1..{MAX_EPOCHS}, or unset"
+            " it for the stage files' epochs"
+        )
+    return epochs
 
 
 def with_epochs(spec: StageSpec, epochs: int | None) -> StageSpec:

@@ -1,7 +1,7 @@
 """The report of an invocation, read back from the store: a Markdown description (the closing
 table, command line, commit, machine, UI link), a table of its cells, figures per stage, and
 one self-contained report.html. Made at the end of `run`, `perf` and `parity`, and again by
-`python -m bench report RUN_ID`.
+`mlp-bench report RUN_ID`.
 
 Everything comes from what the store holds, not from the invocation's memory, so a report made
 later from the store is the same report.
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.core.errors import BenchError, StoreUnwritable
+from bench.core.program import PROGRAM
 from bench.core.spec import ExpectedSpec, StageSpec, parse_stage, with_epochs
 from bench.core.types import environment_of
 from bench.recording import store
@@ -478,7 +479,7 @@ def description(invocation: Invocation, report_dir: Path | None = None) -> str:
         parts.append("Recorded on this run:\n\n" + figures)
     command = invocation.params.get("command") or invocation.tags.get("command")
     facts = [
-        f"- command: `python -m bench {command}`" if command else "- command: -",
+        f"- command: `{PROGRAM} {command}`" if command else "- command: -",
         f"- commit: `{commit}`{dirty}",
         f"- machine: {_machine(invocation)}" if invocation.cells else "",
         f"- store: `{invocation.tracking_uri}`, run `{invocation.run_id}`",
@@ -621,7 +622,7 @@ def report_safely(tracker: Tracker, run_id: str, command: str | None = None) -> 
         reason = " ".join(str(exc).split())[:200]
         print(
             f"WARNING: the report of run {run_id} could not be made ({type(exc).__name__}:"
-            f" {reason}); make it with `python -m bench report {run_id}`",
+            f" {reason}); make it with `{PROGRAM} report {run_id}`",
             flush=True,
         )
         return None
@@ -630,5 +631,6 @@ def report_safely(tracker: Tracker, run_id: str, command: str | None = None) -> 
 
 
 def command_line() -> str:
-    """This process's arguments after `python -m bench`, as the parent runs record them."""
+    """This process's arguments after `mlp-bench` (or `python -m bench`), as the parent runs
+    record them."""
     return " ".join(sys.argv[1:])

@@ -24,6 +24,7 @@ import numpy as np
 from bench.core.datasets import get_dataset
 from bench.core.errors import BenchError, StoreUnwritable
 from bench.core.options import Options
+from bench.core.program import PROGRAM
 from bench.core.seeding import describe_seeds
 from bench.core.spec import StageSpec
 from bench.core.types import ENV_PREFIX, Cell, CellResult, CellRun, EpochRecord
@@ -667,7 +668,7 @@ class MatrixRecord:
             kept = unrecorded.keep(store.unrecorded_dir(uri), uri, run_id, run, files)
             raise StoreUnwritable(
                 f"{exc}; {run.cell.name} is kept in {kept}: once the store takes writes, record"
-                f" it with `python -m bench record-pending {kept.parent}`"
+                f" it with `{PROGRAM} record-pending {kept.parent}`"
             ) from None
         group = run.cell.group
         self._pending[group] -= 1

@@ -1,5 +1,5 @@
 """Cells the tracking store could not take (locked or read-only past the wait), kept on disk
-until `python -m bench record-pending FOLDER` records them into the runs they belong to.
+until `mlp-bench record-pending FOLDER` records them into the runs they belong to.
 
 One folder per cell run, named by its run id: `pending.json` (the store, the run, the result or
 the error, the speed figures), the result's arrays, and the files to log as artifacts.
