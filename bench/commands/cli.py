@@ -156,7 +156,7 @@ def _add_matrix(parser: argparse.ArgumentParser) -> None:
         action="append",
         type=parse_tag,
         metavar="KEY=VALUE",
-        help="a label on the parent run (repeatable); `bench compare tag:KEY=VALUE` finds it",
+        help="a label on the parent run (repeatable); `compare tag:KEY=VALUE` finds it",
     )
     _add_common(parser)
 
