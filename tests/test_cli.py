@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import itertools
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -609,6 +610,40 @@ def test_usage_mistakes_point_at_the_real_help() -> None:
     assert done.returncode == 2 and "see `python -m bench --help`" in done.stderr
     done = bench("run", "--epochs", "x")
     assert done.returncode == 2 and "see `python -m bench run --help`" in done.stderr
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "10001", "2.5"])
+def test_a_bad_epochs_setting_is_one_line(value: str, tmp_path: Path) -> None:
+    """MLP_BENCH_EPOCHS that is no epoch count stops the run before the store is made."""
+    store = tmp_path / "mlflow.db"
+    done = bench("run", "--tracking-uri", f"sqlite:///{store}", env={"MLP_BENCH_EPOCHS": value})
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"error: MLP_BENCH_EPOCHS={value!r} is not an epoch count")
+    assert not store.exists()
+
+
+def test_the_mlp_bench_command_is_python_m_bench() -> None:
+    """The console script that installing the project puts beside this venv's python: the
+    same subcommands, and its mistakes point at its own help."""
+    script = Path(sys.executable).parent / "mlp-bench"
+    if not script.exists():
+        pytest.skip(f"{script} missing: the project is not installed in this venv")
+    own = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60)
+    module = bench("--help")
+    assert own.returncode == module.returncode == 0
+    assert _subcommands(own.stdout) == _subcommands(module.stdout)
+    assert "gpu-check" in _subcommands(own.stdout)
+    wrong = subprocess.run(
+        [script, "run", "--epochs", "x"], capture_output=True, text=True, timeout=60
+    )
+    assert wrong.returncode == 2 and "see `mlp-bench run --help`" in wrong.stderr
+
+
+def _subcommands(help_text: str) -> list[str]:
+    """The {a,b,...} list of a top-level --help."""
+    found = re.search(r"\{([a-z,-]+)\}", help_text)
+    assert found, help_text
+    return found.group(1).split(",")
 
 
 TINY = f"""name = "tiny"

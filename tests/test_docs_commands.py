@@ -111,6 +111,7 @@ def _the_whole_matrix(command: str, store: Path) -> None:
     cells = _cells_of(_parent(done), store)
     assert sorted(run.data.tags["stage"] for run in cells) == sorted(STAGE_NAMES * BACKENDS)
     assert all(run.info.status == "FINISHED" for run in cells)
+    assert {run.data.params["training.epochs"] for run in cells} == {"1"}
     for stage in STAGE_NAMES:  # the closing table: a row per stage and backend
         assert len(re.findall(rf"^\s*{stage}\s", done.output, re.M)) >= BACKENDS, stage
 
