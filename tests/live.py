@@ -76,11 +76,11 @@ def start_run(
         text=True,
         start_new_session=True,
         env={**os.environ, "TMPDIR": str(tmp_path / "tmp"), **(env or {})},
-        preexec_fn=_as_a_terminal_job,
+        preexec_fn=as_a_terminal_job,
     )
 
 
-def _as_a_terminal_job() -> None:
+def as_a_terminal_job() -> None:
     """The signal dispositions of a job started from a terminal. Ignored dispositions are
     inherited: under `nohup` (SIGHUP) or as a shell's background job (SIGINT) the tests' own
     process passes them on, and bench, rightly, keeps what it was started with."""

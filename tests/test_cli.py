@@ -26,6 +26,7 @@ from bench.core.spec import STAGES_DIR, STAGES_DIR_ENV
 from bench.execution.quiet import BUSY_CORES
 from tests.conftest import ROOT, mnist_dir, plant_cache_entry
 from tests.live import (
+    as_a_terminal_job,
     bench,
     competing_processes,
     finish,
@@ -726,6 +727,7 @@ def _start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Pop
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, **(env or {})},
+        preexec_fn=as_a_terminal_job,  # SIGINT reaches it when the suite runs in the background
     )
 
 

@@ -32,6 +32,7 @@ from bench.core.data import DATA_DIR_ENV
 from bench.core.datasets.mnist import MNIST
 from bench.core.spec import EPOCHS_ENV, STAGE_NAMES
 from tests.conftest import ROOT, SHARED_MNIST, mnist_dir
+from tests.live import as_a_terminal_job
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 NOX_TIMEOUT_S = 1800  # a fresh venv (the frameworks' wheels) and 12 one-epoch cells
@@ -207,6 +208,7 @@ class Serving:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=as_a_terminal_job,  # Ctrl-C works, as in a terminal
             )
         return self._log.read_text
 
