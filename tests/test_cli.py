@@ -158,6 +158,7 @@ def recorded(
     return uri, done
 
 
+@pytest.mark.slow
 def test_run_records_parent_and_nested_cells(
     recorded: tuple[str, subprocess.CompletedProcess[str]],
 ) -> None:
@@ -243,6 +244,7 @@ def test_run_records_parent_and_nested_cells(
         assert "epoch 2: train loss " in log and "result: converged, test accuracy " in log
 
 
+@pytest.mark.slow
 def test_interrupt_ends_runs_killed(tmp_path: Path) -> None:
     """SIGINT to the main process once its cell has logged an epoch. Each wait is for an event
     and allows minutes: on a loaded machine a fixed 120 s wait and `communicate(timeout=60)`
@@ -275,6 +277,7 @@ def _cell_id(uri: str, backend: str) -> str:
     return str(run.info.run_id)
 
 
+@pytest.mark.slow
 def test_reproduce_reports_bit_identical(
     recorded: tuple[str, subprocess.CompletedProcess[str]],
 ) -> None:
@@ -291,6 +294,7 @@ def test_reproduce_reports_bit_identical(
     assert copy.data.tags["bit_identical"] == "true"
 
 
+@pytest.mark.slow
 def test_reproduce_names_what_differs(
     recorded: tuple[str, subprocess.CompletedProcess[str]], tmp_path: Path
 ) -> None:
@@ -335,6 +339,7 @@ def _parity(uri: str, steps: str, *args: str) -> subprocess.CompletedProcess[str
 
 
 @pytest.mark.skipif(len(installed_backends()) < 2, reason="parity needs two backends")
+@pytest.mark.slow
 def test_parity_command_prints_windows_and_records_the_curve(tmp_path: Path) -> None:
     """Every installed backend trained once; every pair compared and recorded as its own run."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -354,6 +359,7 @@ def test_parity_command_prints_windows_and_records_the_curve(tmp_path: Path) -> 
         }
 
 
+@pytest.mark.slow
 def test_perf_command_prints_the_table(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     # One backend's cells and Keras reference (each framework's Keras reference is tested in
@@ -425,6 +431,7 @@ def _perf_one_cell(uri: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_perf_refuses_a_busy_machine_and_flags_its_cells_when_allowed(tmp_path: Path) -> None:
     """A second process on the 2 cores made the torch cells 5-17x slower
     and nothing said so. With two processes spinning, `perf` refuses before writing anything;
@@ -469,6 +476,7 @@ def _built_cache(folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_planted_cache_is_rebuilt_and_said_before_training(tmp_path: Path) -> None:
     """Test labels replaced by zeros in the cache gave "did-not-learn 10.24%",
     recorded FINISHED. Now the command says it rebuilds the entry, and the cell learns."""
@@ -496,6 +504,7 @@ def test_planted_cache_is_rebuilt_and_said_before_training(tmp_path: Path) -> No
     )
 
 
+@pytest.mark.slow
 def test_reproduce_names_the_data_as_the_difference(
     recorded: tuple[str, subprocess.CompletedProcess[str]], tmp_path: Path
 ) -> None:
@@ -748,6 +757,7 @@ def _wait_for_cell(uri: str) -> None:
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_a_stage_file_edited_during_a_run_is_trained_and_recorded_as_planned(
     tmp_path: Path,
 ) -> None:
@@ -787,6 +797,7 @@ def test_a_stage_file_edited_during_a_run_is_trained_and_recorded_as_planned(
     assert row.split()[-4:-1] == ["-", "-", "-"]  # tutorial, expected, met
 
 
+@pytest.mark.slow
 def test_many_seeds_are_recorded_as_a_range(tmp_path: Path) -> None:
     """`--seeds 2000` listed one by one was cut at MLflow's 6,000 characters.
     The params are written before the first cell; the run is then interrupted."""
@@ -842,6 +853,7 @@ def test_parity_refuses_fewer_than_two_backends(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(len(installed_backends()) < 2, reason="parity needs both backends")
+@pytest.mark.slow
 def test_parity_names_the_steps_it_checked(tmp_path: Path) -> None:
     """After 20 steps the verdict said "first 50 steps"."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"

@@ -360,6 +360,7 @@ def _comparisons(uri: str) -> list[Any]:
     return [r for r in store_runs(uri) if r.data.tags.get("kind") == "comparison"]
 
 
+@pytest.mark.slow
 def test_two_seed0_runs_of_one_commit_pass_and_are_recorded(runs: Runs) -> None:
     # The tag finds the baseline. The slowdown allowed is wide because the two runs' speeds
     # depend on what else the shared machine ran meanwhile; the A/A study (tests/aa_study.py)
@@ -394,6 +395,7 @@ def test_two_seed0_runs_of_one_commit_pass_and_are_recorded(runs: Runs) -> None:
     assert row.startswith(f"relu-xavier/{installed_backends()[-1]}/cpu/seed0,converged,")
 
 
+@pytest.mark.slow
 def test_a_slower_candidate_is_a_regression_with_its_ratio_and_ci(runs: Runs) -> None:
     done = _bench("compare", runs.base, runs.slow, "--tracking-uri", runs.uri, "--allow-busy")
     assert done.returncode == 1, done.stdout + done.stderr
@@ -425,6 +427,7 @@ def _cell_of(uri: str, parent: str) -> str:
     return str(cell.info.run_id)
 
 
+@pytest.mark.slow
 def test_other_recorded_hardware_is_inconclusive(runs: Runs) -> None:
     uri = _copy_store(
         runs,
@@ -447,6 +450,7 @@ def _one_line_exit_2(done: subprocess.CompletedProcess[str], *words: str) -> Non
         assert word in lines[0]
 
 
+@pytest.mark.slow
 def test_bad_inputs_are_one_line_exit_2_and_record_nothing(runs: Runs) -> None:
     before = len(_comparisons(runs.uri))
     uri = ("--tracking-uri", runs.uri)

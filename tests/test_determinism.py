@@ -28,6 +28,7 @@ def _run(cell: Cell, tmp_path: Path, name: str, **options_: Any) -> CellResult:
 @pytest.mark.parametrize("device", device_params())
 @pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("stage", STAGE_NAMES)
+@pytest.mark.slow
 def test_two_runs_are_bit_identical(stage: str, backend: str, device: str, tmp_path: Path) -> None:
     skip_without_gpu(backend, device)
     cell = Cell(stage, backend, device, 3)  # type: ignore[arg-type]
@@ -42,6 +43,7 @@ def test_two_runs_are_bit_identical(stage: str, backend: str, device: str, tmp_p
 
 @pytest.mark.skipif(not is_installed("torch"), reason="torch not installed")
 @pytest.mark.parametrize("stage", ["adam", "dropout"])
+@pytest.mark.slow
 def test_onednn_products_rerun_bit_identical(stage: str, tmp_path: Path) -> None:
     """PyTorch's products through oneDNN keep reruns bit-identical."""
     cell = Cell(stage, "torch", "cpu", 3)

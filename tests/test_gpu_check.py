@@ -136,6 +136,7 @@ def test_two_backends_interleave_by_value_and_parity_covers_the_pair() -> None:
 
 
 @needs_torch
+@pytest.mark.slow
 def test_the_cpu_rehearsal_runs_every_item_but_the_gpu_only_rows(
     data_dir: Path, tmp_path: Path
 ) -> None:
@@ -185,6 +186,7 @@ def test_items_past_the_budget_are_listed_as_skipped_and_fail_the_check(
 
 
 @needs_torch
+@pytest.mark.slow
 def test_a_failing_cell_keeps_its_exception_line_and_its_log_tail(
     data_dir: Path, tmp_path: Path
 ) -> None:
@@ -213,6 +215,7 @@ def test_a_failing_cell_keeps_its_exception_line_and_its_log_tail(
 
 
 @needs_torch
+@pytest.mark.slow
 def test_a_failed_peak_is_an_item_of_its_own_and_the_rows_go_on(
     data_dir: Path, tmp_path: Path
 ) -> None:
@@ -234,6 +237,7 @@ def test_a_failed_peak_is_an_item_of_its_own_and_the_rows_go_on(
 
 
 @needs_torch
+@pytest.mark.slow
 def test_a_run_cut_short_leaves_what_it_measured_marked_unfinished(
     data_dir: Path, tmp_path: Path
 ) -> None:
@@ -339,6 +343,7 @@ def test_the_report_is_strict_json_when_a_difference_is_infinite(tmp_path: Path)
 @pytest.mark.skipif(
     len([b for b in ("torch", "jax") if is_installed(b)]) < 2, reason="needs torch and jax"
 )
+@pytest.mark.slow
 def test_the_rehearsal_with_jax_beside_torch_checks_the_pair(
     data_dir: Path, tmp_path: Path
 ) -> None:

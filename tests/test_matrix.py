@@ -37,6 +37,7 @@ def _record(
     return MatrixRecord(tracker, parent, specs, cells, options)
 
 
+@pytest.mark.slow
 def test_a_cell_runs_in_its_own_process_and_streams_epochs(
     tracker: Tracker, tmp_path: Path
 ) -> None:
@@ -66,6 +67,7 @@ def test_a_cell_runs_in_its_own_process_and_streams_epochs(
     assert "n/a (2 of 30 epochs)" in short and " NO " not in short
 
 
+@pytest.mark.slow
 def test_a_failing_cell_is_recorded_failed_with_its_message(
     tracker: Tracker, tmp_path: Path
 ) -> None:

@@ -33,6 +33,7 @@ def _parity(stage: str, steps: int, dtype: str, accumulate: str = "float64") -> 
 
 
 @pytest.mark.parametrize("stage", STAGE_NAMES)
+@pytest.mark.slow
 def test_float64_parity_over_a_whole_epoch(stage: str) -> None:
     for report in _parity(stage, 550, "float64"):
         assert report.steps == 550
@@ -41,6 +42,7 @@ def test_float64_parity_over_a_whole_epoch(stage: str) -> None:
 
 
 @pytest.mark.parametrize("stage", STAGE_NAMES)
+@pytest.mark.slow
 def test_float32_parity_over_the_first_steps(stage: str) -> None:
     for report in _parity(stage, 50, "float32"):
         assert report.steps == 50
@@ -48,6 +50,7 @@ def test_float32_parity_over_the_first_steps(stage: str) -> None:
 
 
 @pytest.mark.parametrize("stage", ["relu-xavier", "dropout"])
+@pytest.mark.slow
 def test_float32_parity_in_the_native_kernels(stage: str) -> None:
     """The frameworks' own float32 kernels sum in different orders (~1e-7 apart); SGD from
     Glorot weights keeps that below the tolerance (Adam at lr 0.01 and N(0, 1) weights

@@ -128,6 +128,7 @@ def _peak(device: str, tf32: bool, tmp_path: Path) -> float:
 
 
 @pytest.mark.skipif(not is_installed("torch"), reason="torch not installed")
+@pytest.mark.slow
 def test_a_tf32_peak_is_measured_through_the_worker(tmp_path: Path) -> None:
     """On a CPU TF32 changes nothing: the request reaches the framework and a rate comes back."""
     assert 0 < _peak("cpu", True, tmp_path) < 1e6
@@ -166,6 +167,7 @@ def _keras_fit(backend: str, device: str, data_dir: Path, tmp_path: Path) -> Ker
 @needs_keras
 @pytest.mark.parametrize("device", device_params())
 @pytest.mark.parametrize("backend", keras_backend_params())
+@pytest.mark.slow
 def test_the_keras_reference_runs_on_its_framework_and_the_cells_device(
     backend: str, device: str, data_dir: Path, tmp_path: Path
 ) -> None:
@@ -181,6 +183,7 @@ def test_the_keras_reference_runs_on_its_framework_and_the_cells_device(
 
 @needs_keras
 @pytest.mark.parametrize("backend", keras_backend_params())
+@pytest.mark.slow
 def test_a_failed_keras_reference_is_one_line_naming_its_backend(
     backend: str, data_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

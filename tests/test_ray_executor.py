@@ -18,7 +18,8 @@ from tests.conftest import mnist_dir
 from tests.live import PATIENCE_S, bench, bench_command, finish, store_runs
 from tests.services import free_port, need_ray, ray_cluster
 
-pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
+# The slow tier: a real Ray cluster and a real PostgreSQL-backed server.
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::ResourceWarning")]
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,9 @@ import pytest
 from tests.conftest import ROOT
 from tests.live import PATIENCE_S, bench, store_runs, tiny_run
 
+# The slow tier: a killed invocation and its resume, real processes.
+pytestmark = pytest.mark.slow
+
 
 def _killed_after_its_first_cell(uri: str) -> str:
     """A 3-seed invocation, killed (-9) while its second cell trains; its parent's id."""

@@ -71,6 +71,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
     return record_run(tmp_path_factory.mktemp("store"))
 
 
+@pytest.mark.slow
 def test_run_prints_where_the_report_is(recorded: Recorded) -> None:
     assert recorded.done.returncode == 0, recorded.done.stdout + recorded.done.stderr
     page = default_report_dir(recorded.uri, recorded.parent.info.run_id) / "report.html"
@@ -81,6 +82,7 @@ def test_run_prints_where_the_report_is(recorded: Recorded) -> None:
     assert "WARNING: the report" not in recorded.done.stdout
 
 
+@pytest.mark.slow
 def test_parent_run_has_the_description(recorded: Recorded) -> None:
     parent = recorded.parent
     note = parent.data.tags["mlflow.note.content"]
@@ -99,6 +101,7 @@ def test_parent_run_has_the_description(recorded: Recorded) -> None:
     assert "cores available" in note  # the machine
 
 
+@pytest.mark.slow
 def test_parent_run_has_table_figures_and_html(recorded: Recorded) -> None:
     store = client(recorded.uri)
     run_id = recorded.parent.info.run_id
@@ -124,6 +127,7 @@ def test_parent_run_has_table_figures_and_html(recorded: Recorded) -> None:
         assert row["samples_per_s_p25"] <= row["samples_per_s_p75"]
 
 
+@pytest.mark.slow
 def test_report_html_embeds_images_and_every_row(recorded: Recorded) -> None:
     page = default_report_dir(recorded.uri, recorded.parent.info.run_id) / "report.html"
     text = page.read_text()
@@ -135,6 +139,7 @@ def test_report_html_embeds_images_and_every_row(recorded: Recorded) -> None:
         assert f"{row}<td>{accuracy}</td>" in text
 
 
+@pytest.mark.slow
 def test_cells_name_the_mnist_split_as_dataset_inputs(recorded: Recorded) -> None:
     for cell in recorded.cells:
         run = client(recorded.uri).get_run(cell.info.run_id)
@@ -148,6 +153,7 @@ def test_cells_name_the_mnist_split_as_dataset_inputs(recorded: Recorded) -> Non
         assert {i.dataset.source for i in inputs} == {str(mnist_dir())}
 
 
+@pytest.mark.slow
 def test_report_command_regenerates_it(recorded: Recorded, tmp_path: Path) -> None:
     run_id = recorded.parent.info.run_id
     out = tmp_path / "again"
@@ -171,6 +177,7 @@ def _artifact_roots(database: Path) -> set[str]:
 
 
 @pytest.mark.parametrize("how", ["moved", "copied"])
+@pytest.mark.slow
 def test_a_moved_or_copied_store_reads_and_writes_its_own_artifacts(
     recorded: Recorded, tmp_path: Path, how: str
 ) -> None:
@@ -204,6 +211,7 @@ def test_a_moved_or_copied_store_reads_and_writes_its_own_artifacts(
 
 
 @pytest.mark.parametrize("which", ["unknown", "cell"])
+@pytest.mark.slow
 def test_report_refuses_what_is_not_a_parent_run(
     recorded: Recorded, tmp_path: Path, which: str
 ) -> None:
@@ -219,6 +227,7 @@ def test_report_refuses_what_is_not_a_parent_run(
     assert not out.exists() and len(all_runs(recorded.uri)) == before
 
 
+@pytest.mark.slow
 def test_a_report_that_fails_does_not_lose_the_run(tmp_path: Path) -> None:
     """Its folder cannot be made (a file is in the way): one WARNING line, the run is kept."""
     (tmp_path / "reports").write_text("in the way\n")
@@ -232,6 +241,7 @@ def test_a_report_that_fails_does_not_lose_the_run(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(len(installed_backends()) < 2, reason="parity needs both backends")
 @pytest.mark.skipif(len(installed_backends()) < 2, reason="parity needs two backends")
+@pytest.mark.slow
 def test_parity_run_gets_a_report_with_its_curve(tmp_path: Path) -> None:
     """One pair (the first two backends): one parity run, whose report this checks."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"

@@ -15,6 +15,9 @@ from tests.conftest import ROOT
 from tests.live import PATIENCE_S, bench, store_runs, tiny_run
 from tests.services import free_port, tracking_server
 
+# The slow tier: a real PostgreSQL-backed MLflow server.
+pytestmark = pytest.mark.slow
+
 
 def test_runs_reproduce_and_compare_read_and_write_through_the_server(
     shared_server: tuple[str, Path],

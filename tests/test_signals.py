@@ -10,6 +10,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ROOT
 from tests.faults import hang, killed
 from tests.live import (
@@ -24,6 +26,9 @@ from tests.live import (
     wait_until,
     worker_started,
 )
+
+# The slow tier: real runs signalled and killed.
+pytestmark = pytest.mark.slow
 
 
 def test_hangup_ends_runs_killed_and_removes_temp_folders(tmp_path: Path) -> None:

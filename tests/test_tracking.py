@@ -37,6 +37,7 @@ def run(command: list[str], env: dict[str, str] | None = None) -> subprocess.Com
     )
 
 
+@pytest.mark.slow
 def test_store_locked_past_the_wait_keeps_the_cell_for_record_pending(tmp_path: Path) -> None:
     """Another process holds the store's lock from mid-cell until the invocation gives up."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -135,6 +136,7 @@ def test_store_in_a_read_only_folder_is_one_line_before_training(tmp_path: Path)
     _assert_one_line_before_training(done, "cannot be written (unable to open database file)")
 
 
+@pytest.mark.slow
 def test_deleted_experiment_says_how_to_restore_it(tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
@@ -149,6 +151,7 @@ def test_deleted_experiment_says_how_to_restore_it(tmp_path: Path) -> None:
     assert store_runs(uri) == []
 
 
+@pytest.mark.slow
 def test_artifact_folder_that_cannot_be_written_is_one_line_before_training(
     tmp_path: Path,
 ) -> None:
@@ -160,6 +163,7 @@ def test_artifact_folder_that_cannot_be_written_is_one_line_before_training(
     assert store_runs(uri) == []
 
 
+@pytest.mark.slow
 def test_two_invocations_starting_together_on_a_new_store_both_succeed(tmp_path: Path) -> None:
     # Both processes wait for each other at the store's opening, then open it at once.
     env = barrier(tmp_path / "meet", "bench.recording.tracking", "Tracker.__init__", parties=2)
@@ -213,6 +217,7 @@ atexit.register(_report, "exit")  # workers end with os._exit: only the command 
 _SHELL = ("PATH", "HOME", "LANG", "MLP_BENCH_CACHE_DIR")
 
 
+@pytest.mark.slow
 def test_mlflow_telemetry_is_off_in_every_process(tmp_path: Path) -> None:
     log = tmp_path / "processes.jsonl"
     (tmp_path / "watch").mkdir()

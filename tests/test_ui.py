@@ -150,6 +150,7 @@ def served(recorded_run: tuple[str, list[str]]) -> Iterator[tuple[int, list[str]
         server.wait(timeout=60)
 
 
+@pytest.mark.slow  # a real browser on a real run of every backend
 def test_the_printed_urls_show_the_cells_and_the_parents_report(
     served: tuple[int, list[str]],
 ) -> None:
@@ -186,6 +187,7 @@ def test_the_printed_urls_show_the_cells_and_the_parents_report(
             browser.close()
 
 
+@pytest.mark.slow  # a real run of every backend
 def test_bench_ui_serves_a_copied_store_with_its_artifacts(
     recorded_run: tuple[str, list[str]], tmp_path: Path
 ) -> None:
