@@ -313,10 +313,10 @@ def test_reproduce_names_what_differs(
     assert "bit-identical: NO" in done.stdout and "first at step 7" in done.stdout
 
 
-def test_reproduce_unknown_run_is_one_line(
-    recorded: tuple[str, subprocess.CompletedProcess[str]],
-) -> None:
-    done = bench("reproduce", "0123456789abcdef", "--tracking-uri", recorded[0])
+def test_reproduce_unknown_run_is_one_line(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    _client(uri).search_experiments()  # a store that exists, without that run
+    done = bench("reproduce", "0123456789abcdef", "--tracking-uri", uri)
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert "no run '0123456789abcdef'" in done.stderr
 
