@@ -333,12 +333,9 @@ def _show_progress_logs() -> None:
     logger.propagate = False
 
 
-def script_main() -> int:
-    """The `mlp-bench` console script."""
-    return main(prog=PROGRAM)
-
-
 def main(argv: Sequence[str] | None = None, prog: str = PROGRAM) -> int:
+    """The `mlp-bench` console script (pyproject's [project.scripts]); `python -m bench` passes
+    its own `prog`."""
     # MLflow 3 reports usage to an outside host unless told not to; every process started from
     # here (workers included) inherits the setting. A user's own setting wins.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
