@@ -3,6 +3,7 @@ downloads (the machinery is generic; MNIST is the registered data set it is test
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import http.server
 import logging
@@ -11,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,6 +83,13 @@ def _assert_real_files(folder: Path) -> None:
         assert hashlib.md5(raw, usedforsecurity=False).hexdigest() == f.md5
 
 
+def write_gzip_bomb(path: Path, header: bytes, mebibytes: int) -> None:
+    """A real gzip bomb: header, then `mebibytes` MiB of zeros, in about 1 kB per MiB. Written
+    as repeats of one compressed MiB (gzip members concatenate), so in milliseconds."""
+    member = gzip.compress(bytes(1 << 20), compresslevel=9)
+    path.write_bytes(gzip.compress(header) + member * mebibytes)
+
+
 def _leftovers(folder: Path) -> list[str]:
     """Names in folder that are not finished MNIST files (temp files, partials)."""
     names = {f.name for f in MNIST.files}
@@ -128,12 +137,12 @@ def test_split_contents(splits: data.Splits) -> None:
 
 
 def test_scaling_is_divide_by_255(real_dir: Path, splits: data.Splits) -> None:
-    raw = read_idx(real_dir / "t10k-images-idx3-ubyte.gz")
+    raw = read_idx(real_dir / "t10k-images-idx3-ubyte.gz", 10000 * 28 * 28)
     assert raw.shape == (10000, 28, 28)
     assert raw.dtype == np.uint8
     expected = raw.reshape(10000, 784).astype(np.float32) / np.float32(255)
     np.testing.assert_array_equal(splits.test_x, expected)
-    labels = read_idx(real_dir / "t10k-labels-idx1-ubyte.gz")
+    labels = read_idx(real_dir / "t10k-labels-idx1-ubyte.gz", 10000)
     assert labels.shape == (10000,)
 
 
@@ -469,6 +478,40 @@ def test_another_data_sets_idx_file_is_not_called_corrupt(real_dir: Path, tmp_pa
         info.value, str(tmp_path / SMALL), "not the MNIST file", actual, spec.sha256, "10000"
     )
     assert "corrupt" not in msg and "delete" not in msg
+
+
+def test_a_gzip_bomb_is_refused_in_bounded_memory(tmp_path: Path) -> None:
+    """A 1 MB training-images file that expands to 256 MiB, its header claiming 10^11 bytes,
+    was decompressed whole (3.2 GB of memory for a 3.1 MB file). Through the real command:
+    refused in one line naming the file and the fix, in far less memory than it expands to."""
+    bomb_dir = tmp_path / "bomb"
+    bomb_dir.mkdir()
+    bomb = bomb_dir / "train-images-idx3-ubyte.gz"
+    dims = (100_000, 1_000, 1_000)
+    write_gzip_bomb(bomb, b"".join(d.to_bytes(4, "big") for d in (0x803, *dims)), 256)
+    command = [sys.executable, "-m", "bench", "run", "--stage", "relu-xavier", "--epochs", "1"]
+    command += [
+        "--no-peak",
+        "--data-dir",
+        str(bomb_dir),
+        "--tracking-uri",
+        str(tmp_path / "mlruns"),
+    ]
+    with (tmp_path / "out").open("w+") as out:
+        proc = subprocess.Popen(command, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+        # wait4, not wait: the rusage of this one child, not of every child of the tests.
+        deadline = threading.Timer(120, proc.kill)
+        deadline.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        deadline.cancel()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        lines = out.read().splitlines()
+    assert proc.returncode == 2, lines
+    assert len(lines) == 1 and lines[0].startswith(f"error: MNIST file {bomb} is corrupt"), lines
+    assert "delete it to re-download it" in lines[0] and data.DATA_DIR_ENV in lines[0]
+    assert usage.ru_maxrss * 1024 < 150 << 20  # Linux counts in kB; the bomb is 256 MiB
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bomb", "out"]
 
 
 # --- where the data lives -------------------------------------------------------

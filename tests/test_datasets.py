@@ -117,8 +117,8 @@ def tiny(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Tin
     """800 of MNIST's test images halved to 14x14, written as four IDX files with their own
     checksums, described and registered for this test only. Its validation rows are the last
     100 of its training file (MNIST's are the first 5,000)."""
-    images = read_idx(data_dir / TEST_IMAGES)[:800, ::2, ::2].copy()
-    labels = read_idx(data_dir / TEST_LABELS)[:800]
+    images = read_idx(data_dir / TEST_IMAGES, 10000 * 28 * 28)[:800, ::2, ::2].copy()
+    labels = read_idx(data_dir / TEST_LABELS, 10000)[:800]
     folder = tmp_path / "tiny"
     folder.mkdir()
     train_images, train_labels = "tiny-train-images.gz", "tiny-train-labels.gz"

@@ -142,7 +142,7 @@ def _why_not_it(path: Path, spec: DataFile, dataset: Dataset, size: int, sha256:
     """
     title = dataset.title
     try:
-        shape = dataset.parse(path).shape
+        shape = dataset.parse(path, spec.data_bytes).shape
     except BenchError:
         if size != spec.size:
             return (
@@ -486,7 +486,7 @@ def _parsed(path: Path, spec: DataFile, dataset: Dataset, cache_dir: Path) -> _P
         return cached
     if cached:
         log.warning("parsed-array cache %s %s: rebuilding it from %s", cached_at, cached, path)
-    arr = dataset.parse(path)
+    arr = dataset.parse(path, spec.data_bytes)
     # Unreachable for a file that passed its sha256 check; guards against a description whose
     # shape does not fit its files.
     if arr.shape != spec.shape:

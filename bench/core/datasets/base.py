@@ -18,8 +18,10 @@ if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
-    # path -> the file's uint8 array; a file it cannot read raises BenchError naming the path.
-    Parser = Callable[[Path], npt.NDArray[np.uint8]]
+    # (path, max_bytes) -> the file's uint8 array; a file it cannot read, or that decodes to
+    # more than max_bytes (DataFile.data_bytes), raises BenchError naming the path. It must stop
+    # decompressing past max_bytes: a small gzip file can expand to gigabytes.
+    Parser = Callable[[Path, int], npt.NDArray[np.uint8]]
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 _HEX = re.compile(r"[0-9a-f]*")
@@ -39,6 +41,11 @@ class DataFile:
     @property
     def rows(self) -> int:
         return self.shape[0]
+
+    @property
+    def data_bytes(self) -> int:
+        """Bytes of uint8 data the file decodes to: what its parser may decompress at most."""
+        return math.prod(self.shape)
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,14 @@ LABEL_MAGIC = 0x00000801
 _CHUNK = 1 << 20
 
 
-def read_idx(path: Path, what: str = "IDX file") -> npt.NDArray[np.uint8]:
-    """Parse a gzip-compressed uint8 IDX file (images (N, rows, columns) or labels (N,));
-    `what` names the file in errors ("MNIST file")."""
+def read_idx(path: Path, max_bytes: int, what: str = "IDX file") -> npt.NDArray[np.uint8]:
+    """Parse a gzip-compressed uint8 IDX file (images (N, rows, columns) or labels (N,)) of at
+    most max_bytes data bytes; `what` names the file in errors ("MNIST file").
+
+    At most max_bytes + 1 bytes are ever decompressed: a few kilobytes of gzip can expand to
+    gigabytes, and a header can claim any size, so neither the file's size nor its header
+    bounds the memory a bad file takes.
+    """
     bad = f"{what} {path} is not a valid IDX file"
     fix = f"delete it to re-download it, or {FIX_HINT}"
     try:
@@ -41,6 +46,11 @@ def read_idx(path: Path, what: str = "IDX file") -> npt.NDArray[np.uint8]:
                 raise BenchError(f"{bad}: header ends before its {ndim} dimension(s); {fix}")
             dims = tuple(int.from_bytes(raw_dims[i : i + 4], "big") for i in range(0, 4 * ndim, 4))
             expected = math.prod(dims)
+            if expected > max_bytes:
+                raise BenchError(
+                    f"{bad}: header says {'x'.join(map(str, dims))} = {expected} data bytes, "
+                    f"more than the {max_bytes} this file holds; {fix}"
+                )
             # Read in chunks up to one byte past the expected end: trailing data is caught,
             # and a header claiming absurd sizes never makes us allocate them up front.
             data = bytearray()

@@ -16,8 +16,8 @@ TEST_IMAGES = "t10k-images-idx3-ubyte.gz"
 TEST_LABELS = "t10k-labels-idx1-ubyte.gz"
 
 
-def _parse(path: Path) -> npt.NDArray[np.uint8]:
-    return read_idx(path, "MNIST file")
+def _parse(path: Path, max_bytes: int) -> npt.NDArray[np.uint8]:
+    return read_idx(path, max_bytes, "MNIST file")
 
 
 MNIST = Dataset(
