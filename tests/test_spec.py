@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -187,6 +190,56 @@ def test_a_stage_file_of_ones_own(tmp_path: Path) -> None:
         select_stages([], [str(mine), str(mine)], None)
     with pytest.raises(BenchError, match=r"cannot read --stage-file .*; check the path"):
         select_stages([], [str(tmp_path / "nope.toml")], None)
+
+
+def _bench(*args: str, stages: Path | None = None) -> tuple[int, list[str]]:
+    """`python -m bench ARGS` in a subprocess: its exit code and output lines. The timeout
+    turns a hang into a failure."""
+    env = {**os.environ, **({STAGES_DIR_ENV: str(stages)} if stages else {})}
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", *args], capture_output=True, text=True, timeout=30, env=env
+    )
+    return done.returncode, (done.stdout + done.stderr).splitlines()
+
+
+@pytest.fixture
+def unreadable_stages(tmp_path: Path) -> Path:
+    """A stages folder with a FIFO and a file nested 100,000 deep, both named *.toml."""
+    folder = tmp_path / "stages"
+    folder.mkdir()
+    os.mkfifo(folder / "fifo.toml")
+    (folder / "deep.toml").write_text("a = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("fifo", "is a FIFO (named pipe), not a regular file; check the path"),
+        ("deep", "deep.toml nests arrays or tables too deeply to be read"),
+    ],
+    ids=["fifo", "deep"],
+)
+def test_a_stage_file_that_cannot_be_a_stage_is_one_line(
+    unreadable_stages: Path, name: str, message: str
+) -> None:
+    """A FIFO given as --stage-file hung for ever, a file nested 100,000 deep was a
+    RecursionError traceback."""
+    code, lines = _bench("run", "--stage-file", str(unreadable_stages / f"{name}.toml"))
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("error: ") and message in lines[0]
+
+
+def test_list_shows_a_fifo_and_a_deep_file_as_invalid(unreadable_stages: Path) -> None:
+    """Both hung or crashed `list` from the stages folder; each is one INVALID line."""
+    code, lines = _bench("list", stages=unreadable_stages)
+    assert code == 0, lines
+    invalid = [line.split() for line in lines if "INVALID" in line]
+    assert [(words[0], words[1]) for words in invalid] == [
+        ("deep", "INVALID:"),
+        ("fifo", "INVALID:"),
+    ]
+    assert "FIFO (named pipe), not a regular file" in " ".join(invalid[1])
 
 
 def test_epochs_override() -> None:

@@ -14,6 +14,7 @@ import itertools
 import math
 import os
 import re
+import stat
 import tomllib
 import types
 import typing
@@ -364,13 +365,38 @@ def parse_stage(text: str, where: str, fix: str = STAGE_FILE_FIX) -> StageSpec:
         _validate(spec)
     except tomllib.TOMLDecodeError as exc:
         raise BenchError(f"{where} is not valid TOML ({exc}); {fix}") from None
+    except RecursionError:
+        # tomllib parses nested arrays and inline tables recursively; no stage nests deeper
+        # than two tables, so this is never a stage, only a stack overflow to report.
+        raise BenchError(
+            f"{where} nests arrays or tables too deeply to be read (a stage nests two deep);"
+            f" {fix}"
+        ) from None
     except _Invalid as exc:
         raise BenchError(f"{where}: {exc}; {fix}") from None
     return dataclasses.replace(spec, text=text)
 
 
+# What a path that is not a regular file is, by its stat mode, for the message.
+_NOT_REGULAR = {
+    stat.S_IFDIR: "a folder",
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
+
 def _read(path: Path, what: str, fix: str) -> str:
+    """A stage file's text; only a regular file is opened, since reading a FIFO or a device
+    (/dev/zero, a terminal) would wait or fill memory for ever."""
     try:
+        kind = stat.S_IFMT(path.stat().st_mode)
+        if kind != stat.S_IFREG:
+            raise BenchError(
+                f"{what} {path} is {_NOT_REGULAR.get(kind, 'not a file')}, not a regular file;"
+                f" {fix}"
+            )
         return path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         reason = getattr(exc, "strerror", None) or type(exc).__name__
