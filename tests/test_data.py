@@ -453,6 +453,46 @@ def test_mistyped_data_dir_is_not_created(mirror: str, tmp_path: Path, download:
     assert not typo.exists()
 
 
+@pytest.mark.parametrize("download", [True, False], ids=["download", "no-download"])
+def test_a_data_dir_behind_a_broken_link_says_so(
+    mirror: str, tmp_path: Path, download: bool
+) -> None:
+    """A link to itself, or to nothing, was reported as missing, with the advice to
+    mkdir -p it, which fails on a link. Say which it is, and to point it at the folder."""
+    loop, dangling = tmp_path / "loop", tmp_path / "dangling"
+    loop.symlink_to(loop)
+    dangling.symlink_to(tmp_path / "nowhere")
+    cases = {
+        loop: "leads into a loop of symbolic links",
+        loop / "mnist": "leads into a loop of symbolic links",
+        dangling: f"is a symbolic link to {tmp_path / 'nowhere'}, which does not exist",
+    }
+    for folder, problem in cases.items():
+        with pytest.raises(BenchError) as info:
+            data.ensure_files(MNIST, folder, [mirror + "good/"], download=download)
+        msg = _assert_one_line_naming(info.value, f"{folder} {problem}", "make the link point")
+        assert "mkdir" not in msg and "check the path" not in msg
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling", "loop"]
+
+
+def test_a_looping_data_dir_from_the_environment_through_the_command(tmp_path: Path) -> None:
+    (tmp_path / "loop").symlink_to("loop")
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "run", "--stage", "relu-xavier", "--epochs", "1"],
+        cwd=tmp_path,
+        env={**os.environ, data.DATA_DIR_ENV: "loop"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and done.stdout == "", done.stdout + done.stderr
+    assert done.stderr.splitlines() == [
+        f"error: MNIST data dir loop leads into a loop of symbolic links; point --data-dir or "
+        f"{data.DATA_DIR_ENV} at the folder that holds the MNIST files, or make the link point at it"
+    ]
+    assert [p.name for p in tmp_path.iterdir()] == ["loop"]
+
+
 def test_data_dir_that_is_a_file(tmp_path: Path) -> None:
     """Reported as "cannot create"; say what it is."""
     afile = tmp_path / "mnist.tar"

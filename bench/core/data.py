@@ -7,6 +7,7 @@ gets byte-identical inputs.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import logging
@@ -334,6 +335,12 @@ def _check_data_dir(dataset: Dataset, data_dir: Path, download: bool) -> None:
             f"{title} data dir {data_dir} is a file, not a folder; point --data-dir or "
             f"{DATA_DIR_ENV} at the folder that holds the {title} files"
         )
+    unreachable = _unreachable(data_dir)
+    if unreachable:
+        raise BenchError(
+            f"{title} data dir {data_dir} {unreachable}; point --data-dir or {DATA_DIR_ENV} at "
+            f"the folder that holds the {title} files, or make the link point at it"
+        )
     if download and data_dir == default_data_dir(dataset):
         return
     create = f", or create it (mkdir -p {data_dir}) to download {title} into it" if download else ""
@@ -341,6 +348,22 @@ def _check_data_dir(dataset: Dataset, data_dir: Path, download: bool) -> None:
         f"{title} data dir {data_dir} does not exist; check the path given by --data-dir or "
         f"{DATA_DIR_ENV}{create}"
     )
+
+
+def _unreachable(path: Path) -> str:
+    """Why a path that is not there cannot be reached through its symbolic links, or "" when
+    it simply does not exist. Path.exists() says False for both, and "mkdir -p" is no fix for
+    a link that loops or points nowhere: mkdir fails on it."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "leads into a loop of symbolic links"
+        if os.path.islink(path):
+            return f"is a symbolic link to {os.readlink(path)}, which does not exist"
+        if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+            return f"cannot be reached ({exc.strerror})"
+    return ""
 
 
 def _source_files(dataset: Dataset, data_dir: Path, fetch: _Fetch | None) -> dict[str, Path]:
