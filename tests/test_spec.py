@@ -13,6 +13,7 @@ from bench.core.spec import (
     STAGE_NAMES,
     STAGES_DIR,
     STAGES_DIR_ENV,
+    MAX_PARAM_LENGTH,
     discover_stages,
     load_stage,
     parse_stage,
@@ -240,6 +241,35 @@ def test_list_shows_a_fifo_and_a_deep_file_as_invalid(unreadable_stages: Path) -
         ("fifo", "INVALID:"),
     ]
     assert "FIFO (named pipe), not a regular file" in " ".join(invalid[1])
+
+
+def _with_reported(length: int) -> str:
+    """relu-xavier as "mine", its tutorial_reported `length` characters long."""
+    text = _text().replace('name = "relu-xavier"', 'name = "mine"')
+    return text.replace('"98.02%"', '"' + "9" * length + '"')
+
+
+def test_a_setting_longer_than_mlflow_keeps_is_refused(tmp_path: Path) -> None:
+    """MLflow cut a 7,006-character param to 6,000, and `reproduce` then called the record
+    inconsistent. Refused when the stage is read, naming the key, its length and the limit."""
+    spec = parse_stage(_with_reported(MAX_PARAM_LENGTH), "x.toml")
+    assert len(spec.flat()["expected.tutorial_reported"]) == MAX_PARAM_LENGTH
+    mine = tmp_path / "mine.toml"
+    mine.write_text(_with_reported(MAX_PARAM_LENGTH + 1))
+    # The data dir does not exist: only a stage that is refused first keeps this one line.
+    code, lines = _bench("run", "--stage-file", str(mine), "--data-dir", str(tmp_path / "no"))
+    assert (code, lines) == (
+        2,
+        [
+            f"error: {mine}: expected.tutorial_reported is 6001 characters long, more than the"
+            " 6000 that MLflow records of a setting; fix the stage file"
+        ],
+    )
+
+
+def test_the_param_limit_is_mlflows() -> None:
+    validation = pytest.importorskip("mlflow.utils.validation")
+    assert validation.MAX_PARAM_VAL_LENGTH == MAX_PARAM_LENGTH
 
 
 def test_epochs_override() -> None:

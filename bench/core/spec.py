@@ -41,6 +41,10 @@ MAX_WEIGHTS = 100_000_000  # 400 MB in float32; Adam keeps three more copies
 MAX_LEARNING_RATE = 1000.0
 MAX_INIT_STD = 1000.0
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# MLflow cuts a param's value to 6,000 characters (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH),
+# after which `reproduce` finds the record at odds with its stage text. The spec imports no mlflow,
+# so the number is repeated here; tests/test_spec.py checks it against MLflow's.
+MAX_PARAM_LENGTH = 6000
 
 
 class _Invalid(Exception):
@@ -356,6 +360,17 @@ def _validate(spec: StageSpec) -> None:
     _validate_optimizer(spec.optimizer)
     _validate_training(spec.training, dataset)
     _validate_expected(spec.expected)
+    _validate_params(spec)
+
+
+def _validate_params(spec: StageSpec) -> None:
+    """Every setting must fit an MLflow param whole: a cut one is a record that disagrees."""
+    for key, value in spec.flat().items():
+        _require(
+            len(value) <= MAX_PARAM_LENGTH,
+            f"{key} is {len(value)} characters long, more than the {MAX_PARAM_LENGTH} that"
+            " MLflow records of a setting",
+        )
 
 
 def parse_stage(text: str, where: str, fix: str = STAGE_FILE_FIX) -> StageSpec:
