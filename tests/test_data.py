@@ -487,8 +487,9 @@ def test_a_looping_data_dir_from_the_environment_through_the_command(tmp_path: P
     )
     assert done.returncode == 2 and done.stdout == "", done.stdout + done.stderr
     assert done.stderr.splitlines() == [
-        f"error: MNIST data dir loop leads into a loop of symbolic links; point --data-dir or "
-        f"{data.DATA_DIR_ENV} at the folder that holds the MNIST files, or make the link point at it"
+        "error: MNIST data dir loop leads into a loop of symbolic links; point --data-dir or "
+        f"{data.DATA_DIR_ENV} at the folder that holds the MNIST files, or make the link point"
+        " at it"
     ]
     assert [p.name for p in tmp_path.iterdir()] == ["loop"]
 

@@ -10,10 +10,10 @@ import pytest
 from bench.core.datasets.mnist import MNIST
 from bench.core.errors import BenchError
 from bench.core.spec import (
+    MAX_PARAM_LENGTH,
     STAGE_NAMES,
     STAGES_DIR,
     STAGES_DIR_ENV,
-    MAX_PARAM_LENGTH,
     discover_stages,
     load_stage,
     parse_stage,

@@ -384,8 +384,7 @@ def parse_stage(text: str, where: str, fix: str = STAGE_FILE_FIX) -> StageSpec:
         # tomllib parses nested arrays and inline tables recursively; no stage nests deeper
         # than two tables, so this is never a stage, only a stack overflow to report.
         raise BenchError(
-            f"{where} nests arrays or tables too deeply to be read (a stage nests two deep);"
-            f" {fix}"
+            f"{where} nests arrays or tables too deeply to be read (a stage nests two deep); {fix}"
         ) from None
     except _Invalid as exc:
         raise BenchError(f"{where}: {exc}; {fix}") from None
