@@ -13,6 +13,7 @@ from bench.recording.server import (
     DATABASE_ENV,
     DEFAULT_DATABASE,
     Database,
+    backend_store_environment,
     basic_auth_environment,
     check_listen,
     prepare_database,
@@ -30,11 +31,10 @@ def cmd_server(args: argparse.Namespace) -> int:
     prepare_database(database)
     artifacts = Path(args.artifacts or store.RESULTS_DIR / "server-artifacts")
     artifacts.mkdir(parents=True, exist_ok=True)
-    command = server_command(
-        database, artifacts, args.host, args.port, args.basic_auth, args.workers
-    )
+    command = server_command(artifacts, args.host, args.port, args.basic_auth, args.workers)
     where = f"http://{args.host}:{args.port}"
     print(f"MLflow tracking server on {database.redacted()}, artifacts in {artifacts}", flush=True)
     print(f"record into it with: {PROGRAM} run --tracking-uri {where}", flush=True)
+    backend_store_environment(database)
     quiet_server_environment()
     os.execvp(command[0], command)  # the server replaces this process: Ctrl-C stops it

@@ -175,13 +175,18 @@ def _identifier(name: str) -> str:
 BACKEND_STORE_ENV = "MLFLOW_BACKEND_STORE_URI"  # `mlflow server --backend-store-uri`'s variable
 
 
-def server_command(
-    database: Database, artifacts: Path, host: str, port: int, basic_auth: bool, workers: int
-) -> list[str]:
-    """`mlflow server` on the database, serving artifacts from a folder of its host. The
-    database's URI (its password with it) is set in the environment, never on the command line,
-    which every user of the host can read (ps); the environment only its owner can."""
+def backend_store_environment(database: Database) -> None:
+    """The database's URI, its password with it, for `mlflow server` (and the workers it starts)
+    to read from the environment, which only its owner can read: on the command line every user
+    of the host would see it (ps)."""
     os.environ[BACKEND_STORE_ENV] = database.uri
+
+
+def server_command(
+    artifacts: Path, host: str, port: int, basic_auth: bool, workers: int
+) -> list[str]:
+    """`mlflow server` on the database (backend_store_environment), serving artifacts from a
+    folder of its host."""
     command = [
         sys.executable,  # this environment's mlflow, activated or not
         "-m",
@@ -205,8 +210,8 @@ def server_command(
 
 
 def check_listen(host: str, port: int) -> None:
-    """Refuse, in one line, an address the server could not listen on, before anything starts
-    (the server itself would fail after printing its URLs, or open into another one's)."""
+    """Refuse, in one line and before anything starts, an address a server could not listen on:
+    started, it would fail only after its URLs were printed, which open another process's UI."""
     try:
         found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror:
