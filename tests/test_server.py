@@ -4,16 +4,22 @@ it and against a SQLite store; a server that refuses the credentials."""
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import socket
 import subprocess
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from bench.core.errors import BenchError
-from bench.recording.server import Database
+from bench.recording import store
+from bench.recording.server import Database, users_folder
 from tests.conftest import ROOT
 from tests.live import PATIENCE_S, bench, store_runs, tiny_run
-from tests.services import free_port, tracking_server
+from tests.services import TEST_ROLE, free_port, tracking_server
 
 # The slow tier: a real PostgreSQL-backed MLflow server.
 pytestmark = pytest.mark.slow
@@ -90,7 +96,25 @@ def test_invocations_at_once_lose_no_run(
         assert {r.info.status for r in cells} == {"FINISHED"} == {parent.info.status}
 
 
-def test_a_server_that_refuses_the_credentials_is_one_line_exit_2(tmp_path: Path) -> None:
+@pytest.fixture
+def new_users() -> Iterator[Callable[[], set[Path]]]:
+    """The users folders that the test's servers made in results/ so far; removed after it."""
+    folders = ROOT / store.RESULTS_DIR / "server-users"
+    before = set(folders.glob("*"))
+
+    def made() -> set[Path]:
+        return set(folders.glob("*")) - before
+
+    yield made
+    for folder in made():
+        shutil.rmtree(folder)
+    with contextlib.suppress(OSError):  # still holds another server's users
+        folders.rmdir()
+
+
+def test_a_server_that_refuses_the_credentials_is_one_line_exit_2(
+    tmp_path: Path, new_users: Callable[[], set[Path]]
+) -> None:
     admin = {"MLFLOW_AUTH_ADMIN_PASSWORD": "a-long-test-password-1"}
     with tracking_server(tmp_path / "auth", "--basic-auth", env=admin) as uri:
         refused = bench(
@@ -106,12 +130,46 @@ def test_a_server_that_refuses_the_credentials_is_one_line_exit_2(tmp_path: Path
     assert "refused the credentials (HTTP 401" in refused.stderr
     assert refused.stderr.count("\n") == 1
     assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+    # The users are the server's own, not in the folder around its artifacts (served to all).
+    assert not list(tmp_path.rglob("basic_auth.*"))
+    (kept,) = new_users()
+    assert (kept / "basic_auth.db").is_file()
+    # Started again on those users with another admin password: MLflow would keep the stored
+    # one and refuse every login with the new one; the server says so instead.
+    name = kept.name.split("-", 2)[2]
+    database = f"postgresql://{TEST_ROLE}:{TEST_ROLE}@127.0.0.1:5432/{name}"
+    again = bench(
+        *("server", "--basic-auth", "--database-uri", database, "--port", str(free_port())),
+        env={"MLFLOW_AUTH_ADMIN_PASSWORD": "another-long-password-2"},
+    )
+    assert again.returncode == 2 and again.stderr.count("\n") == 1, again.stderr
+    assert "already has another password than MLFLOW_AUTH_ADMIN_PASSWORD" in again.stderr
+    assert "unset MLFLOW_AUTH_ADMIN_PASSWORD" in again.stderr and again.stdout == ""
 
 
-def test_basic_auth_without_an_admin_password_is_refused(tmp_path: Path) -> None:
-    port = str(free_port())
-    done = bench("server", "--basic-auth", "--artifacts", str(tmp_path / "a"), "--port", port)
-    assert done.returncode == 2 and "MLFLOW_AUTH_ADMIN_PASSWORD" in done.stderr
+@pytest.mark.parametrize(
+    ("password", "words"),
+    [
+        ("", "set MLFLOW_AUTH_ADMIN_PASSWORD to the password of the user admin"),  # set, empty
+        ("short", "has 5 characters; MLflow requires at least 12"),
+        ("password1234", "the default password older MLflow releases shipped"),
+    ],
+    ids=["none", "short", "legacy-default"],
+)
+def test_basic_auth_with_a_password_mlflow_refuses_is_one_line(
+    password: str, words: str, tmp_path: Path
+) -> None:
+    name = f"refused_{uuid.uuid4().hex[:8]}"
+    database = Database.parse(f"postgresql://{TEST_ROLE}:{TEST_ROLE}@127.0.0.1:5432/{name}")
+    done = bench(
+        *("server", "--basic-auth", "--database-uri", database.uri, "--port", str(free_port())),
+        *("--artifacts", str(tmp_path / "artifacts")),
+        env={"MLFLOW_AUTH_ADMIN_PASSWORD": password},
+    )
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert words in done.stderr and done.stdout == ""
+    assert not (ROOT / users_folder(store.RESULTS_DIR, database)).exists()
+    assert not (tmp_path / "artifacts").exists()  # refused before anything was made
 
 
 @pytest.mark.parametrize(
@@ -126,10 +184,74 @@ def test_a_database_uri_that_is_not_postgresql_is_refused(uri: str) -> None:
 
 def test_the_password_is_not_printed() -> None:
     database = Database.parse("postgresql://team:s3cret@db.example:5432/runs")
-    assert "s3cret" not in database.redacted()
+    assert database.redacted() == "postgresql://team:***@db.example:5432/runs"
+    encoded = Database.parse("postgresql+psycopg://team:s3cr%40tPW@db.example/runs")
+    assert encoded.password == "s3cr@tPW"
+    assert encoded.redacted() == "postgresql+psycopg://team:***@db.example/runs"
+    in_query = Database.parse("postgresql://team@db.example/runs?password=s3cret&sslmode=require")
+    assert in_query.redacted() == "postgresql://team@db.example/runs?password=***&sslmode=require"
     assert (database.host, database.port, database.user, database.name) == (
         "db.example",
         5432,
         "team",
         "runs",
     )
+
+
+def _session_commands(port: int) -> list[list[str]]:
+    """The command lines of every process in the session of the server that listens on
+    `port` (`bench server` runs in a session of its own: the server and its workers)."""
+
+    def command(pid: str) -> list[str]:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+
+    def session(pid: str) -> str:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[3]
+
+    pids = [p.name for p in Path("/proc").iterdir() if p.name.isdigit()]
+    commands, sessions = {}, {}
+    for pid in pids:
+        try:
+            commands[pid], sessions[pid] = command(pid), session(pid)
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # ended while being read
+    server = next(pid for pid, line in commands.items() if str(port) in line and "--port" in line)
+    return [line for pid, line in commands.items() if sessions[pid] == sessions[server]]
+
+
+def test_the_database_password_is_on_no_command_line_nor_printed(
+    shared_server: tuple[str, Path],
+) -> None:
+    """`ps` shows every user every process's command line; the server's environment only its
+    owner can read."""
+    uri, folder = shared_server
+    commands = _session_commands(int(uri.rsplit(":", 1)[1]))
+    assert len(commands) >= 3, commands  # the server and its workers
+    secret = f":{TEST_ROLE}@"  # the test database's password, as its URI carries it
+    assert all(secret not in part for line in commands for part in line), commands
+    assert secret not in (folder / "server.log").read_text()
+
+
+@pytest.mark.parametrize(
+    ("host", "words"),
+    [
+        ("999.1.1.1", "--host 999.1.1.1 is not an address of this machine"),
+        ("192.0.2.1", "--host 192.0.2.1 is not an address of this machine"),
+        ("127.0.0.1", "is taken by another process; pass another --port N"),
+    ],
+    ids=["not-an-address", "not-this-machines", "taken"],
+)
+def test_an_address_the_server_cannot_listen_on_is_one_line_exit_2(
+    host: str, words: str, tmp_path: Path
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = bench(
+            *("server", "--host", host, "--port", str(port)),
+            *("--artifacts", str(tmp_path / "artifacts")),
+        )
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert words in done.stderr and done.stdout == ""
+    assert not (tmp_path / "artifacts").exists()

@@ -232,3 +232,40 @@ def test_bench_ui_refuses_what_it_cannot_serve(uri: str, words: str) -> None:
     )
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert words in done.stderr
+
+
+def _ui_on(store: Path, port: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        bench_command("ui", "--tracking-uri", f"sqlite:///{store}", f"--port={port}"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=PATIENCE_S,
+    )
+
+
+@pytest.mark.parametrize("port", ["99999", "-1"])
+def test_bench_ui_refuses_a_port_out_of_range_before_anything_starts(
+    port: str, tmp_path: Path
+) -> None:
+    store = tmp_path / "mlflow.db"
+    store.touch()  # an empty SQLite database: a store once MLflow has made its tables
+    done = _ui_on(store, port)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "is outside 1..65535" in done.stderr and done.stdout == ""
+    assert store.stat().st_size == 0  # untouched
+
+
+def test_bench_ui_on_a_taken_port_names_it_and_prints_no_url(tmp_path: Path) -> None:
+    """The URLs would open the UI of whatever holds the port."""
+    store = tmp_path / "mlflow.db"
+    store.touch()
+    with socket.socket() as taken:
+        taken.bind((ui.UI_HOST, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = _ui_on(store, str(port))
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert f"port {port} on {ui.UI_HOST} is taken" in done.stderr
+    assert "pass another --port N" in done.stderr
+    assert done.stdout == "" and store.stat().st_size == 0

@@ -289,7 +289,7 @@ def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
     ui = commands.add_parser(
         "ui", help="serve a store's MLflow UI (a moved or copied results/ included)"
     )
-    ui.add_argument("--port", type=int, help="default 5000")
+    ui.add_argument("--port", type=_int_in(1, 65535), help="default 5000")
     ui.add_argument("--tracking-uri", help="a SQLite store (or MLFLOW_TRACKING_URI)")
 
     server = commands.add_parser(

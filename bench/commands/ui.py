@@ -10,9 +10,9 @@ import shlex
 
 from bench.core.errors import BenchError
 from bench.recording import store
-from bench.recording.server import quiet_server_environment
+from bench.recording.server import check_listen, quiet_server_environment
 from bench.recording.tracking import Tracker, resolve_tracking_uri
-from bench.recording.ui import UI_PORT, cells_url, ui_command
+from bench.recording.ui import UI_HOST, UI_PORT, cells_url, ui_command
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -22,8 +22,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
         raise BenchError(f"{uri} is a server: open {uri} in a browser; `bench ui` serves SQLite")
     if not database.is_file():
         raise BenchError(f"no store at {database}; give a store's --tracking-uri sqlite:///PATH")
-    tracker = Tracker(uri, experiment=None)  # checks the store and rebases it
     port = args.port or UI_PORT
+    check_listen(UI_HOST, port)  # a taken port: the URLs would open another process's UI
+    tracker = Tracker(uri, experiment=None)  # checks the store and rebases it
     for experiment in tracker.client.search_experiments():
         print(f"{experiment.name}: {cells_url(uri, experiment.experiment_id, port=port)}")
     command = shlex.split(ui_command(uri, port))
