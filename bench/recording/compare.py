@@ -497,8 +497,8 @@ def _without(values: dict[str, str], key: str) -> dict[str, str]:
 
 def _not_judged(base: CellData, cand: CellData) -> str:
     """Why a pair cannot be judged: a cell that did not finish, or other training."""
-    cut = [f"{c.outcome} in the {role}" for role, c in (("baseline", base), ("candidate", cand))]
-    unfinished = [why for why, c in zip(cut, (base, cand), strict=True) if not c.finished]
+    sides = (("baseline", base), ("candidate", cand))
+    unfinished = [f"{c.outcome} in the {role}" for role, c in sides if not c.finished]
     if unfinished:
         return " and ".join(unfinished)
     if _trained_changes([(base, cand)]):
@@ -808,18 +808,14 @@ def _side_line(side: Side) -> str:
 def _unpaired_lines(c: Comparison) -> list[str]:
     """The cells of one side only; where the other side was cut short, that is why."""
     lines = []
-    for role, keys, other in (
-        ("baseline", c.unpaired_base, c.candidate),
-        ("candidate", c.unpaired_cand, c.baseline),
+    for role, keys, other, other_role in (
+        ("baseline", c.unpaired_base, c.candidate, "candidate"),
+        ("candidate", c.unpaired_cand, c.baseline, "baseline"),
     ):
         cut = other.status != "FINISHED"
-        why = f" (the {_other(role)} ended {other.status} before running it)" if cut else ""
+        why = f" (the {other_role} ended {other.status} before running it)" if cut else ""
         lines += [f"unpaired: {cell_name(key)} only in the {role}{why}" for key in keys]
     return lines
-
-
-def _other(role: str) -> str:
-    return "candidate" if role == "baseline" else "baseline"
 
 
 def report_text(comparison: Comparison) -> str:
