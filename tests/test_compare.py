@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import shutil
 import sqlite3
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from backends import installed_backends
-from bench.recording import compare
+from bench.commands.cli import build_parser
+from bench.commands.compare import cmd_compare, load_side
+from bench.core.errors import BenchError
+from bench.recording import compare, store
 from bench.recording.compare import (
     CellData,
     Fingerprint,
@@ -285,6 +289,73 @@ def test_unpaired_cells_are_listed() -> None:
     assert result.exit_code == compare.EXIT_OK
 
 
+def test_a_cell_without_an_outcome_is_killed_or_unfinished_not_failed() -> None:
+    assert compare.cell_outcome({}, "KILLED") == "killed"
+    assert compare.cell_outcome({}, "RUNNING") == "unfinished"
+    assert compare.cell_outcome({}, "FAILED") == "unfinished"  # its recording broke
+    assert compare.cell_outcome({"error": "boom"}, "FINISHED") == "failed"
+    assert compare.cell_outcome({"outcome": "diverged"}, "FINISHED") == "diverged"
+
+
+def _killed(seed: int) -> CellData:
+    """A cell interrupted after a few slow epochs: no accuracy, no step losses."""
+    cut = replace(_cell(seed, rates=SLOW), outcome="killed", test_accuracy=None)
+    return replace(cut, step_losses=None)
+
+
+def test_a_killed_candidate_is_inconclusive_not_a_regression() -> None:
+    base = _side("a", _cell(0), _cell(1), _cell(2))
+    cand = replace(_side("b", _killed(0), _cell(2)), status="KILLED")  # seed 1 never ran
+    result = compare.compare(base, cand, Settings())
+    assert result.regressions == []
+    assert result.exit_code == compare.EXIT_INCONCLUSIVE
+    assert result.inconclusive[0] == (
+        "candidate run b ended KILLED: relu-xavier/torch/cpu/seed0 killed (not judged);"
+        " 1 cell(s) of the other side not run; finish it with `mlp-bench run --resume b` and"
+        " compare again"
+    )
+    assert result.accuracy[0].method == "bit-identical"  # judged over seed 2, which finished
+    text = compare.report_text(result)
+    assert "candidate b (b, ended KILLED)" in text
+    assert "converged->killed" in text and "failed" not in text
+    assert "seed1 only in the baseline (the candidate ended KILLED before running it)" in text
+    assert replace(cand, kind="perf").finish_hint == "run it again"
+    # A side that finished with a cell still open on another machine: unfinished, not judged.
+    open_cell = replace(_killed(0), outcome="unfinished")
+    result = compare.compare(_side("a", _cell(0)), _side("b", open_cell), Settings())
+    assert result.exit_code == compare.EXIT_INCONCLUSIVE and result.regressions == []
+    assert result.accuracy[0].verdict == "not judged"
+    assert "seed0 unfinished in the candidate" in result.accuracy[0].detail
+
+
+def test_other_training_is_listed_and_not_judged() -> None:
+    """6 epochs against 7, or other data: the cells compute other numbers, so a slower,
+    less accurate candidate is not a regression but inconclusive, and says why."""
+    longer = replace(_cell(rates=SLOW, accuracy=0.5), spec={"training.epochs": "7"})
+    result = compare.compare(_side("a", _cell()), _side("b", longer), Settings())
+    assert result.regressions == []
+    assert result.exit_code == compare.EXIT_INCONCLUSIVE
+    assert result.trained_changes == {"relu-xavier training.epochs": ("6", "7")}
+    assert (
+        "what was trained differs (relu-xavier training.epochs 6 -> 7)" in (result.inconclusive[0])
+    )
+    assert "what was trained differs:\n  relu-xavier training.epochs: 6 -> 7" in (
+        compare.report_text(result)
+    )
+    digest = {compare.DATA_DIGEST: "2fc9"}
+    other_data = replace(_cell(), inputs={compare.DATA_DIGEST: "77ab"})
+    result = compare.compare(
+        _side("a", replace(_cell(), inputs=digest)), _side("b", other_data), Settings()
+    )
+    assert result.trained_changes == {"relu-xavier data_sha256": ("2fc9", "77ab")}
+    assert result.exit_code == compare.EXIT_INCONCLUSIVE
+    # A cell cut short records no digest: that is no difference.
+    result = compare.compare(
+        _side("a", replace(_cell(), inputs=digest)), _side("b", _cell()), Settings()
+    )
+    assert result.trained_changes == {} and result.exit_code == compare.EXIT_OK
+
+
 def test_parse_tag() -> None:
     assert parse_tag("release=v1.2") == ("release", "v1.2")
     for bad in ("novalue", "kind=matrix", "mlflow.user=x", "9x=y", "k=a b", "k='x"):
@@ -411,10 +482,16 @@ def test_a_slower_candidate_is_a_regression_with_its_ratio_and_ci(runs: Runs) ->
 
 def _copy_store(runs: Runs, name: str, sql: str, *values: str) -> str:
     """The real store copied beside itself (artifacts resolve alike), one record changed."""
+    return _altered_store(runs, name, (sql, values))
+
+
+def _altered_store(runs: Runs, name: str, *changes: tuple[str, tuple[str, ...]]) -> str:
+    """The real store copied beside itself, each change (SQL and its values) made in it."""
     copy = runs.folder / name
     shutil.copy(runs.folder / "mlflow.db", copy)
     with sqlite3.connect(copy) as connection:
-        assert connection.execute(sql, values).rowcount == 1
+        for sql, values in changes:
+            assert connection.execute(sql, values).rowcount >= 1, sql
     return f"sqlite:///{copy}"
 
 
@@ -440,6 +517,88 @@ def test_other_recorded_hardware_is_inconclusive(runs: Runs) -> None:
     assert done.returncode == 3, done.stdout + done.stderr
     assert "INCONCLUSIVE hardware differs:" in done.stdout
     assert "cpu_model: " in done.stdout and "-> Some Other CPU" in done.stdout
+
+
+def _left_running(parent: str) -> list[tuple[str, tuple[str, ...]]]:
+    """An invocation's parent RUNNING, owned by this live process (as one still training is,
+    so the next command on the store does not end it KILLED)."""
+    owner = [
+        ("UPDATE tags SET value = ? WHERE key = ? AND run_uuid = ?", (value, key, parent))
+        for key, value in store.owner_tags().items()
+    ]
+    return [("UPDATE runs SET status = 'RUNNING' WHERE run_uuid = ?", (parent,)), *owner]
+
+
+def _interrupted(parent: str, cell: str) -> list[tuple[str, tuple[str, ...]]]:
+    """An invocation interrupted while its cell trained: both KILLED, and the cell without
+    what it records once it finishes (its outcome, environment and test accuracy)."""
+    return [
+        ("UPDATE runs SET status = 'KILLED' WHERE run_uuid IN (?, ?)", (parent, cell)),
+        ("DELETE FROM tags WHERE key = 'outcome' AND run_uuid = ?", (cell,)),
+        ("DELETE FROM params WHERE key LIKE 'env.%' AND run_uuid = ?", (cell,)),
+        ("DELETE FROM metrics WHERE key = 'test_accuracy' AND run_uuid = ?", (cell,)),
+        ("DELETE FROM latest_metrics WHERE key = 'test_accuracy' AND run_uuid = ?", (cell,)),
+    ]
+
+
+@pytest.mark.slow
+def test_a_side_still_running_is_refused_and_nothing_recorded(runs: Runs) -> None:
+    # The candidate by its tag, and the newest invocation (the default candidate), both open.
+    newest = runs.other_experiment
+    uri = _altered_store(runs, "running.db", *_left_running(runs.same), *_left_running(newest))
+    client = MlflowClient(tracking_uri=uri)
+    client.set_tag(runs.same, "role", "cand")
+    before = len(_comparisons(uri))
+    done = _bench("compare", runs.base, "tag:role=cand", "--tracking-uri", uri)
+    _one_line_exit_2(done, f"candidate tag:role=cand, run {runs.same}, is still running (pid")
+    assert "wait for it to finish, or give another CANDIDATE" in done.stderr
+    # The same command line in this process: the one-line error is the message.
+    args = build_parser().parse_args(["compare", runs.base, "--tracking-uri", uri])
+    with pytest.raises(
+        BenchError, match=re.escape(f"the newest invocation in {uri}, run {newest}, is")
+    ):
+        cmd_compare(args)
+    assert len(_comparisons(uri)) == before
+
+
+def _read(uri: str, runs: Runs, settings: Settings) -> compare.Comparison:
+    """The baseline and `same` of a store, read as the command reads them, and judged."""
+    client = MlflowClient(tracking_uri=uri)
+    base, cand = (load_side(client, client.get_run(r)) for r in (runs.base, runs.same))
+    return compare.compare(base, cand, settings)
+
+
+@pytest.mark.slow
+def test_a_killed_candidate_is_inconclusive_and_says_killed(runs: Runs) -> None:
+    cell = _cell_of(runs.uri, runs.same)
+    uri = _altered_store(runs, "killed.db", *_interrupted(runs.same, cell))
+    result = _read(uri, runs, Settings(allow_busy=True))
+    assert result.exit_code == compare.EXIT_INCONCLUSIVE and result.regressions == []
+    text = compare.report_text(result)
+    assert f"INCONCLUSIVE candidate run {runs.same} ended KILLED: relu-xavier/" in text
+    assert f"`mlp-bench run --resume {runs.same}`" in text
+    assert "converged->killed" in text and "failed" not in text
+    assert "hardware that differs: none" in text  # the killed cell recorded no environment
+
+
+@pytest.mark.slow
+def test_other_recorded_epochs_are_listed_and_not_judged(runs: Runs) -> None:
+    """The store as the command reads it: the cells' stage params and data digest."""
+    cell = _cell_of(runs.uri, runs.same)
+    change = "UPDATE params SET value = ? WHERE key = ? AND run_uuid = ?"
+    uri = _altered_store(
+        runs,
+        "epochs.db",
+        (change, ("7", "training.epochs", cell)),
+        (change, ("0123abcd", "env.data_sha256", cell)),
+    )
+    result = _read(uri, runs, Settings(allow_busy=True))
+    [digest] = {p.base.inputs[compare.DATA_DIGEST] for p in result.pairs}
+    assert result.trained_changes == {
+        "relu-xavier training.epochs": (EPOCHS, "7"),
+        "relu-xavier data_sha256": (digest, "0123abcd"),
+    }
+    assert result.exit_code == compare.EXIT_INCONCLUSIVE and result.regressions == []
 
 
 def _one_line_exit_2(done: subprocess.CompletedProcess[str], *words: str) -> None:

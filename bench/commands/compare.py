@@ -94,18 +94,20 @@ def _cell(client: Any, run: Any, tmp: Path) -> compare.CellData:
         losses = None
     accuracy = run.data.metrics.get("test_accuracy")
     spec = {k: v for k, v in params.items() if k.split(".")[0] in SPEC_SECTIONS}
+    environment = environment_of(params)
     return compare.CellData(
         key=key,
         run_id=run_id,
-        outcome=tags.get("outcome", "failed"),
+        outcome=compare.cell_outcome(tags, run.info.status),
         test_accuracy=accuracy,
         rates=compare.steady_rates([m.value for m in history], batch, train_examples),
         step_losses=losses,
-        fingerprint=compare.Fingerprint.of(environment_of(params), params),
+        fingerprint=compare.Fingerprint.of(environment, params),
         spec=spec,
         deterministic=params.get("option.nondeterministic") == "false",
         speed_stable=tags.get("speed_stable", "true") != "false",
         unstable_reason=tags.get("speed_unstable_reason", ""),
+        inputs=compare.trained_inputs(environment, params),
     )
 
 
@@ -131,6 +133,28 @@ def load_side(client: Any, run: Any) -> compare.Side:
         cells={cell.key: cell for cell in sorted(loaded, key=lambda c: c.key)},
         speed_stable=run.data.tags.get("speed_stable", "true") != "false",
         peak_drift=drift,
+        status=run.info.status,
+        kind=run.data.tags.get("kind", "matrix"),
+    )
+
+
+def _still_running(run: Any) -> str:
+    """That a parent run is still open, and by which process."""
+    tags = run.data.tags
+    owner = tags.get("owner_pid")
+    by = f" (pid {owner} on {tags.get('owner_host', 'an unknown host')})" if owner else ""
+    return f"is still running{by}"
+
+
+def check_finished(run: Any, role: str, given: str) -> None:
+    """A side still training has no verdict yet: its open cells have no outcome."""
+    if run.info.status != "RUNNING":
+        return
+    run_id = run.info.run_id
+    named = f"run {run_id}" if given == run_id else f"{given}, run {run_id},"
+    raise BenchError(
+        f"{role} {named} {_still_running(run)}; wait for it to finish, or give another"
+        f" {role.upper()}"
     )
 
 
@@ -168,7 +192,11 @@ def _plot(comparison: compare.Comparison, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [(compare.cell_name(p.key), p.speed) for p in comparison.pairs if p.speed is not None]
+    rows = [
+        (compare.cell_name(p.key), p.speed)
+        for p in comparison.pairs
+        if p.speed is not None and not p.not_judged
+    ]
     rows += [(f"{g.group} (processes)", g.speed) for g in comparison.groups]
     fig, ax = plt.subplots(figsize=(7, 1.2 + 0.45 * max(1, len(rows))))
     for row, (_, speed) in enumerate(rows):
@@ -245,14 +273,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
     tracker = Tracker(uri, None)
     client = tracker.client
     base_run = resolve_run(client, args.baseline, uri)
+    check_finished(base_run, "baseline", args.baseline)
     if args.candidate is None:
         cand_run = _newest_parent(client)
         if cand_run is None or cand_run.info.run_id == base_run.info.run_id:
             raise BenchError(
                 f"the newest invocation in {uri} is the baseline itself; give a CANDIDATE"
             )
+        if cand_run.info.status == "RUNNING":
+            raise BenchError(
+                f"the newest invocation in {uri}, run {cand_run.info.run_id},"
+                f" {_still_running(cand_run)}; wait for it to finish, or give a CANDIDATE"
+            )
     else:
         cand_run = resolve_run(client, args.candidate, uri)
+        check_finished(cand_run, "candidate", args.candidate)
     baseline, candidate = load_side(client, base_run), load_side(client, cand_run)
     check_pairable(baseline, candidate)
     settings = compare.Settings(

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from bench.core.program import PROGRAM
+
 EXIT_OK = 0
 EXIT_REGRESSION = 1
 EXIT_INCONCLUSIVE = 3  # 2 is bad input (bench.commands.cli.EXIT_USAGE)
@@ -64,8 +66,32 @@ SOFTWARE_KEYS = (
 # Read through bench.core.options.normalised: an older record's option.deterministic and
 # option.xla appear under these names.
 SOFTWARE_OPTIONS = ("option.threads", "option.dtype", "option.nondeterministic", "option.no_xla")
+DATA_DIGEST = "data_sha256"  # the env param naming the arrays a cell trained and evaluated on
+# A cell with no outcome tag was cut short ("killed": its run ended KILLED) or never closed
+# ("unfinished": still running, or its recording broke): neither says how training went.
+UNFINISHED = ("killed", "unfinished")
 
 CellKey = tuple[str, str, str, int]  # stage, backend, device, seed
+
+
+def cell_outcome(tags: dict[str, str], status: str) -> str:
+    """A cell's outcome tag; without one, "failed" where it recorded an error, else "killed" or
+    "unfinished" by its run's status (as bench.recording.run_report reads it)."""
+    if "outcome" in tags:
+        return tags["outcome"]
+    if "error" in tags:
+        return "failed"
+    return "killed" if status == "KILLED" else "unfinished"
+
+
+def trained_inputs(environment: dict[str, str], params: dict[str, str]) -> dict[str, str]:
+    """Beside the stage file, what decides the numbers a cell computes: the data digest (where
+    recorded) and the options that are neither speed-only nor part of the fingerprint."""
+    listed = (*SPEED_OPTIONS, *SOFTWARE_OPTIONS)
+    inputs = {k: v for k, v in params.items() if k.startswith("option.") and k not in listed}
+    if environment.get(DATA_DIGEST):  # hand-made splits and older records have none
+        inputs[DATA_DIGEST] = environment[DATA_DIGEST]
+    return inputs
 
 
 def cell_name(key: CellKey) -> str:
@@ -103,6 +129,11 @@ class CellData:
     deterministic: bool
     speed_stable: bool
     unstable_reason: str = ""
+    inputs: dict[str, str] = field(default_factory=dict)  # trained_inputs()
+
+    @property
+    def finished(self) -> bool:
+        return self.outcome not in UNFINISHED
 
 
 @dataclass(frozen=True)
@@ -116,6 +147,15 @@ class Side:
     cells: dict[CellKey, CellData]
     speed_stable: bool = True
     peak_drift: dict[str, float] = field(default_factory=dict)
+    status: str = "FINISHED"  # the parent run's: KILLED or FAILED where it was cut short
+    kind: str = "matrix"  # `run` (matrix) or `perf`
+
+    @property
+    def finish_hint(self) -> str:
+        """How to finish a cut-short invocation's cells."""
+        if self.kind == "matrix":
+            return f"finish it with `{PROGRAM} run --resume {self.run_id}`"
+        return "run it again"
 
 
 @dataclass(frozen=True)
@@ -340,6 +380,7 @@ class PairResult:
     cand: CellData
     speed: SpeedResult | None  # over the pair's epochs
     by_processes: bool = False  # its group's speed is judged over processes instead
+    not_judged: str = ""  # why neither its accuracy nor its speed is judged ("": judged)
 
 
 @dataclass(frozen=True)
@@ -388,6 +429,7 @@ class Comparison:
     option_changes: dict[str, tuple[str, str]]
     software_changes: dict[str, tuple[str, str]]
     hardware_changes: dict[str, tuple[str, str]]
+    trained_changes: dict[str, tuple[str, str]]  # stage file, data, options that change numbers
     inconclusive: list[str]
     regressions: list[str]
     # Runs flagged speed_stable false, a peak that moved: inconclusive unless --allow-busy.
@@ -434,6 +476,50 @@ def _fingerprint_changes(
     return found
 
 
+def _trained_changes(pairs: list[tuple[CellData, CellData]]) -> dict[str, tuple[str, str]]:
+    """What was trained that differs, named by stage: its stage file's params (epochs
+    included), the data digest and the options that change the numbers computed."""
+    found: dict[str, tuple[str, str]] = {}
+    for b, c in pairs:
+        for part in ("spec", "inputs"):
+            old, new = getattr(b, part), getattr(c, part)
+            if part == "inputs" and not (DATA_DIGEST in old and DATA_DIGEST in new):
+                # a cell cut short records no digest: not a difference
+                old, new = _without(old, DATA_DIGEST), _without(new, DATA_DIGEST)
+            for key, values in changes(old, new, sorted(set(old) | set(new))).items():
+                found[f"{b.key[0]} {key}"] = values
+    return found
+
+
+def _without(values: dict[str, str], key: str) -> dict[str, str]:
+    return {k: v for k, v in values.items() if k != key}
+
+
+def _not_judged(base: CellData, cand: CellData) -> str:
+    """Why a pair cannot be judged: a cell that did not finish, or other training."""
+    sides = (("baseline", base), ("candidate", cand))
+    unfinished = [f"{c.outcome} in the {role}" for role, c in sides if not c.finished]
+    if unfinished:
+        return " and ".join(unfinished)
+    if _trained_changes([(base, cand)]):
+        return "what was trained differs"
+    return ""
+
+
+def _cut_short(side: Side, role: str, cells: Iterable[CellData], not_run: int) -> list[str]:
+    """Why one side's cells cannot all be judged: its run ended KILLED or FAILED, or cells of
+    it that did not finish; the advice to finish them."""
+    names = [f"{cell_name(c.key)} {c.outcome}" for c in cells if not c.finished]
+    if side.status == "FINISHED" and not names:
+        return []
+    ended = f" ended {side.status}" if side.status != "FINISHED" else ""
+    what = [", ".join(names) + " (not judged)"] if names else []
+    if ended and not_run:
+        what.append(f"{not_run} cell(s) of the other side not run")
+    told = "; ".join(what) or "its cells that ran finished"
+    return [f"{role} run {side.run_id}{ended}: {told}; {side.finish_hint} and compare again"]
+
+
 def _speed_flags(side: Side, role: str, cells: Iterable[CellData]) -> list[str]:
     """Why a side's timings cannot be trusted: a peak that moved, a run flagged unstable."""
     flags = [
@@ -473,7 +559,7 @@ def _speed_lines(
             regressions.append(
                 f"speed {group.group} over {s.n_base} vs {s.n_cand} processes: {_slower(s)})"
             )
-    for pair in (p for p in pairs if not p.by_processes):
+    for pair in (p for p in pairs if not p.by_processes and not p.not_judged):
         name, speed = cell_name(pair.key), pair.speed
         if speed is None:
             too_few.append(f"{name}: no throughput samples")
@@ -496,12 +582,16 @@ def _speed_lines(
 
 
 def compare(baseline: Side, candidate: Side, settings: Settings) -> Comparison:
-    """Pair the cells by stage, backend, device and seed, and judge each pair and group."""
+    """Pair the cells by stage, backend, device and seed, and judge each pair and group. A pair
+    with a cell that did not finish, or that trained something else, is shown, not judged."""
     keys = [k for k in baseline.cells if k in candidate.cells]
     matched = [(baseline.cells[k], candidate.cells[k]) for k in keys]
-    hardware = _fingerprint_changes(matched, "hardware")
+    reasons = {b.key: _not_judged(b, c) for b, c in matched}
+    judged = [(b, c) for b, c in matched if not reasons[b.key]]
+    finished = [(b, c) for b, c in matched if b.finished and c.finished]
+    hardware = _fingerprint_changes(finished, "hardware")
     by_group: dict[str, list[tuple[CellData, CellData]]] = {}
-    for b, c in matched:
+    for b, c in judged:
         by_group.setdefault(_group_of(b.key), []).append((b, c))
     found = (group_speed(name, members, settings) for name, members in by_group.items())
     groups = [g for g in found if g is not None]
@@ -513,16 +603,17 @@ def compare(baseline: Side, candidate: Side, settings: Settings) -> Comparison:
             c,
             speed_test(b.rates, c.rates, settings, floor=settings.run_noise),
             by_processes=_group_of(k) in over_processes,
+            not_judged=reasons[k],
         )
         for k, (b, c) in zip(keys, matched, strict=True)
     ]
-    accuracy = [accuracy_test(members, settings) for members in by_group.values()]
+    accuracy = _accuracy(pairs, by_group, settings)
 
-    inconclusive: list[str] = []
+    inconclusive = _unjudged_lines(baseline, candidate, matched)
     if hardware:
         inconclusive.append("hardware differs: " + ", ".join(hardware))
-    flags = _speed_flags(baseline, "baseline", (b for b, _ in matched))
-    flags += _speed_flags(candidate, "candidate", (c for _, c in matched))
+    flags = _speed_flags(baseline, "baseline", (b for b, _ in judged))
+    flags += _speed_flags(candidate, "candidate", (c for _, c in judged))
     speed_judged = not hardware and (settings.allow_busy or not flags)
     if not settings.allow_busy:
         inconclusive += flags
@@ -542,12 +633,50 @@ def compare(baseline: Side, candidate: Side, settings: Settings) -> Comparison:
         unpaired_base=[k for k in baseline.cells if k not in candidate.cells],
         unpaired_cand=[k for k in candidate.cells if k not in baseline.cells],
         option_changes=changes(baseline.options, candidate.options, SPEED_OPTIONS),
-        software_changes=_fingerprint_changes(matched, "software"),
+        software_changes=_fingerprint_changes(finished, "software"),
         hardware_changes=hardware,
+        trained_changes=_trained_changes(matched),
         inconclusive=inconclusive,
         regressions=regressions,
         speed_flags=flags,
     )
+
+
+def _accuracy(
+    pairs: list[PairResult],
+    judged: dict[str, list[tuple[CellData, CellData]]],
+    settings: Settings,
+) -> list[AccuracyResult]:
+    """Each group's accuracy over its judged pairs; "not judged", with why, where it has none."""
+    results = []
+    for group in dict.fromkeys(_group_of(p.key) for p in pairs):
+        if group in judged:
+            results.append(accuracy_test(judged[group], settings))
+            continue
+        members = [p for p in pairs if _group_of(p.key) == group]
+        why = "; ".join(f"{cell_name(p.key)} {p.not_judged}" for p in members)
+        results.append(AccuracyResult(group, "none", "not judged", why))
+    return results
+
+
+def _unjudged_lines(
+    baseline: Side, candidate: Side, matched: list[tuple[CellData, CellData]]
+) -> list[str]:
+    """The reasons some pairs were not judged: a side cut short, other training."""
+    lines = _cut_short(
+        baseline, "baseline", (b for b, _ in matched), len(candidate.cells) - len(matched)
+    )
+    lines += _cut_short(
+        candidate, "candidate", (c for _, c in matched), len(baseline.cells) - len(matched)
+    )
+    trained = _trained_changes(matched)
+    if trained:
+        what = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in trained.items())
+        lines.append(
+            f"what was trained differs ({what}): those cells are not judged; compare runs of"
+            " the same stage files, epochs and data"
+        )
+    return lines
 
 
 def _pct(value: float | None) -> str:
@@ -589,6 +718,9 @@ def table_rows(comparison: Comparison) -> list[dict[str, str]]:
         columns = _speed_columns(speed)
         if pair.by_processes:
             columns["speed"] = "by group"
+        check = accuracy[group]
+        if pair.not_judged:
+            columns["speed"] = "not judged"
         row = {
             "cell": cell_name(pair.key),
             "outcome": pair.base.outcome
@@ -596,7 +728,9 @@ def table_rows(comparison: Comparison) -> list[dict[str, str]]:
             else f"{pair.base.outcome}->{pair.cand.outcome}",
             "test_acc_base": _optional(pair.base.test_accuracy),
             "test_acc_cand": _optional(pair.cand.test_accuracy),
-            "accuracy_check": f"{accuracy[group].method}: {accuracy[group].verdict}",
+            "accuracy_check": "not judged"
+            if pair.not_judged
+            else f"{check.method}: {check.verdict}",
             **columns,
         }
         rows.append(row)
@@ -665,13 +799,33 @@ def _aligned(header: tuple[str, ...], body: list[tuple[str, ...]]) -> list[str]:
     ]
 
 
+def _side_line(side: Side) -> str:
+    """A side's id and name, and its status where it did not finish (KILLED, FAILED)."""
+    ended = f", ended {side.status}" if side.status != "FINISHED" else ""
+    return f"{side.run_id} ({side.name}{ended})"
+
+
+def _unpaired_lines(c: Comparison) -> list[str]:
+    """The cells of one side only; where the other side was cut short, that is why."""
+    lines = []
+    for role, keys, other, other_role in (
+        ("baseline", c.unpaired_base, c.candidate, "candidate"),
+        ("candidate", c.unpaired_cand, c.baseline, "baseline"),
+    ):
+        cut = other.status != "FINISHED"
+        why = f" (the {other_role} ended {other.status} before running it)" if cut else ""
+        lines += [f"unpaired: {cell_name(key)} only in the {role}{why}" for key in keys]
+    return lines
+
+
 def report_text(comparison: Comparison) -> str:
     """What compare prints and records: what changed, the per-cell table, the verdict."""
     c = comparison
     s = c.settings
     lines = [
-        f"baseline  {c.baseline.run_id} ({c.baseline.name})",
-        f"candidate {c.candidate.run_id} ({c.candidate.name})",
+        f"baseline  {_side_line(c.baseline)}",
+        f"candidate {_side_line(c.candidate)}",
+        *_changes_lines("what was trained differs", c.trained_changes),
         *_changes_lines("software that differs", c.software_changes),
         *_changes_lines("speed options that differ", c.option_changes),
         *_changes_lines("hardware that differs", c.hardware_changes),
@@ -704,10 +858,7 @@ def report_text(comparison: Comparison) -> str:
             f"a group regresses with p < {s.alpha:g} and a slowdown beyond {s.max_slowdown:.0%}"
             " (no run-noise floor: the processes show that noise); n: processes a side"
         )
-    for key in c.unpaired_base:
-        lines.append(f"unpaired: {cell_name(key)} only in the baseline")
-    for key in c.unpaired_cand:
-        lines.append(f"unpaired: {cell_name(key)} only in the candidate")
+    lines += _unpaired_lines(c)
     for accuracy in c.accuracy:
         lines.append(f"accuracy {accuracy.group}: {accuracy.verdict} ({accuracy.detail})")
     lines.append("")
