@@ -12,6 +12,7 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -276,3 +277,48 @@ def test_a_plan_that_disagrees_with_its_parent_is_one_error(
             db.execute("DELETE FROM params WHERE key = 'invocation_sha256'")
     with _edited(failed[2], change), pytest.raises(BenchError, match=re.escape(words)):
         Tracker(uri, None).load_invocation(parent_id)
+
+
+_CLAIM = """
+import sys
+from bench.core.errors import BenchError
+from bench.recording.tracking import RecordedInvocation, Tracker
+
+tracker = Tracker(sys.argv[1], None)
+try:
+    tracker.claim_resume(RecordedInvocation(sys.argv[2], "", {}, {}, {}, []))
+except BenchError as error:
+    print(error)
+else:
+    print("claimed")
+"""
+
+
+def test_of_resumes_claiming_at_once_through_a_server_one_wins(
+    shared_server: tuple[str, Path], tmp_path: Path
+) -> None:
+    """The claim is the database's unique key, so it holds on the PostgreSQL behind a server
+    (two workers) as on SQLite: four processes claim the same resume at the same moment."""
+    from mlflow.tracking import MlflowClient
+
+    uri = shared_server[0]
+    client = MlflowClient(uri)
+    experiment = client.create_experiment(f"claims-{tmp_path.name}")
+    parent = client.create_run(experiment, tags={"kind": "matrix"}).info.run_id
+    env = barrier(tmp_path / "meet", "bench.recording.tracking", "Tracker.claim_resume", 4)
+    claims = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CLAIM, uri, parent],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(4)
+    ]
+    said = [finish(process)[1].strip() for process in claims]
+    lost = [words for words in said if words != "claimed"]
+    assert len(lost) == 3, said
+    assert all(f"invocation {parent} is being resumed by another process" in s for s in lost)
+    assert list(client.get_run(parent).data.params) == ["resume_claim.1"]
