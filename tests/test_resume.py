@@ -162,24 +162,26 @@ def _copy_of(failed: tuple[Path, str, Path], folder: Path) -> str:
     return f"sqlite:///{folder}/mlflow.db"
 
 
+def _at_once(
+    command: list[str], env: dict[str, str], count: int
+) -> list[tuple[int, int, str, str]]:
+    """`count` processes of `command` started together: (pid, exit code, stdout, stderr) of each."""
+    processes = [
+        subprocess.Popen(
+            command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+        for _ in range(count)
+    ]
+    return [(process.pid, *finish(process)) for process in processes]
+
+
 def test_two_resumes_started_together_run_the_cells_once(
     failed: tuple[Path, str, Path], tmp_path: Path
 ) -> None:
     uri, parent_id = _copy_of(failed, tmp_path), failed[1]
     # Both have read the invocation (planned) before either writes to it: the race, provoked.
     env = barrier(tmp_path / "meet", "bench.execution.invocation", "execute", parties=2)
-    both = [
-        subprocess.Popen(
-            bench_command("run", "--resume", parent_id, "--tracking-uri", uri),
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for _ in range(2)
-    ]
-    ends = [(process.pid, *finish(process)) for process in both]
+    ends = _at_once(bench_command("run", "--resume", parent_id, "--tracking-uri", uri), env, 2)
     [(winner, code, out, _)] = [end for end in ends if end[1] != 2]
     [(_, _, _, err)] = [end for end in ends if end[1] == 2]
     assert code == 0, out
@@ -306,18 +308,10 @@ def test_of_resumes_claiming_at_once_through_a_server_one_wins(
     experiment = client.create_experiment(f"claims-{tmp_path.name}")
     parent = client.create_run(experiment, tags={"kind": "matrix"}).info.run_id
     env = barrier(tmp_path / "meet", "bench.recording.tracking", "Tracker.claim_resume", 4)
-    claims = [
-        subprocess.Popen(
-            [sys.executable, "-c", _CLAIM, uri, parent],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for _ in range(4)
+    said = [
+        out.strip()
+        for _, _, out, _ in _at_once([sys.executable, "-c", _CLAIM, uri, parent], env, 4)
     ]
-    said = [finish(process)[1].strip() for process in claims]
     lost = [words for words in said if words != "claimed"]
     assert len(lost) == 3, said
     assert all(f"invocation {parent} is being resumed by another process" in s for s in lost)
