@@ -300,19 +300,19 @@ def test_of_resumes_claiming_at_once_through_a_server_one_wins(
     shared_server: tuple[str, Path], tmp_path: Path
 ) -> None:
     """The claim is the database's unique key, so it holds on the PostgreSQL behind a server
-    (two workers) as on SQLite: four processes claim the same resume at the same moment."""
+    (two workers) as on SQLite: two processes claim the same resume at the same moment."""
     from mlflow.tracking import MlflowClient
 
     uri = shared_server[0]
     client = MlflowClient(uri)
     experiment = client.create_experiment(f"claims-{tmp_path.name}")
     parent = client.create_run(experiment, tags={"kind": "matrix"}).info.run_id
-    env = barrier(tmp_path / "meet", "bench.recording.tracking", "Tracker.claim_resume", 4)
+    env = barrier(tmp_path / "meet", "bench.recording.tracking", "Tracker.claim_resume", 2)
     said = [
         out.strip()
-        for _, _, out, _ in _at_once([sys.executable, "-c", _CLAIM, uri, parent], env, 4)
+        for _, _, out, _ in _at_once([sys.executable, "-c", _CLAIM, uri, parent], env, 2)
     ]
     lost = [words for words in said if words != "claimed"]
-    assert len(lost) == 3, said
+    assert len(lost) == 1, said
     assert all(f"invocation {parent} is being resumed by another process" in s for s in lost)
     assert list(client.get_run(parent).data.params) == ["resume_claim.1"]
