@@ -495,8 +495,11 @@ class Tracker:
                 )
         if parent.info.status == "RUNNING":
             open_runs.append(parent_id)
+        # An older mlp-bench counted resumes in the tag alone (a user's tag could say "abc").
+        counted = tags.get("resumes", "")
+        resumes = max(len(claims), int(counted) if counted.isdigit() else 0)
         return RecordedInvocation(
-            parent_id, experiment, plan, finished, group_ids, open_runs, len(claims)
+            parent_id, experiment, plan, finished, group_ids, open_runs, resumes
         )
 
     def claim_resume(self, invocation: RecordedInvocation) -> None:
