@@ -47,7 +47,7 @@ def checked_plan(parent_id: str, text: str, params: dict[str, str]) -> dict[str,
         raise refuse(f"holds {keys}, not the keys {sorted(PLAN_KEYS)}")
     digest = params.get(PLAN_DIGEST)
     if digest is not None and digest != plan_digest(plan):
-        raise refuse(f"was changed after it was recorded (its digest is not {PLAN_DIGEST})")
+        raise refuse(f"was changed after it was recorded (it no longer matches {PLAN_DIGEST})")
     try:
         expected = _params_of(plan)
     except (TypeError, ValueError, AttributeError) as exc:
