@@ -3,17 +3,25 @@ run, its runs left RUNNING ended KILLED first; what cannot be resumed is one lin
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
+import shutil
 import signal
+import socket
+import sqlite3
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT
-from tests.live import PATIENCE_S, bench, store_runs, tiny_run
+from tests.faults import barrier, killed
+from tests.live import PATIENCE_S, bench, bench_command, finish, store_runs, tiny_run
 
 # The slow tier: a killed invocation and its resume, real processes.
 pytestmark = pytest.mark.slow
@@ -122,3 +130,189 @@ def test_an_invocation_recorded_without_its_plan_cannot_be_resumed(tmp_path: Pat
     client.set_terminated(old.info.run_id, "KILLED")
     done = bench("run", "--resume", old.info.run_id, "--tracking-uri", uri)
     assert done.returncode == 2 and "recorded without its plan" in done.stderr
+
+
+def _failed_invocation(folder: Path) -> tuple[str, str]:
+    """(store, parent id) of a one-cell invocation whose worker was killed before it trained:
+    the least that leaves a cell to resume."""
+    folder.mkdir(parents=True, exist_ok=True)
+    uri = f"sqlite:///{folder}/mlflow.db"
+    env = killed(folder / "fault", "bench.execution.runner", "run_cell", signal.SIGKILL)
+    done = subprocess.run(
+        tiny_run(uri), cwd=ROOT, capture_output=True, text=True, timeout=PATIENCE_S, env=env
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    [parent] = [r for r in store_runs(uri) if r.data.tags["kind"] == "matrix"]
+    return uri, str(parent.info.run_id)
+
+
+@pytest.fixture(scope="module")
+def failed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, Path]:
+    """(store folder, parent id, its invocation.json) of a one-cell invocation that failed."""
+    folder = tmp_path_factory.mktemp("failed")
+    _, parent_id = _failed_invocation(folder)
+    [plan] = folder.rglob(f"{parent_id}/artifacts/invocation.json")
+    return folder, parent_id, plan
+
+
+def _copy_of(failed: tuple[Path, str, Path], folder: Path) -> str:
+    """A copy of the failed invocation's store, for a test to change (its artifacts, under
+    absolute paths, stay shared)."""
+    shutil.copy(failed[0] / "mlflow.db", folder / "mlflow.db")
+    return f"sqlite:///{folder}/mlflow.db"
+
+
+def _at_once(
+    command: list[str], env: dict[str, str], count: int
+) -> list[tuple[int, int, str, str]]:
+    """`count` processes of `command` started together: (pid, exit code, stdout, stderr) of each."""
+    processes = [
+        subprocess.Popen(
+            command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+        for _ in range(count)
+    ]
+    return [(process.pid, *finish(process)) for process in processes]
+
+
+def test_two_resumes_started_together_run_the_cells_once(
+    failed: tuple[Path, str, Path], tmp_path: Path
+) -> None:
+    uri, parent_id = _copy_of(failed, tmp_path), failed[1]
+    # Both have read the invocation (planned) before either writes to it: the race, provoked.
+    env = barrier(tmp_path / "meet", "bench.execution.invocation", "execute", parties=2)
+    ends = _at_once(bench_command("run", "--resume", parent_id, "--tracking-uri", uri), env, 2)
+    [(winner, code, out, _)] = [end for end in ends if end[1] != 2]
+    [(_, _, _, err)] = [end for end in ends if end[1] == 2]
+    assert code == 0, out
+    assert err.count("\n") == 1 and "is being resumed by another process" in err, err
+    assert f"(pid {winner} on {socket.gethostname()})" in err
+    runs = store_runs(uri)
+    [parent] = [r for r in runs if r.data.tags["kind"] == "matrix"]
+    assert parent.info.status == "FINISHED" and parent.data.tags["resumes"] == "1"
+    cells = sorted(r.info.status for r in runs if r.data.tags["kind"] == "cell")
+    assert cells == ["FAILED", "FINISHED"]  # the killed worker's, then the one resume's
+
+
+def test_a_resumes_tag_left_by_an_older_version_does_not_break_a_resume(
+    failed: tuple[Path, str, Path], tmp_path: Path
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    uri, parent_id = _copy_of(failed, tmp_path), failed[1]
+    MlflowClient(uri).set_tag(parent_id, "resumes", "abc")  # `--tag resumes=abc` was accepted
+    done = bench("run", "--resume", parent_id, "--tracking-uri", uri)
+    assert done.returncode == 0, done.stdout + done.stderr
+    [parent] = [r for r in store_runs(uri) if r.data.tags["kind"] == "matrix"]
+    assert parent.info.status == "FINISHED" and parent.data.tags["resumes"] == "1"
+
+
+@pytest.mark.parametrize("key", ["resumes", "command", "group_run", "owner_pid", "node_id"])
+def test_a_tag_the_harness_writes_is_refused_at_parse_time(tmp_path: Path, key: str) -> None:
+    done = bench("run", "--tag", f"{key}=abc", "--tracking-uri", f"sqlite:///{tmp_path}/m.db")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert f"tag key {key!r} is the harness's own" in done.stderr
+    assert not (tmp_path / "m.db").exists()
+
+
+@contextlib.contextmanager
+def _edited(plan_file: Path, change: str) -> Iterator[None]:
+    """invocation.json changed on disk as a user could, restored on the way out."""
+    original = plan_file.read_text()
+    plan = json.loads(original)
+    if change == "lr":
+        [(name, text)] = plan["stage_texts"].items()
+        assert "learning_rate = 0.1" in text
+        plan["stage_texts"][name] = text.replace("learning_rate = 0.1", "learning_rate = 0.9")
+    elif change == "epochs":
+        plan["options"]["epochs"] = 3
+    elif change == "seed":
+        plan["seeds"].append(1)
+        plan["cells"].append({**plan["cells"][0], "seed": 1})
+    elif change == "unknown-key":
+        plan["options"]["turbo"] = True
+    elif change == "extra-key":
+        plan["notes"] = "x"
+    plan_file.write_text("{not json" if change == "malformed" else json.dumps(plan))
+    try:
+        yield
+    finally:
+        plan_file.write_text(original)
+
+
+def test_an_edited_plan_is_not_resumed(failed: tuple[Path, str, Path], tmp_path: Path) -> None:
+    """invocation.json is an artifact: a learning rate edited on disk must not train under a
+    parent that recorded another."""
+    uri, parent_id = _copy_of(failed, tmp_path), failed[1]
+    with _edited(failed[2], "lr"):
+        done = bench("run", "--resume", parent_id, "--tracking-uri", uri)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert "invocation.json was changed after it was recorded" in done.stderr
+    assert "run its command again instead" in done.stderr
+    [parent] = [r for r in store_runs(uri) if r.data.tags["kind"] == "matrix"]
+    assert parent.info.status == "FAILED" and "resumes" not in parent.data.tags
+
+
+@pytest.mark.parametrize(
+    ("change", "digest", "words"),
+    [
+        ("epochs", True, "was changed after it was recorded"),
+        ("seed", True, "was changed after it was recorded"),
+        ("epochs", False, "says epochs '3' where the run recorded '1'"),
+        ("seed", False, "says cells '2' where the run recorded '1'"),
+        ("unknown-key", False, "is malformed (TypeError"),
+        ("extra-key", True, "not the keys"),
+        ("malformed", True, "is not valid JSON"),
+    ],
+)
+def test_a_plan_that_disagrees_with_its_parent_is_one_error(
+    failed: tuple[Path, str, Path], tmp_path: Path, change: str, digest: bool, words: str
+) -> None:
+    """Read back in this process (the command line's side is the test above)."""
+    from bench.core.errors import BenchError
+    from bench.recording.tracking import Tracker
+
+    uri, parent_id = _copy_of(failed, tmp_path), failed[1]
+    if not digest:  # as recorded before the digest was
+        with sqlite3.connect(tmp_path / "mlflow.db") as db:
+            db.execute("DELETE FROM params WHERE key = 'invocation_sha256'")
+    with _edited(failed[2], change), pytest.raises(BenchError, match=re.escape(words)):
+        Tracker(uri, None).load_invocation(parent_id)
+
+
+_CLAIM = """
+import sys
+from bench.core.errors import BenchError
+from bench.recording.tracking import RecordedInvocation, Tracker
+
+tracker = Tracker(sys.argv[1], None)
+try:
+    tracker.claim_resume(RecordedInvocation(sys.argv[2], "", {}, {}, {}, []))
+except BenchError as error:
+    print(error)
+else:
+    print("claimed")
+"""
+
+
+def test_of_resumes_claiming_at_once_through_a_server_one_wins(
+    shared_server: tuple[str, Path], tmp_path: Path
+) -> None:
+    """The claim is the database's unique key, so it holds on the PostgreSQL behind a server
+    (two workers) as on SQLite: two processes claim the same resume at the same moment."""
+    from mlflow.tracking import MlflowClient
+
+    uri = shared_server[0]
+    client = MlflowClient(uri)
+    experiment = client.create_experiment(f"claims-{tmp_path.name}")
+    parent = client.create_run(experiment, tags={"kind": "matrix"}).info.run_id
+    env = barrier(tmp_path / "meet", "bench.recording.tracking", "Tracker.claim_resume", 2)
+    said = [
+        out.strip()
+        for _, _, out, _ in _at_once([sys.executable, "-c", _CLAIM, uri, parent], env, 2)
+    ]
+    lost = [words for words in said if words != "claimed"]
+    assert len(lost) == 1, said
+    assert all(f"invocation {parent} is being resumed by another process" in s for s in lost)
+    assert list(client.get_run(parent).data.params) == ["resume_claim.1"]

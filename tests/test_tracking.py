@@ -57,17 +57,29 @@ def test_store_locked_past_the_wait_keeps_the_cell_for_record_pending(tmp_path: 
     [pending] = kept.glob("*/pending.json")
     assert json.loads(pending.read_text())["result"]["test_accuracy"] > 0.5
 
+    copy = tmp_path / "copy"
+    shutil.copytree(kept, copy)
     done = run(bench_command("record-pending", str(kept)))
     assert done.returncode == 0, done.stderr
     assert "left RUNNING by a process that is gone" in done.stdout  # the parent
     assert f"into run {pending.parent.name}" in done.stdout
-    assert statuses(uri) == {"matrix": "KILLED", "cell": "FINISHED"}
+    # Its only cell recorded, the invocation ends as it would have: FINISHED, with its report.
+    assert "all 1 cells recorded, FINISHED" in done.stdout
+    assert statuses(uri) == {"matrix": "FINISHED", "cell": "FINISHED"}
+    [parent] = [r for r in store_runs(uri) if r.data.tags["kind"] == "matrix"]
+    assert list((tmp_path / "reports" / parent.info.run_id).glob("report.html"))
+    again = run(bench_command("record-pending", str(copy)))  # a copy of the same cell
+    assert again.returncode == 0 and "is recorded already; skipped" in again.stdout
     [cell] = [r for r in store_runs(uri) if r.data.tags["kind"] == "cell"]
     assert cell.data.metrics["test_accuracy"] > 0.5 and cell.data.tags["outcome"] == "converged"
     assert cell.data.metrics["val_accuracy"] > 0.5  # the epoch the lock kept from the store
     assert cell.data.tags["speed_stable"] in ("true", "false")  # the verdict kept with it
     assert cell.data.metrics["canary_before_samples_per_s"] > 0
     assert not list(kept.iterdir())
+    from mlflow.tracking import MlflowClient
+
+    history = MlflowClient(uri).get_metric_history(cell.info.run_id, "test_accuracy")
+    assert len(history) == 1  # recorded once, not once per copy
 
 
 @contextlib.contextmanager

@@ -2,7 +2,8 @@
 
 A store that stayed locked or read-only past the wait leaves each trained cell in FOLDER/RUN_ID
 (see bench.recording.unrecorded); once the store takes writes again, this records each into its
-own run, ends it with its true status, and removes its folder.
+own run, ends it with its true status, and removes its folder. An invocation whose cells are
+then all recorded is ended as it would have been (FINISHED, with its report).
 """
 
 from __future__ import annotations
@@ -11,8 +12,25 @@ import argparse
 import shutil
 from pathlib import Path
 
-from bench.recording.tracking import Tracker
+from bench.core.errors import BenchError
+from bench.execution.invocation import end_recorded
+from bench.recording.tracking import INVOCATION_TAG, Tracker
 from bench.recording.unrecorded import KeptCell, kept_folders, load
+
+
+def _recorded_already(tracker: Tracker, kept: KeptCell) -> bool:
+    """Whether the cell's run was ended by an earlier record-pending (of this folder or a copy
+    of it): recording it again would add its final metrics a second time."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = tracker.client.get_run(kept.run_id)
+    except MlflowException:
+        raise BenchError(
+            f"{kept.run.cell.name}: no run {kept.run_id} in {kept.uri}; its pending.json names"
+            " another store, or the run was deleted"
+        ) from None
+    return run.info.status in ("FINISHED", "FAILED") or "outcome" in run.data.tags
 
 
 def _record(tracker: Tracker, kept: KeptCell) -> None:
@@ -32,13 +50,25 @@ def _record(tracker: Tracker, kept: KeptCell) -> None:
 def cmd_record_pending(args: argparse.Namespace) -> int:
     folders = kept_folders(Path(args.folder))
     trackers: dict[str, Tracker] = {}
+    invocations: dict[str, set[str]] = {}  # store -> the parents of the cells recorded
     for folder in folders:
         kept = load(folder)
         if kept.uri not in trackers:
             trackers[kept.uri] = Tracker(kept.uri, experiment=None)
-        _record(trackers[kept.uri], kept)
+        tracker = trackers[kept.uri]
+        if _recorded_already(tracker, kept):
+            shutil.rmtree(folder)
+            print(f"{kept.run.cell.name}: run {kept.run_id} is recorded already; skipped")
+            continue
+        _record(tracker, kept)
         shutil.rmtree(folder)
         print(f"recorded {kept.run.cell.name} into run {kept.run_id} ({kept.uri})", flush=True)
+        parent = tracker.client.get_run(kept.run_id).data.tags.get(INVOCATION_TAG)
+        if parent:
+            invocations.setdefault(kept.uri, set()).add(parent)
+    for uri, parents in invocations.items():
+        for parent in sorted(parents):
+            print(end_recorded(trackers[uri], parent), flush=True)
     if not folders:
         print(f"nothing to record in {args.folder}")
     return 0

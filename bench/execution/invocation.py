@@ -15,6 +15,7 @@ from pathlib import Path
 from backends import installed_backends
 from bench.core.errors import BenchError
 from bench.core.options import Options
+from bench.core.program import PROGRAM
 from bench.core.seeding import describe_seeds
 from bench.core.spec import StageSpec
 from bench.core.types import Cell, CellRun
@@ -28,7 +29,9 @@ from bench.execution.matrix import (
 )
 from bench.recording.perf import machine_peaks, speed_figures
 from bench.recording.report import Progress
+from bench.recording.resume_plan import PLAN_DIGEST, plan_digest
 from bench.recording.run_report import report_safely
+from bench.recording.stats import group_metrics
 from bench.recording.tracking import MatrixRecord, RecordedInvocation, Tracker
 from bench.recording.ui import closing_lines
 
@@ -104,6 +107,8 @@ def _invocation_params(plan: Plan) -> dict[str, str]:
         "epochs": str(plan.options.epochs or "stage file"),
         "data_dir": plan.options.data_dir,
         "command": plan.command[:500],
+        # What `run --resume` checks invocation.json against: it is an artifact, editable.
+        PLAN_DIGEST: plan_digest(invocation_plan(plan)),
         **plan.options.record(),
     }
 
@@ -190,7 +195,8 @@ def execute(plan: Plan, kind: str) -> Execution:
     tracker = Tracker(plan.tracking_uri, plan.experiment)
     if plan.resumed is not None:
         parent_id = plan.resumed.parent_id
-        tracker.reopen(plan.resumed, plan.cells)
+        # Before the try: a claim lost to another process leaves its runs alone.
+        tracker.claim_resume(plan.resumed)
     else:
         parent_id = tracker.start_parent(
             invocation_name(kind, plan),
@@ -205,8 +211,14 @@ def execute(plan: Plan, kind: str) -> Execution:
         )
     record = None
     try:
+        # First: its close() ends the groups that reopen() makes RUNNING, should anything fail.
+        record = MatrixRecord(
+            tracker, parent_id, plan.specs, plan.cells, plan.options, plan.resumed
+        )
         if plan.resumed is None:
             tracker.log_invocation(parent_id, invocation_plan(plan))
+        else:  # inside the try: a failure here ends the reopened runs, not leaves them RUNNING
+            tracker.reopen(plan.resumed, plan.cells)
         print(
             f"{len(plan.cells)} cells -> {plan.tracking_uri} (experiment {plan.experiment!r})",
             flush=True,
@@ -220,9 +232,6 @@ def execute(plan: Plan, kind: str) -> Execution:
         peak_metrics, peak_sources = peak_records(peaks)
         tracker.log_metrics(parent_id, peak_metrics)
         tracker.set_tags(parent_id, peak_sources)
-        record = MatrixRecord(
-            tracker, parent_id, plan.specs, plan.cells, plan.options, plan.resumed
-        )
         runs = run_matrix(
             plan.cells,
             plan.options,
@@ -269,3 +278,33 @@ def finish(execution: Execution, plan: Plan) -> bool:
     experiment_id = execution.tracker.experiment_id
     print("\n".join(closing_lines(plan.tracking_uri, experiment_id, execution.parent_id)))
     return failed
+
+
+def end_recorded(tracker: Tracker, parent_id: str) -> str:
+    """After `record-pending`: an invocation whose every cell now has a FINISHED run is ended
+    as its own process would have ended it (its groups' statistics, the parent FINISHED, its
+    report); otherwise nothing changes. Returns what was done, in a line."""
+    try:
+        recorded = tracker.load_invocation(parent_id)
+    except BenchError as error:  # still running, or recorded without its plan
+        return f"invocation {parent_id} left as it is: {error}"
+    unfinished = recorded.unfinished()
+    if unfinished:
+        return (
+            f"invocation {parent_id}: {len(unfinished)} of its {len(recorded.cells)} cells did"
+            f" not finish; run them with `{PROGRAM} run --resume {parent_id}`"
+        )
+    client = tracker.client
+    for group, run_id in recorded.group_ids.items():
+        if client.get_run(run_id).info.status != "FINISHED":
+            members = [m for cell, m in recorded.finished.items() if cell.group == group]
+            tracker.log_metrics(run_id, group_metrics(members))
+            tracker.end(run_id, "FINISHED")
+    parent = client.get_run(parent_id)
+    if parent.info.status == "FINISHED":
+        return f"invocation {parent_id}: already FINISHED"
+    if "cells" not in parent.data.metrics:  # the process ended before it logged them
+        tracker.log_metrics(parent_id, {"cells": len(recorded.cells), "cells_failed": 0})
+    tracker.end(parent_id, "FINISHED")
+    report_safely(tracker, parent_id)  # after the end, as finish() does
+    return f"invocation {parent_id}: all {len(recorded.cells)} cells recorded, FINISHED"

@@ -29,6 +29,7 @@ from bench.core.seeding import describe_seeds
 from bench.core.spec import StageSpec
 from bench.core.types import ENV_PREFIX, Cell, CellResult, CellRun, EpochRecord
 from bench.recording import store, unrecorded
+from bench.recording.resume_plan import INVOCATION_FILE, checked_plan
 from bench.recording.stats import Member, group_metrics
 
 DEFAULT_EXPERIMENT = "mnist-tutorial"
@@ -100,7 +101,6 @@ class RecordedCell:
     step_losses: np.ndarray
 
 
-INVOCATION_FILE = "invocation.json"  # on a parent run: what it planned to run (resume reads it)
 _MAX_RUNS = 50_000  # one search's page: an invocation's cells and groups fit in it
 
 
@@ -114,6 +114,7 @@ class RecordedInvocation:
     finished: dict[Cell, Member]  # cells with a FINISHED run
     group_ids: dict[str, str]  # group -> its run
     open_runs: list[str]  # its runs still RUNNING, left by a process that is gone
+    resumes: int = 0  # how many resumes claimed it before (see Tracker.claim_resume)
 
     @property
     def cells(self) -> list[Cell]:
@@ -436,8 +437,9 @@ class Tracker:
         self._client.log_dict(run_id, plan, INVOCATION_FILE)
 
     def load_invocation(self, parent_id: str) -> RecordedInvocation:
-        """A `bench run` invocation read back to be resumed; one that is still running here,
-        or that was recorded without its plan, is an error."""
+        """A `bench run` invocation read back to be resumed; one that is still running here
+        (or being resumed), or whose plan is missing or disagrees with its params, is an
+        error."""
         from mlflow.exceptions import MlflowException
 
         try:
@@ -453,6 +455,9 @@ class Tracker:
                 f"run {parent_id} is not a `bench run` invocation (kind {tags.get('kind')!r});"
                 " give the id printed after 'recorded as parent run'"
             )
+        claims = _resume_claims(parent.data.params)
+        if claims and _here(claims[-1]) and not store.owner_gone(claims[-1]):
+            raise BenchError(_being_resumed(parent_id, claims[-1]))
         here = tags.get("owner_host") == socket.gethostname()
         if parent.info.status == "RUNNING" and here and not store.owner_gone(tags):
             raise BenchError(
@@ -463,12 +468,13 @@ class Tracker:
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 path = self._client.download_artifacts(parent_id, INVOCATION_FILE, tmp)
-                plan = json.loads(Path(path).read_text())
+                text = Path(path).read_text()
         except (MlflowException, OSError):
             raise BenchError(
                 f"invocation {parent_id} was recorded without its plan (by an mlp-bench"
                 " older than --resume); run its command again instead"
             ) from None
+        plan = checked_plan(parent_id, text, dict(parent.data.params))
         children = self._client.search_runs(
             [parent.info.experiment_id],
             filter_string=f"tags.{INVOCATION_TAG} = '{parent_id}'",
@@ -489,11 +495,42 @@ class Tracker:
                 )
         if parent.info.status == "RUNNING":
             open_runs.append(parent_id)
-        return RecordedInvocation(parent_id, experiment, plan, finished, group_ids, open_runs)
+        # An older mlp-bench counted resumes in the tag alone (a user's tag could say "abc").
+        counted = tags.get("resumes", "")
+        resumes = max(len(claims), int(counted) if counted.isdigit() else 0)
+        return RecordedInvocation(
+            parent_id, experiment, plan, finished, group_ids, open_runs, resumes
+        )
+
+    def claim_resume(self, invocation: RecordedInvocation) -> None:
+        """Make this process the one resuming `invocation`, before it writes anything else to
+        it; another process that claimed it first is an error (nothing is written then).
+
+        The claim is the parent's param `resume_claim.N` (N: the resumes claimed before, as
+        read at planning), with this process as its value. An MLflow param is written once: the
+        SQL store inserts it under the primary key (run, key), so of two processes that read
+        the same N, the database's own uniqueness check lets exactly one insert, on SQLite
+        (writes serialised by its lock) as on the PostgreSQL behind a tracking server (a
+        unique-key violation); the other gets "Changing param values is not allowed". A tag
+        could not do this: set_tag overwrites, so both would read back "their" value unless a
+        settle time outlasted every gap between the two writes. A process that plans after
+        the claim sees it in load_invocation."""
+        from mlflow.exceptions import MlflowException
+
+        key = f"{_CLAIM_PREFIX}{invocation.resumes + 1}"
+        mine = json.dumps(store.owner_tags(), sort_keys=True)
+        try:
+            self._client.log_param(invocation.parent_id, key, mine)
+        except MlflowException:
+            holder = self._client.get_run(invocation.parent_id).data.params.get(key)
+            if holder is None or holder == mine:  # not a lost claim: the store's own failure
+                raise
+            raise BenchError(_being_resumed(invocation.parent_id, _owner_of(holder))) from None
 
     def reopen(self, invocation: RecordedInvocation, cells: list[Cell]) -> None:
-        """Before a resumed invocation runs `cells`: its runs left RUNNING are ended KILLED,
-        then its parent and the groups of `cells` are RUNNING again, owned by this process."""
+        """Before a resumed invocation runs `cells` (after claim_resume): its runs left
+        RUNNING are ended KILLED, then its parent and the groups of `cells` are RUNNING again,
+        owned by this process."""
         for run_id in invocation.open_runs:
             self._client.set_terminated(run_id, "KILLED")
         if invocation.open_runs:
@@ -505,8 +542,8 @@ class Tracker:
         for run_id in reopened:
             self._client.update_run(run_id, status="RUNNING")
             self.set_tags(run_id, store.owner_tags())
-        resumes = self._client.get_run(invocation.parent_id).data.tags.get("resumes", "0")
-        self.set_tags(invocation.parent_id, {"resumes": str(int(resumes) + 1)})
+        # Counted from the claims, not read back from a tag that anything could have set.
+        self.set_tags(invocation.parent_id, {"resumes": str(invocation.resumes + 1)})
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         for key, value in tags.items():
@@ -550,6 +587,42 @@ class Tracker:
             ]
             path.write_text("\n".join(lines) + "\n")
             self._client.log_artifact(run_id, str(path))
+
+
+_CLAIM_PREFIX = "resume_claim."  # a parent's params: the processes that resumed it, in order
+
+
+def _resume_claims(params: dict[str, str]) -> list[dict[str, str]]:
+    """The owner tags of the processes that claimed a parent's resumes, oldest first."""
+    numbered = {}
+    for key, value in params.items():
+        number = key.removeprefix(_CLAIM_PREFIX)
+        if key.startswith(_CLAIM_PREFIX) and number.isdigit():
+            numbered[int(number)] = _owner_of(value)
+    return [numbered[n] for n in sorted(numbered)]
+
+
+def _owner_of(claim: str) -> dict[str, str]:
+    """A claim's owner tags ({} where the value is not what claim_resume writes)."""
+    try:
+        owner = json.loads(claim)
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in owner.items()} if isinstance(owner, dict) else {}
+
+
+def _here(owner: dict[str, str]) -> bool:
+    # Another host's process cannot be asked whether it is alive: the claim stops only a
+    # resume that planned before it (as the key already taken), not a later one from there.
+    return owner.get("owner_host") == socket.gethostname()
+
+
+def _being_resumed(parent_id: str, owner: dict[str, str]) -> str:
+    return (
+        f"invocation {parent_id} is being resumed by another process (pid"
+        f" {owner.get('owner_pid', '?')} on {owner.get('owner_host', '?')}); let it finish,"
+        " then resume again if cells remain"
+    )
 
 
 def _refused(reason: str) -> str | None:

@@ -60,7 +60,19 @@ def kept_folders(folder: Path) -> list[Path]:
 
 
 def load(cell_folder: Path) -> KeptCell:
-    data = json.loads((cell_folder / PENDING).read_text())
+    """The cell kept in `cell_folder`; a pending.json that cannot be read back (cut short,
+    edited, from another version) is one error naming it."""
+    path = cell_folder / PENDING
+    try:
+        return _kept(cell_folder, json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise BenchError(
+            f"{path} cannot be read back ({type(exc).__name__}: {exc}); restore it from the"
+            " copy the invocation wrote, or remove its folder to give that cell up"
+        ) from None
+
+
+def _kept(cell_folder: Path, data: dict[str, Any]) -> KeptCell:
     result = CellResult.load(data["result"], cell_folder) if data["result"] else None
     files = [cell_folder / name for name in data["files"]]
     log_path = cell_folder / "worker.log"
@@ -73,4 +85,4 @@ def load(cell_folder: Path) -> KeptCell:
         speed=data["speed"],
         load=CellLoad.from_json(data["load"]) if data.get("load") else None,
     )
-    return KeptCell(data["uri"], data["run_id"], run, files)
+    return KeptCell(str(data["uri"]), str(data["run_id"]), run, files)
