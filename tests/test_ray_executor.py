@@ -15,7 +15,7 @@ import pytest
 
 from backends import installed_backends
 from tests.conftest import mnist_dir
-from tests.live import PATIENCE_S, bench, bench_command, finish, store_runs
+from tests.live import PATIENCE_S, as_a_terminal_job, bench, bench_command, finish, store_runs
 from tests.services import free_port, need_ray, ray_cluster
 
 # The slow tier: a real Ray cluster and a real PostgreSQL-backed server.
@@ -103,25 +103,36 @@ def _cell_worker_of_ray() -> tuple[int, int, Path] | None:
     return None
 
 
-def test_a_ray_worker_killed_mid_cell_is_retried_and_recorded(cluster: str, tmp_path: Path) -> None:
+def _start_ray_run(cluster: str, tmp_path: Path) -> subprocess.Popen[str]:
+    """A `bench run` of one 3-epoch cell on the cluster, as a terminal starts it."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     command = _ray_run(cluster, uri, "--stage", "relu-xavier", "--epochs", "3", "--no-peak")
-    process = subprocess.Popen(
+    return subprocess.Popen(
         bench_command(*command, "--backend", installed_backends()[-1]),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=as_a_terminal_job,
     )
+
+
+def _cell_mid_epochs(process: subprocess.Popen[str]) -> tuple[int, int, Path]:
+    """The cell worker run by a Ray task, once it has trained its first epoch."""
     deadline = time.monotonic() + PATIENCE_S
-    killed = None
-    while killed is None and time.monotonic() < deadline and process.poll() is None:
+    while time.monotonic() < deadline and process.poll() is None:
         found = _cell_worker_of_ray()
         log = found[2] / "worker.log" if found else None
         if found and log is not None and log.exists() and "epoch 1:" in log.read_text():
-            os.kill(found[1], signal.SIGKILL)  # the Ray worker running the task: mid-cell
-            killed = found
+            return found
         time.sleep(0.2)
-    assert killed is not None, "no cell worker under a Ray worker reached its first epoch"
+    raise AssertionError("no cell worker under a Ray worker reached its first epoch")
+
+
+def test_a_ray_worker_killed_mid_cell_is_retried_and_recorded(cluster: str, tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    process = _start_ray_run(cluster, tmp_path)
+    killed = _cell_mid_epochs(process)
+    os.kill(killed[1], signal.SIGKILL)  # the Ray worker running the task: mid-cell
     code, out, err = finish(process)
     assert code == 0, out + err
     assert "its Ray worker was lost" in out and "retry 1 of 2" in out
@@ -131,6 +142,16 @@ def test_a_ray_worker_killed_mid_cell_is_retried_and_recorded(cluster: str, tmp_
     assert "WorkerCrashedError" in cell.data.tags["retried_after"]
     with pytest.raises(ProcessLookupError):  # the first attempt's worker died with its task
         os.kill(killed[0], 0)
+    assert not killed[2].exists()  # its folder, which the killed Ray worker could not remove
+
+
+def test_ctrl_c_of_the_driver_leaves_no_task_folder(cluster: str, tmp_path: Path) -> None:
+    process = _start_ray_run(cluster, tmp_path)
+    running = _cell_mid_epochs(process)
+    process.send_signal(signal.SIGINT)
+    code, out, err = finish(process)
+    assert code == 130, out + err
+    assert not running[2].exists()  # its Ray worker was killed by the cancel: removed here
 
 
 def test_a_cell_that_fails_on_its_own_is_not_retried(cluster: str, tmp_path: Path) -> None:
