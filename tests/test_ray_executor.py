@@ -1,10 +1,13 @@
 """The Ray executor on a real local Ray cluster: a small matrix into a real PostgreSQL-backed
-tracking server, a Ray worker killed mid-cell, and a cluster that cannot run the cells."""
+tracking server, a Ray worker killed mid-cell, two nodes of which one dies, and a cluster that cannot run
+the cells."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -209,3 +212,128 @@ def test_ray_is_imported_by_the_ray_executor_only() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def _ray_node(*args: str) -> subprocess.Popen[bytes]:
+    """`ray start ... --block`: a node (its own raylet) in a process group of its own, so
+    that the whole node can be killed at once, as a machine that dies."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        # A dead node is noticed in seconds, not Ray's default half a minute.
+        env={
+            **os.environ,
+            "RAY_health_check_period_ms": "500",
+            "RAY_health_check_timeout_ms": "500",
+            "RAY_health_check_failure_threshold": "3",
+        },
+    )
+
+
+def _kill_node(node: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(node.pid, signal.SIGKILL)
+    node.wait()
+
+
+def _alive_nodes(address: str) -> int:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"import ray; ray.init(address={address!r}, logging_level='ERROR');"
+            " print(sum(n['Alive'] for n in ray.nodes()))",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    return int(done.stdout.strip() or 0)
+
+
+@contextlib.contextmanager
+def _two_nodes() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A head and a second node of 1 CPU each on this machine; yields the head's address and
+    the second node's process."""
+    need_ray()
+    port = free_port()
+    common = ("--num-cpus=1", "--num-gpus=0", "--disable-usage-stats")
+    head = _ray_node("--head", f"--port={port}", "--include-dashboard=false", *common)
+    nodes = [head]
+    try:
+        address = f"127.0.0.1:{port}"
+        # The second node joins once the head answers.
+        deadline = time.monotonic() + PATIENCE_S
+        while not _port_open(port):
+            assert time.monotonic() < deadline and head.poll() is None, "the head did not start"
+            time.sleep(0.2)
+        second = _ray_node(f"--address={address}", *common)
+        nodes.append(second)
+        while _alive_nodes(address) < 2:
+            assert time.monotonic() < deadline and second.poll() is None, "no second node"
+        yield address, second
+    finally:
+        for node in reversed(nodes):
+            _kill_node(node)
+
+
+def _port_open(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        return True
+    return False
+
+
+def _says(log: Path, words: str) -> bool:
+    with contextlib.suppress(OSError):
+        return words in log.read_text()
+    return False
+
+
+def _ancestors(pid: int) -> list[int]:
+    found = []
+    while pid > 1:
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+        found.append(pid)
+    return found
+
+
+def test_a_matrix_across_two_nodes_survives_losing_one(tmp_path: Path) -> None:
+    """Two raylets on this machine, a cell on each; the second node dies mid-cell: its cell
+    is retried on the head, every cell is recorded once, with its node and each node's peak."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    with _two_nodes() as (address, second):
+        command = _ray_run(address, uri, "--stage", "relu-xavier", "--epochs", "1")
+        process = subprocess.Popen(
+            bench_command(*command, "--backend", "torch", "--seeds", "2"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + PATIENCE_S
+        while time.monotonic() < deadline and process.poll() is None:
+            # Killed once its cell trains: its peak is measured (before the cell) and kept.
+            found = _cell_worker_of_ray()
+            log = found[2] / "worker.log" if found else Path()
+            if found and second.pid in _ancestors(found[0]) and _says(log, "cell "):
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("no cell trained on the second node")
+        _kill_node(second)
+        code, out, err = finish(process)
+    assert code == 0, out + err
+    assert "Ray: 2 node(s), 2 CPUs" in out
+    assert "its Ray worker was lost" in out and "retry 1 of 2" in out
+    runs = store_runs(uri)
+    cells = [r for r in runs if r.data.tags["kind"] == "cell"]
+    assert sorted(r.data.tags["seed"] for r in cells) == ["0", "1"]  # each once
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert sorted(r.data.metrics["retries"] for r in cells) == [0, 1]
+    assert all(r.data.tags["node_ray_node_id"] for r in cells)
+    [parent] = [r for r in runs if r.data.tags["kind"] == "matrix"]
+    peaks = [k for k in parent.data.metrics if k.startswith("node_peak_gflops/")]
+    assert len(peaks) == 2, parent.data.metrics  # each node measured its own

@@ -254,7 +254,12 @@ class RayExecutor:
 
         self.cpus_per_cell = cpus_per_cell
         self.retries = retries
-        self._book = ray.remote(num_cpus=0)(_PeakBook).remote()
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        # On the driver's node, which lives as long as the invocation. Left to Ray, it went to
+        # any node, and a node that died took it along: every cell after failed on it.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self._book = ray.remote(num_cpus=0)(_PeakBook).options(scheduling_strategy=here).remote()
         self._task = ray.remote(_cell_task)
 
     def describe(self) -> str:
