@@ -1,6 +1,6 @@
 """The Ray executor on a real local Ray cluster: a small matrix into a real PostgreSQL-backed
-tracking server, a Ray worker killed mid-cell, two nodes of which one dies, and a cluster that cannot run
-the cells."""
+tracking server, a Ray worker killed mid-cell, two nodes of which one dies mid-cell, and a
+cluster that cannot run the cells."""
 
 from __future__ import annotations
 
