@@ -76,13 +76,16 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def tracking_server(folder: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[str]:
-    """`bench server` on a new PostgreSQL database of its own, its artifacts under `folder`;
-    yields its http:// URI; the server is stopped and the database dropped on the way out."""
+def tracking_server(
+    folder: Path, *args: str, env: dict[str, str] | None = None, database: str | None = None
+) -> Iterator[str]:
+    """`bench server` on a new PostgreSQL database of its own (or on `database`, left as it
+    is), its artifacts under `folder`; yields its http:// URI; the server is stopped and the
+    new database dropped on the way out."""
     need_postgres()
     folder.mkdir(parents=True, exist_ok=True)
     name = f"mlp_bench_test_{uuid.uuid4().hex[:8]}"
-    database = f"postgresql://{TEST_ROLE}:{TEST_ROLE}@127.0.0.1:5432/{name}"
+    database = database or f"postgresql://{TEST_ROLE}:{TEST_ROLE}@127.0.0.1:5432/{name}"
     port = free_port()
     log = folder / "server.log"
     command = bench_command(

@@ -1,10 +1,13 @@
 """The Ray executor on a real local Ray cluster: a small matrix into a real PostgreSQL-backed
-tracking server, a Ray worker killed mid-cell, and a cluster that cannot run the cells."""
+tracking server, a Ray worker killed mid-cell, two nodes of which one dies mid-cell, and a
+cluster that cannot run the cells."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,7 +18,7 @@ import pytest
 
 from backends import installed_backends
 from tests.conftest import mnist_dir
-from tests.live import PATIENCE_S, bench, bench_command, finish, store_runs
+from tests.live import PATIENCE_S, as_a_terminal_job, bench, bench_command, finish, store_runs
 from tests.services import free_port, need_ray, ray_cluster
 
 # The slow tier: a real Ray cluster and a real PostgreSQL-backed server.
@@ -103,25 +106,36 @@ def _cell_worker_of_ray() -> tuple[int, int, Path] | None:
     return None
 
 
-def test_a_ray_worker_killed_mid_cell_is_retried_and_recorded(cluster: str, tmp_path: Path) -> None:
+def _start_ray_run(cluster: str, tmp_path: Path) -> subprocess.Popen[str]:
+    """A `bench run` of one 3-epoch cell on the cluster, as a terminal starts it."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     command = _ray_run(cluster, uri, "--stage", "relu-xavier", "--epochs", "3", "--no-peak")
-    process = subprocess.Popen(
+    return subprocess.Popen(
         bench_command(*command, "--backend", installed_backends()[-1]),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=as_a_terminal_job,
     )
+
+
+def _cell_mid_epochs(process: subprocess.Popen[str]) -> tuple[int, int, Path]:
+    """The cell worker run by a Ray task, once it has trained its first epoch."""
     deadline = time.monotonic() + PATIENCE_S
-    killed = None
-    while killed is None and time.monotonic() < deadline and process.poll() is None:
+    while time.monotonic() < deadline and process.poll() is None:
         found = _cell_worker_of_ray()
         log = found[2] / "worker.log" if found else None
         if found and log is not None and log.exists() and "epoch 1:" in log.read_text():
-            os.kill(found[1], signal.SIGKILL)  # the Ray worker running the task: mid-cell
-            killed = found
+            return found
         time.sleep(0.2)
-    assert killed is not None, "no cell worker under a Ray worker reached its first epoch"
+    raise AssertionError("no cell worker under a Ray worker reached its first epoch")
+
+
+def test_a_ray_worker_killed_mid_cell_is_retried_and_recorded(cluster: str, tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    process = _start_ray_run(cluster, tmp_path)
+    killed = _cell_mid_epochs(process)
+    os.kill(killed[1], signal.SIGKILL)  # the Ray worker running the task: mid-cell
     code, out, err = finish(process)
     assert code == 0, out + err
     assert "its Ray worker was lost" in out and "retry 1 of 2" in out
@@ -131,6 +145,16 @@ def test_a_ray_worker_killed_mid_cell_is_retried_and_recorded(cluster: str, tmp_
     assert "WorkerCrashedError" in cell.data.tags["retried_after"]
     with pytest.raises(ProcessLookupError):  # the first attempt's worker died with its task
         os.kill(killed[0], 0)
+    assert not killed[2].exists()  # its folder, which the killed Ray worker could not remove
+
+
+def test_ctrl_c_of_the_driver_leaves_no_task_folder(cluster: str, tmp_path: Path) -> None:
+    process = _start_ray_run(cluster, tmp_path)
+    running = _cell_mid_epochs(process)
+    process.send_signal(signal.SIGINT)
+    code, out, err = finish(process)
+    assert code == 130, out + err
+    assert not running[2].exists()  # its Ray worker was killed by the cancel: removed here
 
 
 def test_a_cell_that_fails_on_its_own_is_not_retried(cluster: str, tmp_path: Path) -> None:
@@ -188,3 +212,137 @@ def test_ray_is_imported_by_the_ray_executor_only() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def _ray_node(*args: str) -> subprocess.Popen[bytes]:
+    """`ray start ... --block`: a node (its own raylet) in a process group of its own, so
+    that the whole node can be killed at once, as a machine that dies."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        # A dead node is noticed in seconds, not Ray's default half a minute.
+        env={
+            **os.environ,
+            "RAY_health_check_period_ms": "500",
+            "RAY_health_check_timeout_ms": "500",
+            "RAY_health_check_failure_threshold": "3",
+        },
+    )
+
+
+def _kill_node(node: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(node.pid, signal.SIGKILL)
+    node.wait()
+
+
+@contextlib.contextmanager
+def _two_nodes() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A head and a second node of 1 CPU each on this machine; yields the head's address and
+    the second node's process (which may still be joining)."""
+    need_ray()
+    port = free_port()
+    common = ("--num-cpus=1", "--num-gpus=0", "--disable-usage-stats")
+    head = _ray_node("--head", f"--port={port}", "--include-dashboard=false", *common)
+    nodes = [head]
+    try:
+        address = f"127.0.0.1:{port}"
+        # The second node joins once the head answers.
+        deadline = time.monotonic() + PATIENCE_S
+        while not _port_open(port):
+            assert time.monotonic() < deadline and head.poll() is None, "the head did not start"
+            time.sleep(0.2)
+        second = _ray_node(f"--address={address}", *common)
+        nodes.append(second)
+        yield address, second
+    finally:
+        for node in reversed(nodes):
+            _kill_node(node)
+
+
+def _port_open(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        return True
+    return False
+
+
+def _says(log: Path, words: str) -> bool:
+    with contextlib.suppress(OSError):
+        return words in log.read_text()
+    return False
+
+
+def _ancestors(pid: int) -> list[int]:
+    found = []
+    while pid > 1:
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+        found.append(pid)
+    return found
+
+
+# Once the second node has joined: how many of six peak books a driver makes are on a node
+# other than its own.
+_BOOKS_ELSEWHERE = """
+import sys, time, ray
+from bench.execution.ray_executor import RayExecutor
+ray.init(address=sys.argv[1], logging_level="ERROR")
+while sum(node["Alive"] for node in ray.nodes()) < 2:
+    time.sleep(0.2)
+here = ray.get_runtime_context().get_node_id()
+def node(book):
+    return ray.get(book.__ray_call__.remote(lambda _: ray.get_runtime_context().get_node_id()))
+print(sum(node(RayExecutor(1, 0)._book) != here for _ in range(6)))
+"""
+
+
+def test_a_matrix_across_two_nodes_survives_losing_one(tmp_path: Path) -> None:
+    """Two raylets on this machine, a cell on each; the second node dies mid-cell: its cell
+    is retried on the head, every cell is recorded once, with its node and each node's peak."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    with _two_nodes() as (address, second):
+        # The book of each node's peak is on the driver's node, which lives as long as the
+        # invocation: on a node that died, it failed every cell after (placed at random,
+        # six books all land here by chance one time in 64).
+        books = subprocess.run(
+            [sys.executable, "-c", _BOOKS_ELSEWHERE, address],
+            capture_output=True,
+            text=True,
+            timeout=PATIENCE_S,
+        )
+        assert books.stdout.strip() == "0", books.stdout + books.stderr
+        command = _ray_run(address, uri, "--stage", "relu-xavier", "--epochs", "1")
+        process = subprocess.Popen(
+            bench_command(*command, "--backend", "torch", "--seeds", "2"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + PATIENCE_S
+        while time.monotonic() < deadline and process.poll() is None:
+            # Killed once its cell trains: its peak is measured (before the cell) and kept.
+            found = _cell_worker_of_ray()
+            log = found[2] / "worker.log" if found else Path()
+            if found and second.pid in _ancestors(found[0]) and _says(log, "cell "):
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("no cell trained on the second node")
+        _kill_node(second)
+        code, out, err = finish(process)
+    assert code == 0, out + err
+    assert "Ray: 2 node(s), 2 CPUs" in out
+    assert "its Ray worker was lost" in out and "retry 1 of 2" in out
+    runs = store_runs(uri)
+    cells = [r for r in runs if r.data.tags["kind"] == "cell"]
+    assert sorted(r.data.tags["seed"] for r in cells) == ["0", "1"]  # each once
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert sorted(r.data.metrics["retries"] for r in cells) == [0, 1]
+    assert all(r.data.tags["node_ray_node_id"] for r in cells)
+    [parent] = [r for r in runs if r.data.tags["kind"] == "matrix"]
+    peaks = [k for k in parent.data.metrics if k.startswith("node_peak_gflops/")]
+    assert len(peaks) == 2, parent.data.metrics  # each node measured its own

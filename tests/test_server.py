@@ -5,9 +5,12 @@ it and against a SQLite store; a server that refuses the credentials."""
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,8 +21,17 @@ from bench.core.errors import BenchError
 from bench.recording import store
 from bench.recording.server import Database, users_folder
 from tests.conftest import ROOT
-from tests.live import PATIENCE_S, bench, store_runs, tiny_run
-from tests.services import TEST_ROLE, free_port, tracking_server
+from tests.live import (
+    PATIENCE_S,
+    as_a_terminal_job,
+    bench,
+    finish,
+    statuses,
+    store_runs,
+    tiny_run,
+    wait_until,
+)
+from tests.services import TEST_ROLE, free_port, need_postgres, tracking_server
 
 # The slow tier: a real PostgreSQL-backed MLflow server.
 pytestmark = pytest.mark.slow
@@ -255,3 +267,107 @@ def test_an_address_the_server_cannot_listen_on_is_one_line_exit_2(
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert words in done.stderr and done.stdout == ""
     assert not (tmp_path / "artifacts").exists()
+
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+class OwnPostgres:
+    """A PostgreSQL cluster of the test's own (initdb into a folder, on a free port), so that
+    stopping it disturbs no other user of the machine's clusters."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.uri = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _pg_ctl(self, *args: str) -> None:
+        command = [
+            "runuser",
+            "-u",
+            "postgres",
+            "--",
+            str(PG_BIN / "pg_ctl"),
+            "-D",
+            str(self.folder),
+        ]
+        done = subprocess.run([*command, *args], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1"
+        self._pg_ctl("-o", options, "-l", str(self.folder / "log"), "-w", "start")
+
+    def stop(self) -> None:
+        """As the machine or the database server would die: no shutdown checkpoint."""
+        self._pg_ctl("-m", "immediate", "-w", "stop")
+
+
+@contextlib.contextmanager
+def own_postgres() -> Iterator[OwnPostgres]:
+    need_postgres()
+    if not (PG_BIN / "initdb").exists():
+        pytest.skip(f"no PostgreSQL 15 binaries in {PG_BIN}")
+    # Outside pytest's tmp_path: its folders are closed to the postgres user.
+    folder = Path(tempfile.mkdtemp(prefix="mlp-bench-pg-"))
+    shutil.chown(folder, "postgres")
+    initdb = ["runuser", "-u", "postgres", "--", str(PG_BIN / "initdb"), "-D", str(folder)]
+    subprocess.run([*initdb, "-A", "trust", "-U", "postgres"], capture_output=True, check=True)
+    postgres = OwnPostgres(folder)
+    postgres.start()
+    try:
+        yield postgres
+    finally:
+        with contextlib.suppress(AssertionError):  # already stopped
+            postgres.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_database_outage_mid_cell_keeps_the_cell_for_record_pending(tmp_path: Path) -> None:
+    """The server's PostgreSQL dies while the cell trains: the server answers 503 from then
+    on. The cell is kept as for a locked store, in one line, and recorded once it is back."""
+    with own_postgres() as postgres, tracking_server(tmp_path, database=postgres.uri) as uri:
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            # MLflow's own client retries a 5xx 7 times with a doubling backoff (minutes) unless
+            # told otherwise; the harness tells it 0, so that the outage is seen in seconds and
+            # waited out for MLP_BENCH_STORE_RETRY_S alone. A caller's setting would hide that.
+            if key not in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+        }
+        (tmp_path / "tmp").mkdir()
+        process = subprocess.Popen(
+            tiny_run(uri),
+            cwd=tmp_path,  # a server's unrecorded cells go to ./results/unrecorded
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={
+                **env,
+                "PYTHONPATH": str(ROOT),
+                "TMPDIR": str(tmp_path / "tmp"),
+                "MLP_BENCH_STORE_RETRY_S": "1",
+            },
+            preexec_fn=as_a_terminal_job,
+        )
+        # The cell's run exists and its worker trains (its log is in the cell's folder).
+        started = lambda: any((tmp_path / "tmp").glob("mlp-bench-*/worker.log"))  # noqa: E731
+        wait_until(started, process, "a training cell")
+        postgres.stop()
+        code, out, err = finish(process)
+        assert code == 1, out + err
+        assert err.count("\n") == 1, err
+        line = err.strip()
+        assert line.startswith("error: ") and "(server down: " in line, line
+        kept = tmp_path / "results" / "unrecorded"
+        assert f"record it with `mlp-bench record-pending {kept}`" in line
+        [pending] = kept.glob("*/pending.json")
+        assert json.loads(pending.read_text())["result"]["test_accuracy"] > 0.5
+
+        postgres.start()
+        done = bench("record-pending", str(kept))
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"into run {pending.parent.name}" in done.stdout
+        ours = [r for r in store_runs(uri) if r.info.run_id == pending.parent.name]
+        assert ours and ours[0].info.status == "FINISHED"
+        assert statuses(uri) == {"matrix": "KILLED", "cell": "FINISHED"}

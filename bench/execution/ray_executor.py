@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import os
 import re
+import shutil
 import socket
 import tempfile
 import time
@@ -155,6 +156,39 @@ def _check_resources(settings: RaySettings, devices: list[str]) -> int:
     return per_cell
 
 
+_FOLDER_PREFIX = "mlp-bench-ray-"
+
+
+@contextlib.contextmanager
+def task_folder() -> Iterator[Path]:
+    """A task's work folder, named by its Ray worker's pid: a worker killed mid-cell (its
+    node's memory, Ctrl-C of the driver, `kill -9`) never removes it, so the next task on the
+    node, or the driver on its way out, does (remove_orphaned_folders)."""
+    folder = Path(tempfile.mkdtemp(prefix=f"{_FOLDER_PREFIX}{os.getpid()}-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def remove_orphaned_folders() -> None:
+    """Remove this host's task folders whose Ray worker process is gone."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{_FOLDER_PREFIX}*-*"):
+        pid = folder.name.removeprefix(_FOLDER_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 class _PeakBook:
     """The peak matmul rate measured on each node, shared by the cells' tasks (a Ray actor):
     the first cell on a node measures it, before it trains; later cells there reuse it."""
@@ -184,8 +218,8 @@ def _cell_task(
 
     started = time.monotonic()
     node = {"host": socket.gethostname(), "ray_node_id": ray.get_runtime_context().get_node_id()}
-    with tempfile.TemporaryDirectory(prefix="mlp-bench-ray-") as tmp:
-        work = Path(tmp)
+    remove_orphaned_folders()  # of this node's tasks whose Ray worker was killed
+    with task_folder() as work:
         gflops, peak_error = None, None
         if peak is not None:
             key = (node["ray_node_id"], peak["backend"], peak["device"])
@@ -220,7 +254,12 @@ class RayExecutor:
 
         self.cpus_per_cell = cpus_per_cell
         self.retries = retries
-        self._book = ray.remote(num_cpus=0)(_PeakBook).remote()
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        # On the driver's node, which lives as long as the invocation. Left to Ray, it went to
+        # any node, and a node that died took it along: every cell after failed on it.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self._book = ray.remote(num_cpus=0)(_PeakBook).options(scheduling_strategy=here).remote()
         self._task = ray.remote(_cell_task)
 
     def describe(self) -> str:
@@ -313,14 +352,33 @@ class RayExecutor:
                     run.retries = retries
                     yield run  # recorded by the caller while its folder still exists
         finally:
-            for ref in out:
-                with contextlib.suppress(Exception):
-                    ray.cancel(ref, force=True)
+            _cancel(list(out))
 
     def close(self) -> None:
         import ray
 
         ray.shutdown()
+        remove_orphaned_folders()  # of workers killed on this host (a local Ray's, at least)
+
+
+# How long the driver waits for cancelled tasks' workers to be killed before it removes
+# their folders on this host (a worker being killed takes well under a second).
+_CANCEL_WAIT_S = 10.0
+
+
+def _cancel(refs: list[Any]) -> None:
+    """Cancel the tasks still out (an interrupt, a store that stopped taking writes): their
+    workers are killed, so the folders of those on this host are removed here."""
+    import ray
+
+    if not refs:
+        return
+    for ref in refs:
+        with contextlib.suppress(Exception):
+            ray.cancel(ref, force=True)
+    with contextlib.suppress(Exception):
+        ray.wait(refs, num_returns=len(refs), timeout=_CANCEL_WAIT_S)
+    remove_orphaned_folders()
 
 
 def _collect(cell: Cell, returned: dict[str, Any], folder: Path, timeout_s: float) -> CellRun:

@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import socket
 import sqlite3
 import tempfile
@@ -30,6 +31,14 @@ MAX_STORE_RETRY_S = 3600.0
 # SQLite's words for a store that cannot take a write now: another process holds its lock (past
 # MLflow's own 20 s wait), or the file or its folder has become read-only.
 _UNWRITABLE = ("database is locked", "readonly database", "unable to open database file")
+# A tracking server's words (through MLflow's client) for one that stopped answering: its
+# database went down (it answers 5xx) or the server itself did (connection refused or dropped).
+_SERVER_DOWN = (
+    (re.compile(r"too many (5\d\d) error responses|failed with error code (5\d\d)"), "HTTP {}"),
+    (re.compile(r"Connection refused|Failed to establish a new connection"), "connection refused"),
+    (re.compile(r"RemoteDisconnected|Connection aborted"), "connection dropped"),
+    (re.compile(r"failed with timeout exception|Read timed out"), "no answer in time"),
+)
 # How long the check below waits for another process's write to end (MLflow waits as long).
 _SQLITE_BUSY_S = 20.0
 
@@ -195,6 +204,8 @@ class PatientClient:
         self._uri = uri
         self._retry_s = retry_s
         self.gave_up: str | None = None  # why, once it has
+        # A server that never answered is a wrong address, not an outage: that fails at once.
+        self._answered = False
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         method = getattr(self._client, name)
@@ -208,9 +219,11 @@ class PatientClient:
         while True:
             try:
                 with interrupts.deferred():
-                    return method(*args, **kwargs)
+                    answer = method(*args, **kwargs)
+                self._answered = True
+                return answer
             except Exception as exc:
-                reason = next((words for words in _UNWRITABLE if words in str(exc)), None)
+                reason = unwritable_reason(str(exc), self._answered)
                 if reason is None:
                     raise
                 waited = time.monotonic() - start
@@ -222,6 +235,21 @@ class PatientClient:
                     raise StoreUnwritable(self.gave_up) from None
                 time.sleep(min(pause, self._retry_s - waited))
                 pause = min(2 * pause, 10.0)
+
+
+def unwritable_reason(error: str, answered: bool) -> str | None:
+    """Why a failed write means the store cannot take writes now (None: another failure).
+    A server that answered before and now answers 5xx or not at all is down, as a locked
+    SQLite file is: MLflow's client itself does not retry (MLFLOW_HTTP_REQUEST_MAX_RETRIES=0,
+    see tracking._quiet_mlflow), so the outage is seen at once and waited out here."""
+    found = next((words for words in _UNWRITABLE if words in error), None)
+    if found is not None or not answered:
+        return found
+    for pattern, words in _SERVER_DOWN:
+        match = pattern.search(error)
+        if match:
+            return "server down: " + words.format(*[code for code in match.groups() if code])
+    return None
 
 
 # A search for the open runs owned by processes of this host (see owner_tags).

@@ -71,7 +71,9 @@ def _artifact_location(uri: str) -> str | None:
 
 
 def _quiet_mlflow() -> None:
-    # Fail fast on an unreachable server instead of retrying for minutes.
+    # Fail fast on an unreachable server instead of retrying for minutes (MLflow's default is 7
+    # retries of a 5xx with a doubling backoff); an outage mid-run is then seen in seconds and
+    # waited out by store.PatientClient, which keeps the cell once it gives up.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     # A server's client prints two links for every run it ends: noise among the progress lines
