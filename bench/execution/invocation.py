@@ -220,7 +220,7 @@ def execute(plan: Plan, kind: str) -> Execution:
         else:  # inside the try: a failure here ends the reopened runs, not leaves them RUNNING
             tracker.reopen(plan.resumed, plan.cells)
         print(
-            f"{len(plan.cells)} cells -> {plan.tracking_uri} (experiment {plan.experiment!r})",
+            f"{len(plan.cells)} cells -> {tracker.shown_uri} (experiment {plan.experiment!r})",
             flush=True,
         )
         if plan.cluster is not None:

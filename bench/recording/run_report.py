@@ -24,7 +24,7 @@ from bench.core.errors import BenchError, StoreUnwritable
 from bench.core.program import PROGRAM
 from bench.core.spec import ExpectedSpec, StageSpec, parse_stage, with_epochs
 from bench.core.types import environment_of
-from bench.recording import store
+from bench.recording import markdown, store
 from bench.recording.report import CELL_COLUMNS, GROUP_COLUMNS
 from bench.recording.stats import summarize
 from bench.recording.tracking import INVOCATION_TAG, Tracker
@@ -108,9 +108,14 @@ def load_invocation(tracker: Tracker, run_id: str) -> Invocation:
         raise
     except Exception:  # MlflowException (no such run), or a malformed id
         raise BenchError(
-            f"no run {run_id!r} in {tracker.uri}; give the parent run id that `bench run`, "
-            "`perf` or `parity` printed, and its store with --tracking-uri"
+            f"no run {run_id!r} in {tracker.shown_uri}; give the parent run id that `bench run`,"
+            " `perf` or `parity` printed, and its store with --tracking-uri"
         ) from None
+    if run.info.lifecycle_stage == "deleted":
+        raise BenchError(
+            f"run {run_id} in {tracker.shown_uri} is deleted; restore it with"
+            f" `MLFLOW_TRACKING_URI={tracker.shown_uri} mlflow runs restore --run-id {run_id}`"
+        )
     tags = dict(run.data.tags)
     kind = tags.get("kind", "")
     if kind not in PARENT_KINDS:
@@ -130,7 +135,7 @@ def load_invocation(tracker: Tracker, run_id: str) -> Invocation:
         params=dict(run.data.params),
         metrics=dict(run.data.metrics),
         cells=_load_cells(client, experiment_id, run_id),
-        tracking_uri=tracker.uri,
+        tracking_uri=tracker.shown_uri,
         texts=texts,
         images=images,
     )
@@ -355,7 +360,7 @@ def row_cells(row: CellRow) -> list[str]:
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
     def line(cells: list[str]) -> str:
-        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+        return "| " + " | ".join(map(markdown.text, cells)) + " |"
 
     return "\n".join([line(header), line(["---"] * len(header)), *map(line, rows)])
 
@@ -431,7 +436,10 @@ def _machine(invocation: Invocation) -> str:
 def _summary_line(invocation: Invocation) -> str:
     cells = invocation.cells
     failed = sum(cell.outcome in ("failed", "unfinished") for cell in cells)
-    words = [f"**{invocation.kind}** run `{invocation.name}` ({invocation.status})"]
+    words = [
+        f"**{markdown.text(invocation.kind)}** run {markdown.code(invocation.name)}"
+        f" ({invocation.status})"
+    ]
     if cells:
         words.append(f"{len(cells)} cells, {failed} failed")
     if "speed_stable" in invocation.tags:
@@ -441,11 +449,12 @@ def _summary_line(invocation: Invocation) -> str:
         words.append("parity " + ("passed" if invocation.tags["passed"] == "true" else "FAILED"))
     if invocation.kind == "comparison":
         tags = invocation.tags
-        words.append(f"verdict **{tags.get('verdict', '?')}** (exit {tags.get('exit_code', '?')})")
+        verdict, exit_code = tags.get("verdict", "?"), tags.get("exit_code", "?")
+        words.append(f"verdict **{markdown.text(verdict)}** (exit {markdown.text(exit_code)})")
         for side in ("baseline", "candidate"):
             if side in tags:
                 url = run_url(invocation.tracking_uri, invocation.experiment_id, tags[side])
-                words.append(f"{side} [{tags[side]}]({url})")
+                words.append(f"{side} [{markdown.text(tags[side])}]({url})")
     return " · ".join(words)
 
 
@@ -473,20 +482,23 @@ def description(invocation: Invocation, report_dir: Path | None = None) -> str:
         if groups:
             parts.append(_markdown_table(GROUP_HEADER, groups))
     for name, text in invocation.texts.items():
-        parts.append(f"`{name}`:\n\n```\n{text.rstrip()}\n```")
+        parts.append(f"{markdown.code(name)}:\n\n{markdown.fenced(text)}")
     figures = _parent_figures(invocation)
     if figures:
         parts.append("Recorded on this run:\n\n" + figures)
     command = invocation.params.get("command") or invocation.tags.get("command")
     facts = [
-        f"- command: `{PROGRAM} {command}`" if command else "- command: -",
-        f"- commit: `{commit}`{dirty}",
-        f"- machine: {_machine(invocation)}" if invocation.cells else "",
-        f"- store: `{invocation.tracking_uri}`, run `{invocation.run_id}`",
+        f"- command: {markdown.code(f'{PROGRAM} {store.redacted(command)}')}"
+        if command
+        else "- command: -",
+        f"- commit: {markdown.code(commit)}{dirty}",
+        f"- machine: {markdown.text(_machine(invocation))}" if invocation.cells else "",
+        f"- store: {markdown.code(invocation.tracking_uri)}, run `{invocation.run_id}`",
     ]
     facts = [fact for fact in facts if fact]  # a comparison has no cells, so no machine
     if report_dir is not None:
-        facts.append(f"- report: `{report_dir / 'report.html'}` (also this run's artifact)")
+        page = markdown.code(str(report_dir / "report.html"))
+        facts.append(f"- report: {page} (also this run's artifact)")
     parts.append("\n".join(facts))
     return "\n\n".join(parts) + "\n"
 
@@ -507,6 +519,7 @@ def build_report(tracker: Tracker, run_id: str, report_dir: Path | None = None) 
     from bench.recording.figures import figure_png, stage_figure
 
     invocation = load_invocation(tracker, run_id)
+    _check_cells(invocation)
     figures = {
         f"figures/{stage}.png": stage_figure(invocation, stage) for stage in invocation.stages
     }
@@ -521,6 +534,18 @@ def build_report(tracker: Tracker, run_id: str, report_dir: Path | None = None) 
     )
 
 
+def _check_cells(invocation: Invocation) -> None:
+    """An invocation whose report was made with cells that the store no longer holds (deleted
+    in the UI): a report made now would replace its description with an empty table."""
+    recorded = "mlflow.note.content" in invocation.tags
+    if invocation.kind in ("matrix", "perf") and not invocation.cells and recorded:
+        raise BenchError(
+            f"run {invocation.run_id} has no cells left in {invocation.tracking_uri} (deleted?);"
+            " its report is left as it was: restore its cells (`mlflow runs restore`) to make"
+            " it again"
+        )
+
+
 def _html_table(header: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join(
@@ -529,9 +554,9 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _plain(markdown: str) -> str:
+def _plain(line: str) -> str:
     """A Markdown line as text: no emphasis, a link as its words."""
-    return re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", markdown.replace("**", ""))
+    return re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", line.replace("**", ""))
 
 
 def report_html(report: Report) -> str:

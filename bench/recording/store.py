@@ -22,6 +22,7 @@ from typing import Any
 
 from bench.core import interrupts
 from bench.core.errors import BenchError, StoreUnwritable
+from bench.core.program import PROGRAM
 
 _log = logging.getLogger(__name__)
 RESULTS_DIR = Path("results")
@@ -41,6 +42,37 @@ _SERVER_DOWN = (
 )
 # How long the check below waits for another process's write to end (MLflow waits as long).
 _SQLITE_BUSY_S = 20.0
+
+
+# A password in a URI's user part: `scheme://USER:PASSWORD@`, the password up to the last `@`
+# before the host (an unencoded `@` in it included).
+_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/:@]*):[^\s/]*@")
+# The schemes of a database MLflow could be pointed at directly, not through a server.
+_DATABASES = ("postgresql", "postgres", "mysql", "mssql", "oracle")
+
+
+def redacted(text: str) -> str:
+    """A URI, or a text holding URIs (a command line), with each password replaced by ***, the
+    user kept: what is printed or recorded of a tracking URI, which every reader of the store
+    sees."""
+    return _PASSWORD.sub(r"\1:***@", text)
+
+
+def check_uri(uri: str) -> None:
+    """A tracking URI mlp-bench can record into: a SQLite file or a server, not a database's
+    own URI (a team's database is shared through `mlp-bench server`) nor a plain path."""
+    scheme = urllib.parse.urlsplit(uri).scheme.split("+", 1)[0].lower()
+    if scheme in _DATABASES:
+        raise BenchError(
+            f"tracking URI {redacted(uri)} is a database: serve it with `{PROGRAM} server"
+            f" --database-uri {redacted(uri)}` and pass that server's http://HOST:PORT"
+            " as --tracking-uri"
+        )
+    if scheme in ("", "file"):
+        raise BenchError(
+            f"tracking URI {redacted(uri)} is a plain path (MLflow's retired file store); give"
+            " a SQLite file as sqlite:///PATH/mlflow.db, or a server's http://HOST:PORT"
+        )
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -113,8 +145,9 @@ def rebase_artifacts(database: Path) -> list[str]:
     is made), so a `results/` moved or copied elsewhere still points at the old folder: reports
     and compare failed to read, or a copy wrote into its original. The convention here is that
     a store's artifacts are `<its folder>/artifacts`; an experiment whose local location is
-    another `.../artifacts` folder that is gone, or whose store brought its own, is rewritten
-    there, with its runs. Others (a server's, s3://, MLflow's default mlruns/) are left alone.
+    another `.../artifacts` folder that is gone, or whose store brought its own, or that is
+    another store's (a store file beside it: only the store was copied), is rewritten there,
+    with its runs. Others (a server's, s3://, MLflow's default mlruns/) are left alone.
     Returns one line per experiment rewritten."""
     root = (database.parent / ARTIFACTS).resolve()
     with contextlib.closing(sqlite3.connect(database, timeout=_SQLITE_BUSY_S)) as connection:
@@ -130,7 +163,7 @@ def rebase_artifacts(database: Path) -> list[str]:
                 old = _local_folder(location)
                 if old is None or old.name != ARTIFACTS or old == root:
                     continue
-                if old.exists() and not root.exists():
+                if old.exists() and not root.exists() and not _other_store(old, database):
                     continue  # this store never had a folder of its own: nothing to point at
                 new = root.as_uri()
                 connection.execute(
@@ -146,6 +179,14 @@ def rebase_artifacts(database: Path) -> list[str]:
                 )
                 moved.append(f"experiment {name!r}: artifacts {location} -> {new}")
         return moved
+
+
+def _other_store(artifacts: Path, database: Path) -> bool:
+    """Whether an artifacts folder belongs to another SQLite store beside it: a store copied
+    without its artifacts still names its original's, and wrote its reports and runs there."""
+    return any(
+        not other.samefile(database) for other in artifacts.parent.glob("*.db") if other.is_file()
+    )
 
 
 def check_artifact_root(location: str | None, experiment: str) -> None:

@@ -28,7 +28,7 @@ from bench.core.program import PROGRAM
 from bench.core.seeding import describe_seeds
 from bench.core.spec import StageSpec
 from bench.core.types import ENV_PREFIX, Cell, CellResult, CellRun, EpochRecord
-from bench.recording import store, unrecorded
+from bench.recording import markdown, store, unrecorded
 from bench.recording.resume_plan import INVOCATION_FILE, checked_plan
 from bench.recording.stats import Member, group_metrics
 
@@ -58,8 +58,11 @@ def default_tracking_uri() -> str:
 
 
 def resolve_tracking_uri(cli_value: str | None) -> str:
-    """--tracking-uri wins, then MLFLOW_TRACKING_URI, then the project's SQLite store."""
-    return cli_value or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+    """--tracking-uri wins, then MLFLOW_TRACKING_URI, then the project's SQLite store; one
+    mlp-bench cannot record into fails here, before anything else is done."""
+    uri = cli_value or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+    store.check_uri(uri)
+    return uri
 
 
 def _artifact_location(uri: str) -> str | None:
@@ -132,17 +135,26 @@ class Tracker:
 
     def __init__(self, uri: str, experiment: str | None) -> None:
         """Open the store; with an experiment name, find or create that experiment. Runs left
-        RUNNING by a process that is gone are ended KILLED."""
+        RUNNING by a process that is gone are ended KILLED. Without one (a command that reads
+        the store), a SQLite store must exist: a mistyped path is not made a new, empty one."""
+        store.check_uri(uri)
+        database = store.sqlite_path(uri)
+        if experiment is None and database is not None and not database.is_file():
+            raise BenchError(
+                f"no store at {database}; give a store's --tracking-uri sqlite:///PATH"
+            )
         _quiet_mlflow()
         import mlflow  # noqa: F401  (imported here so the CLI's `list` never pays for it)
         from mlflow.tracking import MlflowClient
 
         _quiet_loggers()
         self.uri = uri
+        self.shown_uri = store.redacted(uri)  # the URI as printed and recorded: no password
         retry_s = store.store_retry_s()
         try:
             with store.opening(uri):
-                self._client = store.PatientClient(MlflowClient(tracking_uri=uri), uri, retry_s)
+                client = MlflowClient(tracking_uri=uri)
+                self._client = store.PatientClient(client, self.shown_uri, retry_s)
                 self._client.search_experiments(max_results=1)  # touches the store: fails here
                 if experiment is not None:
                     self.experiment_id = self._experiment(experiment)
@@ -156,13 +168,15 @@ class Tracker:
             refused = _refused(reason)
             if refused:
                 raise BenchError(
-                    f"tracking server {uri} refused the credentials ({refused}); set"
+                    f"tracking server {self.shown_uri} refused the credentials ({refused}); set"
                     " MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to a user of its"
                     " basic-auth app"
                 ) from None
+            served = uri.startswith(("http://", "https://"))
             raise BenchError(
-                f"tracking store {uri} is not usable ({type(exc).__name__}: {reason}); "
-                "start it or pass a working --tracking-uri / MLFLOW_TRACKING_URI"
+                f"tracking store {self.shown_uri} is not usable ({type(exc).__name__}: {reason});"
+                f" {'start it or ' if served else ''}pass a working --tracking-uri /"
+                " MLFLOW_TRACKING_URI"
             ) from None
 
     def _experiment(self, name: str) -> str:
@@ -171,8 +185,8 @@ class Tracker:
         found = self._client.get_experiment_by_name(name)
         if found is not None and found.lifecycle_stage == "deleted":
             raise BenchError(
-                f"experiment {name!r} in {self.uri} is deleted; restore it with "
-                f"`MLFLOW_TRACKING_URI={self.uri} mlflow experiments restore --experiment-id "
+                f"experiment {name!r} in {self.shown_uri} is deleted; restore it with "
+                f"`MLFLOW_TRACKING_URI={self.shown_uri} mlflow experiments restore --experiment-id "
                 f"{found.experiment_id}`, or pass another --experiment"
             )
         location = found.artifact_location if found is not None else _artifact_location(self.uri)
@@ -211,8 +225,8 @@ class Tracker:
         if gone:
             pids = ", ".join(sorted({run.data.tags["owner_pid"] for run in gone}))
             log.info(
-                f"{len(gone)} run(s) in {self.uri} left RUNNING by a process that is gone (pid"
-                f" {pids}): marked KILLED"
+                f"{len(gone)} run(s) in {self.shown_uri} left RUNNING by a process that is gone"
+                f" (pid {pids}): marked KILLED"
             )
 
     @property
@@ -233,8 +247,11 @@ class Tracker:
         return str(run.info.run_id)
 
     def start_parent(self, name: str, params: dict[str, str], tags: dict[str, str]) -> str:
+        """An invocation's run. Its command line (param and tag) may hold a tracking URI's
+        password: recorded without it, as every reader of the store sees it."""
+        tags = {key: store.redacted(value) for key, value in tags.items()}
         run_id = self._create_run(self.experiment_id, name, tags)
-        self._log_params(run_id, params)
+        self._log_params(run_id, {key: store.redacted(value) for key, value in params.items()})
         return run_id
 
     def start_group(self, invocation: str, cell: Cell, seeds: list[int]) -> str:
@@ -369,7 +386,7 @@ class Tracker:
             run = self._client.get_run(run_id)
         except MlflowException:
             raise BenchError(
-                f"no run {run_id!r} in {self.uri}; copy a cell's run id from the MLflow UI"
+                f"no run {run_id!r} in {self.shown_uri}; copy a cell's run id from the MLflow UI"
                 " and pass the store it is in with --tracking-uri"
             ) from None
         tags = run.data.tags
@@ -448,7 +465,7 @@ class Tracker:
             parent = self._client.get_run(parent_id)
         except MlflowException:
             raise BenchError(
-                f"no run {parent_id!r} in {self.uri}; give the id `bench run` printed after"
+                f"no run {parent_id!r} in {self.shown_uri}; give the id `bench run` printed after"
                 " 'recorded as parent run', with the store it is in (--tracking-uri)"
             ) from None
         tags = parent.data.tags
@@ -549,7 +566,7 @@ class Tracker:
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         for key, value in tags.items():
-            self._client.set_tag(run_id, key, value)
+            self._client.set_tag(run_id, key, store.redacted(value))
 
     def log_metrics(self, run_id: str, metrics: dict[str, float]) -> None:
         from mlflow.entities import Metric
@@ -648,10 +665,12 @@ def _now_ms() -> int:
 def cell_description(spec: StageSpec) -> str:
     """A cell run's description in the MLflow UI: the stage's change and where it departs
     from the tutorial's code."""
+    expected = spec.expected
     return (
-        f"**{spec.name}**: {spec.description}\n\n"
-        f"Tutorial: {spec.expected.tutorial}; this project expects {spec.expected.describe()}."
-        f"\n\nDeviations from the tutorial's code: {spec.tutorial_deviations}"
+        f"**{markdown.text(spec.name)}**: {markdown.text(spec.description)}\n\n"
+        f"Tutorial: {markdown.text(expected.tutorial)}; this project expects"
+        f" {markdown.text(expected.describe())}.\n\nDeviations from the tutorial's code:"
+        f" {markdown.text(spec.tutorial_deviations)}"
     )
 
 

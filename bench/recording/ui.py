@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from urllib.parse import urlencode
 
+from bench.recording.store import redacted
+
 UI_HOST, UI_PORT = "127.0.0.1", 5000
 # The runs table, newest first. MLflow's URL carries the search and its order, not the
 # columns (they are kept in the browser's local storage).
@@ -33,7 +35,7 @@ def ui_command(tracking_uri: str, port: int = UI_PORT) -> str:
 
 def ui_base(tracking_uri: str, port: int = UI_PORT) -> str:
     if tracking_uri.startswith(("http://", "https://")):
-        return tracking_uri.rstrip("/")
+        return redacted(tracking_uri).rstrip("/")  # a link is printed and recorded
     return f"http://{UI_HOST}:{port}"
 
 
