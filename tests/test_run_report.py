@@ -9,6 +9,7 @@ import shutil
 import sqlite3
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from backends import installed_backends
 from bench.recording.run_report import default_report_dir
 from bench.recording.ui import run_url
 from tests.conftest import mnist_dir
-from tests.live import bench
+from tests.live import bench, tiny_run
 
 
 def client(uri: str) -> Any:
@@ -266,3 +267,132 @@ def test_parity_run_gets_a_report_with_its_curve(tmp_path: Path) -> None:
     page = default_report_dir(uri, run.info.run_id) / "report.html"
     assert "<h2>parity_curve.png</h2><img" in page.read_text()
     assert "report.html" in {a.path for a in client(uri).list_artifacts(run.info.run_id)}
+
+
+@pytest.mark.slow
+def test_a_store_copied_without_its_artifacts_writes_into_its_own(
+    recorded: Recorded, tmp_path: Path
+) -> None:
+    """Only mlflow.db copied: its runs still name the original's artifacts folder, which is
+    there. The copy is pointed at a folder of its own, and the original's is left as it was."""
+    original = recorded.folder / "artifacts"
+    before = {path: path.stat().st_mtime_ns for path in original.rglob("*")}
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    shutil.copy(recorded.folder / "mlflow.db", copy / "mlflow.db")
+    done = bench(
+        "report", recorded.parent.info.run_id, "--tracking-uri", f"sqlite:///{copy}/mlflow.db"
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"store moved: experiment 'mnist-tutorial': artifacts {original.as_uri()}" in done.stdout
+    assert _artifact_roots(copy / "mlflow.db") == {(copy / "artifacts").as_uri()}
+    assert {p.name for p in (copy / "artifacts").rglob("*")} >= {"report.html", "cells.json"}
+    assert {path: path.stat().st_mtime_ns for path in original.rglob("*")} == before
+
+
+def _copied_store(recorded: Recorded, folder: Path) -> str:
+    """A copy of the shared store (with its artifacts), to change without changing it."""
+    shutil.copytree(recorded.folder, folder)
+    return f"sqlite:///{folder}/mlflow.db"
+
+
+@pytest.mark.parametrize("deleted", ["parent", "cells"])
+@pytest.mark.slow
+def test_report_of_deleted_runs_is_one_line_and_changes_nothing(
+    recorded: Recorded, tmp_path: Path, deleted: str
+) -> None:
+    """A parent run deleted in the UI; or its cells, whose report would have replaced the
+    description with an empty table."""
+    uri = _copied_store(recorded, tmp_path / "store")
+    run_id = recorded.parent.info.run_id
+    note = client(uri).get_run(run_id).data.tags["mlflow.note.content"]
+    gone = [run_id] if deleted == "parent" else [c.info.run_id for c in recorded.cells]
+    for each in gone:
+        client(uri).delete_run(each)
+    out = tmp_path / "out"
+    done = bench("report", run_id, "--out", str(out), "--tracking-uri", uri)
+    assert done.returncode == 2, done.stdout + done.stderr
+    [line] = done.stderr.splitlines()
+    expected = (
+        f"is deleted; restore it with `MLFLOW_TRACKING_URI={uri} mlflow runs restore --run-id"
+        f" {run_id}`"
+        if deleted == "parent"
+        else "has no cells left"
+    )
+    assert line.startswith(f"error: run {run_id} ") and expected in line, line
+    assert not out.exists()
+    assert client(uri).get_run(run_id).data.tags["mlflow.note.content"] == note
+
+
+# Text a stage file may hold that MLflow's description renderer would take as markup: it keeps
+# <img> (with its handlers) and <iframe>.
+_MARKUP = "<img src=x onerror=alert(1)> <iframe src=//example.com></iframe> [go](javascript:x)"
+
+
+@dataclass(frozen=True)
+class Served:
+    uri: str  # the server's address, without credentials
+    artifacts: Path
+    done: subprocess.CompletedProcess[str]
+    report: Path
+    runs: list[Any]
+
+
+@pytest.fixture(scope="module")
+def served(
+    shared_server: tuple[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
+    """One run through the shared server with a password in its --tracking-uri (percent-
+    encoded '@'), of a stage whose description and deviations are HTML."""
+    from bench.core.spec import STAGES_DIR
+
+    uri, folder = shared_server
+    stages = tmp_path_factory.mktemp("stages")
+    text = (STAGES_DIR / "relu-xavier.toml").read_text()
+    text = re.sub(r'(?m)^description = ".*"$', f'description = "{_MARKUP}"', text)
+    text = text.replace('tutorial_deviations = """', f'tutorial_deviations = """{_MARKUP} ')
+    (stages / "relu-xavier.toml").write_text(text)
+    with_password = uri.replace("http://", "http://user:s3cr%40tPW@")
+    command = tiny_run(with_password, "--experiment", "credentials")[3:]
+    done = bench(*command, env={"MLP_BENCH_STAGES_DIR": str(stages)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    [report] = re.findall(r"^report: (.*) \(", done.stdout, re.MULTILINE)
+    ours = client(uri).get_experiment_by_name("credentials").experiment_id
+    runs = [r for r in all_runs(uri) if r.info.experiment_id == ours]
+    yield Served(uri, folder / "artifacts", done, Path(report), runs)
+    shutil.rmtree(Path(report).parent)  # results/reports/<run id> of this checkout
+
+
+@pytest.mark.slow
+def test_a_tracking_uris_password_is_never_recorded_or_printed(served: Served) -> None:
+    secrets = ("s3cr%40tPW", "s3cr@tPW")
+    printed = served.done.stdout + served.done.stderr
+    assert "user:***@127.0.0.1" in printed
+    recorded = [
+        printed,
+        served.report.read_text(),
+        (served.report.parent / "description.md").read_text(),
+    ]
+    for run in served.runs:
+        recorded += [*run.data.params.values(), *run.data.tags.values()]
+    recorded += [
+        p.read_text()
+        for p in served.artifacts.rglob("*")
+        if p.suffix in (".json", ".md", ".html", ".txt", ".log")
+    ]
+    assert not [text for text in recorded if any(secret in text for secret in secrets)]
+    [parent] = [r for r in served.runs if r.data.tags.get("kind") == "matrix"]
+    assert "--tracking-uri http://user:***@127.0.0.1:" in parent.data.params["command"]
+    assert (
+        f"store: `{served.uri.replace('http://', 'http://user:***@')}`"
+        in parent.data.tags["mlflow.note.content"]
+    )
+
+
+@pytest.mark.slow
+def test_stage_text_is_shown_not_rendered_in_descriptions(served: Served) -> None:
+    [cell] = [r for r in served.runs if r.data.tags.get("kind") == "cell"]
+    note = cell.data.tags["mlflow.note.content"]
+    assert "<img" not in note and "<iframe" not in note
+    assert note.count("&lt;img src=x onerror=alert(1)&gt;") == 2  # description and deviations
+    assert "\\[go\\](javascript:x)" in note

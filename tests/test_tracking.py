@@ -259,3 +259,42 @@ def test_users_own_telemetry_setting_wins(tmp_path: Path) -> None:
         env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "false"},
     )
     assert done.stdout.splitlines()[-1] == "false"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["report", "0" * 32], ["compare", "0" * 32, "1" * 32], ["run", "--resume", "0" * 32]],
+    ids=["report", "compare", "resume"],
+)
+def test_a_command_that_reads_a_store_does_not_make_one(tmp_path: Path, command: list[str]) -> None:
+    """A mistyped path is no store: it is not made, empty, for the command to find nothing in."""
+    database = tmp_path / "typo" / "mlflow.db"
+    done = run(bench_command(*command, "--tracking-uri", f"sqlite:///{database}"))
+    _assert_one_line_before_training(done, f"no store at {database}; give a store's")
+    assert not (tmp_path / "typo").exists()
+
+
+@pytest.mark.parametrize(
+    ("uri", "words"),
+    [
+        (
+            "postgresql://team:s3cret@127.0.0.1:5432/mlp_bench",
+            "tracking URI postgresql://team:***@127.0.0.1:5432/mlp_bench is a database: serve it"
+            " with `mlp-bench server --database-uri postgresql://team:***@127.0.0.1:5432/"
+            "mlp_bench` and pass that server's http://HOST:PORT as --tracking-uri",
+        ),
+        ("mlruns", "is a plain path (MLflow's retired file store); give a SQLite file"),
+    ],
+    ids=["database", "path"],
+)
+def test_a_database_or_a_plain_path_is_refused_before_anything_is_recorded(
+    tmp_path: Path, uri: str, words: str
+) -> None:
+    """A team's database is written through `mlp-bench server`: pointed at directly, a run
+    left a FAILED parent in it. A path is MLflow's retired file store, not a server."""
+    if uri == "mlruns":
+        uri = str(tmp_path / "mlruns")
+    done = run(tiny_run(uri))
+    _assert_one_line_before_training(done, words)
+    assert "s3cret" not in done.stderr and "server" not in done.stderr.split("; ")[0][-20:]
+    assert not (tmp_path / "mlruns").exists()
