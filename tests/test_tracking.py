@@ -296,5 +296,5 @@ def test_a_database_or_a_plain_path_is_refused_before_anything_is_recorded(
         uri = str(tmp_path / "mlruns")
     done = run(tiny_run(uri))
     _assert_one_line_before_training(done, words)
-    assert "s3cret" not in done.stderr and "server" not in done.stderr.split("; ")[0][-20:]
+    assert "s3cret" not in done.stderr and "is a server" not in done.stderr
     assert not (tmp_path / "mlruns").exists()
