@@ -272,6 +272,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     uri = resolve_tracking_uri(args.tracking_uri)
     tracker = Tracker(uri, None)
     client = tracker.client
+    uri = tracker.shown_uri  # from here on only named in messages: without its password
     base_run = resolve_run(client, args.baseline, uri)
     check_finished(base_run, "baseline", args.baseline)
     if args.candidate is None:
