@@ -27,8 +27,8 @@ def _recorded_already(tracker: Tracker, kept: KeptCell) -> bool:
         run = tracker.client.get_run(kept.run_id)
     except MlflowException:
         raise BenchError(
-            f"{kept.run.cell.name}: no run {kept.run_id} in {kept.uri}; its pending.json names"
-            " another store, or the run was deleted"
+            f"{kept.run.cell.name}: no run {kept.run_id} in {tracker.shown_uri}; its pending.json"
+            " names another store, or the run was deleted"
         ) from None
     return run.info.status in ("FINISHED", "FAILED") or "outcome" in run.data.tags
 
@@ -62,7 +62,8 @@ def cmd_record_pending(args: argparse.Namespace) -> int:
             continue
         _record(tracker, kept)
         shutil.rmtree(folder)
-        print(f"recorded {kept.run.cell.name} into run {kept.run_id} ({kept.uri})", flush=True)
+        where = f"run {kept.run_id} ({tracker.shown_uri})"
+        print(f"recorded {kept.run.cell.name} into {where}", flush=True)
         parent = tracker.client.get_run(kept.run_id).data.tags.get(INVOCATION_TAG)
         if parent:
             invocations.setdefault(kept.uri, set()).add(parent)

@@ -9,6 +9,7 @@ import os
 import shlex
 
 from bench.core.errors import BenchError
+from bench.core.program import PROGRAM
 from bench.recording import store
 from bench.recording.server import check_listen, quiet_server_environment
 from bench.recording.tracking import Tracker, resolve_tracking_uri
@@ -19,7 +20,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
     uri = resolve_tracking_uri(args.tracking_uri)
     database = store.sqlite_path(uri)
     if database is None:
-        raise BenchError(f"{uri} is a server: open {uri} in a browser; `bench ui` serves SQLite")
+        shown = store.redacted(uri)  # a server's URI may hold a password
+        raise BenchError(f"{shown} is a server: open it in a browser; `{PROGRAM} ui` serves SQLite")
     if not database.is_file():
         raise BenchError(f"no store at {database}; give a store's --tracking-uri sqlite:///PATH")
     port = args.port or UI_PORT

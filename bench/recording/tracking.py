@@ -465,7 +465,7 @@ class Tracker:
             parent = self._client.get_run(parent_id)
         except MlflowException:
             raise BenchError(
-                f"no run {parent_id!r} in {self.uri}; give the id `bench run` printed after"
+                f"no run {parent_id!r} in {self.shown_uri}; give the id `bench run` printed after"
                 " 'recorded as parent run', with the store it is in (--tracking-uri)"
             ) from None
         tags = parent.data.tags
