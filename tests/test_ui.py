@@ -220,7 +220,11 @@ def test_bench_ui_serves_a_copied_store_with_its_artifacts(
 
 @pytest.mark.parametrize(
     ("uri", "words"),
-    [("http://team:5000", "is a server"), ("sqlite:////nonexistent/mlflow.db", "no store at")],
+    [
+        ("http://team:5000", "is a server"),
+        ("http://team:s3cret@team:5000", "http://team:***@team:5000 is a server"),
+        ("sqlite:////nonexistent/mlflow.db", "no store at"),
+    ],
 )
 def test_bench_ui_refuses_what_it_cannot_serve(uri: str, words: str) -> None:
     done = subprocess.run(
@@ -231,7 +235,7 @@ def test_bench_ui_refuses_what_it_cannot_serve(uri: str, words: str) -> None:
         timeout=PATIENCE_S,
     )
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
-    assert words in done.stderr
+    assert words in done.stderr and "s3cret" not in done.stderr
 
 
 def _ui_on(store: Path, port: str) -> subprocess.CompletedProcess[str]:
