@@ -138,7 +138,7 @@ def test_a_ray_worker_killed_mid_cell_is_retried_and_recorded(cluster: str, tmp_
     os.kill(killed[1], signal.SIGKILL)  # the Ray worker running the task: mid-cell
     code, out, err = finish(process)
     assert code == 0, out + err
-    assert "its Ray worker was lost" in out and "retry 1 of 2" in out
+    assert "its Ray worker was lost" in out and "retry 1 of 2" in out, out + err
     [cell] = [r for r in store_runs(uri) if r.data.tags["kind"] == "cell"]
     assert cell.info.status == "FINISHED" and cell.data.metrics["retries"] == 1
     assert cell.data.tags["retries"] == "1"
@@ -233,9 +233,20 @@ def _ray_node(*args: str) -> subprocess.Popen[bytes]:
 
 
 def _kill_node(node: subprocess.Popen[bytes]) -> None:
+    """Every process of the node at once, as a machine that dies: its process group, and its
+    descendants that left the group (a Ray worker of a group of its own could otherwise still
+    hand its finished cell back to the driver, the node already gone)."""
+    descendants = [pid for pid in _pids() if node.pid in _ancestors(pid)]
     with contextlib.suppress(ProcessLookupError):
         os.killpg(node.pid, signal.SIGKILL)
+    for pid in descendants:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     node.wait()
+
+
+def _pids() -> list[int]:
+    return [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
 
 
 @contextlib.contextmanager
@@ -336,7 +347,7 @@ def test_a_matrix_across_two_nodes_survives_losing_one(tmp_path: Path) -> None:
         code, out, err = finish(process)
     assert code == 0, out + err
     assert "Ray: 2 node(s), 2 CPUs" in out
-    assert "its Ray worker was lost" in out and "retry 1 of 2" in out
+    assert "its Ray worker was lost" in out and "retry 1 of 2" in out, out + err
     runs = store_runs(uri)
     cells = [r for r in runs if r.data.tags["kind"] == "cell"]
     assert sorted(r.data.tags["seed"] for r in cells) == ["0", "1"]  # each once
