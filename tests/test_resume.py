@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.recording.store import ARTIFACTS
 from tests.conftest import ROOT
 from tests.faults import barrier, killed
 from tests.live import PATIENCE_S, bench, bench_command, finish, store_runs, tiny_run
@@ -156,10 +157,16 @@ def failed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, Path]:
 
 
 def _copy_of(failed: tuple[Path, str, Path], folder: Path) -> str:
-    """A copy of the failed invocation's store, for a test to change (its artifacts, under
-    absolute paths, stay shared)."""
+    """A copy of the failed invocation's store, for a test to change, with its artifacts
+    folder: a store copied without it gets an empty folder of its own, with no plan."""
     shutil.copy(failed[0] / "mlflow.db", folder / "mlflow.db")
+    shutil.copytree(failed[0] / ARTIFACTS, folder / ARTIFACTS)
     return f"sqlite:///{folder}/mlflow.db"
+
+
+def _plan_in(failed: tuple[Path, str, Path], folder: Path) -> Path:
+    """The invocation.json of the copy of `failed` in `folder`."""
+    return folder / failed[2].relative_to(failed[0])
 
 
 def _at_once(
@@ -244,7 +251,7 @@ def test_an_edited_plan_is_not_resumed(failed: tuple[Path, str, Path], tmp_path:
     """invocation.json is an artifact: a learning rate edited on disk must not train under a
     parent that recorded another."""
     uri, parent_id = _copy_of(failed, tmp_path), failed[1]
-    with _edited(failed[2], "lr"):
+    with _edited(_plan_in(failed, tmp_path), "lr"):
         done = bench("run", "--resume", parent_id, "--tracking-uri", uri)
     assert done.returncode == 2, done.stdout + done.stderr
     assert done.stderr.count("\n") == 1, done.stderr
@@ -277,7 +284,8 @@ def test_a_plan_that_disagrees_with_its_parent_is_one_error(
     if not digest:  # as recorded before the digest was
         with sqlite3.connect(tmp_path / "mlflow.db") as db:
             db.execute("DELETE FROM params WHERE key = 'invocation_sha256'")
-    with _edited(failed[2], change), pytest.raises(BenchError, match=re.escape(words)):
+    plan = _plan_in(failed, tmp_path)
+    with _edited(plan, change), pytest.raises(BenchError, match=re.escape(words)):
         Tracker(uri, None).load_invocation(parent_id)
 
 
