@@ -159,6 +159,12 @@ def test_a_server_that_refuses_the_credentials_is_one_line_exit_2(
     assert "unset MLFLOW_AUTH_ADMIN_PASSWORD" in again.stderr and again.stdout == ""
 
 
+def _assert_refused(done: subprocess.CompletedProcess[str], words: str) -> None:
+    """Refused as bad input: exit 2, one line naming the problem, nothing on stdout."""
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert words in done.stderr and done.stdout == ""
+
+
 @pytest.mark.parametrize(
     ("password", "words"),
     [
@@ -178,8 +184,7 @@ def test_basic_auth_with_a_password_mlflow_refuses_is_one_line(
         *("--artifacts", str(tmp_path / "artifacts")),
         env={"MLFLOW_AUTH_ADMIN_PASSWORD": password},
     )
-    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
-    assert words in done.stderr and done.stdout == ""
+    _assert_refused(done, words)
     assert not (ROOT / users_folder(store.RESULTS_DIR, database)).exists()
     assert not (tmp_path / "artifacts").exists()  # refused before anything was made
 
@@ -264,8 +269,7 @@ def test_an_address_the_server_cannot_listen_on_is_one_line_exit_2(
             *("server", "--host", host, "--port", str(port)),
             *("--artifacts", str(tmp_path / "artifacts")),
         )
-    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
-    assert words in done.stderr and done.stdout == ""
+    _assert_refused(done, words)
     assert not (tmp_path / "artifacts").exists()
 
 

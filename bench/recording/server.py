@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.core.errors import BenchError
+from bench.recording import store
 
 DATABASE_ENV = "MLP_BENCH_DATABASE_URI"
 DEFAULT_DATABASE = "postgresql://mlp_bench:mlp_bench@127.0.0.1:5432/mlp_bench"
@@ -64,17 +65,7 @@ class Database:
     def redacted(self) -> str:
         """The URI to print: its password replaced by *** as it is written there, percent-encoded
         or not, and a `password=` in its query too (libpq reads one there)."""
-        parts = urllib.parse.urlsplit(self.uri)
-        userinfo, at, address = parts.netloc.rpartition("@")
-        if ":" in userinfo:
-            userinfo = userinfo.split(":", 1)[0] + ":***"
-        query = [
-            (key, "***" if key == "password" else value)
-            for key, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-        ]
-        netloc = f"{userinfo}{at}{address}"
-        query_text = urllib.parse.urlencode(query, safe="*")
-        return parts._replace(netloc=netloc, query=query_text).geturl()
+        return store.redacted(self.uri)
 
     @property
     def key(self) -> str:

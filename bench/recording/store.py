@@ -47,6 +47,8 @@ _SQLITE_BUSY_S = 20.0
 # A password in a URI's user part: `scheme://USER:PASSWORD@`, the password up to the last `@`
 # before the host (an unencoded `@` in it included).
 _PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/:@]*):[^\s/]*@")
+# A password in a URI's query (`?password=...`), which libpq reads as well as the user part.
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&\s]*")
 # The schemes of a database MLflow could be pointed at directly, not through a server.
 _DATABASES = ("postgresql", "postgres", "mysql", "mssql", "oracle")
 
@@ -55,7 +57,7 @@ def redacted(text: str) -> str:
     """A URI, or a text holding URIs (a command line), with each password replaced by ***, the
     user kept: what is printed or recorded of a tracking URI, which every reader of the store
     sees."""
-    return _PASSWORD.sub(r"\1:***@", text)
+    return _QUERY_PASSWORD.sub(r"\1***", _PASSWORD.sub(r"\1:***@", text))
 
 
 def check_uri(uri: str) -> None:
