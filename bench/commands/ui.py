@@ -10,10 +10,10 @@ import shlex
 
 from bench.core.errors import BenchError
 from bench.core.program import PROGRAM
-from bench.recording import store
+from bench.recording import store, views
 from bench.recording.server import check_listen, quiet_server_environment
 from bench.recording.tracking import Tracker, resolve_tracking_uri
-from bench.recording.ui import UI_HOST, UI_PORT, cells_url, ui_command
+from bench.recording.ui import UI_HOST, UI_PORT, cells_url, ui_command, view_url
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -28,7 +28,15 @@ def cmd_ui(args: argparse.Namespace) -> int:
     check_listen(UI_HOST, port)  # a taken port: the URLs would open another process's UI
     tracker = Tracker(uri, experiment=None)  # checks the store and rebases it
     for experiment in tracker.client.search_experiments():
-        print(f"{experiment.name}: {cells_url(uri, experiment.experiment_id, port=port)}")
+        # The newest invocation's saved view; the cells' URL where none was saved (an older
+        # MLflow, or a store no invocation finished in).
+        key = views.latest(tracker.client, experiment.experiment_id)
+        url = (
+            view_url(uri, experiment.experiment_id, key, port)
+            if key is not None
+            else cells_url(uri, experiment.experiment_id, port=port)
+        )
+        print(f"{experiment.name}: {url}")
     command = shlex.split(ui_command(uri, port))
     print(" ".join(command), flush=True)
     quiet_server_environment()

@@ -27,6 +27,7 @@ from bench.execution.matrix import (
     peak_uses_tf32,
     run_matrix,
 )
+from bench.recording import views
 from bench.recording.perf import machine_peaks, speed_figures
 from bench.recording.report import Progress
 from bench.recording.resume_plan import PLAN_DIGEST, plan_digest
@@ -87,15 +88,16 @@ def _machine_metrics(plan: Plan) -> dict[str, float]:
 
 
 def invocation_name(kind: str, plan: Plan) -> str:
-    """The parent run's name: the command and what it ran, then when (the UI lists parents
-    by name; "matrix-20261129-2317" said neither what nor which)."""
+    """The parent run's name: when, then the command and what it ran. The UI lists parents by
+    name and cuts it at about 20 characters: the time first tells two invocations of one command
+    apart ("matrix-20261129-2317" said neither what nor which)."""
     command = "run" if kind == "matrix" else kind
     stages = ",".join(plan.specs) if len(plan.specs) <= 2 else f"{len(plan.specs)} stages"
     backends = ",".join(dict.fromkeys(c.backend for c in plan.cells))
     devices = ",".join(dict.fromkeys(c.device for c in plan.cells))
     return (
-        f"{command} {stages} | {backends} | {devices} | seeds {describe_seeds(plan.seeds)}"
-        f" | {time.strftime('%m-%d %H:%M')}"
+        f"{time.strftime('%m-%d %H:%M:%S')} {command} {stages} | {backends} | {devices}"
+        f" | seeds {describe_seeds(plan.seeds)}"
     )
 
 
@@ -276,7 +278,8 @@ def finish(execution: Execution, plan: Plan) -> bool:
     report_safely(execution.tracker, execution.parent_id)
     print()
     experiment_id = execution.tracker.experiment_id
-    print("\n".join(closing_lines(plan.tracking_uri, experiment_id, execution.parent_id)))
+    view = views.save(execution.tracker.client, experiment_id, execution.parent_id)
+    print("\n".join(closing_lines(plan.tracking_uri, experiment_id, execution.parent_id, view)))
     return failed
 
 

@@ -28,7 +28,7 @@ from bench.core.program import PROGRAM
 from bench.core.seeding import describe_seeds
 from bench.core.spec import StageSpec
 from bench.core.types import ENV_PREFIX, Cell, CellResult, CellRun, EpochRecord
-from bench.recording import markdown, store, unrecorded
+from bench.recording import markdown, store, unrecorded, views
 from bench.recording.resume_plan import INVOCATION_FILE, checked_plan
 from bench.recording.stats import Member, group_metrics
 
@@ -51,6 +51,13 @@ def run_name(cell: Cell, seed: bool = True) -> str:
     characters, and "relu-xavier/..." left TensorFlow's and PyTorch's rows alike."""
     name = f"{cell.backend} {cell.stage} {cell.device}"
     return f"{name} s{cell.seed}" if seed else name
+
+
+def _color_tag(backend: str) -> dict[str, str]:
+    """The backend's colour for the UI: one per backend in every view, as in the figures (the
+    UI's own pick, from the run id, gave two backends one colour)."""
+    color = views.run_color(backend)
+    return {views.RUN_COLOR_TAG: color} if color else {}
 
 
 def default_tracking_uri() -> str:
@@ -262,6 +269,7 @@ class Tracker:
             "stage": cell.stage,
             "backend": cell.backend,
             "device": cell.device,
+            **_color_tag(cell.backend),
         }
         run_id = self._create_run(self.experiment_id, run_name(cell, seed=False), tags)
         self._log_params(run_id, {"seeds": describe_seeds(seeds)})
@@ -287,6 +295,7 @@ class Tracker:
             "device": cell.device,
             "seed": str(cell.seed),
             "kind": "cell",
+            **_color_tag(cell.backend),
             **(extra_tags or {}),
         }
         run_id = self._create_run(self.experiment_id, run_name(cell), tags, start_ms)

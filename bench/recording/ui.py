@@ -1,5 +1,6 @@
 """Where to look at an invocation in the MLflow UI: the command that serves it and the URL
-that opens its cells (not MLflow 3's GenAI overview, where a new user found no runs)."""
+that opens its cells (not MLflow 3's GenAI overview, where a new user found no runs): its saved
+view (bench.recording.views) where the UI has them, else the runs view filtered to them."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ import sys
 from pathlib import Path
 from urllib.parse import urlencode
 
+from bench.recording import views
 from bench.recording.store import redacted
 
 UI_HOST, UI_PORT = "127.0.0.1", 5000
-# The runs table, newest first. MLflow's URL carries the search and its order, not the
-# columns (they are kept in the browser's local storage).
+# The runs table, newest first. This URL carries the search and its order, not the columns:
+# those come with a saved view's link (view_url).
 CELLS_FILTER = "tags.kind = 'cell'"
 
 
@@ -53,9 +55,15 @@ def cells_url(
             "orderByAsc": "false",
             "startTime": "ALL",
             "lifecycleFilter": "Active",
+            **views.MODEL_TRAINING_MODE,
         }
     )
     return f"{ui_base(tracking_uri, port)}/#/experiments/{experiment_id}/runs?{query}"
+
+
+def view_url(tracking_uri: str, experiment_id: str, key: str, port: int = UI_PORT) -> str:
+    """A saved view: the cells with their columns and charts, as saved."""
+    return f"{ui_base(tracking_uri, port)}/{views.link(experiment_id, key)}"
 
 
 def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
@@ -63,12 +71,18 @@ def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
     return f"{ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
-def closing_lines(tracking_uri: str, experiment_id: str, parent_id: str) -> list[str]:
-    """What the command says last: the parent run, how to serve the UI and where to open it."""
+def closing_lines(
+    tracking_uri: str, experiment_id: str, parent_id: str, view: str | None = None
+) -> list[str]:
+    """What the command says last: the parent run, how to serve the UI and where to open it
+    (its saved view, if it has one)."""
     lines = [f"recorded as parent run {parent_id}"]
     command = ui_command(tracking_uri)
     if command:
         lines.append(f"browse with: {command}")
-    lines.append(f"  its cells: {cells_url(tracking_uri, experiment_id, parent_id)}")
+    if view is not None:
+        lines.append(f"  its cells: {view_url(tracking_uri, experiment_id, view)}")
+    else:
+        lines.append(f"  its cells: {cells_url(tracking_uri, experiment_id, parent_id)}")
     lines.append(f"  its report: {run_url(tracking_uri, experiment_id, parent_id)}")
     return lines

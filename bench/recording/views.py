@@ -1,0 +1,174 @@
+"""An invocation's saved view in the MLflow UI: its cells with the comparison's columns and
+charts, opened by one link in any browser, with no click.
+
+MLflow's "Views -> Save as new view" keeps a runs view's state (search, columns, charts, which
+runs are shown) as the experiment tag `mlflow.sharedViewState.<key>`, a flat JSON object, and
+`#/experiments/<id>/runs?viewStateShareKey=<key>` opens it. The harness writes the same tag. The
+keys below are those MLflow 3.17.2's frontend reads back (its bundle keeps the search's keys and
+the UI state's, and drops which runs are expanded, pinned or hidden one by one)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import urlencode
+
+from bench.core.program import PROGRAM
+from bench.recording.figures import BACKEND_COLORS
+
+# Saved views and the `workflowType` URL switch are read by MLflow 3.17.2's frontend (checked in
+# its bundle); an older UI gets the plain cells URL, which it understands.
+VIEWS_SINCE = (3, 17)
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+SHARE_KEY = "viewStateShareKey"
+RUN_COLOR_TAG = "mlflow.runColor"  # the colour the UI draws a run in, in the table and charts
+# Without it the UI opens an experiment in the mode last picked in this browser, and a fresh
+# browser's is GenAI: an overview of traces, where a new user found no runs.
+MODEL_TRAINING_MODE = {"workflowType": "machine_learning"}
+
+# What the comparison needs, in the table's order.
+TAG_COLUMNS = ("backend", "stage", "outcome")
+METRIC_COLUMNS = ("test_accuracy", "tutorial_test_accuracy", "train_samples_per_s")
+ROOFLINE = "roofline_fraction"  # only where the cells' peak was measured
+CHARTS_SECTION = "comparison"
+# The runs table's own first columns (name, created, duration), as its grid names them.
+FIXED_COLUMNS = ("attributes.`Run Name`", "runDateAndNestInfo", "duration")
+METRIC_WIDTH_PX = 170
+NOTE_TAG = "mlflow.note.content"  # the experiment's description, shown above its runs
+NOTE_OPENING = f"Runs recorded by {PROGRAM}:"  # marks a description this module wrote
+
+
+def supported(mlflow_version: str) -> bool:
+    """Whether this MLflow's UI opens a saved view from its link."""
+    parts = []
+    for part in mlflow_version.split(".")[:2]:
+        digits = "".join(c for c in part if c.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts) >= VIEWS_SINCE
+
+
+def run_color(backend: str) -> str | None:
+    """A backend's colour, the same in the UI as in the report's figures."""
+    return BACKEND_COLORS.get(backend)
+
+
+def _column(kind: str, name: str) -> str:
+    return f"{kind}.`{name}`"
+
+
+def _charts(metrics: list[str], others: list[str], runs: int) -> list[dict[str, Any]]:
+    """A bar chart per compared metric, in that order; every other metric the cells logged as a
+    deleted chart, as the UI otherwise adds one for each (39, alphabetical)."""
+    shown = [
+        {
+            "uuid": f"chart-{key}",
+            "type": "BAR",
+            "metricKey": key,
+            "displayName": key,
+            "metricSectionId": CHARTS_SECTION,
+            "runsCountToCompare": runs,  # the UI's default draws the first 10
+            "deleted": False,
+            "isGenerated": False,
+        }
+        for key in metrics
+    ]
+    hidden = [
+        {
+            "uuid": f"chart-{key}",
+            "type": "BAR",
+            "metricKey": key,
+            "metricSectionId": CHARTS_SECTION,
+            "deleted": True,
+            "isGenerated": True,
+        }
+        for key in others
+    ]
+    return shown + hidden
+
+
+def view_state(invocation: str, runs: int, logged: set[str]) -> dict[str, Any]:
+    """The saved state of one invocation's cells: filter, columns, every run, charts."""
+    metrics = [*METRIC_COLUMNS, *([ROOFLINE] if ROOFLINE in logged else [])]
+    columns = [_column("tags", name) for name in TAG_COLUMNS]
+    columns += [_column("metrics", name) for name in metrics]
+    section = {
+        "uuid": CHARTS_SECTION,
+        "name": "Comparison",
+        "display": True,
+        "isReordered": True,
+        "deleted": False,
+        "isGenerated": False,
+    }
+    return {
+        "searchFilter": f"tags.invocation = '{invocation}' and tags.kind = 'cell'",
+        "orderByKey": "attributes.start_time",
+        "orderByAsc": False,
+        "startTime": "ALL",
+        "lifecycleFilter": "Active",
+        # The default columns (Source, Models, Dataset) are left out: the same in every row.
+        "selectedColumns": columns,
+        # The UI puts metrics before tags; what a row is (its backend, stage) reads first.
+        "columnOrder": [*FIXED_COLUMNS, *columns],
+        # Wide enough for the metrics' names, cut to "train_samples_" at the UI's 100 px.
+        "columnWidths": {column: METRIC_WIDTH_PX for column in columns[len(TAG_COLUMNS) :]},
+        "runsHiddenMode": "SHOW_ALL",
+        "compareRunCharts": _charts(metrics, sorted(logged - set(metrics)), max(runs, 10)),
+        "compareRunSections": [section],
+        "isAccordionReordered": True,  # keeps the charts in the order above
+        "hideEmptyCharts": True,
+    }
+
+
+def save(client: Any, experiment_id: str, invocation: str) -> str | None:
+    """Write the invocation's view as an experiment tag; its key (the invocation's id), or None
+    where this MLflow's UI has no saved views."""
+    import mlflow
+
+    if not supported(mlflow.__version__):
+        return None
+    cells = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.invocation = '{invocation}' and tags.kind = 'cell'",
+        max_results=10_000,
+    )
+    logged = {key for run in cells for key in run.data.metrics}
+    state = view_state(invocation, len(cells), logged)
+    client.set_experiment_tag(experiment_id, VIEW_TAG_PREFIX + invocation, json.dumps(state))
+    note = client.get_experiment(experiment_id).tags.get(NOTE_TAG, "")
+    if not note or note.startswith(NOTE_OPENING):  # a description the user wrote stays theirs
+        client.set_experiment_tag(experiment_id, NOTE_TAG, description(experiment_id, invocation))
+    return invocation
+
+
+def link(experiment_id: str, key: str) -> str:
+    """The view's address inside the UI (what follows its host)."""
+    query = urlencode({SHARE_KEY: key, **MODEL_TRAINING_MODE})
+    return f"#/experiments/{experiment_id}/runs?{query}"
+
+
+def description(experiment_id: str, key: str) -> str:
+    """The experiment's description: what its runs are and how to open the newest view."""
+    return (
+        f"{NOTE_OPENING} one run per cell (a backend, stage, device and seed: its tags"
+        " `backend`, `stage`, `device`, `seed`, `outcome`), one parent run per invocation"
+        " whose description is its report.\n\n"
+        f"**[Open the newest invocation's cells]({link(experiment_id, key)})**: test accuracy,"
+        " the tutorial's accuracy and samples/s per cell, with their charts. Each invocation has"
+        " such a view: its link is printed when it ends, as `its cells:`."
+    )
+
+
+def latest(client: Any, experiment_id: str) -> str | None:
+    """The key of the experiment's newest invocation that has a view, if any."""
+    tags = client.get_experiment(experiment_id).tags
+    keys = [key.removeprefix(VIEW_TAG_PREFIX) for key in tags if key.startswith(VIEW_TAG_PREFIX)]
+    if not keys:
+        return None
+    quoted = ", ".join(f"'{key}'" for key in keys)
+    newest = client.search_runs(
+        [experiment_id],
+        filter_string=f"attributes.run_id IN ({quoted})",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return str(newest[0].info.run_id) if newest else None
