@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from backends import installed_backends
-from bench.recording import ui
+from bench.recording import ui, views
 from tests.conftest import ROOT, mnist_dir
 from tests.live import PATIENCE_S, bench_command
 
@@ -49,7 +49,7 @@ def test_the_ui_command_is_this_environments_mlflow() -> None:
     assert ui.run_url("http://host:8080/", "3", "p1") == "http://host:8080/#/experiments/3/runs/p1"
 
 
-# What the README says to add once with "Columns": the comparison at a glance.
+# The comparison at a glance: what the printed view's table shows, in this order.
 COLUMNS = (
     "backend",
     "stage",
@@ -62,20 +62,6 @@ COLUMNS = (
 
 # Shown by default, of no use here, and wide: they push the metrics out of view.
 DEFAULT_COLUMNS = ("Dataset", "Source", "Models")
-
-
-def _add_columns(page: Any, names: tuple[str, ...], timeout_ms: float) -> None:
-    """Tick each column in the runs view's "Columns" menu (found through its search box),
-    after unticking the default ones."""
-    page.get_by_role("button", name="Columns", exact=True).click()
-    search = page.get_by_placeholder("Search columns")
-    tree = page.get_by_test_id("column-selector-tree")
-    for name in DEFAULT_COLUMNS + names:
-        search.fill(name)  # the tree then lists the keys that contain it; a click ticks one
-        exactly = re.compile(f"^{re.escape(name)}$")
-        node = tree.locator(".du-bois-light-tree-title").filter(has_text=exactly)
-        node.first.click(timeout=timeout_ms)
-    page.keyboard.press("Escape")
 
 
 def _browser() -> str:
@@ -150,41 +136,81 @@ def served(recorded_run: tuple[str, list[str]]) -> Iterator[tuple[int, list[str]
         server.wait(timeout=60)
 
 
+def _headers(page: Any) -> list[str]:
+    """The runs table's column names, left to right, as its grid lays them out."""
+    ids = page.eval_on_selector_all(
+        ".ag-header-cell[col-id]", "cells => cells.map(cell => cell.getAttribute('col-id'))"
+    )
+    return [re.sub(r"^\w+\.`(.*)`$", r"\1", str(key)) for key in ids]
+
+
 @pytest.mark.slow  # a real browser on a real run of every backend
 def test_the_printed_urls_show_the_cells_and_the_parents_report(
     served: tuple[int, list[str]],
 ) -> None:
+    """The printed link opens, in a fresh browser, the finished comparison with no click: the
+    cells (every one), the columns in order, not the UI's default ones, only their charts."""
     executable = _browser()
     from playwright.sync_api import sync_playwright
 
     port, lines = served
-    cells_url = lines[2].split(": ", 1)[1].replace(":5000/", f":{port}/")
+    view_url = lines[2].split(": ", 1)[1].replace(":5000/", f":{port}/")
     parent_url = lines[3].split(": ", 1)[1].replace(":5000/", f":{port}/")
-    assert urlsplit(cells_url).fragment.split("?")[0].endswith("/runs")
+    assert "viewStateShareKey=" in urlsplit(view_url).fragment
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     timeout_ms = PATIENCE_S * 1000  # the first load: the server may answer slowly when busy
+    cells = len(installed_backends())
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
         try:
-            page = browser.new_page(viewport={"width": 2400, "height": 1000})
-            page.goto(cells_url)
+            page = browser.new_page(viewport={"width": 2400, "height": 1000})  # a fresh profile
+            page.goto(view_url)
             for backend in installed_backends():  # every cell, named backend first
                 page.get_by_text(f"{backend} relu-xavier cpu s0").first.wait_for(timeout=timeout_ms)
+            page.get_by_test_id("sort-header-train_samples_per_s").wait_for(timeout=timeout_ms)
             body = page.inner_text("body")
             assert "run relu-xavier" not in body  # the filter keeps the parent out
-            assert f"{len(installed_backends())} matching runs" in body
+            assert f"{cells} matching run" in body
+            assert views.NOTE_OPENING in body  # the experiment's description
+            headers = _headers(page)
+            assert [h for h in headers if h in COLUMNS] == list(COLUMNS), headers
+            assert not set(DEFAULT_COLUMNS) & set(headers), headers
+            # Opened as model training (its side bar), not on GenAI's overview of traces.
+            assert "Model registry" in body and "Evaluation runs" not in body
             page.screenshot(path=str(SCREENSHOTS / "cells.png"), full_page=True)
-            _add_columns(page, COLUMNS, 60_000)
-            header = page.locator(".ag-header").inner_text()
-            for column in COLUMNS:
-                assert column in header, header
-            page.screenshot(path=str(SCREENSHOTS / "cells-with-columns.png"), full_page=True)
+            page.goto(view_url + "&compareRunsMode=CHART")  # the same view, as charts
+            charts = page.get_by_text("Comparison (3)")  # one section, the three metrics
+            charts.wait_for(timeout=timeout_ms)
+            page.screenshot(path=str(SCREENSHOTS / "charts.png"), full_page=True)
             page.goto(parent_url)
             page.get_by_text("relu-xavier", exact=False).first.wait_for(timeout=timeout_ms)
             page.get_by_text("Tutorial", exact=False).first.wait_for(timeout=timeout_ms)
             page.screenshot(path=str(SCREENSHOTS / "parent.png"), full_page=True)
         finally:
             browser.close()
+
+
+@pytest.mark.slow  # a real run of every backend
+def test_the_run_saves_its_view_the_description_and_each_backends_colour(
+    recorded_run: tuple[str, list[str]], tmp_path: Path
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    uri, lines = recorded_run
+    parent = lines[0].removeprefix("recorded as parent run ").strip()
+    copy = tmp_path / "mlflow.db"  # a copy: the served store stays as the run left it
+    shutil.copy(uri.removeprefix("sqlite:///"), copy)
+    client = MlflowClient(f"sqlite:///{copy}")
+    experiment = client.get_experiment_by_name("mnist-tutorial").experiment_id
+    assert views.VIEW_TAG_PREFIX + parent in client.get_experiment(experiment).tags
+    assert views.latest(client, experiment) == parent  # what `bench ui` prints
+    cells = client.search_runs([experiment], f"tags.invocation = '{parent}'")
+    colors = {run.data.tags["backend"]: run.data.tags.get(views.RUN_COLOR_TAG) for run in cells}
+    assert colors == {backend: views.run_color(backend) for backend in installed_backends()}
+    assert len(set(colors.values())) == len(colors)  # no two backends alike
+    client.set_experiment_tag(experiment, views.NOTE_TAG, "the team's own words")
+    views.save(client, experiment, parent)  # the next invocation's
+    assert client.get_experiment(experiment).tags[views.NOTE_TAG] == "the team's own words"
 
 
 @pytest.mark.slow  # a real run of every backend
@@ -215,7 +241,8 @@ def test_bench_ui_serves_a_copied_store_with_its_artifacts(
         server.wait(timeout=60)
     output = log.read_text()
     assert "store moved: experiment 'mnist-tutorial'" in output
-    assert f":{port}/#/experiments/" in output  # the cells URL, on the port asked for
+    assert f":{port}/#/experiments/" in output  # the view's URL, on the port asked for
+    assert f"viewStateShareKey={parent}" in output  # the newest invocation's
 
 
 @pytest.mark.parametrize(
