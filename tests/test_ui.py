@@ -178,10 +178,12 @@ def test_the_printed_urls_show_the_cells_and_the_parents_report(
             # Opened as model training (its side bar), not on GenAI's overview of traces.
             assert "Model registry" in body and "Evaluation runs" not in body
             page.screenshot(path=str(SCREENSHOTS / "cells.png"), full_page=True)
-            page.goto(view_url + "&compareRunsMode=CHART")  # the same view, as charts
-            charts = page.get_by_text("Comparison (3)")  # one section, the three metrics
-            charts.wait_for(timeout=timeout_ms)
-            page.screenshot(path=str(SCREENSHOTS / "charts.png"), full_page=True)
+            charts = browser.new_page(viewport={"width": 2400, "height": 1000})
+            charts.goto(view_url + "&compareRunsMode=CHART")  # the same view, as charts
+            charts.get_by_text("Comparison", exact=True).wait_for(timeout=timeout_ms)
+            # One section of the three metrics, not a chart per logged metric (39, canary first).
+            assert "Comparison\n(3)" in charts.inner_text("body")
+            charts.screenshot(path=str(SCREENSHOTS / "charts.png"), full_page=True)
             page.goto(parent_url)
             page.get_by_text("relu-xavier", exact=False).first.wait_for(timeout=timeout_ms)
             page.get_by_text("Tutorial", exact=False).first.wait_for(timeout=timeout_ms)
