@@ -107,7 +107,8 @@ def view_state(invocation: str, runs: int, logged: set[str]) -> dict[str, Any]:
         "lifecycleFilter": "Active",
         # The default columns (Source, Models, Dataset) are left out: the same in every row.
         "selectedColumns": columns,
-        # The UI puts metrics before tags; what a row is (its backend, stage) reads first.
+        # The UI puts metrics before tags; what a row is (its backend, stage) reads first. The
+        # UI applies it once its grid has every column, which a loaded machine may skip.
         "columnOrder": [*FIXED_COLUMNS, *columns],
         # Wide enough for the metrics' names, cut to "train_samples_" at the UI's 100 px.
         "columnWidths": {column: METRIC_WIDTH_PX for column in columns[len(TAG_COLUMNS) :]},
