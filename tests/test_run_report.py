@@ -462,7 +462,7 @@ def test_the_description_says_which_cells_diverged_or_timed_badly(
     # The table shows what happened to the cell, not its accuracy.
     assert "| relu-xavier | diverged at step 28 |" in note
     named = f"{last.data.tags['backend']} relu-xavier cpu (canary +8483%, other processes used"
-    assert f"**speed NOT stable**, timings suspect ({named} 1.39 cores)" in note
+    assert "**speed NOT stable**, timings suspect (" in note and f"{named} 1.39 cores)" in note
     assert f"**matrix** `{recorded.parent.info.run_name}` (FINISHED)" in note  # no "run run"
 
 
@@ -500,7 +500,7 @@ def test_figures_name_every_backend_in_its_colour_with_readable_throughput(
         assert f"{value:,.0f}" in written  # the value, on its bar
         bar = bars[BACKEND_COLORS[cell.backend].lower()]  # one colour per backend
         assert bar.get_height() == pytest.approx(value)
-    labels = [t.get_text() for ax in figure.axes for t in ax.get_legend_handles_labels()[1]]
+    labels = [label for ax in figure.axes for label in ax.get_legend_handles_labels()[1]]
     assert not [label for label in labels if "mean of 1 seed" in label]
     assert any("(seed 0)" in label for label in labels)
 

@@ -5,6 +5,7 @@ The same table opens the terminal's closing lines, the parent run's description 
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 
 from bench.core.types import CellRun
@@ -117,4 +118,4 @@ def entries_of_runs(runs: list[CellRun]) -> list[Entry]:
 
 def text_table(table: Pivot) -> str:
     """For the terminal: left-aligned columns under a rule, the caption below."""
-    return f"{aligned(table.header, table.rows)}\n{CAPTION}"
+    return f"{aligned(table.header, table.rows)}\n{textwrap.fill(CAPTION, 100)}"
