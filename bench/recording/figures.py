@@ -180,10 +180,12 @@ def _plot_speed(ax: Axes, cells: list[CellData]) -> None:
         )
     ax.set_ylim(0, ceiling)
     ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
-    if not top:
+    if not top:  # no axis to read: ticks of 0..1 would be mistaken for values
+        ax.set_yticks([])
         _note(ax, "no samples/s: diverged, or under 2 epochs (the first is warm-up)")
     _top_line(ax, "; ".join(notes) or "no peak measured (--no-peak)")
     ax.set_xticks(range(len(cells)), [c.label for c in cells], rotation=30, ha="right", fontsize=7)
+    ax.set_xlim(-0.5, len(cells) - 0.5)
     ax.set_ylabel("train samples/s (whisker: p25-p75 of epochs)")
 
 
@@ -212,8 +214,9 @@ def _top_line(ax: Axes, text: str) -> None:
     )
 
 
-def _plot_time(ax: Axes, cells: list[CellData]) -> None:
-    """Where each cell's wall time went, phase by phase (stacked)."""
+def _plot_time(ax: Axes, cells: list[CellData], legend_ax: Axes) -> None:
+    """Where each cell's wall time went, phase by phase (stacked); the phases' legend goes in
+    `legend_ax`'s free space, where it covers no bar."""
     phases: list[str] = []
     for cell in cells:
         for key in cell.metrics:
@@ -231,7 +234,16 @@ def _plot_time(ax: Axes, cells: list[CellData]) -> None:
     ax.invert_yaxis()
     ax.set_xlabel("seconds")
     if phases:
-        ax.legend(fontsize=6, ncol=2)
+        handles, labels = ax.get_legend_handles_labels()
+        legend_ax.legend(
+            handles,
+            labels,
+            fontsize=7,
+            ncol=2,
+            loc="lower left",
+            title="time breakdown phases",
+            title_fontsize=7,
+        )
     else:
         _note(ax, "no time breakdown recorded")
 
@@ -281,7 +293,7 @@ def stage_figure(invocation: Invocation, stage: str) -> Figure:
         test.set_title("test accuracy per seed")
     _plot_speed(speed, cells)
     speed.set_title("throughput against the roofline (machine peak)")
-    _plot_time(timing, cells)
+    _plot_time(timing, cells, about)
     timing.set_title("time breakdown per cell")
     _plot_about(about, cells, stage)
     names = [BACKEND_NAMES.get(b, b) for b in dict.fromkeys(c.backend for c in cells)]
