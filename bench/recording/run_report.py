@@ -659,6 +659,10 @@ def report_html(report: Report) -> str:
         f"<li>{markdown.inline_html(fact.removeprefix('- '))}</li>" for fact in _facts(inv, None)
     )
     body.append(f"<h2>How it was run</h2><ul>{facts}</ul>")
+    measured = _parent_figures(inv)
+    if measured:  # the parent's own figures (peaks, load at the start, parity's differences)
+        items = "".join(f"<li>{html.escape(line[2:])}</li>" for line in measured.splitlines())
+        body.append(f"<h2>Recorded on this run</h2><ul>{items}</ul>")
     style = (
         "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}img{max-width:100%}"
