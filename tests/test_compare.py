@@ -457,7 +457,7 @@ def test_two_seed0_runs_of_one_commit_pass_and_are_recorded(runs: Runs) -> None:
     names = {a.path for a in client.list_artifacts(recorded.info.run_id)}
     assert names == {"compare.txt", "compare.csv", "compare.png", "report.html"}
     page = runs.folder / "reports" / recorded.info.run_id / "report.html"
-    assert "verdict no regression (exit 0)" in page.read_text()
+    assert "verdict <strong>no regression</strong> (exit 0)" in page.read_text()
     again = _bench("report", recorded.info.run_id, "--tracking-uri", runs.uri)
     assert again.returncode == 0, again.stdout + again.stderr
     csv_file = client.download_artifacts(recorded.info.run_id, "compare.csv", str(runs.folder))

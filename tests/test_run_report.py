@@ -18,7 +18,7 @@ import pytest
 
 from backends import installed_backends
 from bench.recording.run_report import default_report_dir
-from bench.recording.ui import run_url
+from bench.recording.ui import cells_url, run_url
 from tests.conftest import mnist_dir
 from tests.live import bench, tiny_run
 
@@ -95,8 +95,10 @@ def test_parent_run_has_the_description(recorded: Recorded) -> None:
             rf"converged \| {re.escape(accuracy)} \| 98\.02% \|",
             note,
         ), note
-    url = run_url(recorded.uri, parent.info.experiment_id, parent.info.run_id)
-    assert f"[Open in the MLflow UI]({url})" in note
+    # The page this description is on links to its cells, not to itself.
+    url = cells_url(recorded.uri, parent.info.experiment_id, parent.info.run_id)
+    assert f"[Its cells side by side in the MLflow UI]({url})" in note
+    assert run_url(recorded.uri, parent.info.experiment_id, parent.info.run_id) not in note
     assert parent.data.tags["git_commit"] in note
     assert "--stage relu-xavier --epochs 2" in note  # the command line
     assert "cores available" in note  # the machine
@@ -166,7 +168,7 @@ def test_report_command_regenerates_it(recorded: Recorded, tmp_path: Path) -> No
     assert (out / "figures" / "relu-xavier.png").read_bytes().startswith(b"\x89PNG")
     columns = json.loads((out / "cells.json").read_text())
     assert sorted(columns["backend"]) == sorted(installed_backends())
-    assert (out / "description.md").read_text().startswith("**matrix** run")
+    assert (out / "description.md").read_text().startswith("| stage |")
 
 
 def _artifact_roots(database: Path) -> set[str]:
@@ -262,10 +264,10 @@ def test_parity_run_gets_a_report_with_its_curve(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     [run] = all_runs(uri)
     note = run.data.tags["mlflow.note.content"]
-    assert note.startswith("**parity** run") and "parity passed" in note
+    assert note.startswith("**parity** `parity-") and "parity passed" in note
     assert "--stage relu-xavier --steps 5 --backend" in note
     page = default_report_dir(uri, run.info.run_id) / "report.html"
-    assert "<h2>parity_curve.png</h2><img" in page.read_text()
+    assert "<h2>parity curve</h2><img" in page.read_text()
     assert "report.html" in {a.path for a in client(uri).list_artifacts(run.info.run_id)}
 
 
@@ -396,3 +398,174 @@ def test_stage_text_is_shown_not_rendered_in_descriptions(served: Served) -> Non
     assert "<img" not in note and "<iframe" not in note
     assert note.count("&lt;img src=x onerror=alert(1)&gt;") == 2  # description and deviations
     assert "\\[go\\](javascript:x)" in note
+
+
+# ---- the results at a glance, and a report that reads as it is meant to -------------------
+
+
+def _in_order(recorded: Recorded) -> list[Any]:
+    """The cells as they ran: the order of the table's columns."""
+    return sorted(recorded.cells, key=lambda run: run.info.start_time)
+
+
+def _backends_in_order(recorded: Recorded) -> list[str]:
+    return [cell.data.tags["backend"] for cell in _in_order(recorded)]
+
+
+def _glance_entry(cell: Any) -> str:
+    metrics = cell.data.metrics
+    return f"{100 * metrics['test_accuracy']:.2f}% (n=1), {metrics['train_samples_per_s']:,.0f}/s"
+
+
+@pytest.mark.slow
+def test_the_results_at_a_glance_come_first_everywhere(recorded: Recorded) -> None:
+    """Stage x backend, test accuracy and samples/s: first in the closing lines, the parent's
+    description and report.html."""
+    backends = _backends_in_order(recorded)
+    lines = recorded.done.stdout.splitlines()
+    [glance] = [i for i, line in enumerate(lines) if line.split() == ["stage", *backends]]
+    [cells] = [i for i, line in enumerate(lines) if line.split()[:2] == ["stage", "backend"]]
+    assert glance < cells and lines[glance - 1] == ""  # the first of the closing tables
+    note = recorded.parent.data.tags["mlflow.note.content"]
+    assert note.startswith(f"| stage | {' | '.join(backends)} |\n")
+    entries = [_glance_entry(cell) for cell in _in_order(recorded)]
+    row = "relu-xavier " + " ".join(entries)
+    assert " ".join(lines[glance + 2].split()) == " ".join(row.split())
+    assert f"| relu-xavier | {' | '.join(entries)} |" in note
+    page = default_report_dir(recorded.uri, recorded.parent.info.run_id) / "report.html"
+    assert re.search(r"<body><h1>[^<]*</h1><table class=\"glance\">", page.read_text())
+
+
+@pytest.mark.slow
+def test_the_description_says_which_cells_diverged_or_timed_badly(
+    recorded: Recorded, tmp_path: Path
+) -> None:
+    """In words MLflow's Markdown keeps: "diverged at step 28" ("@step" links to a GitHub
+    user), and the cells whose speed is suspect, with why."""
+    uri = _copied_store(recorded, tmp_path / "store")
+    run_id = recorded.parent.info.run_id
+    cells = _in_order(recorded)
+    first, last = cells[0], cells[-1]
+    store = client(uri)
+    store.set_tag(first.info.run_id, "outcome", "diverged")
+    store.log_metric(first.info.run_id, "diverged_step", 28)
+    store.set_tag(last.info.run_id, "speed_stable", "false")
+    reason = "canary +8483%; other processes used 1.39 cores"
+    store.set_tag(last.info.run_id, "speed_unstable_reason", reason)
+    store.set_tag(run_id, "speed_stable", "false")
+    from bench.recording.run_report import make_report
+    from bench.recording.tracking import Tracker
+
+    out = tmp_path / "out"  # in this process: `report`'s own start-up would double the time
+    make_report(Tracker(uri, experiment=None), run_id, out)
+    note = store.get_run(run_id).data.tags["mlflow.note.content"]
+    assert note == (out / "description.md").read_text()
+    assert "@" not in note and "diverged at step 28" in note
+    # The table shows what happened to the cell, not its accuracy.
+    assert "| relu-xavier | diverged at step 28 |" in note
+    named = f"{last.data.tags['backend']} relu-xavier cpu (canary +8483%, other processes used"
+    assert "**speed NOT stable**, timings suspect (" in note and f"{named} 1.39 cores)" in note
+    assert f"**matrix** `{recorded.parent.info.run_name}` (FINISHED)" in note  # no "run run"
+
+
+def _invocation(uri: str, run_id: str) -> Any:
+    from bench.recording.run_report import load_invocation
+    from bench.recording.tracking import Tracker
+
+    return load_invocation(Tracker(uri, experiment=None), run_id)
+
+
+def _speed_panel(figure: Any) -> Any:
+    [panel] = [ax for ax in figure.axes if ax.get_title().startswith("throughput")]
+    return panel
+
+
+@pytest.mark.slow
+def test_figures_name_every_backend_in_its_colour_with_readable_throughput(
+    recorded: Recorded,
+) -> None:
+    from matplotlib.colors import to_hex
+
+    from bench.recording.figures import BACKEND_COLORS, BACKEND_NAMES, stage_figure
+
+    invocation = _invocation(recorded.uri, recorded.parent.info.run_id)
+    figure = stage_figure(invocation, "relu-xavier")
+    title = figure.get_suptitle()
+    assert all(BACKEND_NAMES[b] in title for b in installed_backends()), title
+    assert "TensorFlow vs PyTorch (" not in title or len(installed_backends()) == 2
+    speed = _speed_panel(figure)
+    assert speed.get_yscale() == "linear" and speed.get_legend() is None  # nothing hides a bar
+    written = {text.get_text() for text in speed.texts}
+    bars = {to_hex(bar.get_facecolor()): bar for bar in speed.patches}
+    for cell in invocation.cells:
+        value = cell.metrics["train_samples_per_s"]
+        assert f"{value:,.0f}" in written  # the value, on its bar
+        bar = bars[BACKEND_COLORS[cell.backend].lower()]  # one colour per backend
+        assert bar.get_height() == pytest.approx(value)
+    labels = [label for ax in figure.axes for label in ax.get_legend_handles_labels()[1]]
+    assert not [label for label in labels if "mean of 1 seed" in label]
+    assert any("(seed 0)" in label for label in labels)
+
+
+@pytest.mark.slow
+def test_the_roofline_never_strikes_through_the_note_that_nothing_was_timed(
+    recorded: Recorded,
+) -> None:
+    """Cells without samples/s but with a peak: the roof is written at the top, not drawn
+    across the middle where the note says why no bar is there."""
+    from dataclasses import replace
+
+    from bench.recording.figures import stage_figure
+
+    invocation = _invocation(recorded.uri, recorded.parent.info.run_id)
+    untimed = [
+        replace(
+            cell,
+            metrics={
+                **{k: v for k, v in cell.metrics.items() if "samples_per_s" not in k},
+                "machine_peak_gflops": 100.0,
+                "flops_per_sample": 1e5,
+            },
+        )
+        for cell in invocation.cells
+    ]
+    speed = _speed_panel(stage_figure(replace(invocation, cells=untimed), "relu-xavier"))
+    assert not speed.lines  # no roofline drawn
+    texts = {text.get_text(): text.get_position() for text in speed.texts}
+    assert texts["roofline cpu: 1,000,000/s"][1] > 0.9
+    [(_, middle)] = [pos for text, pos in texts.items() if text.startswith("no samples/s")]
+    assert middle == 0.5
+
+
+@pytest.mark.slow  # a real browser
+def test_report_html_reads_in_a_browser_as_mailed(recorded: Recorded, tmp_path: Path) -> None:
+    """Opened from a file, as a mailed copy is: the table at a glance first, no Markdown marks,
+    no raw copy of the description, headings that say what they show, and the UI's link
+    saying what it needs."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.test_ui import SCREENSHOTS, _browser
+
+    executable = _browser()
+    page_file = default_report_dir(recorded.uri, recorded.parent.info.run_id) / "report.html"
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(page_file.as_uri())
+            first = page.locator("body > :nth-child(2)")
+            assert first.evaluate("e => e.tagName + '.' + e.className") == "TABLE.glance"
+            assert first.locator("th").all_inner_texts() == [
+                "stage",
+                *_backends_in_order(recorded),
+            ]
+            text = page.inner_text("body")
+            assert "`" not in text and "**" not in text and "| stage |" not in text
+            assert "Description" not in page.locator("h2").all_inner_texts()
+            headings = page.locator("h2").all_inner_texts()
+            assert not [h for h in headings if h.endswith(".png")], headings
+            assert "mlflow ui --backend-store-uri" in text  # what the UI link needs
+            page.screenshot(path=str(SCREENSHOTS / "report.png"), full_page=True)
+        finally:
+            browser.close()

@@ -102,7 +102,7 @@ def results_table(runs: list[CellRun], specs: dict[str, StageSpec]) -> str:
             )
             continue
         r = run.result
-        outcome = r.outcome + (f" @step {r.diverged_step}" if r.diverged_step else "")
+        outcome = r.outcome + (f" at step {r.diverged_step}" if r.diverged_step else "")
         speed = f"{r.train_samples_per_s:,.0f}{speed_mark(run)}" if r.train_samples_per_s else "-"
         met = _met(specs[c.stage], r.outcome, r.test_accuracy)
         rows.append(

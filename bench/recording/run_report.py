@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import re
 import sys
 import tempfile
 import time
@@ -25,10 +24,11 @@ from bench.core.program import PROGRAM
 from bench.core.spec import ExpectedSpec, StageSpec, parse_stage, with_epochs
 from bench.core.types import environment_of
 from bench.recording import markdown, store
+from bench.recording.pivot import CAPTION, Entry, Pivot, pivot
 from bench.recording.report import CELL_COLUMNS, GROUP_COLUMNS
 from bench.recording.stats import summarize
 from bench.recording.tracking import INVOCATION_TAG, Tracker
-from bench.recording.ui import run_url
+from bench.recording.ui import cells_url, run_url, ui_command
 
 # The kinds of parent run a report is made for (the tag `kind` of an invocation's run). A
 # comparison has no cells: its report is its verdict, its table (compare.txt) and its plot.
@@ -293,7 +293,8 @@ def cell_row(cell: CellData) -> CellRow:
         tutorial = expected.tutorial_test_accuracy
     outcome = cell.outcome
     if "diverged_step" in cell.metrics:
-        outcome += f" @step {int(cell.metrics['diverged_step'])}"
+        # "at", not "@": MLflow's Markdown takes "@step" for a link to a GitHub user.
+        outcome += f" at step {int(cell.metrics['diverged_step'])}"
     m = cell.metrics
     return CellRow(
         stage=cell.stage,
@@ -382,7 +383,7 @@ def group_rows(rows: list[CellRow]) -> list[list[str]]:
             continue
         outcomes: dict[str, int] = {}
         for row in members:
-            key = row.outcome.split(" @")[0]
+            key = row.outcome.split(" at step")[0]
             outcomes[key] = outcomes.get(key, 0) + 1
         accuracy = summarize([r.test_accuracy for r in members if r.test_accuracy is not None])
         speed = summarize([r.samples_per_s for r in members if r.samples_per_s is not None])
@@ -401,6 +402,25 @@ def group_rows(rows: list[CellRow]) -> list[list[str]]:
             ]
         )
     return lines
+
+
+def invocation_pivot(invocation: Invocation) -> Pivot:
+    """The results at a glance (bench.recording.pivot) from the cells the store holds."""
+    entries = []
+    for cell in invocation.cells:
+        step = cell.metrics.get("diverged_step")
+        entries.append(
+            Entry(
+                stage=cell.stage,
+                backend=cell.backend,
+                device=cell.device,
+                outcome=cell.outcome,
+                test_accuracy=cell.metrics.get("test_accuracy"),
+                samples_per_s=cell.metrics.get("train_samples_per_s"),
+                diverged_step=None if step is None else int(step),
+            )
+        )
+    return pivot(entries)
 
 
 # ---- the description ----------------------------------------------------------------------
@@ -436,15 +456,16 @@ def _machine(invocation: Invocation) -> str:
 def _summary_line(invocation: Invocation) -> str:
     cells = invocation.cells
     failed = sum(cell.outcome in ("failed", "unfinished") for cell in cells)
+    # The name starts with its command ("run 4 stages | ..."): no "run" before it.
     words = [
-        f"**{markdown.text(invocation.kind)}** run {markdown.code(invocation.name)}"
+        f"**{markdown.text(invocation.kind)}** {markdown.code(invocation.name)}"
         f" ({invocation.status})"
     ]
     if cells:
         words.append(f"{len(cells)} cells, {failed} failed")
     if "speed_stable" in invocation.tags:
         stable = invocation.tags["speed_stable"] == "true"
-        words.append("speed stable" if stable else "**speed NOT stable** (timings suspect)")
+        words.append("speed stable" if stable else _unstable(invocation))
     if invocation.kind == "parity" and "passed" in invocation.tags:
         words.append("parity " + ("passed" if invocation.tags["passed"] == "true" else "FAILED"))
     if invocation.kind == "comparison":
@@ -456,6 +477,22 @@ def _summary_line(invocation: Invocation) -> str:
                 url = run_url(invocation.tracking_uri, invocation.experiment_id, tags[side])
                 words.append(f"{side} [{markdown.text(tags[side])}]({url})")
     return " · ".join(words)
+
+
+def _unstable(invocation: Invocation) -> str:
+    """Which cells' samples/s are suspect, and why (their tag speed_unstable_reason)."""
+    several_seeds = len({cell.seed for cell in invocation.cells}) > 1
+    suspects = []
+    for cell in invocation.cells:
+        if cell.tags.get("speed_stable") != "false":
+            continue
+        name = f"{cell.backend} {cell.stage} {cell.device}" + (
+            f" seed {cell.seed}" if several_seeds else ""
+        )
+        reason = cell.tags.get("speed_unstable_reason", "no reason recorded")
+        suspects.append(f"{name} ({reason.replace('; ', ', ')})")
+    named = "; ".join(suspects) or "the machine was busy around the run"
+    return f"**speed NOT stable**, timings suspect ({markdown.text(named)})"
 
 
 def _parent_figures(invocation: Invocation) -> str:
@@ -470,12 +507,16 @@ def _parent_figures(invocation: Invocation) -> str:
 
 
 def description(invocation: Invocation, report_dir: Path | None = None) -> str:
-    """The Markdown for the parent run's description (mlflow.note.content)."""
-    url = run_url(invocation.tracking_uri, invocation.experiment_id, invocation.run_id)
-    commit = invocation.tags.get("git_commit", "unknown")
-    dirty = " (uncommitted changes)" if invocation.tags.get("git_dirty") == "true" else ""
-    parts = [_summary_line(invocation), f"[Open in the MLflow UI]({url})"]
+    """The Markdown for the parent run's description (mlflow.note.content): the results at a
+    glance first, then what was run, each cell, and how it was run."""
+    parts = []
     if invocation.cells:
+        glance = invocation_pivot(invocation)
+        parts += [_markdown_table(glance.header, glance.rows), markdown.text(CAPTION)]
+    parts.append(_summary_line(invocation))
+    if invocation.cells:  # this page is the run's own: the link goes to its cells
+        url = cells_url(invocation.tracking_uri, invocation.experiment_id, invocation.run_id)
+        parts.append(f"[Its cells side by side in the MLflow UI]({url})")
         rows = [cell_row(cell) for cell in invocation.cells]
         parts.append(_markdown_table(TABLE_HEADER, [row_cells(row) for row in rows]))
         groups = group_rows(rows)
@@ -486,6 +527,14 @@ def description(invocation: Invocation, report_dir: Path | None = None) -> str:
     figures = _parent_figures(invocation)
     if figures:
         parts.append("Recorded on this run:\n\n" + figures)
+    parts.append("\n".join(_facts(invocation, report_dir)))
+    return "\n\n".join(parts) + "\n"
+
+
+def _facts(invocation: Invocation, report_dir: Path | None) -> list[str]:
+    """How it was run, as Markdown list items: command, commit, machine, store, report."""
+    commit = invocation.tags.get("git_commit", "unknown")
+    dirty = " (uncommitted changes)" if invocation.tags.get("git_dirty") == "true" else ""
     command = invocation.params.get("command") or invocation.tags.get("command")
     facts = [
         f"- command: {markdown.code(f'{PROGRAM} {store.redacted(command)}')}"
@@ -499,8 +548,7 @@ def description(invocation: Invocation, report_dir: Path | None = None) -> str:
     if report_dir is not None:
         page = markdown.code(str(report_dir / "report.html"))
         facts.append(f"- report: {page} (also this run's artifact)")
-    parts.append("\n".join(facts))
-    return "\n\n".join(parts) + "\n"
+    return facts
 
 
 # ---- the report ---------------------------------------------------------------------------
@@ -546,47 +594,81 @@ def _check_cells(invocation: Invocation) -> None:
         )
 
 
-def _html_table(header: list[str], rows: list[list[str]]) -> str:
+def _html_table(header: list[str], rows: list[list[str]], css: str = "") -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    attribute = f' class="{css}"' if css else ""
+    return f"<table{attribute}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _plain(line: str) -> str:
-    """A Markdown line as text: no emphasis, a link as its words."""
-    return re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", line.replace("**", ""))
+def _where_in_the_ui(inv: Invocation) -> str:
+    """The UI's address and what it needs: a store's UI is served on the machine that holds
+    it, so a mailed report says so rather than link to a page only that machine shows."""
+    if inv.cells:
+        url, what = cells_url(inv.tracking_uri, inv.experiment_id, inv.run_id), "Its cells"
+    else:
+        url, what = run_url(inv.tracking_uri, inv.experiment_id, inv.run_id), "This run"
+    link = f'<a href="{html.escape(url)}">{what} in the MLflow UI</a>'
+    if not ui_command(inv.tracking_uri):
+        return f"<p>{link} (the tracking server's).</p>"
+    serve = f"mlflow ui --backend-store-uri {inv.tracking_uri}"
+    return (
+        f"<p>{link}: served by <code>{html.escape(serve)}</code> on the machine that holds"
+        " the store; the link opens nothing elsewhere.</p>"
+    )
+
+
+def _heading(name: str, report: Report) -> str:
+    """What an image or text shows, not its file name."""
+    if name in report.figures:
+        stage = Path(name).stem
+        backends = ", ".join(
+            dict.fromkeys(c.backend for c in report.invocation.cells if c.stage == stage)
+        )
+        return f"{stage}: accuracy, loss, throughput and time per backend ({backends})"
+    return Path(name).stem.replace("_", " ")
 
 
 def report_html(report: Report) -> str:
-    """One self-contained page: the description's facts, the table, every image inline."""
+    """One self-contained page: the results at a glance, what was run, each cell, every
+    image inline, and how it was run."""
     inv = report.invocation
-    url = run_url(inv.tracking_uri, inv.experiment_id, inv.run_id)
     title = f"mlp-bench {inv.kind} {inv.name}"
-    body = [
-        f"<h1>{html.escape(title)}</h1>",
-        f"<p>{html.escape(_plain(_summary_line(inv)))}</p>",
-        f'<p><a href="{html.escape(url)}">Open in the MLflow UI</a> (run {inv.run_id})</p>',
-    ]
+    body = [f"<h1>{html.escape(title)}</h1>"]
     if report.rows:
+        glance = invocation_pivot(inv)
+        body.append(_html_table(glance.header, glance.rows, "glance"))
+        body.append(f'<p class="caption">{html.escape(CAPTION)}</p>')
+    body.append(f"<p>{markdown.inline_html(_summary_line(inv))}</p>")
+    body.append(_where_in_the_ui(inv))
+    if report.rows:
+        body.append("<h2>Each cell</h2>")
         body.append(_html_table(TABLE_HEADER, [row_cells(row) for row in report.rows]))
         groups = group_rows(report.rows)
         if groups:
             body.append("<h2>Over the seeds</h2>" + _html_table(GROUP_HEADER, groups))
     for name, text in inv.texts.items():
-        body.append(f"<h2>{html.escape(name)}</h2><pre>{html.escape(text)}</pre>")
+        body.append(f"<h2>{html.escape(_heading(name, report))}</h2><pre>{html.escape(text)}</pre>")
     for name, png in report.pngs.items():
         data = base64.b64encode(png).decode("ascii")
-        body.append(
-            f'<h2>{html.escape(name)}</h2><img alt="{html.escape(name)}" '
-            f'src="data:image/png;base64,{data}">'
-        )
-    body.append(f"<h2>Description</h2><pre>{html.escape(report.description)}</pre>")
+        heading = html.escape(_heading(name, report))
+        body.append(f'<h2>{heading}</h2><img alt="{heading}" src="data:image/png;base64,{data}">')
+    facts = "".join(
+        f"<li>{markdown.inline_html(fact.removeprefix('- '))}</li>" for fact in _facts(inv, None)
+    )
+    body.append(f"<h2>How it was run</h2><ul>{facts}</ul>")
+    measured = _parent_figures(inv)
+    if measured:  # the parent's own figures (peaks, load at the start, parity's differences)
+        items = "".join(f"<li>{html.escape(line[2:])}</li>" for line in measured.splitlines())
+        body.append(f"<h2>Recorded on this run</h2><ul>{items}</ul>")
     style = (
         "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}img{max-width:100%}"
         "pre{background:#f6f6f6;padding:1em;overflow-x:auto}"
+        "table.glance{font-size:1.1em}table.glance td,table.glance th{padding:4px 10px}"
+        ".caption{color:#555;font-size:0.9em}"
     )
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
