@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+from threadpoolctl import threadpool_limits
 
 from bench.core.spec import load_stage
 from bench.core.types import Cell, CellLoad, CellResult, CellRun
@@ -28,6 +30,8 @@ from bench.execution.quiet import (
     activity_between,
     busy_reason,
     canary,
+    canary_failure,
+    canary_failure_lines,
     cpu_times,
     others_cores,
     probe_activity,
@@ -110,6 +114,39 @@ def test_a_cell_is_unstable_when_the_canary_moved_others_ran_or_its_epochs_sprea
     )
 
 
+def test_a_canary_no_load_explains_is_a_failed_measurement_not_a_busy_machine() -> None:
+    assert canary_failure(600.0, 51_000.0) == "canary unreliable: 85x between before and after"
+    assert canary_failure(51_000.0, 600.0) == "canary unreliable: 85x between before and after"
+    assert canary_failure(20_000.0, 2_100.0) == ""  # 9.5x: a heavy load can do that
+    # Rates no CPU gives: a stopped process, a broken clock.
+    assert canary_failure(0.0, 20_000.0) == "canary unreliable: 0 samples/s before"
+    assert canary_failure(20_000.0, math.inf) == "canary unreliable: inf samples/s after"
+    assert canary_failure(math.nan, 20_000.0) == "canary unreliable: nan samples/s before"
+    assert canary_failure(20_000.0, 5e6) == "canary unreliable: 5,000,000 samples/s after"
+    # The canary says nothing then: the other signs alone judge the cell's speed.
+    quiet = Activity(0.1, 0.0, None)
+    assert unstable_reasons(600.0, 51_000.0, quiet, {}) == ()
+    busy = Activity(1.3, 0.0, None)
+    assert unstable_reasons(600.0, 51_000.0, busy, {}) == ("other processes used 1.30 cores",)
+
+
+def test_a_failed_canary_is_recorded_and_said_apart_from_the_speed_verdict() -> None:
+    failure = "canary unreliable: 85x between before and after"
+    load = CellLoad(600.0, 51_000.0, 0.0, 0.0, (), failure)
+    assert load.stable
+    assert load.tags() == {"speed_stable": "true", "canary_unreliable": failure}
+    assert "canary_failure" not in load.metrics()  # the figures are kept, the text is a tag
+    assert load.metrics()["canary_after_samples_per_s"] == 51_000.0
+    assert CellLoad.from_json(json.loads(json.dumps(asdict(load)))) == load
+    kept_before = {k: v for k, v in asdict(load).items() if k != "canary_failure"}
+    assert CellLoad.from_json(json.loads(json.dumps(kept_before))).canary_failure == ""
+    runs = [_run("relu-xavier", load), _run("adam", CellLoad(1.0, 1.0, 0.0, 0.0)), _run("x", None)]
+    assert canary_failure_lines(runs) == [
+        f"relu-xavier/torch/cpu/seed0: {failure} (a failed measurement, not a busy machine;"
+        " its speed is judged by other processes' CPU use and its epochs)"
+    ]
+
+
 def test_a_cell_load_gives_its_metrics_and_tags() -> None:
     load = CellLoad(200.0, 150.0, 0.5, 0.0, ("canary -25%", "other processes used 0.50 cores"))
     assert load.metrics() == {
@@ -136,6 +173,27 @@ def test_a_cell_load_gives_its_metrics_and_tags() -> None:
 def test_the_canary_is_a_rate() -> None:
     rate = canary(0.01)  # its minimum number of bursts, however fast the machine
     assert rate > 0 and math.isfinite(rate)
+
+
+def _canary_on_one_thread(seconds: float) -> float:
+    with threadpool_limits(limits=1):
+        return canary(seconds)
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: numpy's BLAS has one thread")
+def test_the_canary_slows_no_more_than_the_cpu_share_it_loses() -> None:
+    """With numpy's BLAS threads, one per core, a core held by another process stalled each of
+    the canary's products for a time slice: around a cell, canaries read from 1/85 to all of
+    the machine's rate. Against its own steps on one thread, timed in turn under the same load
+    (processes spinning on every core, twice over), it must lose nothing more."""
+    canaries: list[float] = []
+    one_thread: list[float] = []
+    with competing_processes(2 * (os.cpu_count() or 1)):
+        for _ in range(3):
+            canaries.append(canary(0.05))
+            one_thread.append(_canary_on_one_thread(0.05))
+    ratio = statistics.median(one_thread) / statistics.median(canaries)
+    assert ratio < 2.0, (ratio, [round(r) for r in canaries], [round(r) for r in one_thread])
 
 
 def test_the_canary_after_a_cell_is_no_part_of_its_time() -> None:
@@ -184,3 +242,4 @@ def test_competing_processes_make_the_machine_busy_and_a_cell_unstable() -> None
     assert load.others_cpu_cores is not None and load.others_cpu_cores > 1.0
     assert not load.stable and load.tags()["speed_stable"] == "false"
     assert "other processes used" in load.tags()["speed_unstable_reason"]
+    assert not load.canary_failure  # a load slows the canary; it does not break it

@@ -115,6 +115,9 @@ class CellLoad:
     others_cpu_cores: float | None
     steal_fraction: float | None
     unstable_reasons: tuple[str, ...] = ()
+    # Why the canary's two figures cannot be believed ("canary unreliable: 85x between before
+    # and after"), "" when they can: a failure of the measurement, which judges nothing.
+    canary_failure: str = ""
 
     @property
     def canary_change(self) -> float:
@@ -125,9 +128,8 @@ class CellLoad:
         return not self.unstable_reasons
 
     def metrics(self) -> dict[str, float]:
-        values = {
-            f.name: getattr(self, f.name) for f in fields(self) if f.name != "unstable_reasons"
-        }
+        texts = ("unstable_reasons", "canary_failure")
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in texts}
         values["canary_change"] = self.canary_change
         return {k: float(v) for k, v in values.items() if v is not None}
 
@@ -140,6 +142,8 @@ class CellLoad:
         tags = {"speed_stable": str(self.stable).lower()}
         if not self.stable:
             tags["speed_unstable_reason"] = "; ".join(self.unstable_reasons)[:500]
+        if self.canary_failure:
+            tags["canary_unreliable"] = self.canary_failure
         return tags
 
 

@@ -248,6 +248,8 @@ def execute(plan: Plan, kind: str) -> Execution:
         )
         if plan.cluster is not None:
             tracker.log_metrics(parent_id, node_peak_metrics(plan.cluster.node_peaks()))
+        for line in quiet.canary_failure_lines(runs):
+            print(line, flush=True)
         failed = sum(run.result is None for run in runs)
         planned = len(plan.resumed.cells) if plan.resumed is not None else len(runs)
         tracker.log_metrics(parent_id, {"cells": planned, "cells_failed": failed})

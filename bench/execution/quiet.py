@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
-from bench.core.types import CellLoad
+from bench.core.types import CellLoad, CellRun
 
 # Other processes using more than this many cores make a timing suspect: on a 2-core machine a
 # quarter core taken from a 2-thread cell is a 12% slowdown.
@@ -34,14 +35,32 @@ STEAL_LIMIT = 0.10
 # more than 25% in 5-13%: its speed swings ~14% (one standard deviation) from second to second.
 # The slowdowns to catch are 1.6-2x (-37% to -50%).
 CANARY_LIMIT = 0.25
+# Before and after differing by more than this factor: no load explains it (a process spinning
+# on every core slows the one-thread canary 1.5-3x), so the canary failed to measure the
+# machine. Its figures are kept, its verdict is not taken: a measurement failure, not a busy
+# machine.
+CANARY_BELIEVABLE = 10.0
 # The steady epochs' p75/p25 samples/s above this: the cell's own epochs disagree. Not 1.25:
 # quiet 10-epoch relu-xavier cells on the same VM read 1.19 (TensorFlow) and 1.20 (torch); a
 # second process on the cores spread them 2.4-7x.
 SPREAD_LIMIT = 1.5
 PROBE_SECONDS = 1.0
 CANARY_SECONDS = 0.3  # each canary: ~0.6 s per cell, before and after
-CANARY_STEPS = 4  # training steps per burst (~10 ms on 2 cores); the median burst is kept
+CANARY_STEPS = 4  # training steps per burst (~15 ms on one core); the median burst is kept
 CANARY_MIN_BURSTS = 5
+# One BLAS thread for the canary's products. With numpy's default of one per core, OpenBLAS
+# splits each batch-100 product between threads that must all finish it: a thread whose core
+# another process holds stalls the product for a scheduler time slice, so any other work on
+# the cores made the canary's rate a lottery (up to 85x between two canaries; docs/speed.md,
+# "The canary"). One thread slows as its share of a core does, and no more.
+CANARY_THREADS = 1
+# Float32 operations per sample of the canary's step (forward, softmax aside; backward without
+# the images' gradient), the bounds of a believable rate below: one thread doing more than
+# 1,000 GFLOP/s (four times a 4 GHz AVX-512 core's peak) or under 0.01 GFLOP/s (a core shared
+# a thousand ways) means a broken clock or a stopped process, not a machine's speed.
+CANARY_LAYERS = ((784, 256), (256, 256), (256, 10))
+CANARY_FLOPS_PER_SAMPLE = 2 * sum(a * b for a, b in CANARY_LAYERS) * 3 - 2 * 784 * 256
+CANARY_RATE_BOUNDS = (0.01e9 / CANARY_FLOPS_PER_SAMPLE, 1000e9 / CANARY_FLOPS_PER_SAMPLE)
 PROC_STAT = Path("/proc/stat")
 
 
@@ -204,17 +223,32 @@ def canary(seconds: float = CANARY_SECONDS) -> float:
     rng = np.random.default_rng(0)
     x = rng.random((100, 784), dtype=np.float32)
     onehot = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 100)]
-    sizes = [(784, 256), (256, 256), (256, 10)]
-    weights = [rng.standard_normal(s, dtype=np.float32) * np.float32(0.05) for s in sizes]
-    _canary_step(x, onehot, weights)  # warm-up: BLAS threads, first-touch pages
+    weights = [
+        rng.standard_normal(size, dtype=np.float32) * np.float32(0.05) for size in CANARY_LAYERS
+    ]
     rates: list[float] = []
-    deadline = time.perf_counter() + seconds
-    while len(rates) < CANARY_MIN_BURSTS or time.perf_counter() < deadline:
-        start = time.perf_counter()
-        for _ in range(CANARY_STEPS):
-            _canary_step(x, onehot, weights)
-        rates.append(CANARY_STEPS * len(x) / (time.perf_counter() - start))
+    with threadpool_limits(limits=CANARY_THREADS):
+        _canary_step(x, onehot, weights)  # warm-up: first-touch pages
+        deadline = time.perf_counter() + seconds
+        while len(rates) < CANARY_MIN_BURSTS or time.perf_counter() < deadline:
+            start = time.perf_counter()
+            for _ in range(CANARY_STEPS):
+                _canary_step(x, onehot, weights)
+            rates.append(CANARY_STEPS * len(x) / (time.perf_counter() - start))
     return float(np.median(rates))
+
+
+def canary_failure(canary_before: float, canary_after: float) -> str:
+    """Why the two canaries around a cell cannot be believed, in a line ("canary unreliable:
+    85x between before and after"); "" when they can. A rate no CPU gives, or a change no
+    load explains, says the canary measured something other than the machine."""
+    for when, rate in (("before", canary_before), ("after", canary_after)):
+        if not CANARY_RATE_BOUNDS[0] <= rate <= CANARY_RATE_BOUNDS[1]:
+            return f"canary unreliable: {rate:,.0f} samples/s {when}"
+    factor = max(canary_before, canary_after) / min(canary_before, canary_after)
+    if factor > CANARY_BELIEVABLE:
+        return f"canary unreliable: {factor:.0f}x between before and after"
+    return ""
 
 
 def unstable_reasons(
@@ -224,11 +258,13 @@ def unstable_reasons(
     spread: dict[str, float],
 ) -> tuple[str, ...]:
     """Why a cell's speed is not to be trusted; empty when it is. `spread` is the cell's
-    steady-epoch samples/s quartiles (CellResult.spread; empty without steady epochs)."""
+    steady-epoch samples/s quartiles (CellResult.spread; empty without steady epochs). A canary
+    that failed to measure (canary_failure) gives no reason: the others judge alone."""
     reasons = []
-    change = canary_after / canary_before - 1.0
-    if abs(change) > CANARY_LIMIT:
-        reasons.append(f"canary {change:+.0%}")
+    if not canary_failure(canary_before, canary_after):
+        change = canary_after / canary_before - 1.0
+        if abs(change) > CANARY_LIMIT:
+            reasons.append(f"canary {change:+.0%}")
     if activity.others_cores is not None and activity.others_cores > BUSY_CORES:
         reasons.append(f"other processes used {activity.others_cores:.2f} cores")
     if activity.steal_fraction is not None and activity.steal_fraction > STEAL_LIMIT:
@@ -261,4 +297,16 @@ def watch_after(before: Watch, spread: dict[str, float]) -> CellLoad:
         activity.others_cores,
         activity.steal_fraction,
         unstable_reasons(before.canary, after, activity, spread),
+        canary_failure(before.canary, after),
     )
+
+
+def canary_failure_lines(runs: list[CellRun]) -> list[str]:
+    """A line for each cell whose canary failed to measure, said apart from "speed not stable":
+    it is no verdict on the machine, and the cell's speed was judged without it."""
+    return [
+        f"{run.cell.name}: {run.load.canary_failure} (a failed measurement, not a busy machine;"
+        " its speed is judged by other processes' CPU use and its epochs)"
+        for run in runs
+        if run.load is not None and run.load.canary_failure
+    ]
