@@ -18,7 +18,7 @@ import pytest
 
 from backends import installed_backends
 from bench.recording.run_report import default_report_dir
-from bench.recording.ui import cells_url, run_url
+from bench.recording.ui import run_url, view_url
 from tests.conftest import mnist_dir
 from tests.live import bench, tiny_run
 
@@ -95,8 +95,8 @@ def test_parent_run_has_the_description(recorded: Recorded) -> None:
             rf"converged \| {re.escape(accuracy)} \| 98\.02% \|",
             note,
         ), note
-    # The page this description is on links to its cells, not to itself.
-    url = cells_url(recorded.uri, parent.info.experiment_id, parent.info.run_id)
+    # The page this description is on links to its cells' saved view, not to itself.
+    url = view_url(recorded.uri, parent.info.experiment_id, parent.info.run_id)
     assert f"[Its cells side by side in the MLflow UI]({url})" in note
     assert run_url(recorded.uri, parent.info.experiment_id, parent.info.run_id) not in note
     assert parent.data.tags["git_commit"] in note
@@ -453,6 +453,7 @@ def test_the_description_says_which_cells_diverged_or_timed_badly(
     reason = "canary +8483%; other processes used 1.39 cores"
     store.set_tag(last.info.run_id, "speed_unstable_reason", reason)
     store.set_tag(run_id, "speed_stable", "false")
+    store.set_tag(first.info.run_id, "canary_unreliable", "canary unreliable: 85x")
     from bench.recording.run_report import make_report
     from bench.recording.tracking import Tracker
 
@@ -466,6 +467,11 @@ def test_the_description_says_which_cells_diverged_or_timed_badly(
     named = f"{last.data.tags['backend']} relu-xavier cpu (canary +8483%, other processes used"
     assert "**speed NOT stable**, timings suspect (" in note and f"{named} 1.39 cores)" in note
     assert f"**matrix** `{recorded.parent.info.run_name}` (FINISHED)" in note  # no "run run"
+    backend = first.data.tags["backend"]
+    assert f"load canary failed on {backend} relu-xavier cpu (canary unreliable: 85x)" in note
+    # The link goes to the invocation's saved view, which the report saved first.
+    assert f"viewStateShareKey={run_id}" in note
+    assert f"mlflow.sharedViewState.{run_id}" in store.get_experiment(first.info.experiment_id).tags
 
 
 def _invocation(uri: str, run_id: str) -> Any:

@@ -280,7 +280,7 @@ def finish(execution: Execution, plan: Plan) -> bool:
     report_safely(execution.tracker, execution.parent_id)
     print()
     experiment_id = execution.tracker.experiment_id
-    view = views.save(execution.tracker.client, experiment_id, execution.parent_id)
+    view = views.saved(execution.tracker.client, experiment_id, execution.parent_id)
     print("\n".join(closing_lines(plan.tracking_uri, experiment_id, execution.parent_id, view)))
     return failed
 

@@ -10,6 +10,7 @@ later from the store is the same report.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import json
 import sys
@@ -23,12 +24,12 @@ from bench.core.errors import BenchError, StoreUnwritable
 from bench.core.program import PROGRAM
 from bench.core.spec import ExpectedSpec, StageSpec, parse_stage, with_epochs
 from bench.core.types import environment_of
-from bench.recording import markdown, store
+from bench.recording import markdown, store, views
 from bench.recording.pivot import CAPTION, Entry, Pivot, pivot
 from bench.recording.report import CELL_COLUMNS, GROUP_COLUMNS
 from bench.recording.stats import summarize
 from bench.recording.tracking import INVOCATION_TAG, Tracker
-from bench.recording.ui import cells_url, run_url, ui_command
+from bench.recording.ui import cells_link, run_url, ui_command
 
 # The kinds of parent run a report is made for (the tag `kind` of an invocation's run). A
 # comparison has no cells: its report is its verdict, its table (compare.txt) and its plot.
@@ -91,6 +92,7 @@ class Invocation:
     metrics: dict[str, float]
     cells: list[CellData]
     tracking_uri: str
+    view: str | None = None  # its saved view in the MLflow UI, where it has one
     texts: dict[str, str] = field(default_factory=dict)  # the parent's text artifacts
     images: dict[str, bytes] = field(default_factory=dict)  # the parent's PNG artifacts
 
@@ -466,6 +468,9 @@ def _summary_line(invocation: Invocation) -> str:
     if "speed_stable" in invocation.tags:
         stable = invocation.tags["speed_stable"] == "true"
         words.append("speed stable" if stable else _unstable(invocation))
+    canary = _canary_failures(invocation)
+    if canary:
+        words.append(canary)
     if invocation.kind == "parity" and "passed" in invocation.tags:
         words.append("parity " + ("passed" if invocation.tags["passed"] == "true" else "FAILED"))
     if invocation.kind == "comparison":
@@ -495,6 +500,16 @@ def _unstable(invocation: Invocation) -> str:
     return f"**speed NOT stable**, timings suspect ({markdown.text(named)})"
 
 
+def _canary_failures(invocation: Invocation) -> str:
+    """Cells whose load canary failed to measure: said apart, as they judge neither way."""
+    failed = [
+        f"{cell.backend} {cell.stage} {cell.device} ({cell.tags['canary_unreliable']})"
+        for cell in invocation.cells
+        if cell.tags.get("canary_unreliable")
+    ]
+    return f"load canary failed on {markdown.text('; '.join(failed))}" if failed else ""
+
+
 def _parent_figures(invocation: Invocation) -> str:
     """The parent's own measurements (peaks, parity's differences) as a Markdown list."""
     skip = ("cells", "cells_failed")
@@ -515,7 +530,7 @@ def description(invocation: Invocation, report_dir: Path | None = None) -> str:
         parts += [_markdown_table(glance.header, glance.rows), markdown.text(CAPTION)]
     parts.append(_summary_line(invocation))
     if invocation.cells:  # this page is the run's own: the link goes to its cells
-        url = cells_url(invocation.tracking_uri, invocation.experiment_id, invocation.run_id)
+        url = _cells_link(invocation)
         parts.append(f"[Its cells side by side in the MLflow UI]({url})")
         rows = [cell_row(cell) for cell in invocation.cells]
         parts.append(_markdown_table(TABLE_HEADER, [row_cells(row) for row in rows]))
@@ -568,6 +583,9 @@ def build_report(tracker: Tracker, run_id: str, report_dir: Path | None = None) 
 
     invocation = load_invocation(tracker, run_id)
     _check_cells(invocation)
+    if invocation.cells:  # saved first, so that the report links to it
+        view = views.save(tracker.client, invocation.experiment_id, run_id)
+        invocation = dataclasses.replace(invocation, view=view)
     figures = {
         f"figures/{stage}.png": stage_figure(invocation, stage) for stage in invocation.stages
     }
@@ -603,11 +621,15 @@ def _html_table(header: list[str], rows: list[list[str]], css: str = "") -> str:
     return f"<table{attribute}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _cells_link(inv: Invocation) -> str:
+    return cells_link(inv.tracking_uri, inv.experiment_id, inv.run_id, inv.view)
+
+
 def _where_in_the_ui(inv: Invocation) -> str:
     """The UI's address and what it needs: a store's UI is served on the machine that holds
     it, so a mailed report says so rather than link to a page only that machine shows."""
     if inv.cells:
-        url, what = cells_url(inv.tracking_uri, inv.experiment_id, inv.run_id), "Its cells"
+        url, what = _cells_link(inv), "Its cells"
     else:
         url, what = run_url(inv.tracking_uri, inv.experiment_id, inv.run_id), "This run"
     link = f'<a href="{html.escape(url)}">{what} in the MLflow UI</a>'

@@ -66,6 +66,14 @@ def view_url(tracking_uri: str, experiment_id: str, key: str, port: int = UI_POR
     return f"{ui_base(tracking_uri, port)}/{views.link(experiment_id, key)}"
 
 
+def cells_link(tracking_uri: str, experiment_id: str, invocation: str, view: str | None) -> str:
+    """Where an invocation's cells are seen: its saved view, or the filtered runs table where
+    it has none."""
+    if view is not None:
+        return view_url(tracking_uri, experiment_id, view)
+    return cells_url(tracking_uri, experiment_id, invocation)
+
+
 def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
     """A run's own page (its description holds the report)."""
     return f"{ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs/{run_id}"
@@ -80,9 +88,6 @@ def closing_lines(
     command = ui_command(tracking_uri)
     if command:
         lines.append(f"browse with: {command}")
-    if view is not None:
-        lines.append(f"  its cells: {view_url(tracking_uri, experiment_id, view)}")
-    else:
-        lines.append(f"  its cells: {cells_url(tracking_uri, experiment_id, parent_id)}")
+    lines.append(f"  its cells: {cells_link(tracking_uri, experiment_id, parent_id, view)}")
     lines.append(f"  its report: {run_url(tracking_uri, experiment_id, parent_id)}")
     return lines

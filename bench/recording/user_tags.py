@@ -30,6 +30,7 @@ RESERVED = frozenset(
         "expectation_met",
         "speed_stable",
         "speed_unstable_reason",
+        "canary_unreliable",
         "machine_busy",
         "retries",
         "retried_after",

@@ -141,6 +141,16 @@ def save(client: Any, experiment_id: str, invocation: str) -> str | None:
     return invocation
 
 
+def saved(client: Any, experiment_id: str, key: str) -> str | None:
+    """The key, if the experiment holds that view; None where it does not, or where the store
+    cannot say now (the printed link then falls back to the cells URL)."""
+    try:
+        tags = client.get_experiment(experiment_id).tags
+    except Exception:  # the store went away after the run was recorded: a link is not worth a
+        return None  # traceback
+    return key if VIEW_TAG_PREFIX + key in tags else None
+
+
 def link(experiment_id: str, key: str) -> str:
     """The view's address inside the UI (what follows its host)."""
     query = urlencode({SHARE_KEY: key, **MODEL_TRAINING_MODE})
