@@ -22,6 +22,7 @@ from bench.core.types import environment_of
 from bench.recording import compare
 from bench.recording.run_report import command_line, latest_attempts, report_safely
 from bench.recording.tracking import INVOCATION_TAG, Tracker, resolve_tracking_uri
+from bench.recording.ui import run_url, ui_command
 from bench.recording.user_tags import parse_tag
 
 PARENT_KINDS = ("matrix", "perf")  # the invocations whose cells compare can pair
@@ -200,7 +201,8 @@ def _plot(comparison: compare.Comparison, path: Path) -> None:
     rows += [(f"{g.group} (processes)", g.speed) for g in comparison.groups]
     fig, ax = plt.subplots(figsize=(7, 1.2 + 0.45 * max(1, len(rows))))
     for row, (_, speed) in enumerate(rows):
-        color = "tab:red" if speed.verdict == "regression" else "tab:blue"
+        judged = speed.verdict == "regression" and not comparison.speed_unjudged
+        color = "tab:red" if judged else "tab:blue"
         ax.errorbar(
             speed.ratio,
             row,
@@ -301,6 +303,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
     text = compare.report_text(comparison)
     print(text, flush=True)
     run_id = record(tracker, comparison, text)
-    print(f"recorded as comparison run {run_id}")
     report_safely(tracker, run_id, command_line())
+    print("\n".join(closing_lines(tracker.shown_uri, comparison, run_id)))
     return comparison.exit_code
+
+
+def closing_lines(uri: str, comparison: compare.Comparison, run_id: str) -> list[str]:
+    """What compare says last, as every command does: the run it recorded, how to serve the
+    UI, and the pages of the comparison and of both sides."""
+    experiment = comparison.baseline.experiment_id
+    lines = [f"recorded as comparison run {run_id}"]
+    command = ui_command(uri)
+    if command:
+        lines.append(f"browse with: {command}")
+    lines.append(f"  this comparison: {run_url(uri, experiment, run_id)}")
+    for role, side in (("baseline", comparison.baseline), ("candidate", comparison.candidate)):
+        lines.append(f"  its {role}: {run_url(uri, experiment, side.run_id)}")
+    return lines
