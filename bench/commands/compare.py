@@ -21,6 +21,7 @@ from bench.core.provenance import git_state
 from bench.core.types import environment_of
 from bench.recording import compare
 from bench.recording.run_report import command_line, latest_attempts, report_safely
+from bench.recording.store import redacted
 from bench.recording.tracking import INVOCATION_TAG, Tracker, resolve_tracking_uri
 from bench.recording.ui import run_url, ui_command
 from bench.recording.user_tags import parse_tag
@@ -236,13 +237,16 @@ def record(tracker: Tracker, comparison: compare.Comparison, text: str) -> str:
             "max_slowdown": f"{settings.max_slowdown:g}",
             "allow_busy": str(settings.allow_busy).lower(),
             "run_noise": f"{settings.run_noise:g}",
+            # A param, as `run` records it, not a tag: a tag this long widened the run page's
+            # tags panel and pushed the verdict tag out of the window.
+            "command": redacted(command_line())[:500],
         },
-        tags={
+        tags={  # in this order in the run page's tags panel: the verdict in its first row
             "kind": "comparison",
-            "baseline": base,
-            "candidate": cand,
             "verdict": comparison.verdict,
             "exit_code": str(comparison.exit_code),
+            "baseline": base,
+            "candidate": cand,
             "mlflow.note.content": f"```\n{text}\n```",
             **git_state(),  # of the harness that judged
         },
@@ -303,7 +307,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     text = compare.report_text(comparison)
     print(text, flush=True)
     run_id = record(tracker, comparison, text)
-    report_safely(tracker, run_id, command_line())
+    report_safely(tracker, run_id)
     print("\n".join(closing_lines(tracker.shown_uri, comparison, run_id)))
     return comparison.exit_code
 
