@@ -21,7 +21,9 @@ from bench.core.provenance import git_state
 from bench.core.types import environment_of
 from bench.recording import compare
 from bench.recording.run_report import command_line, latest_attempts, report_safely
+from bench.recording.store import redacted
 from bench.recording.tracking import INVOCATION_TAG, Tracker, resolve_tracking_uri
+from bench.recording.ui import run_url, ui_command
 from bench.recording.user_tags import parse_tag
 
 PARENT_KINDS = ("matrix", "perf")  # the invocations whose cells compare can pair
@@ -200,7 +202,8 @@ def _plot(comparison: compare.Comparison, path: Path) -> None:
     rows += [(f"{g.group} (processes)", g.speed) for g in comparison.groups]
     fig, ax = plt.subplots(figsize=(7, 1.2 + 0.45 * max(1, len(rows))))
     for row, (_, speed) in enumerate(rows):
-        color = "tab:red" if speed.verdict == "regression" else "tab:blue"
+        judged = speed.verdict == "regression" and not comparison.speed_unjudged
+        color = "tab:red" if judged else "tab:blue"
         ax.errorbar(
             speed.ratio,
             row,
@@ -234,13 +237,16 @@ def record(tracker: Tracker, comparison: compare.Comparison, text: str) -> str:
             "max_slowdown": f"{settings.max_slowdown:g}",
             "allow_busy": str(settings.allow_busy).lower(),
             "run_noise": f"{settings.run_noise:g}",
+            # A param, as `run` records it, not a tag: a tag this long widened the run page's
+            # tags panel and pushed the verdict tag out of the window.
+            "command": redacted(command_line())[:500],
         },
-        tags={
+        tags={  # in this order in the run page's tags panel: the verdict in its first row
             "kind": "comparison",
-            "baseline": base,
-            "candidate": cand,
             "verdict": comparison.verdict,
             "exit_code": str(comparison.exit_code),
+            "baseline": base,
+            "candidate": cand,
             "mlflow.note.content": f"```\n{text}\n```",
             **git_state(),  # of the harness that judged
         },
@@ -301,6 +307,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
     text = compare.report_text(comparison)
     print(text, flush=True)
     run_id = record(tracker, comparison, text)
-    print(f"recorded as comparison run {run_id}")
-    report_safely(tracker, run_id, command_line())
+    report_safely(tracker, run_id)
+    print("\n".join(closing_lines(tracker.shown_uri, comparison, run_id)))
     return comparison.exit_code
+
+
+def closing_lines(uri: str, comparison: compare.Comparison, run_id: str) -> list[str]:
+    """What compare says last, as every command does: the run it recorded, how to serve the
+    UI, and the pages of the comparison and of both sides."""
+    experiment = comparison.baseline.experiment_id
+    lines = [f"recorded as comparison run {run_id}"]
+    command = ui_command(uri)
+    if command:
+        lines.append(f"browse with: {command}")
+    lines.append(f"  this comparison: {run_url(uri, experiment, run_id)}")
+    for role, side in (("baseline", comparison.baseline), ("candidate", comparison.candidate)):
+        lines.append(f"  its {role}: {run_url(uri, experiment, side.run_id)}")
+    return lines
