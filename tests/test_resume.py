@@ -89,7 +89,8 @@ def test_the_report_takes_each_cells_latest_run(resumed: tuple[str, str, str]) -
     done = bench("report", parent_id, "--tracking-uri", uri)
     assert done.returncode == 0, done.stdout + done.stderr
     page = Path(done.stdout.strip().rsplit(": ", 1)[1]).read_text()
-    cells_table = page.split("<table", 2)[1]  # the first table: a row per cell
+    # The table of cells, a row each (the results at a glance come first).
+    cells_table = page.split("<h2>Each cell</h2>", 1)[1].split("</table>", 1)[0]
     rows = re.findall(r"<tr>\s*<td[^>]*>relu-xavier</td>(.*?)</tr>", cells_table, re.S)
     seeds = [re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)[2] for row in rows]
     assert sorted(seeds) == ["0", "1", "2"]  # one row per cell: its latest run
