@@ -6,6 +6,7 @@ The same table opens the terminal's closing lines, the parent run's description 
 from __future__ import annotations
 
 import textwrap
+from collections import Counter
 from dataclasses import dataclass
 
 from bench.core.types import CellRun
@@ -88,9 +89,7 @@ def _what_happened(members: list[Entry]) -> str:
         only = members[0]
         step = f" at step {only.diverged_step}" if only.diverged_step is not None else ""
         return f"{only.outcome}{step}"
-    counts: dict[str, int] = {}
-    for member in members:
-        counts[member.outcome] = counts.get(member.outcome, 0) + 1
+    counts = Counter(member.outcome for member in members)  # in the order they first came
     return ", ".join(f"{n} {outcome}" for outcome, n in counts.items())
 
 
