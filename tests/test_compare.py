@@ -21,8 +21,10 @@ from backends import installed_backends
 from bench.commands.cli import build_parser
 from bench.commands.compare import cmd_compare, load_side
 from bench.core.errors import BenchError
-from bench.recording import compare, store
-from bench.recording.compare import (
+from bench.recording import store, verdict_text
+from bench.recording import verdict as compare
+from bench.recording.user_tags import parse_tag
+from bench.recording.verdict import (
     CellData,
     Fingerprint,
     Settings,
@@ -34,7 +36,6 @@ from bench.recording.compare import (
     steady_rates,
     welch_less_p,
 )
-from bench.recording.user_tags import parse_tag
 from tests.conftest import ROOT
 from tests.live import (
     PATIENCE_S,
@@ -165,7 +166,7 @@ def test_identical_sides_pass() -> None:
     result = compare.compare(_side("a", _cell()), _side("b", _cell()), Settings())
     assert result.exit_code == compare.EXIT_OK
     assert result.accuracy[0].method == "bit-identical"
-    assert "verdict: no regression (exit 0)" in compare.report_text(result)
+    assert "verdict: no regression (exit 0)" in verdict_text.report_text(result)
 
 
 def test_a_changed_step_loss_is_a_regression_naming_the_step() -> None:
@@ -242,9 +243,9 @@ def test_five_processes_a_side_are_judged_as_a_group() -> None:
     assert group.speed.ratio == pytest.approx(79 / 99)
     assert result.exit_code == compare.EXIT_REGRESSION
     assert "over 5 vs 5 processes: 20.2% slower" in result.regressions[0]
-    text = compare.report_text(result)
+    text = verdict_text.report_text(result)
     assert "speed over processes" in text and "by group" in text
-    csv_rows = compare.csv_text(result).splitlines()
+    csv_rows = verdict_text.csv_text(result).splitlines()
     assert csv_rows[0].endswith(",level") and csv_rows[-1].endswith(",processes")
     # Processes that settle at two speeds on both sides (the A/A study's 62k and 84k): each
     # cell's epochs agree, so one pair of cells alone looks significant, but the group is not.
@@ -272,7 +273,7 @@ def test_busy_runs_and_moved_peaks_are_inconclusive_unless_allowed() -> None:
     assert compare.compare(base, cand, Settings()).exit_code == compare.EXIT_INCONCLUSIVE
     allowed = compare.compare(base, cand, Settings(allow_busy=True))
     assert allowed.exit_code == compare.EXIT_REGRESSION
-    assert "WARNING (judged anyway, --allow-busy)" in compare.report_text(allowed)
+    assert "WARNING (judged anyway, --allow-busy)" in verdict_text.report_text(allowed)
     moved = compare.compare(base, _side("b", _cell(), drift=-0.12), Settings())
     assert moved.exit_code == compare.EXIT_INCONCLUSIVE
     assert "moved -12%" in moved.inconclusive[0]
@@ -284,7 +285,7 @@ def test_unpaired_cells_are_listed() -> None:
     result = compare.compare(
         _side("a", _cell(0), _cell(1)), _side("b", _cell(0), _cell(2)), Settings()
     )
-    text = compare.report_text(result)
+    text = verdict_text.report_text(result)
     assert "unpaired: relu-xavier/torch/cpu/seed1 only in the baseline" in text
     assert "unpaired: relu-xavier/torch/cpu/seed2 only in the candidate" in text
     assert result.exit_code == compare.EXIT_OK
@@ -316,7 +317,7 @@ def test_a_killed_candidate_is_inconclusive_not_a_regression() -> None:
         " compare again"
     )
     assert result.accuracy[0].method == "bit-identical"  # judged over seed 2, which finished
-    text = compare.report_text(result)
+    text = verdict_text.report_text(result)
     assert "candidate b (b, ended KILLED)" in text
     assert "converged->killed" in text and "failed" not in text
     assert "seed1 only in the baseline (the candidate ended KILLED before running it)" in text
@@ -341,7 +342,7 @@ def test_other_training_is_listed_and_not_judged() -> None:
         "what was trained differs (relu-xavier training.epochs 6 -> 7)" in (result.inconclusive[0])
     )
     assert "what was trained differs:\n  relu-xavier training.epochs: 6 -> 7" in (
-        compare.report_text(result)
+        verdict_text.report_text(result)
     )
     digest = {compare.DATA_DIGEST: "2fc9"}
     other_data = replace(_cell(), inputs={compare.DATA_DIGEST: "77ab"})
@@ -367,8 +368,8 @@ def _matrix(rates: list[float], **changed: Any) -> list[CellData]:
 
 
 def _fits(text: str) -> None:
-    """Every line of the text fits the run page's description (compare.WIDTH)."""
-    assert max(len(line) for line in text.splitlines()) <= compare.WIDTH
+    """Every line of the text fits the run page's description (verdict_text.WIDTH)."""
+    assert max(len(line) for line in text.splitlines()) <= verdict_text.WIDTH
 
 
 def test_the_text_says_its_verdict_first_then_the_cells_that_decide_it() -> None:
@@ -376,7 +377,9 @@ def test_the_text_says_its_verdict_first_then_the_cells_that_decide_it() -> None
     tables, the other eleven counted; the ratio's direction said once, each column explained."""
     base = _matrix([100.0, 101, 102, 103, 104])
     cand = [*base[:4], replace(base[4], rates=SLOW), *base[5:]]
-    text = compare.report_text(compare.compare(_side("a", *base), _side("b", *cand), Settings()))
+    text = verdict_text.report_text(
+        compare.compare(_side("a", *base), _side("b", *cand), Settings())
+    )
     lines = text.splitlines()
     assert lines[:4] == [
         "verdict: regression (exit 1)",
@@ -400,7 +403,9 @@ def test_too_few_samples_in_many_cells_is_one_paragraph() -> None:
     """A 1-epoch matrix: one INCONCLUSIVE paragraph naming the twelve cells and what would
     judge them, not twelve lines before the verdict."""
     base = _matrix([])
-    text = compare.report_text(compare.compare(_side("a", *base), _side("b", *base), Settings()))
+    text = verdict_text.report_text(
+        compare.compare(_side("a", *base), _side("b", *base), Settings())
+    )
     assert text.startswith("verdict: inconclusive (exit 3)\npaired cells: 12 inconclusive\n")
     [reason] = [x for x in text.splitlines() if x.startswith("INCONCLUSIVE")]
     assert reason.startswith("INCONCLUSIVE speed of 12 cells: too few epochs after the first")
@@ -416,14 +421,14 @@ def test_no_row_says_ok_for_a_speed_that_was_not_judged() -> None:
     cand = [*base[:11], replace(base[11], speed_stable=False)]
     result = compare.compare(_side("a", *base), _side("b", *cand), Settings())
     assert result.exit_code == compare.EXIT_INCONCLUSIVE
-    rows = compare.table_rows(result)
+    rows = verdict_text.table_rows(result)
     assert {r["speed"] for r in rows} == {"not judged (busy)"}
     assert {r["status"] for r in rows} == {"inconclusive"}
     other = [replace(c, fingerprint=Fingerprint({"cpu_model": "Intel"}, {})) for c in base]
     hardware = compare.compare(_side("a", *base), _side("b", *other), Settings())
-    assert {r["speed"] for r in compare.table_rows(hardware)} == {"not judged (hardware)"}
+    assert {r["speed"] for r in verdict_text.table_rows(hardware)} == {"not judged (hardware)"}
     allowed = compare.compare(_side("a", *base), _side("b", *cand), Settings(allow_busy=True))
-    assert {r["speed"] for r in compare.table_rows(allowed)} == {"ok"}
+    assert {r["speed"] for r in verdict_text.table_rows(allowed)} == {"ok"}
 
 
 def test_parse_tag() -> None:
@@ -527,7 +532,7 @@ def test_two_seed0_runs_of_one_commit_pass_and_are_recorded(runs: Runs, compared
     lines = done.stdout.splitlines()
     assert lines[0] == "verdict: no regression (exit 0)"  # first, before any table
     assert "step losses bit-identical (1 seed(s))" in done.stdout
-    assert max(len(line) for line in lines[: lines.index("columns:")]) <= compare.WIDTH
+    assert max(len(line) for line in lines[: lines.index("columns:")]) <= verdict_text.WIDTH
     [recorded] = _comparisons(runs.uri)
     assert recorded.data.tags["baseline"] == runs.base
     assert recorded.data.tags["candidate"] == runs.same
@@ -751,7 +756,7 @@ def test_a_killed_candidate_is_inconclusive_and_says_killed(runs: Runs) -> None:
     uri = _altered_store(runs, "killed.db", *_interrupted(runs.same, cell))
     result = _read(uri, runs, Settings(allow_busy=True))
     assert result.exit_code == compare.EXIT_INCONCLUSIVE and result.regressions == []
-    text = compare.report_text(result)
+    text = verdict_text.report_text(result)
     assert f"INCONCLUSIVE candidate run {runs.same} ended KILLED: relu-xavier/" in text
     assert f"`mlp-bench run --resume {runs.same}`" in text
     assert "converged->killed" in text and "failed" not in text

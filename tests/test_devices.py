@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from backends import installed_backends, is_installed
-from bench.core.devices import cuda_hidden, framework_sees_gpu, gpu_names, resolve_devices
+from backends import installed_backends, is_installed, sees_gpu
+from bench.core.devices import cuda_hidden, gpu_names
 from bench.core.errors import BenchError
+from bench.execution.device_choice import resolve_devices
 from tests.conftest import ROOT
 
 BENCH_RUN = [sys.executable, "-m", "bench", "run", "--backend", "torch"]
@@ -38,7 +39,7 @@ def fake_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     smi.chmod(smi.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("PATH", f"{smi.parent}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    framework_sees_gpu.cache_clear()
+    sees_gpu.cache_clear()
     return dict(os.environ)
 
 
@@ -76,7 +77,7 @@ def test_an_empty_or_negative_cuda_visible_devices_means_the_cpu(
 @pytest.mark.skipif(not is_installed("torch"), reason="torch not installed")
 def test_a_gpu_that_the_framework_cannot_use_is_not_chosen(fake_gpu: dict[str, str]) -> None:
     """nvidia-smi lists a GPU, the CPU build of torch sees none: auto is the CPU, and says why."""
-    if framework_sees_gpu("torch"):
+    if sees_gpu("torch"):
         pytest.skip("torch sees a GPU here")
     choice = resolve_devices(["auto", "cpu"], ["torch"])
     assert choice.devices == ["cpu"]
@@ -100,7 +101,7 @@ def test_the_command_line_names_the_framework_that_sees_no_gpu(
         timeout=300,
         env=fake_gpu,
     )
-    if framework_sees_gpu("torch"):
+    if sees_gpu("torch"):
         pytest.skip("torch sees a GPU here")
     assert done.returncode == 2
     assert done.stderr.startswith("error: --device gpu: torch sees no CUDA GPU")

@@ -1,5 +1,5 @@
 """The options object: named as the command line's flags, recorded and read back by its fields,
-framework-only options declared by their backends."""
+each field declaring its effect and, where only some frameworks have it, which."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import dataclasses
 
 import pytest
 
-from backends import BACKENDS, framework_options
+from backends import BACKENDS
 from bench.commands.cli import build_parser
 from bench.core.errors import BenchError
-from bench.core.options import Options, normalised
+from bench.core.options import EFFECTS, Options, framework_options, normalised, option_params
+from bench.recording import verdict
 
 RECORDED = [f.name for f in dataclasses.fields(Options) if "recorded" in f.metadata]
 # A value other than the default for every recorded field, as a command line would give it.
@@ -74,9 +75,27 @@ def test_an_option_of_another_framework_is_recorded_not_applicable(backend: str)
     assert "n/a" not in Options(data_dir="d", **CHANGED).record().values()  # type: ignore[arg-type]
 
 
-def test_framework_options_are_fields_of_the_options_object() -> None:
+def test_framework_options_are_recorded_fields() -> None:
+    """An option's cells of other frameworks record it "n/a": only a recorded field can be."""
     for option in framework_options():
-        assert option in RECORDED, f"{option} is declared by a backend but is no Options field"
+        assert option in RECORDED, f"{option} names its frameworks but is not recorded"
+
+
+@pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(Options)])
+def test_every_field_says_what_it_changes(name: str) -> None:
+    """compare refuses sides that differ in what changes results and lists what changes only
+    speed: it reads both from the fields, so a field without its effect would be neither."""
+    [found] = [f for f in dataclasses.fields(Options) if f.name == name]
+    assert found.metadata.get("effect") in EFFECTS, (
+        f"Options.{name} says nothing of its effect: declare it with"
+        f" field(metadata=option({' | '.join(map(repr, EFFECTS))}, ...))"
+    )
+
+
+def test_compare_reads_each_options_effect_from_its_field() -> None:
+    assert option_params("results") == verdict.NUMERIC_OPTIONS
+    assert option_params("speed") == verdict.SPEED_OPTIONS
+    assert set(verdict.NUMERIC_OPTIONS) == {"option.dtype", "option.parity", "option.accumulate"}
 
 
 def test_an_older_record_reads_under_the_current_names() -> None:

@@ -1,5 +1,5 @@
 """`python -m bench compare BASELINE [CANDIDATE]`: read two invocations from the store, judge
-them (bench.recording.compare), print the verdict and record it as a run of kind `comparison`.
+them (bench.recording.verdict), print the verdict and record it as a run of kind `comparison`.
 
 Exit 0: no regression; 1: a regression; 3: inconclusive; 2: bad input, nothing recorded.
 """
@@ -19,12 +19,13 @@ from bench.core.errors import BenchError
 from bench.core.options import normalised
 from bench.core.provenance import git_state
 from bench.core.types import environment_of
-from bench.recording import compare
+from bench.recording import verdict as compare
 from bench.recording.run_report import command_line, latest_attempts, report_safely
 from bench.recording.store import redacted
 from bench.recording.tracking import INVOCATION_TAG, Tracker, resolve_tracking_uri
 from bench.recording.ui import run_url, ui_command
 from bench.recording.user_tags import parse_tag
+from bench.recording.verdict_text import csv_text, report_text
 
 PARENT_KINDS = ("matrix", "perf")  # the invocations whose cells compare can pair
 TAG_SIDE = re.compile(r"^tag:([^=]+)=(.*)$")
@@ -263,7 +264,7 @@ def record(tracker: Tracker, comparison: compare.Comparison, text: str) -> str:
         with tempfile.TemporaryDirectory(prefix="mlp-bench-compare-") as tmp:
             folder = Path(tmp)
             (folder / "compare.txt").write_text(text + "\n")
-            (folder / "compare.csv").write_text(compare.csv_text(comparison))
+            (folder / "compare.csv").write_text(csv_text(comparison))
             _plot(comparison, folder / "compare.png")
             for name in ("compare.txt", "compare.csv", "compare.png"):
                 tracker.log_artifact(run_id, folder / name)
@@ -304,7 +305,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         run_noise=args.run_noise,
     )
     comparison = compare.compare(baseline, candidate, settings)
-    text = compare.report_text(comparison)
+    text = report_text(comparison)
     print(text, flush=True)
     run_id = record(tracker, comparison, text)
     report_safely(tracker, run_id)

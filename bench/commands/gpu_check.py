@@ -40,13 +40,14 @@ from typing import Any, Literal
 
 import numpy as np
 
-from backends import check_backend, framework_options, installed_backends
+from backends import check_backend, installed_backends
 from bench.core.data import common_data_dir, ensure_data
-from bench.core.devices import cpu_model, gpu_driver_version, resolve_devices
+from bench.core.devices import cpu_model, gpu_driver_version
 from bench.core.errors import BenchError
-from bench.core.options import Options
+from bench.core.options import Options, framework_options
 from bench.core.spec import STAGE_NAMES, load_stage
 from bench.core.types import Cell, CellResult, DType
+from bench.execution.device_choice import resolve_devices
 from bench.execution.matrix import LocalExecutor, run_alone
 from bench.execution.parity import compare, parity_options
 from bench.recording.perf import flops_per_sample

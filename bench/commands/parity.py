@@ -10,10 +10,11 @@ from pathlib import Path
 from backends import check_backend, installed_backends
 from bench.commands.exits import EXIT_FAILED, EXIT_INTERRUPTED
 from bench.core.data import ensure_data
-from bench.core.devices import available_cores, resolve_devices
+from bench.core.devices import available_cores
 from bench.core.errors import BenchError
 from bench.core.provenance import git_state
 from bench.core.spec import load_stage
+from bench.execution.device_choice import resolve_devices
 from bench.execution.matrix import LocalExecutor
 from bench.execution.parity import ParityReport, parity_options, run_parity, write_curve
 from bench.recording.run_report import command_line, report_safely

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from backends import check_backend, installed_backends
 from bench.core.data import ensure_data
-from bench.core.devices import available_cores, resolve_devices
+from bench.core.devices import available_cores
 from bench.core.errors import BenchError
 from bench.core.options import ONEDNN_ONLY, Options
 from bench.core.spec import (
@@ -20,6 +20,7 @@ from bench.core.spec import (
     select_stages,
     with_epochs,
 )
+from bench.execution.device_choice import resolve_devices
 from bench.execution.invocation import Plan, check_machine
 from bench.execution.matrix import build_cells
 from bench.recording.tracking import DEFAULT_EXPERIMENT, Tracker, resolve_tracking_uri

@@ -3,8 +3,9 @@
 `threads` is --threads, `no_xla` is --no-xla: the command line maps onto the object by name
 (`from_args`), and a recorded field is the MLflow param `option.<field>` (`record`), read back
 by `from_record` for `reproduce`. Adding an option is a field here, its flag in the CLI, and the
-backend that uses it; an option only some frameworks have is declared by them in the backend
-registry (`backends.BACKENDS`), and the other frameworks' cells record it "n/a".
+backend that uses it. Each field says on itself what it does (`option`): its effect on a cell
+(which `compare` reads), how it is recorded, and, for an option only some frameworks have, which
+(the other frameworks' cells record it "n/a").
 """
 
 from __future__ import annotations
@@ -29,6 +30,12 @@ ONEDNN_ONLY = (
 Accumulate = Literal["float64", "native"]
 NOT_APPLICABLE = "n/a"
 
+# What a field does to a cell. "results": the numbers computed (`compare` refuses two sides
+# that differ in it); "speed": only how fast they are computed, and by rounding their last bits
+# (`compare` lists it as what changed); "none": neither (what a cell keeps or returns).
+Effect = Literal["results", "speed", "none"]
+EFFECTS: tuple[Effect, ...] = typing.get_args(Effect)
+
 
 @dataclass(frozen=True)
 class Recorded:
@@ -41,21 +48,35 @@ class Recorded:
     absent: str | None = None
 
 
-def recorded(**how: Any) -> dict[str, Recorded]:
-    """The metadata of a field recorded as the param option.<name>."""
-    return {"recorded": Recorded(**how)}
+def option(
+    effect: Effect,
+    recorded: Recorded | None = None,
+    *,
+    frameworks: tuple[str, ...] = (),
+    fingerprint: bool = False,
+) -> dict[str, Any]:
+    """A field's metadata: its `effect`; `recorded`, how it is recorded as the param
+    option.<name> (None: not as an option); `frameworks`, the backends that have it where
+    not every one does; `fingerprint`, whether it is part of the software under which two
+    deterministic cells must have the same step losses bit for bit (`compare`)."""
+    about: dict[str, Any] = {"effect": effect, "frameworks": frameworks, "fingerprint": fingerprint}
+    return about | ({"recorded": recorded} if recorded is not None else {})
 
 
 @dataclass(frozen=True)
 class Options:
     """What applies to every cell of an invocation (see the module's doc)."""
 
-    data_dir: str  # resolved at planning; recorded per cell as data_sha256, not as an option
-    threads: int = field(metadata=recorded())
-    epochs: int | None = None  # None: the stage file's; recorded as training.epochs
+    # Resolved at planning; recorded per cell as data_sha256, not as an option.
+    data_dir: str = field(metadata=option("results"))
+    threads: int = field(metadata=option("speed", Recorded(), fingerprint=True))
+    # None: the stage file's; recorded as training.epochs.
+    epochs: int | None = field(default=None, metadata=option("results"))
+    dtype: DType = field(
+        default="float32", metadata=option("results", Recorded(), fingerprint=True)
+    )
     # Dropout masks drawn by numpy and updates written out op by op, identically everywhere.
-    parity: bool = field(default=False, metadata=recorded())
-    dtype: DType = field(default="float32", metadata=recorded())
+    parity: bool = field(default=False, metadata=option("results", Recorded()))
     # Parity in float32: products, sums, the loss and its gradient computed in float64 and
     # rounded once to float32 (parameters, gradients, optimizer state and updates stay float32).
     # Each framework's float32 kernels sum in their own order, ~1e-7 apart, which Adam and
@@ -63,30 +84,45 @@ class Options:
     # agree to the last bit in nearly every element. "native": the frameworks' float32 kernels.
     # Runs recorded before the option computed parity in the native kernels.
     accumulate: Accumulate = field(
-        default="float64", metadata=recorded(legacy="parity_accumulate", absent="native")
+        default="float64",
+        metadata=option("results", Recorded(legacy="parity_accumulate", absent="native")),
     )
-    # Framework op determinism off (TF op determinism / torch.use_deterministic_algorithms).
+    # Framework op determinism off (TF op determinism / torch.use_deterministic_algorithms):
+    # the same experiment, free to take faster kernels that sum in any order.
     nondeterministic: bool = field(
-        default=False, metadata=recorded(legacy="deterministic", inverted=True)
+        default=False,
+        metadata=option("speed", Recorded(legacy="deterministic", inverted=True), fingerprint=True),
     )
-    tf32: bool = field(
-        default=False, metadata=recorded()
-    )  # TensorFloat-32 matmuls on Ampere+ GPUs: faster, not exact
+    # TensorFloat-32 matmuls on Ampere+ GPUs: faster, not exact.
+    tf32: bool = field(default=False, metadata=option("speed", Recorded()))
     # The model is a strict chain of ops: a second inter-op pool only competes for the cores.
-    inter_op_threads: int = field(default=1, metadata=recorded(absent="1"))
+    inter_op_threads: int = field(default=1, metadata=option("speed", Recorded(absent="1")))
     # TensorFlow: the plain graph executor instead of XLA over the whole epoch (XLA fuses the
     # elementwise ops: ~1.7x faster on this model's CPU runs). Runs before the option: no XLA.
     no_xla: bool = field(
-        default=False, metadata=recorded(legacy="xla", inverted=True, absent="true")
+        default=False,
+        metadata=option(
+            "speed",
+            Recorded(legacy="xla", inverted=True, absent="true"),
+            frameworks=("tensorflow",),
+            fingerprint=True,
+        ),
     )
     # PyTorch on a GPU: capture the training step in a CUDA graph and replay it (one launch
     # instead of ~40 per step; this model's GPU steps are launch-bound).
-    cuda_graphs: bool = field(default=False, metadata=recorded(absent="false"))
+    cuda_graphs: bool = field(
+        default=False,
+        metadata=option("speed", Recorded(absent="false"), frameworks=("torch",)),
+    )
     # PyTorch on a CPU: which library computes the fast step's products (TorchMatmul). As
     # asked; the path a cell took, and why, is its env torch_matmul(_reason).
-    torch_matmul: TorchMatmul = field(default="auto", metadata=recorded())
-    steps: int | None = None  # stop after this many training steps (parity checks)
-    keep_parameters: bool = False  # return the final weights (parity checks)
+    torch_matmul: TorchMatmul = field(
+        default="auto", metadata=option("speed", Recorded(), frameworks=("torch",))
+    )
+    # Stop after this many training steps (parity checks).
+    steps: int | None = field(default=None, metadata=option("results"))
+    # Return the final weights (parity checks).
+    keep_parameters: bool = field(default=False, metadata=option("none"))
 
     @property
     def deterministic(self) -> bool:
@@ -118,18 +154,15 @@ class Options:
         For one backend's cells, an option only other frameworks have is "n/a": a TensorFlow
         cell never ran a CUDA graph, whatever the invocation asked of PyTorch.
         """
-        from backends import framework_options
-
         params = {
-            f"option.{f.name}": _encode(getattr(self, f.name))
+            f"option.{f.name}": (
+                _encode(getattr(self, f.name)) if _applies(f, backend) else NOT_APPLICABLE
+            )
             for f in dataclasses.fields(self)
             if "recorded" in f.metadata
         }
         # Outside parity each framework's own RNG, with backends.base.dropout_threshold.
         params["option.dropout_masks"] = "numpy" if self.parity else "framework-rng-16bit"
-        for option, owners in framework_options().items():
-            if backend is not None and backend not in owners:
-                params[f"option.{option}"] = NOT_APPLICABLE
         return params
 
     @classmethod
@@ -170,6 +203,39 @@ def normalised(params: Mapping[str, str]) -> dict[str, str]:
         if value is not None:
             out[key] = value
     return out
+
+
+def framework_options() -> dict[str, tuple[str, ...]]:
+    """Each option that only some frameworks have, and which (as its field declares)."""
+    return {
+        f.name: f.metadata["frameworks"]
+        for f in dataclasses.fields(Options)
+        if f.metadata.get("frameworks")
+    }
+
+
+def option_params(effect: Effect) -> tuple[str, ...]:
+    """The params (option.<field>) of the recorded fields with this effect."""
+    return tuple(
+        f"option.{f.name}"
+        for f in dataclasses.fields(Options)
+        if "recorded" in f.metadata and f.metadata["effect"] == effect
+    )
+
+
+def fingerprint_params() -> tuple[str, ...]:
+    """The params (option.<field>) of the recorded fields that are part of the fingerprint."""
+    return tuple(
+        f"option.{f.name}"
+        for f in dataclasses.fields(Options)
+        if "recorded" in f.metadata and f.metadata["fingerprint"]
+    )
+
+
+def _applies(f: dataclasses.Field[Any], backend: str | None) -> bool:
+    """Whether a field means something to a backend's cells (None: to the whole invocation)."""
+    owners: tuple[str, ...] = f.metadata["frameworks"]
+    return backend is None or not owners or backend in owners
 
 
 def _encode(value: object) -> str:

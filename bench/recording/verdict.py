@@ -1,4 +1,5 @@
-"""`bench compare`: pair two invocations' cells, judge accuracy and speed, and give a verdict.
+"""`bench compare`'s statistics: pair two invocations' cells, judge accuracy and speed, and give
+a verdict (bench.recording.verdict_text writes it out).
 
 Imports no mlflow: bench.commands.compare reads the store into the dataclasses below and records the
 result. Everything here is a pure function of what was recorded, so it is tested with numbers.
@@ -7,12 +8,12 @@ result. Everything here is a pure function of what was recorded, so it is tested
 from __future__ import annotations
 
 import math
-import textwrap
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from bench.core.options import fingerprint_params, option_params
 from bench.core.program import PROGRAM
 
 EXIT_OK = 0
@@ -33,15 +34,9 @@ BOOTSTRAP_SEED = 0  # the CI is the same number every time it is printed
 
 # Options that change the numbers computed: two sides that differ here compare different
 # experiments, so compare refuses them. The speed-only ones may differ; they are what changed.
-NUMERIC_OPTIONS = ("option.dtype", "option.parity", "option.accumulate")
-SPEED_OPTIONS = (
-    "option.threads",
-    "option.inter_op_threads",
-    "option.no_xla",
-    "option.tf32",
-    "option.cuda_graphs",
-    "option.torch_matmul",
-)
+# Each field of Options says which it is.
+NUMERIC_OPTIONS = option_params("results")
+SPEED_OPTIONS = option_params("speed")
 # A cell's fingerprint, from its env.* params (bench.execution.environment_of) and
 # option.* params.
 HARDWARE_KEYS = ("cpu_model", "cpu_isa", "cores_available", "gpu_model")
@@ -66,7 +61,7 @@ SOFTWARE_KEYS = (
 )
 # Read through bench.core.options.normalised: an older record's option.deterministic and
 # option.xla appear under these names.
-SOFTWARE_OPTIONS = ("option.threads", "option.dtype", "option.nondeterministic", "option.no_xla")
+SOFTWARE_OPTIONS = fingerprint_params()
 DATA_DIGEST = "data_sha256"  # the env param naming the arrays a cell trained and evaluated on
 # A cell with no outcome tag was cut short ("killed": its run ended KILLED) or never closed
 # ("unfinished": still running, or its recording broke): neither says how training went.
@@ -411,7 +406,7 @@ def group_speed(
     return None if result is None else GroupSpeed(group, result)
 
 
-def _group_of(key: CellKey) -> str:
+def group_of(key: CellKey) -> str:
     return "/".join(str(p) for p in key[:3])
 
 
@@ -597,7 +592,7 @@ def compare(baseline: Side, candidate: Side, settings: Settings) -> Comparison:
     hardware = _fingerprint_changes(finished, "hardware")
     by_group: dict[str, list[tuple[CellData, CellData]]] = {}
     for b, c in judged:
-        by_group.setdefault(_group_of(b.key), []).append((b, c))
+        by_group.setdefault(group_of(b.key), []).append((b, c))
     found = (group_speed(name, members, settings) for name, members in by_group.items())
     groups = [g for g in found if g is not None]
     over_processes = {g.group for g in groups}
@@ -607,7 +602,7 @@ def compare(baseline: Side, candidate: Side, settings: Settings) -> Comparison:
             b,
             c,
             speed_test(b.rates, c.rates, settings, floor=settings.run_noise),
-            by_processes=_group_of(k) in over_processes,
+            by_processes=group_of(k) in over_processes,
             not_judged=reasons[k],
         )
         for k, (b, c) in zip(keys, matched, strict=True)
@@ -656,11 +651,11 @@ def _accuracy(
 ) -> list[AccuracyResult]:
     """Each group's accuracy over its judged pairs; "not judged", with why, where it has none."""
     results = []
-    for group in dict.fromkeys(_group_of(p.key) for p in pairs):
+    for group in dict.fromkeys(group_of(p.key) for p in pairs):
         if group in judged:
             results.append(accuracy_test(judged[group], settings))
             continue
-        members = [p for p in pairs if _group_of(p.key) == group]
+        members = [p for p in pairs if group_of(p.key) == group]
         why = "; ".join(f"{cell_name(p.key)} {p.not_judged}" for p in members)
         results.append(AccuracyResult(group, "none", "not judged", why))
     return results
@@ -684,361 +679,3 @@ def _unjudged_lines(
             " the same stage files, epochs and data"
         )
     return lines
-
-
-# ---- what is printed and recorded -------------------------------------------------------------
-# compare.txt is printed, kept as an artifact and shown in the run's description, where a longer
-# line widens the whole page (one of 420 characters made it 3,265 px wide, the tags off-screen).
-WIDTH = 100
-STATUSES = ("regression", "inconclusive", "no change")  # a cell's part in the verdict
-DIRECTION = (
-    "ratio = candidate / baseline median samples/s: above 1 the candidate is faster, below 1 slower"
-)
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1%}"
-
-
-def _rate(value: float) -> str:
-    return f"{value:,.0f}"
-
-
-def _optional(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
-
-
-def _wrapped(text: str) -> list[str]:
-    """One paragraph in lines of at most WIDTH, the lines after the first indented; "p = 0.004"
-    is kept on one line (held together by a character no text here holds)."""
-    lines = textwrap.wrap(
-        text.replace(" = ", "\0=\0"),
-        WIDTH,
-        subsequent_indent="  ",
-        break_long_words=False,
-        break_on_hyphens=False,
-    )
-    return [line.replace("\0", " ") for line in lines]
-
-
-def speed_word(comparison: Comparison, pair: PairResult) -> str:
-    """A cell's speed column: its own test's answer, its group's ("by group: ok"), or why it
-    was not judged; never "ok" for a speed that the verdict did not judge."""
-    if pair.not_judged:
-        return "not judged"
-    if pair.by_processes:
-        group = next(g for g in comparison.groups if g.group == _group_of(pair.key))
-        word = f"by group: {group.speed.verdict}"
-    elif pair.speed is None:
-        return "no samples"
-    elif pair.speed.verdict == "too few samples":
-        return pair.speed.verdict
-    else:
-        word = pair.speed.verdict
-    return f"not judged ({comparison.speed_unjudged})" if comparison.speed_unjudged else word
-
-
-def cell_status(comparison: Comparison, pair: PairResult) -> str:
-    """A paired cell's part in the verdict (one of STATUSES): a regression of its accuracy
-    group or its speed, a check that could not be made, or nothing found."""
-    accuracy = next(a for a in comparison.accuracy if a.group == _group_of(pair.key)).verdict
-    speed = speed_word(comparison, pair)
-    if "regression" in (accuracy, speed.removeprefix("by group: ")):
-        return "regression"
-    if accuracy == "ok" and speed in ("ok", "by group: ok"):
-        return "no change"
-    return "inconclusive"
-
-
-def _speed_columns(speed: SpeedResult | None) -> dict[str, str]:
-    return {
-        "samples_per_s_base": "-" if speed is None else _rate(speed.base_median),
-        "samples_per_s_cand": "-" if speed is None else _rate(speed.cand_median),
-        "ratio": "-" if speed is None else f"{speed.ratio:.3f}",
-        "ci95_low": "-" if speed is None else f"{speed.ci_low:.3f}",
-        "ci95_high": "-" if speed is None else f"{speed.ci_high:.3f}",
-        "p_value": "-" if speed is None else f"{speed.p_value:.2g}",
-        "n": "-" if speed is None else f"{speed.n_base}/{speed.n_cand}",
-        "detectable_slowdown": "-" if speed is None else _pct(speed.detectable),
-    }
-
-
-def _group_status(comparison: Comparison, group: GroupSpeed) -> tuple[str, str]:
-    """A group judged over processes: its speed column and its part in the verdict."""
-    if comparison.speed_unjudged:
-        return f"not judged ({comparison.speed_unjudged})", "inconclusive"
-    verdict = group.speed.verdict
-    return verdict, "regression" if verdict == "regression" else "no change"
-
-
-def group_rows(comparison: Comparison) -> list[dict[str, str]]:
-    """One row per group judged over processes (n: processes a side)."""
-    rows = []
-    for group in comparison.groups:
-        speed, status = _group_status(comparison, group)
-        figures = _speed_columns(group.speed)
-        rows.append({"group": group.group, **figures, "speed": speed, "status": status})
-    return rows
-
-
-def table_rows(comparison: Comparison) -> list[dict[str, str]]:
-    """One row per paired cell: the figures the table, the CSV and the plot show (n: epochs
-    after the first a side). A cell of a group judged over processes shows its epochs' figures
-    for information; its group's row carries the speed verdict."""
-    accuracy = {a.group: a for a in comparison.accuracy}
-    rows = []
-    for pair in comparison.pairs:
-        check = accuracy[_group_of(pair.key)]
-        outcome = pair.base.outcome
-        if pair.cand.outcome != outcome:
-            outcome = f"{outcome}->{pair.cand.outcome}"
-        rows.append(
-            {
-                "cell": cell_name(pair.key),
-                "outcome": outcome,
-                "test_acc_base": _optional(pair.base.test_accuracy),
-                "test_acc_cand": _optional(pair.cand.test_accuracy),
-                "accuracy_check": "not judged"
-                if pair.not_judged
-                else f"{check.method}: {check.verdict}",
-                **_speed_columns(pair.speed),
-                "speed": speed_word(comparison, pair),
-                "status": cell_status(comparison, pair),
-            }
-        )
-    return rows
-
-
-def csv_text(comparison: Comparison) -> str:
-    """The cell rows (level `epochs`) and the group rows (level `processes`, the group's name
-    in the cell column) as one CSV."""
-    import csv
-    import io
-
-    accuracy = {a.group: a for a in comparison.accuracy}
-    rows = [{**row, "level": "epochs"} for row in table_rows(comparison)]
-    for group in group_rows(comparison):
-        name = group.pop("group")
-        check = accuracy[name]
-        rows.append(
-            {
-                "cell": name,
-                "outcome": "-",
-                "test_acc_base": _optional(check.base_mean),
-                "test_acc_cand": _optional(check.cand_mean),
-                "accuracy_check": f"{check.method}: {check.verdict}",
-                **group,
-                "level": "processes",
-            }
-        )
-    out = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    return out.getvalue()
-
-
-def _changes_lines(title: str, found: dict[str, tuple[str, str]]) -> list[str]:
-    if not found:
-        return [f"{title}: none"]
-    return [f"{title}:"] + [f"  {k}: {old} -> {new}" for k, (old, new) in found.items()]
-
-
-def _aligned(header: tuple[str, ...], body: Sequence[tuple[str, ...]]) -> list[str]:
-    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
-    return [
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in [header, tuple("-" * w for w in widths), *body]
-    ]
-
-
-def _side_line(side: Side) -> str:
-    """A side's id and name, and its status where it did not finish (KILLED, FAILED)."""
-    ended = f", ended {side.status}" if side.status != "FINISHED" else ""
-    return f"{side.run_id} ({side.name}{ended})"
-
-
-def _unpaired_lines(c: Comparison) -> list[str]:
-    """The cells of one side only; where the other side was cut short, that is why."""
-    lines = []
-    for role, keys, other, other_role in (
-        ("baseline", c.unpaired_base, c.candidate, "candidate"),
-        ("candidate", c.unpaired_cand, c.baseline, "baseline"),
-    ):
-        cut = other.status != "FINISHED"
-        why = f" (the {other_role} ended {other.status} before running it)" if cut else ""
-        lines += [f"unpaired: {cell_name(key)} only in the {role}{why}" for key in keys]
-    return lines
-
-
-def samples_needed(alpha: float) -> int:
-    """The fewest samples a side with which an exact one-sided Mann-Whitney test can reach
-    p < alpha (5 at 0.01: 1/252)."""
-    return next(n for n in range(1, 1000) if min_exact_p(n, n) <= alpha)
-
-
-def _too_few_lines(c: Comparison) -> list[str]:
-    """The cells whose speed had too few samples: one paragraph for all of them, not a line
-    each (a 1-epoch matrix has 12)."""
-    if len(c.too_few) < 2:
-        return [line for text in c.too_few for line in _wrapped(f"INCONCLUSIVE {text}")]
-    few = [
-        p
-        for p in c.pairs
-        if not p.by_processes
-        and not p.not_judged
-        and (p.speed is None or p.speed.verdict == "too few samples")
-    ]
-    counts = {(0, 0) if p.speed is None else (p.speed.n_base, p.speed.n_cand) for p in few}
-    if len(counts) == 1:
-        [(n_base, n_cand)] = counts
-        each = f" ({n_base} vs {n_cand} each)"
-        names = ", ".join(cell_name(p.key) for p in few)
-    else:
-        each = ""
-        names = ", ".join(
-            f"{cell_name(p.key)} ({0 if p.speed is None else p.speed.n_base} vs"
-            f" {0 if p.speed is None else p.speed.n_cand})"
-            for p in few
-        )
-    need = samples_needed(c.settings.alpha)
-    text = (
-        f"INCONCLUSIVE speed of {len(few)} cells: too few epochs after the first{each} for"
-        f" p < {c.settings.alpha:g}, which needs {need} a side (--epochs {need + 1}), or"
-        f" {need}+ seeds a side: {names}"
-    )
-    return _wrapped(text)
-
-
-def _deciding_lines(c: Comparison) -> list[str]:
-    """What makes the verdict: each regression, each reason it is inconclusive, and the
-    flags judged anyway; one paragraph each."""
-    lines = [line for text in c.regressions for line in _wrapped(f"REGRESSION {text}")]
-    too_few = set(c.too_few)
-    for text in c.inconclusive:
-        if text not in too_few:
-            lines += _wrapped(f"INCONCLUSIVE {text}")
-    lines += _too_few_lines(c)
-    if c.settings.allow_busy:
-        for text in c.speed_flags:
-            lines += _wrapped(f"WARNING (judged anyway, --allow-busy) {text}")
-    return lines
-
-
-def _cell_lines(c: Comparison) -> list[str]:
-    """The cells that are not "no change", regressions first, as two tables (the judgements,
-    then the speed figures: one would be too wide); the rest counted."""
-    rows = table_rows(c)
-    shown = sorted(
-        (r for r in rows if r["status"] != "no change"),
-        key=lambda r: STATUSES.index(r["status"]),
-    )
-    rest = len(rows) - len(shown)
-    if not shown:
-        return [f"{rest} cell(s), all no change (each cell's figures: compare.csv)"]
-    judged = [
-        (
-            r["cell"],
-            r["outcome"],
-            f"{r['test_acc_base']} -> {r['test_acc_cand']}",
-            r["accuracy_check"].split(": ")[-1],
-            r["speed"],
-        )
-        for r in shown
-    ]
-    lines = _aligned(("cell", "outcome", "test acc b -> c", "accuracy", "speed"), judged)
-    figures = [(r["cell"], *_figures(r)) for r in shown if r["ratio"] != "-"]
-    if figures:
-        lines += ["", *_aligned(("cell", *FIGURES_HEADER), figures)]
-    if rest:
-        lines.append(f"{rest} more cell(s): no change (each cell's figures: compare.csv)")
-    return lines
-
-
-FIGURES_HEADER = ("samples/s b -> c", "ratio [95% CI]", "p", "n b/c", "detectable")
-
-
-def _figures(row: dict[str, str]) -> tuple[str, ...]:
-    return (
-        f"{row['samples_per_s_base']} -> {row['samples_per_s_cand']}",
-        f"{row['ratio']} [{row['ci95_low']}, {row['ci95_high']}]",
-        row["p_value"],
-        row["n"],
-        row["detectable_slowdown"],
-    )
-
-
-def _legend(c: Comparison) -> list[str]:
-    """Each column once, and the rules that judge speed."""
-    s = c.settings
-    need = samples_needed(s.alpha)
-    explained = [
-        "outcome: how training ended (baseline->candidate where it changed).",
-        "test acc b -> c: test accuracy, baseline -> candidate.",
-        "accuracy: the check of the cell's stage/backend/device (the lines above the table).",
-        "speed: the cell's speed test: ok (no slowdown it can call significant), regression,"
-        " within run noise, too few samples, by group (judged over processes, below), or not"
-        " judged (busy: a run or cell is flagged speed_stable false or a peak moved, and"
-        " --allow-busy judges it anyway; hardware: it differs).",
-        "samples/s b -> c: median samples/s of the epochs after the first (the first compiles).",
-        "ratio [95% CI]: candidate / baseline median samples/s (above 1: faster) and its"
-        " bootstrap 95% interval.",
-        "p: one-sided Mann-Whitney U p-value that the candidate is slower; small says slower."
-        " It reads 1 (or near) when the candidate was as fast or faster; with n samples a side"
-        f" it cannot fall below 1/C(2n, n) (0.5 at one, 1/252 at five), so fewer than {need}"
-        f" a side can never reach p < {s.alpha:g}.",
-        "n b/c: samples a side: epochs after the first (a cell), processes (a group).",
-        f"detectable: the smallest slowdown the samples' noise lets the test find with"
-        f" {POWER:.0%} power (-: too few samples).",
-        f"A cell regresses with p < {s.alpha:g} and a slowdown beyond {s.max_slowdown:.0%} and"
-        f" beyond the run noise {s.run_noise:.0%} (--run-noise: how far one process's speed"
-        " moves with nothing changed, which one process a side cannot show); a group over"
-        f" processes with p < {s.alpha:g} and a slowdown beyond {s.max_slowdown:.0%}.",
-    ]
-    return ["columns:", *(line for text in explained for line in _wrapped(f"- {text}"))]
-
-
-def _accuracy_lines(c: Comparison) -> list[str]:
-    """Each group's accuracy check; the groups that passed alike on one line."""
-    lines = []
-    passed: dict[str, list[str]] = {}
-    for accuracy in c.accuracy:
-        if accuracy.verdict == "ok":
-            passed.setdefault(accuracy.detail, []).append(accuracy.group)
-        else:
-            lines += _wrapped(f"accuracy {accuracy.group}: {accuracy.verdict} ({accuracy.detail})")
-    for detail, groups in passed.items():
-        lines += _wrapped(f"accuracy ok ({detail}): {', '.join(groups)}")
-    return lines
-
-
-def report_text(comparison: Comparison) -> str:
-    """What compare prints and records: the verdict and what makes it, what changed, the cells
-    that are not "no change", the groups over processes, and what each column means."""
-    c = comparison
-    statuses = [r["status"] for r in table_rows(c)]
-    counted = ", ".join(f"{statuses.count(s)} {s}" for s in STATUSES if s in statuses)
-    lines = [
-        f"verdict: {c.verdict} (exit {c.exit_code})",
-        f"paired cells: {counted}",
-        *_deciding_lines(c),
-        "",
-        *_wrapped(f"baseline  {_side_line(c.baseline)}"),
-        *_wrapped(f"candidate {_side_line(c.candidate)}"),
-        *_wrapped(DIRECTION),
-        *_changes_lines("what was trained differs", c.trained_changes),
-        *_changes_lines("software that differs", c.software_changes),
-        *_changes_lines("speed options that differ", c.option_changes),
-        *_changes_lines("hardware that differs", c.hardware_changes),
-        *_unpaired_lines(c),
-        *_accuracy_lines(c),
-        "",
-        *_cell_lines(c),
-    ]
-    if c.groups:
-        lines += ["", "speed over processes (each cell's median samples/s one sample):"]
-        body = [(r["group"], *_figures(r), r["speed"]) for r in group_rows(c)]
-        lines += _aligned(("group", *FIGURES_HEADER, "speed"), body)
-    lines += ["", *_legend(c)]
-    return "\n".join(lines)
