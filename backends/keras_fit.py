@@ -14,9 +14,10 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from backends.keras_reference import KerasFit, device_kind
+from backends.keras_measured import KerasFit, device_kind
 from bench.core.data import Splits
 from bench.core.errors import BenchError
+from bench.core.options import Options
 from bench.core.seeding import SeededRun
 from bench.core.spec import StageSpec
 
@@ -110,19 +111,19 @@ def fit(
     spec: StageSpec,
     run: SeededRun,
     splits: Splits,
-    epochs: int,
-    threads: int,
+    options: Options,
     device: str,
 ) -> KerasFit:
-    """`model.fit` with Keras on `backend` (Keras's name for it), on `device`."""
+    """`model.fit` with Keras on `backend` (Keras's name for it), on `device`, on the threads
+    and for the epochs (None: the stage file's) of `options`."""
     if keras.backend.backend() != backend:
         raise RuntimeError(
             f"Keras runs on {keras.backend.backend()}, not {backend}: KERAS_BACKEND was set"
             " after Keras was imported"
         )
-    pinned = _PIN[backend](device, threads)
+    pinned = _PIN[backend](device, options.threads)
     model = _model(spec, run)
-    seconds = _epoch_seconds(model, spec, splits, epochs)
+    seconds = _epoch_seconds(model, spec, splits, options.epochs or spec.training.epochs)
     ran_on = _ran_on(model)
     if device_kind(ran_on) != device:  # the pin failed: no figure beats a wrong one
         raise RuntimeError(f"the Keras reference on keras/{backend} {device} ran on {ran_on}")

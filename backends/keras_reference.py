@@ -14,9 +14,10 @@ import importlib.util
 import os
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import replace
 
 from backends import is_installed
+from backends.keras_measured import KerasFit
 from bench.core.data import Splits
 from bench.core.options import Options
 from bench.core.seeding import SeededRun
@@ -28,19 +29,6 @@ KERAS_BACKENDS: dict[str, str] = {"tensorflow": "tensorflow", "torch": "torch", 
 
 # Frameworks that read the environment set below once, at import or when their runtime starts.
 _READ_AT_IMPORT = ("keras", "tensorflow", "torch", "jax")
-
-
-@dataclass(frozen=True)
-class KerasFit:
-    """What one reference measured, and what it ran on (as its worker reports it)."""
-
-    samples_per_s: float  # the median of the epochs after the first
-    ran_on: str  # the device that held the model's weights, as the framework names it
-    keras_backend: str  # as Keras itself reports it once imported
-    keras_version: str
-    tf32: bool
-    intra_op_threads: int
-    jit_compile: bool  # what `fit` resolved Keras's default "auto" to on this backend
 
 
 def keras_installed() -> bool:
@@ -58,14 +46,7 @@ def reference_backends(backends: Iterable[str]) -> list[str]:
     return [name for name in backends if name in KERAS_BACKENDS and is_installed(name)]
 
 
-def device_kind(ran_on: str) -> str:
-    """ "cpu" or "gpu" from a device as TensorFlow (`/job:.../device:GPU:0`), PyTorch
-    (`cuda:0`) or JAX (`TFRT_CPU_0`, `cuda:0`) names it."""
-    name = ran_on.lower()
-    return "gpu" if "gpu" in name or "cuda" in name else "cpu"
-
-
-def select_backend(backend: str, device: str, threads: int) -> None:
+def select_backend(backend: str, device: str, options: Options) -> None:
     """Set this process's environment for Keras on `backend` and `device`: Keras reads
     KERAS_BACKEND when imported, JAX its platforms when imported, CUDA its visible devices
     and XLA its thread pool when their runtime starts."""
@@ -85,7 +66,7 @@ def select_backend(backend: str, device: str, threads: int) -> None:
 
         # The cells' thread pool; no determinism flag, as Keras's stock path has none (nor
         # has the TensorFlow reference op determinism).
-        configure_runtime(threads, Options(data_dir="", threads=threads, nondeterministic=True))
+        configure_runtime(options.threads, replace(options, nondeterministic=True))
 
 
 def keras_fit_samples_per_s(
@@ -93,13 +74,13 @@ def keras_fit_samples_per_s(
     spec: StageSpec,
     run: SeededRun,
     splits: Splits,
-    epochs: int,
-    threads: int,
+    options: Options,
     device: str,
 ) -> KerasFit:
     """Median samples/s over the epochs after the first of `model.fit` (SGD, the same
-    weights) with Keras on `backend`; the process must not have imported Keras yet."""
-    select_backend(backend, device, threads)
+    weights) with Keras on `backend`, on the threads and for the epochs of `options`; the
+    process must not have imported Keras yet."""
+    select_backend(backend, device, options)
     from backends.keras_fit import fit  # imports Keras, on the backend just selected
 
-    return fit(KERAS_BACKENDS[backend], spec, run, splits, epochs, threads, device)
+    return fit(KERAS_BACKENDS[backend], spec, run, splits, options, device)

@@ -220,7 +220,7 @@ def test_a_failing_cell_keeps_its_exception_line_and_its_log_tail(
 def test_a_failed_peak_is_an_item_of_its_own_and_the_rows_go_on(
     data_dir: Path, tmp_path: Path
 ) -> None:
-    env = inject(tmp_path / "fault", "bench.recording.perf", "measure_peak")
+    env = inject(tmp_path / "fault", "bench.execution.peaks", "measure_peak")
     out = tmp_path / "out"
     code, stderr, report = _rehearse(
         data_dir, out, "--epochs", "2", "--stages", "relu-xavier", *TORCH, env=env

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from backends import BACKENDS, is_installed
-from backends.keras_reference import KERAS_BACKENDS, KerasFit, device_kind, keras_installed
+from backends.keras_measured import KerasFit, device_kind
+from backends.keras_reference import KERAS_BACKENDS, keras_installed
 from bench.commands.perf import (
     KERAS_NOTE,
     REFERENCE_STAGE,
@@ -21,7 +22,7 @@ from bench.core.types import Cell, CellResult, CellRun
 from bench.execution.invocation import Plan
 from bench.execution.matrix import LocalExecutor
 from bench.execution.quiet import CellLoad
-from bench.recording.perf import (
+from bench.recording.speed import (
     DRIFT_LIMIT,
     drift_lines,
     flops_per_sample,
@@ -109,36 +110,6 @@ def test_a_peak_that_moved_under_the_run_is_a_warning() -> None:
     assert abs(drift["torch/cpu"]) > DRIFT_LIMIT and drift["tensorflow/cpu"] == 0.0
     assert len(lines) == 2
     assert lines[1].startswith("WARNING: the peak of torch/cpu moved by more than 10%")
-
-
-def test_the_peak_is_tf32_only_where_the_cells_may_use_tf32() -> None:
-    from bench.core.options import Options
-    from bench.execution.invocation import peak_uses_tf32
-
-    tf32 = Options(data_dir="d", threads=1, tf32=True)
-    assert peak_uses_tf32("gpu", tf32)
-    assert not peak_uses_tf32("cpu", tf32)  # CPUs have no TF32
-    assert not peak_uses_tf32("gpu", Options(data_dir="d", threads=1))
-
-
-def _peak(device: str, tf32: bool, tmp_path: Path) -> float:
-    folder = tmp_path / f"{device}-{tf32}"
-    folder.mkdir()
-    return LocalExecutor().peak("torch", device, 2, folder, tf32=tf32)
-
-
-@pytest.mark.skipif(not is_installed("torch"), reason="torch not installed")
-@pytest.mark.slow
-def test_a_tf32_peak_is_measured_through_the_worker(tmp_path: Path) -> None:
-    """On a CPU TF32 changes nothing: the request reaches the framework and a rate comes back."""
-    assert 0 < _peak("cpu", True, tmp_path) < 1e6
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not is_installed("torch"), reason="torch not installed")
-def test_the_tf32_peak_is_the_faster_limit_on_a_gpu(tmp_path: Path) -> None:
-    skip_without_gpu("torch", "gpu")
-    assert _peak("gpu", True, tmp_path) > 1.5 * _peak("gpu", False, tmp_path)
 
 
 needs_keras = pytest.mark.skipif(not keras_installed(), reason="keras not installed")

@@ -21,7 +21,7 @@ from bench.core.data import Splits
 from bench.core.options import Options
 from bench.core.seeding import seeded_run
 from bench.core.spec import load_stage, with_epochs
-from bench.recording.perf import measure_peak
+from bench.execution.peaks import measure_peak, peak_options
 from tests.conftest import ROOT, skip_without_gpu, subset
 
 if not is_installed("tensorflow"):
@@ -140,7 +140,7 @@ def test_the_peak_timing_covers_the_products() -> None:
     seconds = backend.matmul_seconds(2048, 3)
     assert seconds > 0.0 and math.isfinite(seconds)
     assert 2.0 * 2048**3 * 3 / seconds < 1e14
-    peak = measure_peak("tensorflow", "cpu", 2)
+    peak = measure_peak("tensorflow", "cpu", peak_options("cpu", Options(data_dir="", threads=2)))
     assert 0.0 < peak < 1e5  # GFLOP/s
 
 
@@ -159,8 +159,10 @@ def test_tensorflow_and_torch_gpu_peaks_agree() -> None:
     skip_without_gpu("tensorflow", "gpu")
     skip_without_gpu("torch", "gpu")
     code = (
-        "import json; from bench.recording.perf import measure_peak;"
-        " print(json.dumps([measure_peak(b, 'gpu', 2) for b in ('tensorflow', 'torch')]))"
+        "import json; from bench.core.options import Options;"
+        " from bench.execution.peaks import measure_peak, peak_options;"
+        " options = peak_options('gpu', Options(data_dir='', threads=2));"
+        " print(json.dumps([measure_peak(b, 'gpu', options) for b in ('tensorflow', 'torch')]))"
     )
     tf_peak, torch_peak = json.loads(run_fresh(code))
     assert abs(tf_peak / torch_peak - 1.0) < 0.15, (tf_peak, torch_peak)

@@ -50,7 +50,7 @@ from bench.core.types import Cell, CellResult, DType
 from bench.execution.device_choice import resolve_devices
 from bench.execution.matrix import LocalExecutor, run_alone
 from bench.execution.parity import compare, parity_options
-from bench.recording.perf import flops_per_sample
+from bench.recording.speed import flops_per_sample
 
 Device = Literal["cpu", "gpu"]
 PARITY_STEPS: dict[DType, int] = {"float64": 550, "float32": 50}
@@ -285,7 +285,8 @@ class Check:
             threads = (os.cpu_count() or 1) if device == "cpu" else 1
             try:
                 with tempfile.TemporaryDirectory() as tmp:
-                    value = LocalExecutor().peak(backend, device, threads, Path(tmp), tf32=tf32)
+                    options = Options(data_dir="", threads=threads, tf32=tf32)
+                    value = LocalExecutor().peak(backend, device, options, Path(tmp))
             except BenchError as error:  # the rows go on, without a roofline
                 self.report.peak_failures[name] = str(error)
             else:

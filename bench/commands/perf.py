@@ -14,9 +14,9 @@ import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from backends.keras_measured import KerasFit
 from backends.keras_reference import (
     KERAS_BACKENDS,
-    KerasFit,
     keras_installed,
     keras_label,
     reference_backends,
@@ -29,8 +29,8 @@ from bench.core.types import CellLoad, CellRun
 from bench.execution import quiet
 from bench.execution.invocation import Execution, Plan, execute, finish, measure_peaks
 from bench.execution.matrix import LocalExecutor
-from bench.recording.perf import DRIFT_LIMIT, drift_lines, machine_peaks, roofline
 from bench.recording.report import speed_mark, table, with_speed_note
+from bench.recording.speed import DRIFT_LIMIT, drift_lines, machine_peaks, roofline
 
 REFERENCE_STAGE = "relu-xavier"
 KERAS_NOTE = (

@@ -158,7 +158,7 @@ class CellRun:
     log_path: Path
     # Seconds measured outside the cell's process: process start, MLflow logging, display.
     timings: dict[str, float] = field(default_factory=dict)
-    # What the execution derived before recording (bench.recording.perf.speed_figures): time
+    # What the execution derived before recording (bench.recording.speed.speed_figures): time
     # breakdown, harness share, GFLOP/s, roofline fraction.
     speed: dict[str, float] = field(default_factory=dict)
     # The end of a failed worker's log, kept where the log itself does not outlive the run.

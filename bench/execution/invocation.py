@@ -20,18 +20,13 @@ from bench.core.seeding import describe_seeds
 from bench.core.spec import StageSpec
 from bench.core.types import Cell, CellRun
 from bench.execution import quiet
-from bench.execution.matrix import (
-    ClusterExecutor,
-    LocalExecutor,
-    NodePeak,
-    peak_uses_tf32,
-    run_matrix,
-)
+from bench.execution.matrix import ClusterExecutor, LocalExecutor, NodePeak, run_matrix
+from bench.execution.peaks import peak_uses_tf32
 from bench.recording import views
-from bench.recording.perf import machine_peaks, speed_figures
 from bench.recording.report import Progress
 from bench.recording.resume_plan import PLAN_DIGEST, plan_digest
 from bench.recording.run_report import report_safely
+from bench.recording.speed import machine_peaks, speed_figures
 from bench.recording.stats import group_metrics
 from bench.recording.tracking import MatrixRecord, RecordedInvocation, Tracker
 from bench.recording.ui import closing_lines
@@ -132,7 +127,7 @@ def measure_peaks(
             try:
                 with tempfile.TemporaryDirectory(prefix="mlp-bench-peak-") as tmp:
                     peaks[(backend, device)] = LocalExecutor().peak(
-                        backend, device, options.threads, Path(tmp), tf32, options.torch_matmul
+                        backend, device, options, Path(tmp)
                     )
             except BenchError as error:
                 if (backend, device) in ran:

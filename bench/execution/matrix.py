@@ -16,15 +16,17 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from backends.keras_reference import KerasFit, keras_label
+from backends.keras_measured import KerasFit
+from backends.keras_reference import keras_label
 from bench.core.errors import BenchError
 from bench.core.options import Options
 from bench.core.types import Cell, CellResult, CellRun, EpochRecord
 from bench.execution import quiet
+from bench.execution.peaks import peak_label, peak_request
 
 # A cell's default time limit: generous, so that only a hung worker meets it. On 2 CPU cores
 # the dropout stage trains at 54k (PyTorch) to 89k (TensorFlow) samples/s, ~1 s an epoch, and a
@@ -158,34 +160,19 @@ def collect_cell_run(
     return CellRun(cell, None, error, done.wall_seconds, log_path, timings)
 
 
-def peak_request(
-    backend: str, device: str, threads: int, tf32: bool, torch_matmul: str
-) -> dict[str, Any]:
-    """What a worker process is asked to measure the peak matmul rate of."""
+def keras_request(backend: str, stage: str, options: Options, device: str) -> dict[str, Any]:
+    """What a worker process is asked to train with Keras `model.fit` (the reference)."""
     return {
-        "mode": "peak",
+        "mode": "keras",
         "backend": backend,
+        "stage": stage,
         "device": device,
-        "threads": threads,
-        "tf32": tf32,
-        "torch_matmul": torch_matmul,
+        "options": asdict(options),
     }
 
 
 # A peak measured on one node of a cluster: (its node id, backend, device).
 NodePeak = tuple[str, str, str]
-
-
-def peak_uses_tf32(device: str, options: Options) -> bool:
-    """Whether a device's cells may use TF32, so that their limit is the TF32 peak (on an H200
-    several times the float32 one); CPUs have no TF32."""
-    return options.tf32 and device == "gpu"
-
-
-def peak_label(request: dict[str, Any]) -> str:
-    return (
-        f"peak on {request['backend']}/{request['device']}{' with TF32' if request['tf32'] else ''}"
-    )
 
 
 class LocalExecutor:
@@ -208,18 +195,10 @@ class LocalExecutor:
         done = spawn_worker(request, work_dir, on_event, timeout_s)
         return collect_cell_run(cell, done, work_dir, timeout_s)
 
-    def peak(
-        self,
-        backend: str,
-        device: str,
-        threads: int,
-        work_dir: Path,
-        tf32: bool = False,
-        torch_matmul: str = "auto",
-    ) -> float:
-        """The device's peak float32 matmul GFLOP/s, measured through the framework; with
-        `tf32`, the TF32 rate that rows trained with TF32 are held against (GPUs only)."""
-        request = peak_request(backend, device, threads, tf32, torch_matmul)
+    def peak(self, backend: str, device: str, options: Options, work_dir: Path) -> float:
+        """The device's peak float32 matmul GFLOP/s, measured through the framework, for cells
+        that run with `options`: with their --tf32, the TF32 rate (GPUs only)."""
+        request = peak_request(backend, device, options)
         return measure(request, work_dir, "peak", "gflops", peak_label(request))
 
     def keras_reference(
@@ -234,15 +213,7 @@ class LocalExecutor:
         """The stage's model trained with Keras `model.fit` (the reference) on the Keras
         backend of `backend`'s framework, in a process of its own (Keras picks its backend
         at import), on the device and threads of the cells it is compared with, TF32 off."""
-        request = {
-            "mode": "keras",
-            "backend": backend,
-            "stage": stage,
-            "data_dir": options.data_dir,
-            "threads": options.threads,
-            "epochs": epochs,
-            "device": device,
-        }
+        request = keras_request(backend, stage, replace(options, epochs=epochs), device)
         what = f"the Keras reference on {keras_label(backend)} {device}"
         event = _measured_event(request, work_dir, "keras", what, cell_time_limit(epochs))
         return KerasFit(**{k: v for k, v in event.items() if k != "type"})

@@ -33,11 +33,9 @@ from bench.execution.matrix import (
     cell_request,
     collect_cell_run,
     measure,
-    peak_label,
-    peak_request,
-    peak_uses_tf32,
     spawn_worker,
 )
+from bench.execution.peaks import peak_label, peak_request
 
 DEFAULT_RETRIES = 2
 # Starting a local Ray or reaching a cluster: past this, the address is taken as unreachable.
@@ -288,17 +286,7 @@ class RayExecutor:
         timeout_s: float,
         measure_peak: bool,
     ) -> Any:
-        peak = (
-            peak_request(
-                cell.backend,
-                cell.device,
-                options.threads,
-                peak_uses_tf32(cell.device, options),
-                options.torch_matmul,
-            )
-            if measure_peak
-            else None
-        )
+        peak = peak_request(cell.backend, cell.device, options) if measure_peak else None
         return self._task.options(
             num_cpus=self.cpus_per_cell,
             num_gpus=1 if cell.device == "gpu" else 0,

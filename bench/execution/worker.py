@@ -87,16 +87,10 @@ def _log(line: str) -> None:
 
 
 def _run_peak(request: dict[str, Any], events: TextIO) -> None:
-    from bench.recording.perf import measure_peak
+    from bench.execution.peaks import measure_peak
 
-    gflops = measure_peak(
-        request["backend"],
-        request["device"],
-        request["threads"],
-        request.get("tf32", False),
-        request.get("torch_matmul", "auto"),
-    )
-    _emit(events, "peak", gflops=gflops)
+    options = Options(**request["options"])
+    _emit(events, "peak", gflops=measure_peak(request["backend"], request["device"], options))
 
 
 def _run_keras(request: dict[str, Any], events: TextIO) -> None:
@@ -106,12 +100,15 @@ def _run_keras(request: dict[str, Any], events: TextIO) -> None:
     from bench.core.seeding import seeded_run
     from bench.core.spec import load_stage
 
-    backend, device, threads = request["backend"], request["device"], request["threads"]
+    backend, device = request["backend"], request["device"]
+    options = Options(**request["options"])
     spec = load_stage(request["stage"])
-    splits = load_dataset(spec.dataset, Path(request["data_dir"]), download=False)
+    splits = load_dataset(spec.dataset, Path(options.data_dir), download=False)
     run = seeded_run(spec, 0, splits.train_x.shape[0])
-    _log(f"Keras reference {spec.name} on {keras_label(backend)} {device}: {threads} threads")
-    fit = keras_fit_samples_per_s(backend, spec, run, splits, request["epochs"], threads, device)
+    _log(
+        f"Keras reference {spec.name} on {keras_label(backend)} {device}: {options.threads} threads"
+    )
+    fit = keras_fit_samples_per_s(backend, spec, run, splits, options, device)
     _log(
         f"result: {fit.samples_per_s:,.0f} samples/s (median of the epochs after the first)"
         f" on {fit.ran_on}, keras {fit.keras_version} on {fit.keras_backend}"

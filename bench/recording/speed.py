@@ -1,15 +1,14 @@
-"""Speed against the machine's limit: FLOPs per sample, the peak matmul rate, where time goes."""
+"""A cell's speed figures: FLOPs per sample, its roofline against the measured peaks
+(bench.execution.peaks), where its time went, and how far the peaks drifted over a run."""
 
 from __future__ import annotations
 
 import itertools
-import math
 import time
 
 from bench.core.spec import StageSpec
 from bench.core.types import CellRun
 
-PEAK_SECONDS = 1.0  # each timed burst of products; the best of three bursts is kept
 # A peak that moves by more than this between the start and the end of the run means that the
 # machine's speed changed under it (other load, throttling, a noisy neighbour on a shared host).
 DRIFT_LIMIT = 0.10
@@ -23,35 +22,6 @@ def flops_per_sample(spec: StageSpec) -> int:
     layers = list(itertools.pairwise(spec.model.layer_sizes))
     products = sum(4 * fan_in * fan_out for fan_in, fan_out in layers)
     return products + sum(2 * fan_in * fan_out for fan_in, fan_out in layers[1:])
-
-
-def peak_size(device: str) -> int:
-    """Matrix side for the peak measurement: large enough to saturate the device."""
-    return 8192 if device == "gpu" else 2048
-
-
-def measure_peak(
-    backend_name: str, device: str, threads: int, tf32: bool = False, torch_matmul: str = "auto"
-) -> float:
-    """Peak dense float32 matmul GFLOP/s through the framework itself (best of 3 bursts);
-    with `tf32`, TF32 products allowed, as in the cells that it is the limit of; PyTorch's
-    through the products' library its cells use (`torch_matmul`)."""
-    from backends import load_backend
-    from bench.core.options import Options
-
-    options = Options(  # no data: a peak trains nothing
-        data_dir="",
-        threads=threads,
-        nondeterministic=True,
-        tf32=tf32,
-        torch_matmul=torch_matmul,  # type: ignore[arg-type]
-    )
-    backend = load_backend(backend_name)(device, options)  # type: ignore[arg-type]
-    size = peak_size(device)
-    probe = backend.matmul_seconds(size, 2) / 2
-    repeats = max(3, math.ceil(PEAK_SECONDS / max(probe, 1e-6)))
-    best = min(backend.matmul_seconds(size, repeats) for _ in range(3))
-    return 2.0 * size**3 * repeats / best / 1e9
 
 
 def machine_peaks(peaks: dict[tuple[str, str], float]) -> dict[str, tuple[float, str]]:
