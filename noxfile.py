@@ -145,10 +145,12 @@ def docs(session: nox.Session) -> None:
 
 @nox.session(reuse_venv=True)
 def lint(session: nox.Session) -> None:
-    """ruff (lint and format check) and mypy (strict) on bench/ and backends/."""
+    """ruff (lint and format check), mypy (strict) on bench/ and backends/, and the import
+    layers (lint-imports, configured in pyproject.toml)."""
     # mypy needs the typed packages only (torch, numpy); TensorFlow and MLflow are untyped.
     session.install("-c", str(CPU_CONSTRAINTS), "numpy>=2.0", "torch")
     session.install(*nox.project.dependency_groups(PYPROJECT, "lint", "test"))
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy")
+    session.run("lint-imports")
