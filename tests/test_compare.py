@@ -34,6 +34,7 @@ from bench.recording.compare import (
     steady_rates,
     welch_less_p,
 )
+from bench.recording.tracking import Tracker
 from bench.recording.user_tags import parse_tag
 from tests.conftest import ROOT
 from tests.live import (
@@ -740,8 +741,8 @@ def test_a_side_still_running_is_refused_and_nothing_recorded(runs: Runs) -> Non
 
 def _read(uri: str, runs: Runs, settings: Settings) -> compare.Comparison:
     """The baseline and `same` of a store, read as the command reads them, and judged."""
-    client = MlflowClient(tracking_uri=uri)
-    base, cand = (load_side(client, client.get_run(r)) for r in (runs.base, runs.same))
+    reader = Tracker(uri, None).reader
+    base, cand = (load_side(reader, reader.run(r, "missing")) for r in (runs.base, runs.same))
     return compare.compare(base, cand, settings)
 
 

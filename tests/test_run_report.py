@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from backends import installed_backends
+from bench.recording.links import run_url, view_url
 from bench.recording.run_report import default_report_dir
-from bench.recording.ui import run_url, view_url
 from tests.conftest import mnist_dir
 from tests.live import bench, tiny_run
 
@@ -475,10 +475,9 @@ def test_the_description_says_which_cells_diverged_or_timed_badly(
 
 
 def _invocation(uri: str, run_id: str) -> Any:
-    from bench.recording.run_report import load_invocation
     from bench.recording.tracking import Tracker
 
-    return load_invocation(Tracker(uri, experiment=None), run_id)
+    return Tracker(uri, experiment=None).reader.invocation(run_id)
 
 
 def _speed_panel(figure: Any) -> Any:
