@@ -4,7 +4,6 @@ run per cell (its latest attempt), and the cell's histories and step losses read
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -103,9 +102,9 @@ def test_a_cell_without_its_stage_file_cannot_be_rerun(store: Store) -> None:
         reader.cell(store.parent)
 
 
-def test_an_unknown_run_is_the_message_given(store: Store, tmp_path: Path) -> None:
+def test_an_unknown_run_is_the_message_given(store: Store) -> None:
     reader = Reader(store.client, store.uri)
-    with pytest.raises(BenchError, match="^no such run here$"):
+    with pytest.raises(BenchError, match=r"^no such run here$"):
         reader.run("0123456789abcdef0123456789abcdef", "no such run here")
     with pytest.raises(BenchError, match="is not an invocation's parent run"):
         reader.invocation(reader.cells(_parent(store))[0].run_id)
