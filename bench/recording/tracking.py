@@ -99,7 +99,10 @@ def _quiet_loggers() -> None:
 
 
 class Tracker:
-    """Opens the store and experiment up front, so a bad store fails before any training."""
+    """Opens the store and experiment up front, so a bad store fails before any training.
+    Writes runs; `reader` reads them back through the same client."""
+
+    reader: Reader
 
     def __init__(self, uri: str, experiment: str | None) -> None:
         """Open the store; with an experiment name, find or create that experiment. Runs left
