@@ -54,9 +54,10 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
             run_id, metrics=[Metric("epoch_seconds", 2.0 + e + n, 0, e) for e in (1, 2)]
         )
         client.set_tag(run_id, "attempt", str(n))
-        losses = folder / "step_losses.csv"
-        losses.write_text(f"step,loss\n1,{seed}.5\n2,{seed}.25\n")
-        client.log_artifact(run_id, str(losses))
+        if n == 7:  # the one whose losses are read back
+            losses = folder / "step_losses.csv"
+            losses.write_text(f"step,loss\n1,{seed}.5\n2,{seed}.25\n")
+            client.log_artifact(run_id, str(losses))
         client.set_terminated(run_id, "KILLED" if n == 3 else "FINISHED")
     return Store(uri, client, experiment, parent)
 
@@ -65,6 +66,7 @@ def _parent(store: Store) -> RecordedRun:
     return Reader(store.client, store.uri).run(store.parent, "missing")
 
 
+@pytest.mark.slow  # a new SQLite store: MLflow migrates its tables (5-20 s)
 def test_a_search_reads_every_page(store: Store) -> None:
     query = f"tags.{INVOCATION_TAG} = '{store.parent}'"
     one_page = store.client.search_runs([store.experiment], query, max_results=3)
@@ -75,6 +77,7 @@ def test_a_search_reads_every_page(store: Store) -> None:
         assert len({run.info.run_id for run in found}) == 8  # no run read twice
 
 
+@pytest.mark.slow  # a new SQLite store: MLflow migrates its tables (5-20 s)
 def test_a_limit_stops_the_search_there(store: Store) -> None:
     reader = Reader(store.client, store.uri, page_size=2)
     assert len(reader.search([store.experiment], "tags.kind = 'cell'", limit=5)) == 5
@@ -82,6 +85,7 @@ def test_a_limit_stops_the_search_there(store: Store) -> None:
     assert newest is not None and newest.tags["attempt"] == "7"
 
 
+@pytest.mark.slow  # a new SQLite store: MLflow migrates its tables (5-20 s)
 def test_the_cells_are_one_per_cell_the_latest_attempt_read_whole(store: Store) -> None:
     reader = Reader(store.client, store.uri, page_size=3)  # three pages of runs
     cells = reader.cells(_parent(store), histories=("epoch_seconds",), losses=True)
@@ -95,6 +99,7 @@ def test_the_cells_are_one_per_cell_the_latest_attempt_read_whole(store: Store) 
     assert again.stage_text is None and again.spec is None  # not asked for
 
 
+@pytest.mark.slow  # a new SQLite store: MLflow migrates its tables (5-20 s)
 def test_a_cell_without_its_stage_file_cannot_be_rerun(store: Store) -> None:
     reader = Reader(store.client, store.uri)
     cell = reader.cells(_parent(store))[0]
@@ -104,6 +109,7 @@ def test_a_cell_without_its_stage_file_cannot_be_rerun(store: Store) -> None:
         reader.cell(store.parent)
 
 
+@pytest.mark.slow  # a new SQLite store: MLflow migrates its tables (5-20 s)
 def test_an_unknown_run_is_the_message_given(store: Store) -> None:
     reader = Reader(store.client, store.uri)
     with pytest.raises(BenchError, match=r"^no such run here$"):
