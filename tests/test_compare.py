@@ -23,6 +23,7 @@ from bench.commands.compare import cmd_compare, load_side
 from bench.core.errors import BenchError
 from bench.recording import store, verdict_text
 from bench.recording import verdict as compare
+from bench.recording.tracking import Tracker
 from bench.recording.user_tags import parse_tag
 from bench.recording.verdict import (
     CellData,
@@ -745,8 +746,8 @@ def test_a_side_still_running_is_refused_and_nothing_recorded(runs: Runs) -> Non
 
 def _read(uri: str, runs: Runs, settings: Settings) -> compare.Comparison:
     """The baseline and `same` of a store, read as the command reads them, and judged."""
-    client = MlflowClient(tracking_uri=uri)
-    base, cand = (load_side(client, client.get_run(r)) for r in (runs.base, runs.same))
+    reader = Tracker(uri, None).reader
+    base, cand = (load_side(reader, reader.run(r, "missing")) for r in (runs.base, runs.same))
     return compare.compare(base, cand, settings)
 
 

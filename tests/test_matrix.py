@@ -11,7 +11,7 @@ from bench.core.options import Options
 from bench.core.spec import load_stage, with_epochs
 from bench.core.types import Cell, CellRun, EpochRecord
 from bench.execution.matrix import LocalExecutor, build_cells, run_matrix
-from bench.recording.report import Progress, results_table
+from bench.recording.tables import Progress, results_table
 from bench.recording.tracking import MatrixRecord, Tracker
 from tests.conftest import mnist_dir
 

@@ -40,7 +40,7 @@ from bench.execution.quiet import (
     watch_after,
     watch_before,
 )
-from bench.recording.report import results_table
+from bench.recording.tables import results_table
 from tests.live import competing_processes
 
 TICK = os.sysconf("SC_CLK_TCK")

@@ -279,6 +279,7 @@ def test_a_plan_that_disagrees_with_its_parent_is_one_error(
 ) -> None:
     """Read back in this process (the command line's side is the test above)."""
     from bench.core.errors import BenchError
+    from bench.recording.resume_plan import load_invocation
     from bench.recording.tracking import Tracker
 
     uri, parent_id = _copy_of(failed, tmp_path), failed[1]
@@ -287,13 +288,14 @@ def test_a_plan_that_disagrees_with_its_parent_is_one_error(
             db.execute("DELETE FROM params WHERE key = 'invocation_sha256'")
     plan = _plan_in(failed, tmp_path)
     with _edited(plan, change), pytest.raises(BenchError, match=re.escape(words)):
-        Tracker(uri, None).load_invocation(parent_id)
+        load_invocation(Tracker(uri, None).reader, parent_id)
 
 
 _CLAIM = """
 import sys
 from bench.core.errors import BenchError
-from bench.recording.tracking import RecordedInvocation, Tracker
+from bench.recording.resume_plan import RecordedInvocation
+from bench.recording.tracking import Tracker
 
 tracker = Tracker(sys.argv[1], None)
 try:

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from backends import installed_backends
+from bench.recording.links import run_url, view_url
 from bench.recording.run_report import default_report_dir
-from bench.recording.ui import run_url, view_url
 from tests.conftest import mnist_dir
 from tests.live import bench, tiny_run
 
@@ -475,10 +475,9 @@ def test_the_description_says_which_cells_diverged_or_timed_badly(
 
 
 def _invocation(uri: str, run_id: str) -> Any:
-    from bench.recording.run_report import load_invocation
     from bench.recording.tracking import Tracker
 
-    return load_invocation(Tracker(uri, experiment=None), run_id)
+    return Tracker(uri, experiment=None).reader.invocation(run_id)
 
 
 def _speed_panel(figure: Any) -> Any:
@@ -575,3 +574,37 @@ def test_report_html_reads_in_a_browser_as_mailed(recorded: Recorded, tmp_path: 
             page.screenshot(path=str(SCREENSHOTS / "report.png"), full_page=True)
         finally:
             browser.close()
+
+
+def _made_cell(seed: int, losses: list[float], accuracy: float | None) -> Any:
+    from bench.core.types import Cell
+    from bench.recording.reader import RecordedCell
+
+    finished = accuracy is not None
+    return RecordedCell(
+        run_id=f"run{seed}",
+        experiment_id="0",
+        cell=Cell("relu-xavier", "torch", "cpu", seed),
+        status="FINISHED",
+        start_time=seed,
+        tags={"outcome": "ok" if finished else "diverged"},
+        params={},
+        metrics={"test_accuracy": accuracy} if finished else {},
+        histories={"train_loss": list(enumerate(losses, start=1))},
+    )
+
+
+def test_a_mean_of_one_seed_is_named_as_that_seed() -> None:
+    """Of two seeds, one diverged with no finite loss: the loss curve is seed 0's own, and the
+    table over the seeds gives the one accuracy as it is, not as a mean ± 0."""
+    from bench.recording.figures import _plot_epochs
+    from bench.recording.run_report import cell_row, group_rows
+
+    cells = [_made_cell(0, [0.5, 0.25], 0.97), _made_cell(1, [float("nan")], None)]
+    from matplotlib.figure import Figure
+
+    ax = Figure().subplots()
+    _plot_epochs(ax, cells, "train_loss", 1.0, log=True)
+    assert ax.get_legend_handles_labels()[1] == ["torch cpu (seed 0)"]
+    [row] = group_rows([cell_row(cell) for cell in cells])
+    assert row[4:7] == ["1 ok, 1 diverged", "97.00% (n=1)", "-"]

@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from backends import installed_backends
-from bench.recording import ui, views
+from bench.recording import links, views
 from tests.conftest import ROOT, mnist_dir
 from tests.live import PATIENCE_S, bench_command
 
@@ -26,7 +26,7 @@ SCREENSHOTS = ROOT / "results" / "screenshots"
 
 
 def test_the_cells_url_opens_the_runs_view_filtered_to_one_invocation() -> None:
-    url = ui.cells_url("sqlite:///x/mlflow.db", "7", "abc123")
+    url = links.cells_url("sqlite:///x/mlflow.db", "7", "abc123")
     base, fragment = url.split("#", 1)
     assert base == "http://127.0.0.1:5000/"
     path, query = fragment.split("?", 1)
@@ -34,19 +34,21 @@ def test_the_cells_url_opens_the_runs_view_filtered_to_one_invocation() -> None:
     search = parse_qs(query)
     assert search["searchFilter"] == ["tags.invocation = 'abc123' and tags.kind = 'cell'"]
     assert search["startTime"] == ["ALL"] and search["lifecycleFilter"] == ["Active"]
-    assert ui.cells_url("http://team:5000/", "7").startswith("http://team:5000/#/experiments/7/")
+    assert links.cells_url("http://team:5000/", "7").startswith("http://team:5000/#/experiments/7/")
 
 
 def test_the_ui_command_is_this_environments_mlflow() -> None:
-    command = ui.ui_command("sqlite:///results/mlflow.db")
+    command = links.ui_command("sqlite:///results/mlflow.db")
     executable = command.split()[0]
     assert Path(executable).parent == Path(sys.executable).parent or executable == "mlflow"
     assert "--backend-store-uri sqlite:///results/mlflow.db" in command
-    assert ui.ui_command("http://team:5000") == ""  # a server is its own UI
-    lines = ui.closing_lines("sqlite:///r/mlflow.db", "3", "p1")
+    assert links.ui_command("http://team:5000") == ""  # a server is its own UI
+    lines = links.closing_lines("sqlite:///r/mlflow.db", "3", "p1")
     assert lines[0] == "recorded as parent run p1" and lines[1].startswith("browse with: ")
     assert lines[3] == "  its report: http://127.0.0.1:5000/#/experiments/3/runs/p1"
-    assert ui.run_url("http://host:8080/", "3", "p1") == "http://host:8080/#/experiments/3/runs/p1"
+    assert (
+        links.run_url("http://host:8080/", "3", "p1") == "http://host:8080/#/experiments/3/runs/p1"
+    )
 
 
 # The comparison at a glance: what the printed view's table shows.
@@ -200,6 +202,8 @@ def test_the_run_saves_its_view_the_description_and_each_backends_colour(
 ) -> None:
     from mlflow.tracking import MlflowClient
 
+    from bench.recording.reader import Reader
+
     uri, lines = recorded_run
     parent = lines[0].removeprefix("recorded as parent run ").strip()
     copy = tmp_path / "mlflow.db"  # a copy: the served store stays as the run left it
@@ -207,7 +211,8 @@ def test_the_run_saves_its_view_the_description_and_each_backends_colour(
     client = MlflowClient(f"sqlite:///{copy}")
     experiment = client.get_experiment_by_name("mnist-tutorial").experiment_id
     assert views.VIEW_TAG_PREFIX + parent in client.get_experiment(experiment).tags
-    assert views.latest(client, experiment) == parent  # what `bench ui` prints
+    reader = Reader(client, f"sqlite:///{copy}")
+    assert views.latest(reader, experiment) == parent  # what `bench ui` prints
     cells = client.search_runs([experiment], f"tags.invocation = '{parent}'")
     colors = {run.data.tags["backend"]: run.data.tags.get(views.RUN_COLOR_TAG) for run in cells}
     assert colors == {backend: views.run_color(backend) for backend in installed_backends()}
@@ -296,11 +301,11 @@ def test_bench_ui_on_a_taken_port_names_it_and_prints_no_url(tmp_path: Path) -> 
     store = tmp_path / "mlflow.db"
     store.touch()
     with socket.socket() as taken:
-        taken.bind((ui.UI_HOST, 0))
+        taken.bind((links.UI_HOST, 0))
         taken.listen()
         port = taken.getsockname()[1]
         done = _ui_on(store, str(port))
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
-    assert f"port {port} on {ui.UI_HOST} is taken" in done.stderr
+    assert f"port {port} on {links.UI_HOST} is taken" in done.stderr
     assert "pass another --port N" in done.stderr
     assert done.stdout == "" and store.stat().st_size == 0

@@ -3,7 +3,7 @@ it writes to a real store, and a browser opening it: tests/test_ui.py)."""
 
 from __future__ import annotations
 
-from bench.recording import ui, views
+from bench.recording import links, views
 
 
 def test_the_view_holds_the_comparisons_columns_every_run_and_only_its_charts() -> None:
@@ -34,10 +34,10 @@ def test_views_are_written_from_the_mlflow_that_reads_them() -> None:
 
 
 def test_the_printed_line_is_the_views_link_or_the_cells_url_without_one() -> None:
-    with_view = ui.closing_lines("sqlite:///r/mlflow.db", "3", "p1", view="p1")
+    with_view = links.closing_lines("sqlite:///r/mlflow.db", "3", "p1", view="p1")
     assert with_view[2] == (
         "  its cells: http://127.0.0.1:5000/#/experiments/3/runs"
         "?viewStateShareKey=p1&workflowType=machine_learning"
     )
-    without = ui.closing_lines("sqlite:///r/mlflow.db", "3", "p1")
-    assert without[2] == f"  its cells: {ui.cells_url('sqlite:///r/mlflow.db', '3', 'p1')}"
+    without = links.closing_lines("sqlite:///r/mlflow.db", "3", "p1")
+    assert without[2] == f"  its cells: {links.cells_url('sqlite:///r/mlflow.db', '3', 'p1')}"

@@ -10,9 +10,6 @@ import argparse
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from bench.core.datasets import get_dataset
 from bench.core.errors import BenchError
@@ -20,36 +17,38 @@ from bench.core.options import normalised
 from bench.core.provenance import git_state
 from bench.core.types import environment_of
 from bench.recording import verdict as compare
-from bench.recording.run_report import command_line, latest_attempts, report_safely
+from bench.recording.links import run_url, ui_command
+from bench.recording.reader import (
+    INVOCATION_TAG,
+    NOTE_TAG,
+    PAIRABLE_KINDS,
+    Reader,
+    RecordedCell,
+    RecordedRun,
+)
+from bench.recording.run_report import command_line, report_safely
 from bench.recording.store import redacted
-from bench.recording.tracking import INVOCATION_TAG, Tracker, resolve_tracking_uri
-from bench.recording.ui import run_url, ui_command
+from bench.recording.tracking import Tracker, resolve_tracking_uri
 from bench.recording.user_tags import parse_tag
 from bench.recording.verdict_text import csv_text, report_text
 
-PARENT_KINDS = ("matrix", "perf")  # the invocations whose cells compare can pair
 TAG_SIDE = re.compile(r"^tag:([^=]+)=(.*)$")
 # The stage file's params (bench.core.spec flat()): what was trained, apart from options and env.
 SPEC_SECTIONS = frozenset({"name", "model", "init", "optimizer", "loss", "training", "data"})
 
 
-def _experiments(client: Any) -> list[str]:
-    return [e.experiment_id for e in client.search_experiments()]
-
-
-def _newest_parent(client: Any, extra: str = "") -> Any | None:
+def _newest_parent(reader: Reader, extra: str = "") -> RecordedRun | None:
     """The newest run or perf invocation (with `extra`, a further condition) in the store."""
-    experiments = _experiments(client)
+    experiments = list(reader.experiments())
     found = []
-    for kind in PARENT_KINDS:  # MLflow's search has no OR and no IN for tags: one per kind
+    for kind in PAIRABLE_KINDS:  # MLflow's search has no OR and no IN for tags: one per kind
         query = f"tags.kind = '{kind}'" + (f" and {extra}" if extra else "")
-        found += client.search_runs(
-            experiments, filter_string=query, order_by=["attributes.start_time DESC"], max_results=1
-        )
-    return max(found, key=lambda run: run.info.start_time, default=None)
+        newest = reader.newest(experiments, query)
+        found += [newest] if newest is not None else []
+    return max(found, key=lambda run: run.start_time, default=None)
 
 
-def resolve_run(client: Any, side: str, uri: str) -> Any:
+def resolve_run(reader: Reader, side: str, uri: str) -> RecordedRun:
     """A side given as a parent run id or `tag:KEY=VALUE` (the newest parent with that tag)."""
     tagged = TAG_SIDE.match(side)
     if tagged:
@@ -57,23 +56,21 @@ def resolve_run(client: Any, side: str, uri: str) -> Any:
             key, value = parse_tag(side.removeprefix("tag:"))
         except argparse.ArgumentTypeError as exc:
             raise BenchError(f"{side!r}: {exc}") from None
-        run = _newest_parent(client, f"tags.`{key}` = '{value}'")
+        run = _newest_parent(reader, f"tags.`{key}` = '{value}'")
         if run is None:
             raise BenchError(
                 f"no run or perf invocation in {uri} has tag {key}={value}; set one with"
                 f" `bench run --tag {key}={value}`, or give a parent run id"
             )
         return run
-    try:
-        run = client.get_run(side)
-    except Exception:  # MLflow's "run not found", whatever its type on this store
-        raise BenchError(
-            f"no run {side!r} in {uri}; give a parent run id (the `recorded as parent run`"
-            " line) or tag:KEY=VALUE, and the store it is in with --tracking-uri"
-        ) from None
-    kind = run.data.tags.get("kind", "")
-    if kind not in PARENT_KINDS:
-        parent = run.data.tags.get(INVOCATION_TAG)
+    run = reader.run(
+        side,
+        f"no run {side!r} in {uri}; give a parent run id (the `recorded as parent run`"
+        " line) or tag:KEY=VALUE, and the store it is in with --tracking-uri",
+    )
+    kind = run.kind
+    if kind not in PAIRABLE_KINDS:
+        parent = run.tags.get(INVOCATION_TAG)
         hint = f" {parent}" if parent else ""
         raise BenchError(
             f"run {side} is a {kind or 'non-bench'} run, not a run or perf invocation; give its"
@@ -82,29 +79,24 @@ def resolve_run(client: Any, side: str, uri: str) -> Any:
     return run
 
 
-def _cell(client: Any, run: Any, tmp: Path) -> compare.CellData:
-    tags, params = run.data.tags, normalised(run.data.params)
-    run_id = run.info.run_id
-    key: compare.CellKey = (tags["stage"], tags["backend"], tags["device"], int(tags["seed"]))
-    history = sorted(client.get_metric_history(run_id, "epoch_seconds"), key=lambda m: m.step)
+def _judged(recorded: RecordedCell) -> compare.CellData:
+    """A recorded cell as the comparison judges it: its key, rates and fingerprint."""
+    tags, params = recorded.tags, normalised(recorded.params)
+    cell = recorded.cell
+    key: compare.CellKey = (cell.stage, cell.backend, cell.device, cell.seed)
+    history = recorded.histories["epoch_seconds"]
     batch = int(params.get("training.batch_size", "100"))
     train_examples = get_dataset(params.get("data.dataset", "mnist")).split.train.size
-    losses = None
-    try:
-        path = client.download_artifacts(run_id, "step_losses.csv", str(tmp))
-        losses = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)[:, 1]
-    except Exception:  # a failed cell has none: the outcome says so
-        losses = None
-    accuracy = run.data.metrics.get("test_accuracy")
+    accuracy = recorded.metrics.get("test_accuracy")
     spec = {k: v for k, v in params.items() if k.split(".")[0] in SPEC_SECTIONS}
     environment = environment_of(params)
     return compare.CellData(
         key=key,
-        run_id=run_id,
-        outcome=compare.cell_outcome(tags, run.info.status),
+        run_id=recorded.run_id,
+        outcome=compare.cell_outcome(tags, recorded.status),
         test_accuracy=accuracy,
-        rates=compare.steady_rates([m.value for m in history], batch, train_examples),
-        step_losses=losses,
+        rates=compare.steady_rates([value for _, value in history], batch, train_examples),
+        step_losses=recorded.step_losses,
         fingerprint=compare.Fingerprint.of(environment, params),
         spec=spec,
         deterministic=params.get("option.nondeterministic") == "false",
@@ -114,46 +106,41 @@ def _cell(client: Any, run: Any, tmp: Path) -> compare.CellData:
     )
 
 
-def load_side(client: Any, run: Any) -> compare.Side:
-    """A parent run and its cells (found by the invocation tag, however they nest)."""
-    run_id = run.info.run_id
-    query = f"tags.{INVOCATION_TAG} = '{run_id}' and tags.kind = 'cell'"
-    # MLflow returns 1,000 runs unless told more; its store's ceiling is 50,000.
-    found = client.search_runs([run.info.experiment_id], filter_string=query, max_results=50_000)
-    cells = latest_attempts(found)  # a resumed invocation: the later run of a cell counts
-    with tempfile.TemporaryDirectory(prefix="mlp-bench-compare-") as tmp:
-        loaded = [_cell(client, cell, Path(tmp)) for cell in cells]
+def load_side(reader: Reader, run: RecordedRun) -> compare.Side:
+    """A parent run and its cells (a resumed invocation's: the later run of each cell)."""
+    recorded = reader.cells(run, histories=("epoch_seconds",), losses=True)
+    loaded = [_judged(cell) for cell in recorded]
     drift = {
         k.removeprefix("peak_drift_"): v
-        for k, v in run.data.metrics.items()
+        for k, v in run.metrics.items()
         if k.startswith("peak_drift_")
     }
     return compare.Side(
-        run_id=run_id,
-        name=run.info.run_name or run_id,
-        experiment_id=run.info.experiment_id,
-        options={k: v for k, v in normalised(run.data.params).items() if k.startswith("option.")},
+        run_id=run.run_id,
+        name=run.name,
+        experiment_id=run.experiment_id,
+        options={k: v for k, v in normalised(run.params).items() if k.startswith("option.")},
         cells={cell.key: cell for cell in sorted(loaded, key=lambda c: c.key)},
-        speed_stable=run.data.tags.get("speed_stable", "true") != "false",
+        speed_stable=run.tags.get("speed_stable", "true") != "false",
         peak_drift=drift,
-        status=run.info.status,
-        kind=run.data.tags.get("kind", "matrix"),
+        status=run.status,
+        kind=run.tags.get("kind", "matrix"),
     )
 
 
-def _still_running(run: Any) -> str:
+def _still_running(run: RecordedRun) -> str:
     """That a parent run is still open, and by which process."""
-    tags = run.data.tags
+    tags = run.tags
     owner = tags.get("owner_pid")
     by = f" (pid {owner} on {tags.get('owner_host', 'an unknown host')})" if owner else ""
     return f"is still running{by}"
 
 
-def check_finished(run: Any, role: str, given: str) -> None:
+def check_finished(run: RecordedRun, role: str, given: str) -> None:
     """A side still training has no verdict yet: its open cells have no outcome."""
-    if run.info.status != "RUNNING":
+    if run.status != "RUNNING":
         return
-    run_id = run.info.run_id
+    run_id = run.run_id
     named = f"run {run_id}" if given == run_id else f"{given}, run {run_id},"
     raise BenchError(
         f"{role} {named} {_still_running(run)}; wait for it to finish, or give another"
@@ -248,7 +235,7 @@ def record(tracker: Tracker, comparison: compare.Comparison, text: str) -> str:
             "exit_code": str(comparison.exit_code),
             "baseline": base,
             "candidate": cand,
-            "mlflow.note.content": f"```\n{text}\n```",
+            NOTE_TAG: f"```\n{text}\n```",
             **git_state(),  # of the harness that judged
         },
     )
@@ -278,25 +265,25 @@ def record(tracker: Tracker, comparison: compare.Comparison, text: str) -> str:
 def cmd_compare(args: argparse.Namespace) -> int:
     uri = resolve_tracking_uri(args.tracking_uri)
     tracker = Tracker(uri, None)
-    client = tracker.client
+    reader = tracker.reader
     uri = tracker.shown_uri  # from here on only named in messages: without its password
-    base_run = resolve_run(client, args.baseline, uri)
+    base_run = resolve_run(reader, args.baseline, uri)
     check_finished(base_run, "baseline", args.baseline)
     if args.candidate is None:
-        cand_run = _newest_parent(client)
-        if cand_run is None or cand_run.info.run_id == base_run.info.run_id:
+        cand_run = _newest_parent(reader)
+        if cand_run is None or cand_run.run_id == base_run.run_id:
             raise BenchError(
                 f"the newest invocation in {uri} is the baseline itself; give a CANDIDATE"
             )
-        if cand_run.info.status == "RUNNING":
+        if cand_run.status == "RUNNING":
             raise BenchError(
-                f"the newest invocation in {uri}, run {cand_run.info.run_id},"
+                f"the newest invocation in {uri}, run {cand_run.run_id},"
                 f" {_still_running(cand_run)}; wait for it to finish, or give a CANDIDATE"
             )
     else:
-        cand_run = resolve_run(client, args.candidate, uri)
+        cand_run = resolve_run(reader, args.candidate, uri)
         check_finished(cand_run, "candidate", args.candidate)
-    baseline, candidate = load_side(client, base_run), load_side(client, cand_run)
+    baseline, candidate = load_side(reader, base_run), load_side(reader, cand_run)
     check_pairable(baseline, candidate)
     settings = compare.Settings(
         alpha=args.alpha,

@@ -29,8 +29,8 @@ from bench.core.types import CellLoad, CellRun
 from bench.execution import quiet
 from bench.execution.invocation import Execution, Plan, execute, finish, measure_peaks
 from bench.execution.matrix import LocalExecutor
-from bench.recording.report import speed_mark, table, with_speed_note
 from bench.recording.speed import DRIFT_LIMIT, drift_lines, machine_peaks, roofline
+from bench.recording.tables import speed_mark, table, with_speed_note
 
 REFERENCE_STAGE = "relu-xavier"
 KERAS_NOTE = (

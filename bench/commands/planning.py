@@ -23,6 +23,7 @@ from bench.core.spec import (
 from bench.execution.device_choice import resolve_devices
 from bench.execution.invocation import Plan, check_machine
 from bench.execution.matrix import build_cells
+from bench.recording.resume_plan import load_invocation
 from bench.recording.tracking import DEFAULT_EXPERIMENT, Tracker, resolve_tracking_uri
 
 if TYPE_CHECKING:  # ray is imported only when --executor ray is chosen
@@ -151,7 +152,7 @@ def plan_resume(args: argparse.Namespace) -> Plan:
                 f" --{name.replace('_', '-')}"
             )
     uri = resolve_tracking_uri(args.tracking_uri)
-    recorded = Tracker(uri, None).load_invocation(args.resume)
+    recorded = load_invocation(Tracker(uri, None).reader, args.resume)
     cells = recorded.unfinished()
     if not cells:
         raise BenchError(

@@ -12,25 +12,21 @@ import argparse
 import shutil
 from pathlib import Path
 
-from bench.core.errors import BenchError
 from bench.execution.invocation import end_recorded
-from bench.recording.tracking import INVOCATION_TAG, Tracker
+from bench.recording.reader import INVOCATION_TAG
+from bench.recording.tracking import Tracker
 from bench.recording.unrecorded import KeptCell, kept_folders, load
 
 
 def _recorded_already(tracker: Tracker, kept: KeptCell) -> bool:
     """Whether the cell's run was ended by an earlier record-pending (of this folder or a copy
     of it): recording it again would add its final metrics a second time."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        run = tracker.client.get_run(kept.run_id)
-    except MlflowException:
-        raise BenchError(
-            f"{kept.run.cell.name}: no run {kept.run_id} in {tracker.shown_uri}; its pending.json"
-            " names another store, or the run was deleted"
-        ) from None
-    return run.info.status in ("FINISHED", "FAILED") or "outcome" in run.data.tags
+    run = tracker.reader.run(
+        kept.run_id,
+        f"{kept.run.cell.name}: no run {kept.run_id} in {tracker.shown_uri}; its pending.json"
+        " names another store, or the run was deleted",
+    )
+    return run.status in ("FINISHED", "FAILED") or "outcome" in run.tags
 
 
 def _record(tracker: Tracker, kept: KeptCell) -> None:
@@ -38,7 +34,7 @@ def _record(tracker: Tracker, kept: KeptCell) -> None:
     if run.result is None:
         tracker.record_failed(run_id, run.error or "", kept.files)
         return
-    logged = tracker.epochs_logged(run_id)  # those flushed before the store stopped
+    logged = tracker.reader.epochs_logged(run_id)  # those flushed before the store stopped
     epochs = [e for e in run.result.epochs if e.epoch > logged]
     if epochs:
         tracker.log_epochs(run_id, epochs)
@@ -64,7 +60,7 @@ def cmd_record_pending(args: argparse.Namespace) -> int:
         shutil.rmtree(folder)
         where = f"run {kept.run_id} ({tracker.shown_uri})"
         print(f"recorded {kept.run.cell.name} into {where}", flush=True)
-        parent = tracker.client.get_run(kept.run_id).data.tags.get(INVOCATION_TAG)
+        parent = tracker.reader.run(kept.run_id, f"no run {kept.run_id}").tags.get(INVOCATION_TAG)
         if parent:
             invocations.setdefault(kept.uri, set()).add(parent)
     for uri, parents in invocations.items():

@@ -11,14 +11,15 @@ from bench.core.data import ensure_data
 from bench.core.errors import BenchError
 from bench.core.options import Options
 from bench.execution.matrix import LocalExecutor
-from bench.execution.reproduce import compare, recorded_spec, spec_differences
+from bench.execution.rerun import compare, recorded_spec, spec_differences
 from bench.recording.tracking import Tracker, resolve_tracking_uri
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     uri = resolve_tracking_uri(args.tracking_uri)
     tracker = Tracker(uri, experiment=None)
-    recorded = tracker.load_cell(args.run_id)
+    recorded = tracker.reader.cell(args.run_id)
+    assert recorded.stage_text is not None and recorded.step_losses is not None  # Reader.cell
     mismatched = spec_differences(recorded.stage_text, recorded.params, args.run_id)
     if mismatched:
         key, (param, artifact) = next(iter(mismatched.items()))

@@ -8,7 +8,7 @@ from bench.commands.exits import EXIT_FAILED, EXIT_INTERRUPTED
 from bench.commands.planning import plan_resume, plan_run
 from bench.execution.invocation import execute, finish
 from bench.recording.pivot import entries_of_runs, pivot, text_table
-from bench.recording.report import group_table, results_table
+from bench.recording.tables import group_table, results_table
 
 
 def cmd_run(args: argparse.Namespace) -> int:

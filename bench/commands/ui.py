@@ -11,9 +11,9 @@ import shlex
 from bench.core.errors import BenchError
 from bench.core.program import PROGRAM
 from bench.recording import store, views
+from bench.recording.links import UI_HOST, UI_PORT, cells_url, ui_command, view_url
 from bench.recording.server import check_listen, quiet_server_environment
 from bench.recording.tracking import Tracker, resolve_tracking_uri
-from bench.recording.ui import UI_HOST, UI_PORT, cells_url, ui_command, view_url
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -27,16 +27,16 @@ def cmd_ui(args: argparse.Namespace) -> int:
     port = args.port or UI_PORT
     check_listen(UI_HOST, port)  # a taken port: the URLs would open another process's UI
     tracker = Tracker(uri, experiment=None)  # checks the store and rebases it
-    for experiment in tracker.client.search_experiments():
+    for experiment_id, name in tracker.reader.experiments().items():
         # The newest invocation's saved view; the cells' URL where none was saved (an older
         # MLflow, or a store no invocation finished in).
-        key = views.latest(tracker.client, experiment.experiment_id)
+        key = views.latest(tracker.reader, experiment_id)
         url = (
-            view_url(uri, experiment.experiment_id, key, port)
+            view_url(uri, experiment_id, key, port)
             if key is not None
-            else cells_url(uri, experiment.experiment_id, port=port)
+            else cells_url(uri, experiment_id, port=port)
         )
-        print(f"{experiment.name}: {url}")
+        print(f"{name}: {url}")
     command = shlex.split(ui_command(uri, port))
     print(" ".join(command), flush=True)
     quiet_server_environment()

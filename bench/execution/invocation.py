@@ -23,13 +23,18 @@ from bench.execution import quiet
 from bench.execution.matrix import ClusterExecutor, LocalExecutor, NodePeak, run_matrix
 from bench.execution.peaks import peak_uses_tf32
 from bench.recording import views
-from bench.recording.report import Progress
-from bench.recording.resume_plan import PLAN_DIGEST, plan_digest
+from bench.recording.links import closing_lines
+from bench.recording.resume_plan import (
+    PLAN_DIGEST,
+    RecordedInvocation,
+    load_invocation,
+    plan_digest,
+)
 from bench.recording.run_report import report_safely
 from bench.recording.speed import machine_peaks, speed_figures
 from bench.recording.stats import group_metrics
-from bench.recording.tracking import MatrixRecord, RecordedInvocation, Tracker
-from bench.recording.ui import closing_lines
+from bench.recording.tables import Progress
+from bench.recording.tracking import MatrixRecord, Tracker
 
 
 @dataclass(frozen=True)
@@ -275,7 +280,7 @@ def finish(execution: Execution, plan: Plan) -> bool:
     report_safely(execution.tracker, execution.parent_id)
     print()
     experiment_id = execution.tracker.experiment_id
-    view = views.saved(execution.tracker.client, experiment_id, execution.parent_id)
+    view = views.saved(execution.tracker.reader, experiment_id, execution.parent_id)
     print("\n".join(closing_lines(plan.tracking_uri, experiment_id, execution.parent_id, view)))
     return failed
 
@@ -285,7 +290,7 @@ def end_recorded(tracker: Tracker, parent_id: str) -> str:
     as its own process would have ended it (its groups' statistics, the parent FINISHED, its
     report); otherwise nothing changes. Returns what was done, in a line."""
     try:
-        recorded = tracker.load_invocation(parent_id)
+        recorded = load_invocation(tracker.reader, parent_id)
     except BenchError as error:  # still running, or recorded without its plan
         return f"invocation {parent_id} left as it is: {error}"
     unfinished = recorded.unfinished()
@@ -294,16 +299,15 @@ def end_recorded(tracker: Tracker, parent_id: str) -> str:
             f"invocation {parent_id}: {len(unfinished)} of its {len(recorded.cells)} cells did"
             f" not finish; run them with `{PROGRAM} run --resume {parent_id}`"
         )
-    client = tracker.client
     for group, run_id in recorded.group_ids.items():
-        if client.get_run(run_id).info.status != "FINISHED":
+        if tracker.reader.run(run_id, f"no group run {run_id}").status != "FINISHED":
             members = [m for cell, m in recorded.finished.items() if cell.group == group]
             tracker.log_metrics(run_id, group_metrics(members))
             tracker.end(run_id, "FINISHED")
-    parent = client.get_run(parent_id)
-    if parent.info.status == "FINISHED":
+    parent = tracker.reader.run(parent_id, f"no run {parent_id}")
+    if parent.status == "FINISHED":
         return f"invocation {parent_id}: already FINISHED"
-    if "cells" not in parent.data.metrics:  # the process ended before it logged them
+    if "cells" not in parent.metrics:  # the process ended before it logged them
         tracker.log_metrics(parent_id, {"cells": len(recorded.cells), "cells_failed": 0})
     tracker.end(parent_id, "FINISHED")
     report_safely(tracker, parent_id)  # after the end, as finish() does

@@ -108,28 +108,23 @@ def throughput(uri: str, run: CellRun, count: int) -> float:
 
 def sweep(uri: str, backend: str, data_dir: str, cells: int, address: str | None) -> list[str]:
     """`cells` one-epoch cells through Ray into the server; each run checked."""
-    from mlflow.tracking import MlflowClient
-
     tag = f"scale={time.strftime('%Y%m%d-%H%M%S')}"
     extra = ["--ray-address", address] if address else []
     where = ["--tracking-uri", uri, "--experiment", "mlp-bench-scale", "--tag", tag]
     wall = _bench_run(["--executor", "ray", *extra, *_cells(backend, cells, data_dir), *where])
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("mlp-bench-scale").experiment_id
+    reader = Tracker(uri, None).reader
+    experiment = reader.experiment_id("mlp-bench-scale")
+    assert experiment is not None  # the run above made it
     key, value = tag.split("=")
-    [parent] = client.search_runs([experiment], filter_string=f"tags.{key} = '{value}'")
-    runs = client.search_runs(
-        [experiment],
-        filter_string=f"tags.invocation = '{parent.info.run_id}' and tags.kind = 'cell'",
-        max_results=50_000,
-    )
-    finished = sum(r.info.status == "FINISHED" for r in runs)
-    walls = sorted(r.data.metrics.get("wall_seconds", 0.0) for r in runs)
-    logging = sum(r.data.metrics.get("time_mlflow_logging_seconds", 0.0) for r in runs)
+    [parent] = reader.search([experiment], f"tags.{key} = '{value}'")
+    runs = reader.invocation_runs(parent, "cell")
+    finished = sum(r.status == "FINISHED" for r in runs)
+    walls = sorted(r.metrics.get("wall_seconds", 0.0) for r in runs)
+    logging = sum(r.metrics.get("time_mlflow_logging_seconds", 0.0) for r in runs)
     return [
         f"3. sweep: {cells} cells ({STAGE}, {backend}, 1 epoch) through Ray into {uri}",
         f"   {wall:.0f} s wall, {60 * cells / wall:.1f} cells/min; {finished} of {cells}"
-        f" runs FINISHED (parent {parent.info.run_id}, {parent.info.status})",
+        f" runs FINISHED (parent {parent.run_id}, {parent.status})",
         f"   cell wall (worker process): median {walls[len(walls) // 2]:.2f} s; driver's"
         f" recording: {logging:.1f} s in all, {logging / cells:.2f} s a cell",
     ]

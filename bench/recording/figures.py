@@ -1,5 +1,5 @@
 """The report's figures: one per stage, every backend it ran side by side, drawn from what the store
-holds (bench.recording.run_report.Invocation).
+holds (bench.recording.reader.Invocation).
 
 Built on matplotlib's Figure directly, not pyplot: no global figure state and no display, so a
 report made at the end of an invocation (or in a test) never opens a window or leaks figures.
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from bench.recording.run_report import CellData, Invocation
+    from bench.recording.reader import Invocation, RecordedCell
 
 # The frameworks' own colours, the same in every figure (and in the MLflow views the harness
 # saves), so a backend is recognised by its colour alone.
@@ -37,15 +37,15 @@ def _color(backend: str) -> str:
     return BACKEND_COLORS.get(backend, OTHER_COLOR)
 
 
-def _groups(cells: list[CellData]) -> dict[tuple[str, str], list[CellData]]:
+def _groups(cells: list[RecordedCell]) -> dict[tuple[str, str], list[RecordedCell]]:
     """Cells per backend x device, in the order they ran."""
-    groups: dict[tuple[str, str], list[CellData]] = {}
+    groups: dict[tuple[str, str], list[RecordedCell]] = {}
     for cell in cells:
         groups.setdefault((cell.backend, cell.device), []).append(cell)
     return groups
 
 
-def _curves(members: list[CellData], key: str, scale: float) -> dict[int, list[float]]:
+def _curves(members: list[RecordedCell], key: str, scale: float) -> dict[int, list[float]]:
     """Per epoch, the finite values of the seeds that reached it."""
     per_epoch: dict[int, list[float]] = {}
     for cell in members:
@@ -55,7 +55,17 @@ def _curves(members: list[CellData], key: str, scale: float) -> dict[int, list[f
     return per_epoch
 
 
-def _plot_epochs(ax: Axes, cells: list[CellData], key: str, scale: float, log: bool) -> None:
+def _with_values(members: list[RecordedCell], key: str, log: bool) -> list[RecordedCell]:
+    """The seeds whose values the thick line is drawn from: a seed that diverged at once has
+    none, and a mean of one seed is that seed."""
+    return [
+        cell
+        for cell in members
+        if any(math.isfinite(v) and (v > 0 or not log) for _, v in cell.histories.get(key, []))
+    ]
+
+
+def _plot_epochs(ax: Axes, cells: list[RecordedCell], key: str, scale: float, log: bool) -> None:
     """Mean over seeds (thick), the range of the seeds (band) and each seed (thin)."""
     from matplotlib.ticker import MaxNLocator
 
@@ -78,12 +88,13 @@ def _plot_epochs(ax: Axes, cells: list[CellData], key: str, scale: float, log: b
         epochs = sorted(per_epoch)
         seen.update(epochs)
         mean = [float(np.mean(per_epoch[e])) for e in epochs]
-        several = len(members) > 1
+        drawn = _with_values(members, key, log)
+        several = len(drawn) > 1
         label = f"{backend} {device} " + (
-            f"(mean of {len(members)} seeds)" if several else f"(seed {members[0].seed})"
+            f"(mean of {len(drawn)} seeds)" if several else f"(seed {drawn[0].seed})"
         )
         ax.plot(epochs, mean, color=color, ls=style, lw=2, label=label, marker="o", ms=3)
-        if len(members) > 1:
+        if several:
             low = [min(per_epoch[e]) for e in epochs]
             high = [max(per_epoch[e]) for e in epochs]
             ax.fill_between(epochs, low, high, color=color, alpha=0.15, lw=0)
@@ -104,7 +115,7 @@ def _note(ax: Axes, text: str) -> None:
     ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", fontsize=8, color=OTHER_COLOR)
 
 
-def _plot_test_accuracy(ax: Axes, cells: list[CellData]) -> None:
+def _plot_test_accuracy(ax: Axes, cells: list[RecordedCell]) -> None:
     """Each seed's test accuracy, beside the tutorial's number and the stage's minimum."""
     groups = _groups(cells)
     width = 0.6 / max(1, len(groups))
@@ -141,7 +152,7 @@ def _plot_test_accuracy(ax: Axes, cells: list[CellData]) -> None:
         ax.legend(fontsize=7)
 
 
-def _plot_speed(ax: Axes, cells: list[CellData]) -> None:
+def _plot_speed(ax: Axes, cells: list[RecordedCell]) -> None:
     """samples/s per cell: a bar in its backend's colour with its value written on it and its
     p25-p75 whisker, on a linear axis from 0. The roofline (no cell can train faster than its
     device's best matmul rate) is drawn where it fits that axis, else written at the top: on
@@ -189,7 +200,7 @@ def _plot_speed(ax: Axes, cells: list[CellData]) -> None:
     ax.set_ylabel("train samples/s (whisker: p25-p75 of epochs)")
 
 
-def _roofs(cells: list[CellData]) -> dict[str, float]:
+def _roofs(cells: list[RecordedCell]) -> dict[str, float]:
     """Per device, the machine's peak as samples/s."""
     roofs: dict[str, float] = {}
     for cell in cells:
@@ -214,7 +225,7 @@ def _top_line(ax: Axes, text: str) -> None:
     )
 
 
-def _plot_time(ax: Axes, cells: list[CellData], legend_ax: Axes) -> None:
+def _plot_time(ax: Axes, cells: list[RecordedCell], legend_ax: Axes) -> None:
     """Where each cell's wall time went, phase by phase (stacked); the phases' legend goes in
     `legend_ax`'s free space, where it covers no bar."""
     phases: list[str] = []
@@ -255,7 +266,7 @@ def _phase_colors(count: int) -> list[Any]:
     return [palette(i % 20) for i in range(count)]
 
 
-def _plot_about(ax: Axes, cells: list[CellData], stage: str) -> None:
+def _plot_about(ax: Axes, cells: list[RecordedCell], stage: str) -> None:
     """The stage in words: what it changes and what is expected of it."""
     ax.axis("off")
     spec = next((c.spec for c in cells if c.spec is not None), None)

@@ -10,8 +10,8 @@ from collections import Counter
 from dataclasses import dataclass
 
 from bench.core.types import CellRun
-from bench.recording.report import table as aligned
 from bench.recording.stats import summarize
+from bench.recording.tables import table as aligned
 
 # A cell with no test accuracy to average: shown by what happened to it, never as a number.
 _NOT_MEASURED = ("diverged", "failed", "unfinished")

@@ -14,32 +14,22 @@ import dataclasses
 import html
 import json
 import sys
-import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.core.errors import BenchError, StoreUnwritable
+from bench.core.errors import BenchError
 from bench.core.program import PROGRAM
-from bench.core.spec import ExpectedSpec, StageSpec, parse_stage, with_epochs
 from bench.core.types import environment_of
-from bench.recording import markdown, store, views
+from bench.recording import markdown, store
+from bench.recording.links import cells_link, run_url, ui_command
 from bench.recording.pivot import CAPTION, Entry, Pivot, pivot
-from bench.recording.report import CELL_COLUMNS, GROUP_COLUMNS
-from bench.recording.stats import summarize
-from bench.recording.tracking import INVOCATION_TAG, Tracker
-from bench.recording.ui import cells_link, run_url, ui_command
-
-# The kinds of parent run a report is made for (the tag `kind` of an invocation's run). A
-# comparison has no cells: its report is its verdict, its table (compare.txt) and its plot.
-PARENT_KINDS = ("matrix", "perf", "parity", "comparison")
-HISTORY_KEYS = ("train_loss", "val_accuracy", "epoch_seconds")
-# `mlflow ui` and `mlflow server` listen here unless told otherwise.
-# Artifacts of a parent run that the report shows as they are (perf's table, parity's curve).
-_TEXT_ARTIFACTS = (".txt",)
-_IMAGE_ARTIFACTS = (".png",)
-_MAX_SEARCH = 10_000
+from bench.recording.reader import NOTE_TAG, Invocation, RecordedCell
+from bench.recording.scoring import recorded_met
+from bench.recording.stats import Summary, summarize
+from bench.recording.tables import CELL_COLUMNS, GROUP_COLUMNS
+from bench.recording.tracking import Tracker
 
 
 def default_report_dir(tracking_uri: str, run_id: str) -> Path:
@@ -48,205 +38,6 @@ def default_report_dir(tracking_uri: str, run_id: str) -> Path:
     database = store.sqlite_path(tracking_uri)
     results = database.parent if database is not None else store.RESULTS_DIR
     return results / "reports" / run_id
-
-
-@dataclass(frozen=True)
-class CellData:
-    """One cell run as the store holds it."""
-
-    run_id: str
-    stage: str
-    backend: str
-    device: str
-    seed: int
-    tags: dict[str, str]
-    params: dict[str, str]
-    metrics: dict[str, float]
-    histories: dict[str, list[tuple[int, float]]]
-    spec: StageSpec | None  # from the cell's stage-file artifact; None if it has none
-
-    @property
-    def outcome(self) -> str:
-        return self.tags.get("outcome", "failed" if "error" in self.tags else "unfinished")
-
-    @property
-    def label(self) -> str:
-        return f"{self.backend} {self.device} s{self.seed}"
-
-    @property
-    def expected(self) -> ExpectedSpec | None:
-        return self.spec.expected if self.spec is not None else None
-
-
-@dataclass(frozen=True)
-class Invocation:
-    """A parent run, its cells, and the store it is in."""
-
-    run_id: str
-    experiment_id: str
-    name: str
-    kind: str
-    status: str
-    tags: dict[str, str]
-    params: dict[str, str]
-    metrics: dict[str, float]
-    cells: list[CellData]
-    tracking_uri: str
-    view: str | None = None  # its saved view in the MLflow UI, where it has one
-    texts: dict[str, str] = field(default_factory=dict)  # the parent's text artifacts
-    images: dict[str, bytes] = field(default_factory=dict)  # the parent's PNG artifacts
-
-    @property
-    def stages(self) -> list[str]:
-        return list(dict.fromkeys(cell.stage for cell in self.cells))
-
-
-def load_invocation(tracker: Tracker, run_id: str) -> Invocation:
-    """Read a parent run and its cells; an unknown or non-parent run id is a BenchError."""
-    client = tracker.client
-    try:
-        run = client.get_run(run_id)
-    except StoreUnwritable:
-        raise
-    except Exception:  # MlflowException (no such run), or a malformed id
-        raise BenchError(
-            f"no run {run_id!r} in {tracker.shown_uri}; give the parent run id that `bench run`,"
-            " `perf` or `parity` printed, and its store with --tracking-uri"
-        ) from None
-    if run.info.lifecycle_stage == "deleted":
-        raise BenchError(
-            f"run {run_id} in {tracker.shown_uri} is deleted; restore it with"
-            f" `MLFLOW_TRACKING_URI={tracker.shown_uri} mlflow runs restore --run-id {run_id}`"
-        )
-    tags = dict(run.data.tags)
-    kind = tags.get("kind", "")
-    if kind not in PARENT_KINDS:
-        raise BenchError(
-            f"run {run_id} is not an invocation's parent run (kind {kind or 'none'!r}); give "
-            f"the id of a run of kind {', '.join(PARENT_KINDS)} (its cells' tag {INVOCATION_TAG})"
-        )
-    experiment_id = str(run.info.experiment_id)
-    texts, images = _parent_artifacts(client, run_id)
-    return Invocation(
-        run_id=run_id,
-        experiment_id=experiment_id,
-        name=str(run.info.run_name or run_id),
-        kind=kind,
-        status=str(run.info.status),
-        tags=tags,
-        params=dict(run.data.params),
-        metrics=dict(run.data.metrics),
-        cells=_load_cells(client, experiment_id, run_id),
-        tracking_uri=tracker.shown_uri,
-        texts=texts,
-        images=images,
-    )
-
-
-def _cell_runs(client: Any, experiment_id: str, parent_id: str) -> list[Any]:
-    """The invocation's cells by their tag; runs recorded before the tag existed, by nesting
-    (parent -> group -> cell, or parent -> cell)."""
-    tagged = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.{INVOCATION_TAG} = '{parent_id}' and tags.kind = 'cell'",
-        order_by=["attributes.start_time ASC"],
-        max_results=_MAX_SEARCH,
-    )
-    if tagged:
-        return latest_attempts(tagged)
-    found: list[Any] = []
-    level = [parent_id]
-    for _ in range(2):
-        children = []
-        for run_id in level:
-            children += client.search_runs(
-                [experiment_id],
-                filter_string=f"tags.mlflow.parentRunId = '{run_id}'",
-                order_by=["attributes.start_time ASC"],
-                max_results=_MAX_SEARCH,
-            )
-        found += [r for r in children if r.data.tags.get("kind") == "cell"]
-        level = [r.info.run_id for r in children if r.data.tags.get("kind") == "group"]
-    return sorted(found, key=lambda r: r.info.start_time)
-
-
-def latest_attempts(runs: list[Any]) -> list[Any]:
-    """One run per cell: a resumed invocation ran again the cells that had not finished, and
-    the later run stands for the cell (the earlier, KILLED or FAILED, stays in the store)."""
-    latest: dict[tuple[str, ...], Any] = {}
-    for run in sorted(runs, key=lambda r: r.info.start_time):
-        tags = run.data.tags
-        key = tuple(tags.get(k, "") for k in ("stage", "backend", "device", "seed"))
-        latest.pop(key, None)  # re-inserted: the order stays by start time
-        latest[key] = run
-    return list(latest.values())
-
-
-def _load_cells(client: Any, experiment_id: str, parent_id: str) -> list[CellData]:
-    specs: dict[tuple[str, str], StageSpec | None] = {}
-    cells = []
-    for run in _cell_runs(client, experiment_id, parent_id):
-        tags = dict(run.data.tags)
-        params = dict(run.data.params)
-        stage = tags.get("stage", "?")
-        # One stage file per stage and epochs: cells of one stage share it.
-        key = (stage, params.get("training.epochs", ""))
-        if key not in specs:
-            specs[key] = _stage_spec(client, run.info.run_id, stage, params)
-        cells.append(
-            CellData(
-                run_id=run.info.run_id,
-                stage=stage,
-                backend=tags.get("backend", "?"),
-                device=tags.get("device", "?"),
-                seed=int(tags.get("seed", "0")),
-                tags=tags,
-                params=params,
-                metrics=dict(run.data.metrics),
-                histories={k: _history(client, run.info.run_id, k) for k in HISTORY_KEYS},
-                spec=specs[key],
-            )
-        )
-    return cells
-
-
-def _history(client: Any, run_id: str, key: str) -> list[tuple[int, float]]:
-    by_step = {int(m.step): float(m.value) for m in client.get_metric_history(run_id, key)}
-    return sorted(by_step.items())
-
-
-def _stage_spec(client: Any, run_id: str, stage: str, params: dict[str, str]) -> StageSpec | None:
-    """The stage file the cell trained from (its artifact), with the epochs it ran."""
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = client.download_artifacts(run_id, f"{stage}.toml", tmp)
-            spec = parse_stage(Path(path).read_text(), f"run {run_id}'s {stage}.toml")
-        except Exception:  # a cell that never got its stage file: no expectation shown
-            return None
-    epochs = params.get("training.epochs")
-    return with_epochs(spec, int(epochs)) if epochs and epochs.isdigit() else spec
-
-
-def _parent_artifacts(client: Any, run_id: str) -> tuple[dict[str, str], dict[str, bytes]]:
-    """The parent's own top-level text and PNG artifacts (perf_table.txt, parity_curve.png),
-    not those a previous report left there."""
-    texts: dict[str, str] = {}
-    images: dict[str, bytes] = {}
-    wanted = [
-        a.path
-        for a in client.list_artifacts(run_id)
-        if not a.is_dir and a.path.endswith(_TEXT_ARTIFACTS + _IMAGE_ARTIFACTS)
-    ]
-    if not wanted:
-        return texts, images
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in wanted:
-            local = Path(client.download_artifacts(run_id, name, tmp))
-            if name.endswith(_IMAGE_ARTIFACTS):
-                images[name] = local.read_bytes()
-            else:
-                texts[name] = local.read_text()
-    return texts, images
 
 
 # ---- the table ----------------------------------------------------------------------------
@@ -273,22 +64,7 @@ class CellRow:
     run_id: str
 
 
-def _met(cell: CellData) -> str:
-    """The cell's tag expectation_met where recorded, else judged here as the closing table
-    judges it (bench.recording.report)."""
-    from bench.recording.report import _met as closing_met
-
-    recorded = cell.tags.get("expectation_met")
-    if recorded is not None:
-        return {"true": "yes", "false": "NO"}.get(recorded.lower(), recorded)
-    if cell.outcome in ("failed", "unfinished"):
-        return "no"
-    if cell.spec is None:
-        return "-"
-    return closing_met(cell.spec, cell.outcome, cell.metrics.get("test_accuracy"))
-
-
-def cell_row(cell: CellData) -> CellRow:
+def cell_row(cell: RecordedCell) -> CellRow:
     expected = cell.expected
     tutorial = cell.metrics.get("tutorial_test_accuracy")
     if tutorial is None and expected is not None:
@@ -308,7 +84,7 @@ def cell_row(cell: CellData) -> CellRow:
         tutorial=expected.tutorial if expected is not None else "-",
         tutorial_test_accuracy=tutorial,
         expectation=expected.describe() if expected is not None else "-",
-        met=_met(cell),
+        met=recorded_met(cell),
         samples_per_s=m.get("train_samples_per_s"),
         samples_per_s_p25=m.get("train_samples_per_s_p25"),
         samples_per_s_p75=m.get("train_samples_per_s_p75"),
@@ -374,6 +150,15 @@ GROUP_HEADER = [
 ]
 
 
+def _spread(summary: Summary | None, scale: float, style: str, unit: str = "") -> str:
+    """mean ± std over the seeds that have the value; one seed's value as it is (n=1)."""
+    if summary is None:
+        return "-"
+    if summary.n == 1:
+        return f"{scale * summary.mean:{style}}{unit} (n=1)"
+    return f"{scale * summary.mean:{style}} ± {scale * summary.std:{style}}{unit}"
+
+
 def group_rows(rows: list[CellRow]) -> list[list[str]]:
     """Per stage x backend x device of several seeds: the closing table's second part."""
     groups: dict[tuple[str, str, str], list[CellRow]] = {}
@@ -396,11 +181,11 @@ def group_rows(rows: list[CellRow]) -> list[list[str]]:
                 device,
                 str(len(members)),
                 ", ".join(f"{n} {k}" for k, n in outcomes.items()),
-                f"{100 * accuracy.mean:.2f} ± {100 * accuracy.std:.2f}%" if accuracy else "-",
+                _spread(accuracy, 100, ".2f", "%"),
                 f"[{100 * accuracy.ci95_low:.2f}, {100 * accuracy.ci95_high:.2f}]"
-                if accuracy
+                if accuracy and accuracy.n > 1
                 else "-",
-                f"{speed.mean:,.0f} ± {speed.std:,.0f}" if speed else "-",
+                _spread(speed, 1, ",.0f"),
             ]
         )
     return lines
@@ -581,10 +366,10 @@ class Report:
 def build_report(tracker: Tracker, run_id: str, report_dir: Path | None = None) -> Report:
     from bench.recording.figures import figure_png, stage_figure
 
-    invocation = load_invocation(tracker, run_id)
+    invocation = tracker.reader.invocation(run_id)
     _check_cells(invocation)
     if invocation.cells:  # saved first, so that the report links to it
-        view = views.save(tracker.client, invocation.experiment_id, run_id)
+        view = tracker.save_view(invocation.experiment_id, run_id)
         invocation = dataclasses.replace(invocation, view=view)
     figures = {
         f"figures/{stage}.png": stage_figure(invocation, stage) for stage in invocation.stages
@@ -603,7 +388,7 @@ def build_report(tracker: Tracker, run_id: str, report_dir: Path | None = None) 
 def _check_cells(invocation: Invocation) -> None:
     """An invocation whose report was made with cells that the store no longer holds (deleted
     in the UI): a report made now would replace its description with an empty table."""
-    recorded = "mlflow.note.content" in invocation.tags
+    recorded = NOTE_TAG in invocation.tags
     if invocation.kind in ("matrix", "perf") and not invocation.cells and recorded:
         raise BenchError(
             f"run {invocation.run_id} has no cells left in {invocation.tracking_uri} (deleted?);"
@@ -715,16 +500,15 @@ def write_files(report: Report, folder: Path) -> Path:
 
 def record(tracker: Tracker, report: Report, folder: Path) -> None:
     """On the parent run: the description, the table, the figures and report.html."""
-    client = tracker.client
     run_id = report.invocation.run_id
-    client.set_tag(run_id, "mlflow.note.content", report.description)
+    tracker.set_description(run_id, report.description)
     if report.rows:
-        client.log_table(run_id, data=table_columns(report.rows), artifact_file="cells.json")
+        tracker.log_table(run_id, table_columns(report.rows), "cells.json")
     # The PNGs already rendered, not log_figure: it renders each figure again, which was half
     # of the report's time (5.1 of 9.5 s, two stages, loaded 2-core machine).
     for path in report.figures:
-        client.log_artifact(run_id, str(folder / path), "figures")
-    client.log_artifact(run_id, str(folder / "report.html"))
+        tracker.log_artifact(run_id, folder / path, "figures")
+    tracker.log_artifact(run_id, folder / "report.html")
 
 
 def make_report(tracker: Tracker, run_id: str, folder: Path | None = None) -> Path:

@@ -1,4 +1,4 @@
-"""MLflow recording: the only module that imports mlflow.
+"""MLflow recording: writing runs (bench.recording.reader reads them back).
 
 One parent run per invocation and one nested run per cell. Every run is ended FINISHED, FAILED or
 KILLED by the code that started it, so no run is left RUNNING; where that code could not (a
@@ -11,15 +11,11 @@ import contextlib
 import json
 import logging
 import os
-import socket
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-
-import numpy as np
 
 from bench.core.datasets import get_dataset
 from bench.core.errors import BenchError, StoreUnwritable
@@ -29,19 +25,21 @@ from bench.core.seeding import describe_seeds
 from bench.core.spec import StageSpec
 from bench.core.types import ENV_PREFIX, Cell, CellResult, CellRun, EpochRecord
 from bench.recording import markdown, store, unrecorded, views
-from bench.recording.resume_plan import INVOCATION_FILE, checked_plan
+from bench.recording.reader import GROUP_TAG, INVOCATION_TAG, NOTE_TAG, Reader, RecordedCell
+from bench.recording.resume_plan import (
+    CLAIM_PREFIX,
+    INVOCATION_FILE,
+    RecordedInvocation,
+    being_resumed,
+    owner_of,
+)
+from bench.recording.scoring import tutorial_comparison
 from bench.recording.stats import Member, group_metrics
 
 DEFAULT_EXPERIMENT = "mnist-tutorial"
 FLUSH_SECONDS = 10.0  # how often buffered per-epoch metrics are written during a cell
 RunStatus = Literal["FINISHED", "FAILED", "KILLED"]
 log = logging.getLogger(__name__)
-
-
-# On every cell and group run: the id of the invocation's (parent) run, so
-# `tags.invocation = '<id>' and tags.kind = 'cell'` finds an invocation's cells.
-INVOCATION_TAG = "invocation"
-GROUP_TAG = "group_run"  # on a cell of a group of several seeds: the group's run
 
 EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
@@ -100,45 +98,11 @@ def _quiet_loggers() -> None:
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
-@dataclass(frozen=True)
-class RecordedCell:
-    """What the store holds of one cell run: enough to run it again."""
-
-    run_id: str
-    experiment_id: str
-    cell: Cell
-    params: dict[str, str]
-    metrics: dict[str, float]
-    stage_text: str
-    step_losses: np.ndarray
-
-
-_MAX_RUNS = 50_000  # one search's page: an invocation's cells and groups fit in it
-
-
-@dataclass(frozen=True)
-class RecordedInvocation:
-    """A `bench run` invocation as the store holds it: what it planned, what finished."""
-
-    parent_id: str
-    experiment: str
-    plan: dict[str, Any]  # cells, options, stage texts: see invocation.invocation_plan
-    finished: dict[Cell, Member]  # cells with a FINISHED run
-    group_ids: dict[str, str]  # group -> its run
-    open_runs: list[str]  # its runs still RUNNING, left by a process that is gone
-    resumes: int = 0  # how many resumes claimed it before (see Tracker.claim_resume)
-
-    @property
-    def cells(self) -> list[Cell]:
-        return [Cell(**cell) for cell in self.plan["cells"]]
-
-    def unfinished(self) -> list[Cell]:
-        """Its cells with no FINISHED run (never started, interrupted, failed), in order."""
-        return [cell for cell in self.cells if cell not in self.finished]
-
-
 class Tracker:
-    """Opens the store and experiment up front, so a bad store fails before any training."""
+    """Opens the store and experiment up front, so a bad store fails before any training.
+    Writes runs; `reader` reads them back through the same client."""
+
+    reader: Reader
 
     def __init__(self, uri: str, experiment: str | None) -> None:
         """Open the store; with an experiment name, find or create that experiment. Runs left
@@ -162,6 +126,7 @@ class Tracker:
             with store.opening(uri):
                 client = MlflowClient(tracking_uri=uri)
                 self._client = store.PatientClient(client, self.shown_uri, retry_s)
+                self.reader = Reader(self._client, self.shown_uri)
                 self._client.search_experiments(max_results=1)  # touches the store: fails here
                 if experiment is not None:
                     self.experiment_id = self._experiment(experiment)
@@ -222,25 +187,19 @@ class Tracker:
     def _end_orphans(self) -> None:
         """End KILLED the runs left RUNNING by a process of this host that is gone (`kill -9`,
         a crash, a store that stopped taking writes), and say so in one line."""
-        experiments = [e.experiment_id for e in self._client.search_experiments()]
+        experiments = list(self.reader.experiments())
         if not experiments:
             return
-        running = self._client.search_runs(experiments, filter_string=store.OPEN_HERE)
-        gone = [run for run in running if store.owner_gone(run.data.tags)]
+        running = self.reader.search(experiments, store.OPEN_HERE)
+        gone = [run for run in running if store.owner_gone(run.tags)]
         for run in gone:
-            self._client.set_terminated(run.info.run_id, "KILLED")
+            self._client.set_terminated(run.run_id, "KILLED")
         if gone:
-            pids = ", ".join(sorted({run.data.tags["owner_pid"] for run in gone}))
+            pids = ", ".join(sorted({run.tags["owner_pid"] for run in gone}))
             log.info(
                 f"{len(gone)} run(s) in {self.shown_uri} left RUNNING by a process that is gone"
                 f" (pid {pids}): marked KILLED"
             )
-
-    @property
-    def client(self) -> Any:
-        """The store's client (an MlflowClient that waits out a locked store), for readers
-        such as bench.recording.run_report that need more than the methods here."""
-        return self._client
 
     def _create_run(
         self, experiment_id: str, name: str, tags: dict[str, str], start_ms: int | None = None
@@ -387,46 +346,6 @@ class Tracker:
         )
         self.end(run_id, "FINISHED")
 
-    def load_cell(self, run_id: str) -> RecordedCell:
-        """Read a recorded cell back: tags, params, metrics, stage file, per-step losses."""
-        from mlflow.exceptions import MlflowException
-
-        try:
-            run = self._client.get_run(run_id)
-        except MlflowException:
-            raise BenchError(
-                f"no run {run_id!r} in {self.shown_uri}; copy a cell's run id from the MLflow UI"
-                " and pass the store it is in with --tracking-uri"
-            ) from None
-        tags = run.data.tags
-        if tags.get("kind", "cell") != "cell" or "stage" not in tags or "seed" not in tags:
-            raise BenchError(
-                f"run {run_id} is not a cell run (kind {tags.get('kind')!r}); "
-                "give the id of a STAGE/BACKEND/DEVICE/seedN run"
-            )
-        device: Literal["cpu", "gpu"] = "gpu" if tags["device"] == "gpu" else "cpu"
-        cell = Cell(tags["stage"], tags["backend"], device, int(tags["seed"]))
-        with tempfile.TemporaryDirectory() as tmp:
-            try:
-                stage_file = self._client.download_artifacts(run_id, f"{cell.stage}.toml", tmp)
-                losses_file = self._client.download_artifacts(run_id, "step_losses.csv", tmp)
-            except (MlflowException, OSError):
-                raise BenchError(
-                    f"run {run_id} has no stage file or step losses (it did not"
-                    " finish); reproduce a finished cell"
-                ) from None
-            stage_text = Path(stage_file).read_text()
-            losses = np.loadtxt(losses_file, delimiter=",", skiprows=1, ndmin=2)[:, 1]
-        return RecordedCell(
-            run_id=run_id,
-            experiment_id=run.info.experiment_id,
-            cell=cell,
-            params=dict(run.data.params),
-            metrics=dict(run.data.metrics),
-            stage_text=stage_text,
-            step_losses=losses,
-        )
-
     def record_reproduction(
         self,
         recorded: RecordedCell,
@@ -435,7 +354,7 @@ class Tracker:
         differences: dict[str, tuple[str, str]],
     ) -> str:
         """The rerun as its own run beside the original, tagged with the verdict."""
-        assert run.result is not None
+        assert run.result is not None and recorded.stage_text is not None
         tags = {
             "kind": "reproduction",
             "reproduces": recorded.run_id,
@@ -457,78 +376,24 @@ class Tracker:
             )
         return run_id
 
-    def log_artifact(self, run_id: str, path: Path) -> None:
-        self._client.log_artifact(run_id, str(path))
+    def log_artifact(self, run_id: str, path: Path, folder: str | None = None) -> None:
+        self._client.log_artifact(run_id, str(path), folder)
+
+    def log_table(self, run_id: str, columns: dict[str, list[Any]], name: str) -> None:
+        """A table (a dict of columns) as the artifact `name`, shown by the UI as a table."""
+        self._client.log_table(run_id, data=columns, artifact_file=name)
+
+    def set_description(self, run_id: str, text: str) -> None:
+        """The run's description (Markdown) in the MLflow UI, as it is."""
+        self._client.set_tag(run_id, NOTE_TAG, text)
+
+    def save_view(self, experiment_id: str, invocation: str) -> str | None:
+        """The invocation's saved view in the UI (bench.recording.views.save)."""
+        return views.save(self._client, experiment_id, invocation, self.reader.page_size)
 
     def log_invocation(self, run_id: str, plan: dict[str, Any]) -> None:
         """What an invocation is about to run, on its parent run, for `run --resume`."""
         self._client.log_dict(run_id, plan, INVOCATION_FILE)
-
-    def load_invocation(self, parent_id: str) -> RecordedInvocation:
-        """A `bench run` invocation read back to be resumed; one that is still running here
-        (or being resumed), or whose plan is missing or disagrees with its params, is an
-        error."""
-        from mlflow.exceptions import MlflowException
-
-        try:
-            parent = self._client.get_run(parent_id)
-        except MlflowException:
-            raise BenchError(
-                f"no run {parent_id!r} in {self.shown_uri}; give the id `bench run` printed after"
-                " 'recorded as parent run', with the store it is in (--tracking-uri)"
-            ) from None
-        tags = parent.data.tags
-        if tags.get("kind") != "matrix":
-            raise BenchError(
-                f"run {parent_id} is not a `bench run` invocation (kind {tags.get('kind')!r});"
-                " give the id printed after 'recorded as parent run'"
-            )
-        claims = _resume_claims(parent.data.params)
-        if claims and _here(claims[-1]) and not store.owner_gone(claims[-1]):
-            raise BenchError(_being_resumed(parent_id, claims[-1]))
-        here = tags.get("owner_host") == socket.gethostname()
-        if parent.info.status == "RUNNING" and here and not store.owner_gone(tags):
-            raise BenchError(
-                f"invocation {parent_id} is still running (pid {tags.get('owner_pid')});"
-                " let it finish or stop it, then resume"
-            )
-        experiment = self._client.get_experiment(parent.info.experiment_id).name
-        try:
-            with tempfile.TemporaryDirectory() as tmp:
-                path = self._client.download_artifacts(parent_id, INVOCATION_FILE, tmp)
-                text = Path(path).read_text()
-        except (MlflowException, OSError):
-            raise BenchError(
-                f"invocation {parent_id} was recorded without its plan (by an mlp-bench"
-                " older than --resume); run its command again instead"
-            ) from None
-        plan = checked_plan(parent_id, text, dict(parent.data.params))
-        children = self._client.search_runs(
-            [parent.info.experiment_id],
-            filter_string=f"tags.{INVOCATION_TAG} = '{parent_id}'",
-            max_results=_MAX_RUNS,
-        )
-        finished, group_ids, open_runs = {}, {}, []
-        for run in children:
-            kind, status = run.data.tags.get("kind"), run.info.status
-            if status == "RUNNING":
-                open_runs.append(run.info.run_id)
-            if kind == "group":
-                group_ids[_cell_of(run.data.tags, seed=0).group] = run.info.run_id
-            elif kind == "cell" and status == "FINISHED":
-                finished[_cell_of(run.data.tags)] = Member(
-                    run.data.tags.get("outcome", "failed"),
-                    run.data.metrics.get("test_accuracy"),
-                    run.data.metrics.get("train_samples_per_s"),
-                )
-        if parent.info.status == "RUNNING":
-            open_runs.append(parent_id)
-        # An older mlp-bench counted resumes in the tag alone (a user's tag could say "abc").
-        counted = tags.get("resumes", "")
-        resumes = max(len(claims), int(counted) if counted.isdigit() else 0)
-        return RecordedInvocation(
-            parent_id, experiment, plan, finished, group_ids, open_runs, resumes
-        )
 
     def claim_resume(self, invocation: RecordedInvocation) -> None:
         """Make this process the one resuming `invocation`, before it writes anything else to
@@ -545,7 +410,7 @@ class Tracker:
         the claim sees it in load_invocation."""
         from mlflow.exceptions import MlflowException
 
-        key = f"{_CLAIM_PREFIX}{invocation.resumes + 1}"
+        key = f"{CLAIM_PREFIX}{invocation.resumes + 1}"
         mine = json.dumps(store.owner_tags(), sort_keys=True)
         try:
             self._client.log_param(invocation.parent_id, key, mine)
@@ -553,7 +418,7 @@ class Tracker:
             holder = self._client.get_run(invocation.parent_id).data.params.get(key)
             if holder is None or holder == mine:  # not a lost claim: the store's own failure
                 raise
-            raise BenchError(_being_resumed(invocation.parent_id, _owner_of(holder))) from None
+            raise BenchError(being_resumed(invocation.parent_id, owner_of(holder))) from None
 
     def reopen(self, invocation: RecordedInvocation, cells: list[Cell]) -> None:
         """Before a resumed invocation runs `cells` (after claim_resume): its runs left
@@ -596,11 +461,6 @@ class Tracker:
             self.log_artifact(run_id, path)
         self.end(run_id, "FAILED")
 
-    def epochs_logged(self, run_id: str) -> int:
-        """The last epoch whose metrics a run holds (0: none)."""
-        history = self._client.get_metric_history(run_id, "train_loss")
-        return max((int(metric.step) for metric in history), default=0)
-
     def _log_params(self, run_id: str, params: dict[str, str]) -> None:
         from mlflow.entities import Param
 
@@ -617,54 +477,12 @@ class Tracker:
             self._client.log_artifact(run_id, str(path))
 
 
-_CLAIM_PREFIX = "resume_claim."  # a parent's params: the processes that resumed it, in order
-
-
-def _resume_claims(params: dict[str, str]) -> list[dict[str, str]]:
-    """The owner tags of the processes that claimed a parent's resumes, oldest first."""
-    numbered = {}
-    for key, value in params.items():
-        number = key.removeprefix(_CLAIM_PREFIX)
-        if key.startswith(_CLAIM_PREFIX) and number.isdigit():
-            numbered[int(number)] = _owner_of(value)
-    return [numbered[n] for n in sorted(numbered)]
-
-
-def _owner_of(claim: str) -> dict[str, str]:
-    """A claim's owner tags ({} where the value is not what claim_resume writes)."""
-    try:
-        owner = json.loads(claim)
-    except ValueError:
-        return {}
-    return {str(k): str(v) for k, v in owner.items()} if isinstance(owner, dict) else {}
-
-
-def _here(owner: dict[str, str]) -> bool:
-    # Another host's process cannot be asked whether it is alive: the claim stops only a
-    # resume that planned before it (as the key already taken), not a later one from there.
-    return owner.get("owner_host") == socket.gethostname()
-
-
-def _being_resumed(parent_id: str, owner: dict[str, str]) -> str:
-    return (
-        f"invocation {parent_id} is being resumed by another process (pid"
-        f" {owner.get('owner_pid', '?')} on {owner.get('owner_host', '?')}); let it finish,"
-        " then resume again if cells remain"
-    )
-
-
 def _refused(reason: str) -> str | None:
     """HTTP 401 or 403 in MLflow's words for a failed request (None: another failure)."""
     for code, name in (("401", "unauthorized"), ("403", "forbidden")):
         if f"code {code}" in reason or f"{code} {name.title()}" in reason:
             return f"HTTP {code} {name}"
     return None
-
-
-def _cell_of(tags: dict[str, str], seed: int | None = None) -> Cell:
-    """The cell a cell run's (or, with a seed, a group run's) tags name."""
-    device: Literal["cpu", "gpu"] = "gpu" if tags.get("device") == "gpu" else "cpu"
-    return Cell(tags["stage"], tags["backend"], device, int(tags["seed"]) if seed is None else seed)
 
 
 def _now_ms() -> int:
@@ -681,22 +499,6 @@ def cell_description(spec: StageSpec) -> str:
         f" {markdown.text(expected.describe())}.\n\nDeviations from the tutorial's code:"
         f" {markdown.text(spec.tutorial_deviations)}"
     )
-
-
-def tutorial_comparison(spec: StageSpec, result: CellResult) -> tuple[dict[str, float], str]:
-    """The tutorial's test accuracy and this cell's gap to it in percentage points (where the
-    tutorial reported one), and whether the stage's expectation was met: "true", "false" or
-    "n/a" (a stage with no reference, or fewer epochs than its minimum was set for)."""
-    metrics: dict[str, float] = {}
-    reference = spec.expected.tutorial_test_accuracy
-    if reference is not None:
-        metrics["tutorial_test_accuracy"] = reference
-        metrics["gap_to_tutorial_points"] = 100 * (result.test_accuracy - reference)
-    expectation = spec.expected
-    short = expectation.expect == "min_test_accuracy" and spec.training.epochs < spec.file_epochs
-    if expectation.expect == "no_reference" or short:
-        return metrics, "n/a"
-    return metrics, str(expectation.met_by(result.outcome, result.test_accuracy)).lower()
 
 
 class MatrixRecord:
@@ -737,7 +539,7 @@ class MatrixRecord:
         recorded when it comes back: the UI's duration is then its own)."""
         spec = self._specs[cell.stage]
         params = {**spec.flat(), **self._options.record(cell.backend)}
-        description = {"mlflow.note.content": cell_description(spec)}
+        description = {NOTE_TAG: cell_description(spec)}
         return self._tracker.start_cell(
             self._parent_id, cell, params, self._group_id(cell), description, start_ms
         )

@@ -15,6 +15,7 @@ from urllib.parse import urlencode
 
 from bench.core.program import PROGRAM
 from bench.recording.figures import BACKEND_COLORS
+from bench.recording.reader import NOTE_TAG, PAGE_SIZE, Reader, search_runs
 
 # Saved views and the `workflowType` URL switch are read by MLflow 3.17.2's frontend (checked in
 # its bundle); an older UI gets the plain cells URL, which it understands.
@@ -34,7 +35,6 @@ CHARTS_SECTION = "comparison"
 # The runs table's own first columns (name, created, duration), as its grid names them.
 FIXED_COLUMNS = ("attributes.`Run Name`", "runDateAndNestInfo", "duration")
 METRIC_WIDTH_PX = 170
-NOTE_TAG = "mlflow.note.content"  # the experiment's description, shown above its runs
 NOTE_OPENING = f"Runs recorded by {PROGRAM}:"  # marks a description this module wrote
 
 
@@ -120,18 +120,18 @@ def view_state(invocation: str, runs: int, logged: set[str]) -> dict[str, Any]:
     }
 
 
-def save(client: Any, experiment_id: str, invocation: str) -> str | None:
-    """Write the invocation's view as an experiment tag; its key (the invocation's id), or None
-    where this MLflow's UI has no saved views."""
+def save(
+    client: Any, experiment_id: str, invocation: str, page_size: int = PAGE_SIZE
+) -> str | None:
+    """Write the invocation's view as an experiment tag (and the experiment's description,
+    where the user wrote none) through the store's client; the view's key (the invocation's
+    id), or None where this MLflow's UI has no saved views."""
     import mlflow
 
     if not supported(mlflow.__version__):
         return None
-    cells = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.invocation = '{invocation}' and tags.kind = 'cell'",
-        max_results=10_000,
-    )
+    query = f"tags.invocation = '{invocation}' and tags.kind = 'cell'"
+    cells = search_runs(client, [experiment_id], query, page_size=page_size)
     logged = {key for run in cells for key in run.data.metrics}
     state = view_state(invocation, len(cells), logged)
     client.set_experiment_tag(experiment_id, VIEW_TAG_PREFIX + invocation, json.dumps(state))
@@ -141,11 +141,11 @@ def save(client: Any, experiment_id: str, invocation: str) -> str | None:
     return invocation
 
 
-def saved(client: Any, experiment_id: str, key: str) -> str | None:
+def saved(reader: Reader, experiment_id: str, key: str) -> str | None:
     """The key, if the experiment holds that view; None where it does not, or where the store
     cannot say now (the printed link then falls back to the cells URL)."""
     try:
-        tags = client.get_experiment(experiment_id).tags
+        tags = reader.experiment_tags(experiment_id)
     except Exception:  # the store went away after the run was recorded: a link is not worth a
         return None  # traceback
     return key if VIEW_TAG_PREFIX + key in tags else None
@@ -169,17 +169,12 @@ def description(experiment_id: str, key: str) -> str:
     )
 
 
-def latest(client: Any, experiment_id: str) -> str | None:
+def latest(reader: Reader, experiment_id: str) -> str | None:
     """The key of the experiment's newest invocation that has a view, if any."""
-    tags = client.get_experiment(experiment_id).tags
+    tags = reader.experiment_tags(experiment_id)
     keys = [key.removeprefix(VIEW_TAG_PREFIX) for key in tags if key.startswith(VIEW_TAG_PREFIX)]
     if not keys:
         return None
     quoted = ", ".join(f"'{key}'" for key in keys)
-    newest = client.search_runs(
-        [experiment_id],
-        filter_string=f"attributes.run_id IN ({quoted})",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    return str(newest[0].info.run_id) if newest else None
+    newest = reader.newest([experiment_id], f"attributes.run_id IN ({quoted})")
+    return newest.run_id if newest else None

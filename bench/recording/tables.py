@@ -8,6 +8,7 @@ from typing import TextIO
 
 from bench.core.spec import StageSpec
 from bench.core.types import Cell, CellLoad, CellRun, EpochRecord
+from bench.recording.scoring import judged_met
 from bench.recording.stats import outcome_counts, summarize
 
 
@@ -53,17 +54,6 @@ def _format_row(cells: list[str], widths: list[int]) -> str:
     return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
 
 
-def _met(spec: StageSpec, outcome: str, test_accuracy: float | None) -> str:
-    """yes / NO against the stage's minimum, which holds only for the epochs it was set for;
-    "-" for a stage without a reference."""
-    if spec.expected.expect == "no_reference":
-        return "-"
-    calibrated = spec.file_epochs
-    if spec.expected.expect == "min_test_accuracy" and spec.training.epochs < calibrated:
-        return f"n/a ({spec.training.epochs} of {calibrated} epochs)"
-    return "yes" if spec.expected.met_by(outcome, test_accuracy) else "NO"
-
-
 # A cell's row in every table of results: the closing table and the report's.
 CELL_COLUMNS = [
     "stage",
@@ -104,7 +94,7 @@ def results_table(runs: list[CellRun], specs: dict[str, StageSpec]) -> str:
         r = run.result
         outcome = r.outcome + (f" at step {r.diverged_step}" if r.diverged_step else "")
         speed = f"{r.train_samples_per_s:,.0f}{speed_mark(run)}" if r.train_samples_per_s else "-"
-        met = _met(specs[c.stage], r.outcome, r.test_accuracy)
+        met = judged_met(specs[c.stage], r.outcome, r.test_accuracy)
         rows.append(
             [
                 c.stage,
