@@ -16,7 +16,7 @@ import pytest
 from backends import installed_backends
 from bench.core import data
 from bench.core.datasets import DATASETS, get_dataset
-from bench.core.datasets.base import DataFile, Dataset, Rows, Split
+from bench.core.datasets.dataset import DataFile, Dataset, Rows, Split
 from bench.core.datasets.idx import read_idx, write_idx
 from bench.core.datasets.mnist import MNIST, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
 from bench.core.errors import BenchError

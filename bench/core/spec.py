@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from bench.core.datasets import DATASETS, get_dataset
-from bench.core.datasets.base import Dataset
+from bench.core.datasets.dataset import Dataset
 from bench.core.errors import BenchError
 
 STAGES_DIR = Path(__file__).parent / "stages"
@@ -152,6 +152,9 @@ class StageSpec:
     expected: ExpectedSpec
     # Where `bench list` and a default run put the stage: the tutorial's stage number.
     order: int | None = None
+    # false: the stage runs only when named (--stage), so that a default run, and the tests
+    # generated over STAGE_NAMES, stay the tutorial's stages on MNIST.
+    run_by_default: bool = True
     # The text this spec was parsed from, not a TOML key: workers train from it and MLflow
     # records it, so params, artifact and training cannot disagree.
     text: str = field(default="", repr=False, compare=False, metadata={"toml": False})
@@ -178,7 +181,7 @@ class StageSpec:
 
 T = TypeVar("T")
 # Prose and bookkeeping, not settings: left out of the MLflow params.
-_NOT_PARAMS = ("description", "tutorial_deviations", "rule", "order", "text")
+_NOT_PARAMS = ("description", "tutorial_deviations", "rule", "order", "run_by_default", "text")
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -459,8 +462,15 @@ def _position(stage: StageFile) -> tuple[bool, float, str]:
     return (order is None, math.inf if order is None else order, stage.name)
 
 
-# The stages shipped with the project, in the tutorial's order (found on disk, not listed).
-STAGE_NAMES = tuple(stage.name for stage in discover_stages(STAGES_DIR))
+def _by_default(stage: StageFile) -> bool:
+    """Whether a default run (no --stage) runs it; an invalid file is shown to fail there."""
+    return stage.spec is None or stage.spec.run_by_default
+
+
+# The stages shipped with the project that a default run runs, in the tutorial's order (found
+# on disk, not listed); ALL_STAGE_NAMES adds those that run only when named.
+ALL_STAGE_NAMES = tuple(stage.name for stage in discover_stages(STAGES_DIR))
+STAGE_NAMES = tuple(stage.name for stage in discover_stages(STAGES_DIR) if _by_default(stage))
 
 
 def _valid(found: dict[str, StageFile], name: str) -> StageSpec:
@@ -486,14 +496,15 @@ def select_stages(
     names: Sequence[str], files: Sequence[str], epochs: int | None
 ) -> dict[str, StageSpec]:
     """An invocation's stages, each file read once: the named ones (default: every stage of
-    the stages folder, when no --stage-file is given either), then each --stage-file."""
+    the stages folder that runs by default, when no --stage-file is given either), then each
+    --stage-file."""
     found = {stage.name: stage for stage in discover_stages()}
     if not (names or files or found):
         raise BenchError(
             f"no stage files (*.toml) in {stages_dir()}; point {STAGES_DIR_ENV} at a folder of"
             " them, or give --stage-file"
         )
-    chosen = names if names or files else list(found)
+    chosen = names if names or files else [n for n, stage in found.items() if _by_default(stage)]
     specs = {name: _valid(found, name) for name in dict.fromkeys(chosen)}
     for file in files:
         spec = parse_stage(_read(Path(file), "--stage-file", "check the path"), file)

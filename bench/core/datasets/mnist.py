@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from bench.core.datasets.base import DataFile, Dataset, Rows, Split
+from bench.core.datasets.dataset import DataFile, Dataset, Rows, Split
 from bench.core.datasets.idx import read_idx
 
 TRAIN_IMAGES = "train-images-idx3-ubyte.gz"
