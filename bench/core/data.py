@@ -471,11 +471,11 @@ class Splits:
 
 
 def _cache_path(cache_dir: Path, dataset: Dataset, spec: DataFile) -> Path:
-    """Cache file for spec, in the data set's folder of the cache (data sets share file
-    names); the sha256 in the name means a changed source never hits. A repack parses to the
-    same array, so it shares the published file's entry."""
+    """Cache file for spec, named after its data set (data sets share file names) and its
+    sha256, so a changed source never hits. A repack parses to the same array, so it shares the
+    published file's entry."""
     stem = spec.name.removesuffix(".gz")
-    return cache_dir / dataset.name / f"{stem}.v{_CACHE_VERSION}.{spec.sha256}.npy"
+    return cache_dir / f"{dataset.name}-{stem}.v{_CACHE_VERSION}.{spec.sha256}.npy"
 
 
 def _digest_path(cached_at: Path) -> Path:
