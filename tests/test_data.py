@@ -26,6 +26,7 @@ from bench.core.datasets.idx import read_idx, write_idx
 from bench.core.datasets.mnist import MNIST
 from bench.core.errors import BenchError
 from tests.conftest import (
+    FASHION_DATA_SHA256,
     plant_cache_entry,
     published_bytes,
     serving,
@@ -39,7 +40,6 @@ SMALL = "t10k-labels-idx1-ubyte.gz"  # the smallest file, for cheap corruption t
 # The digest of the four parsed arrays of the real files: a parser that reads them differently
 # changes it.
 MNIST_DATA_SHA256 = "2fc903ffb3afda6e73a0d94c150d365b1e58bceedc6c4f0b647c597abcef298d"
-FASHION_DATA_SHA256 = "7edab79937c792778f9c3888f4b3971a8f29015ca8da937c846ff06f7cd37e89"
 
 
 def _assert_one_line_naming(exc: BenchError, *needles: str) -> str:
