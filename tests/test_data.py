@@ -635,25 +635,24 @@ def test_real_data_tests_run_where_only_the_variable_names_the_data(
 
 
 def test_fashion_table_matches_the_published_files(fashion_dir: Path) -> None:
-    """Size, md5 (as Zalando publishes them) and sha256 of the published files, and Debian's
-    copies taken as the same files: the same arrays once parsed."""
+    """Size, md5 (as Zalando publishes them) and sha256 of the published files, rebuilt from
+    Debian's copies by their gzip header alone: the same compressed data, so the same arrays."""
     for f in FASHION_MNIST.files:
         raw = published_bytes(fashion_dir / f.name, f)
         assert len(raw) == f.size
         assert hashlib.md5(raw, usedforsecurity=False).hexdigest() == f.md5
         assert hashlib.sha256(raw).hexdigest() == f.sha256
-        assert gzip.decompress(raw) == gzip.decompress((fashion_dir / f.name).read_bytes())
 
 
-def test_both_data_sets_load_from_one_data_dir(both_data_dir: Path, tmp_path: Path) -> None:
+def test_both_data_sets_load_from_one_data_dir(both_data_dir: Path, cache_dir: Path) -> None:
     assert data.ensure_data(str(both_data_dir), [MNIST, FASHION_MNIST]) == both_data_dir
-    mnist = data.load_dataset(MNIST, both_data_dir, cache_dir=tmp_path, download=False)
-    fashion = data.load_dataset(FASHION_MNIST, both_data_dir, cache_dir=tmp_path, download=False)
+    mnist = data.load_dataset(MNIST, both_data_dir, cache_dir=cache_dir, download=False)
+    fashion = data.load_dataset(FASHION_MNIST, both_data_dir, cache_dir=cache_dir, download=False)
     assert (mnist.sha256, fashion.sha256) == (MNIST_DATA_SHA256, FASHION_DATA_SHA256)
     assert fashion.sizes == {"train": 55000, "val": 5000, "test": 10000}
     assert fashion.val_y[:5].tolist() == [9, 0, 0, 3, 0]  # the first training labels
     # Each data set's cache entries are named after it: the two share file names.
-    names = sorted(p.name for p in tmp_path.glob("*.npy"))
+    names = sorted(p.name for p in cache_dir.glob("*.npy"))
     assert len(names) == 8 and sum(n.startswith("fashion-mnist-") for n in names) == 4
 
 
@@ -687,8 +686,8 @@ def test_another_data_sets_files_say_which_folder_they_belong_in(
         info.value,
         f"{tmp_path / found.files[0].name} is {found.title}'s {found.files[0].name}, not"
         f" {wanted.title}'s",
-        f"move {found.title}'s files to {tmp_path / found.name}/",
-        f"put {wanted.title}'s in {tmp_path / wanted.name}/",
+        f"put {wanted.title}'s files in {tmp_path / wanted.name}/ and {found.title}'s in"
+        f" {tmp_path / found.name}/",
     )
     assert "corrupt" not in msg
 

@@ -187,8 +187,8 @@ def _known_elsewhere(path: Path, dataset: Dataset, sha256: str) -> str:
         data_dir = path.parent.parent if path.parent.name == dataset.name else path.parent
         return (
             f"{path} is {other.title}'s {path.name}, not {dataset.title}'s; each data set has"
-            f" its own folder in the data dir: move {other.title}'s files to"
-            f" {data_dir / other.name}/ and put {dataset.title}'s in {data_dir / dataset.name}/"
+            f" its own folder in the data dir: put {dataset.title}'s files in"
+            f" {data_dir / dataset.name}/ and {other.title}'s in {data_dir / other.name}/"
         )
     return ""
 
