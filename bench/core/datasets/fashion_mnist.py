@@ -8,9 +8,15 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from bench.core.datasets.dataset import DataFile, Dataset, Repack, Rows, Split
+from bench.core.datasets.dataset import DataFile, Dataset, Repack
 from bench.core.datasets.idx import read_idx
-from bench.core.datasets.mnist import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
+from bench.core.datasets.mnist import (
+    SPLIT,
+    TEST_IMAGES,
+    TEST_LABELS,
+    TRAIN_IMAGES,
+    TRAIN_LABELS,
+)
 
 # Debian's dataset-fashion-mnist package (/usr/share/datasets/fashion-mnist/) ships the same
 # data with gzip's stored file name and time stripped, so its .gz files have other checksums.
@@ -90,11 +96,7 @@ FASHION_MNIST = Dataset(
         "https://storage.googleapis.com/tensorflow/tf-keras-datasets/",
     ),
     # MNIST's split, so that a stage's figures on the two data sets compare.
-    split=Split(
-        train=Rows(TRAIN_IMAGES, TRAIN_LABELS, 5000, 60000),
-        validation=Rows(TRAIN_IMAGES, TRAIN_LABELS, 0, 5000),
-        test=Rows(TEST_IMAGES, TEST_LABELS, 0, 10000),
-    ),
+    split=SPLIT,
     validation="first_5000_train",
     input_size=28 * 28,
     classes=10,
