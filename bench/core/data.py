@@ -433,6 +433,7 @@ def _source_files(dataset: Dataset, data_dir: Path, fetch: _Fetch | None) -> dic
             f"original files there, or point --data-dir or {DATA_DIR_ENV} at a data dir holding"
             f" them in {dataset.name}/"
         )
+    created = not folder.exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -440,10 +441,15 @@ def _source_files(dataset: Dataset, data_dir: Path, fetch: _Fetch | None) -> dic
             f"cannot create {title} folder {folder} ({one_line(exc)}); "
             f"point --data-dir or {DATA_DIR_ENV} at a writable folder"
         ) from exc
-    for spec in missing:
-        _download(
-            paths[spec.name], spec, title, fetch.mirrors, fetch.timeout, fetch.transfer_timeout
-        )
+    try:
+        for spec in missing:
+            _download(
+                paths[spec.name], spec, title, fetch.mirrors, fetch.timeout, fetch.transfer_timeout
+            )
+    except BenchError:
+        if created and not any(folder.iterdir()):
+            folder.rmdir()  # a failed download leaves no empty folder behind
+        raise
     return paths
 
 
