@@ -331,10 +331,19 @@ def _validate_training(training: TrainingSpec, dataset: Dataset) -> None:
 
 def _validate_expected(exp: ExpectedSpec) -> None:
     referenced = exp.expect != "no_reference"
+    # A minimum may be calibrated where the tutorial reported nothing (another data set); its
+    # rule then says how. "Does not learn" stands on the tutorial's own report.
     _require(
-        (exp.tutorial_reported is not None) == referenced,
-        "expected.tutorial_reported is needed for min_test_accuracy and does_not_learn,"
-        " and not allowed with no_reference",
+        exp.tutorial_reported is not None or exp.expect != "does_not_learn",
+        "expected.tutorial_reported is needed for does_not_learn",
+    )
+    _require(
+        exp.tutorial_reported is None or referenced,
+        "expected.tutorial_reported is not allowed with no_reference",
+    )
+    _require(
+        exp.tutorial_reported is not None or exp.expect != "min_test_accuracy" or bool(exp.rule),
+        "expected.rule is needed to say how a minimum the tutorial did not report was calibrated",
     )
     _require(
         referenced or exp.tutorial_test_accuracy is None,
