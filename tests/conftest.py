@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import os
-import shutil
 import threading
 from collections.abc import Iterator
 from functools import partial
@@ -15,10 +15,22 @@ import pytest
 
 from backends import BACKENDS, is_installed, load_backend
 from bench.core.data import DATA_DIR_ENV, Splits, load_dataset
+from bench.core.datasets.dataset import DataFile, Dataset
+from bench.core.datasets.fashion_mnist import FASHION_MNIST
 from bench.core.datasets.mnist import MNIST
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
+
+
+# Fashion-MNIST's four files: MLP_BENCH_FASHION_DIR, else where Debian's dataset-fashion-mnist
+# package puts them (.ci/run installs it).
+FASHION_DIR_ENV = "MLP_BENCH_FASHION_DIR"
+DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
+# The time gzip stored in Zalando's published files, which Debian's copies leave out.
+_ZALANDO_GZIP_MTIME = {"train": 0x59A7E9DE, "t10k": 0x59A7E9F3}
+# The digest of Fashion-MNIST's four parsed arrays (a cell's data_sha256).
+FASHION_DATA_SHA256 = "7edab79937c792778f9c3888f4b3971a8f29015ca8da937c846ff06f7cd37e89"
 
 
 def mnist_dir() -> Path:
@@ -37,6 +49,51 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def mnist(data_dir: Path) -> Splits:
     return load_dataset(MNIST, data_dir, download=False)
+
+
+@pytest.fixture(scope="session")
+def fashion_dir() -> Path:
+    """The folder of Fashion-MNIST's four files (published or Debian's copies); skip if absent."""
+    path = Path(os.environ.get(FASHION_DIR_ENV) or DEBIAN_FASHION)
+    if not all((path / f.name).is_file() for f in FASHION_MNIST.files):
+        pytest.skip(f"Fashion-MNIST not found in {path}; apt-get install dataset-fashion-mnist")
+    return path
+
+
+@pytest.fixture(scope="session")
+def both_data_dir(
+    data_dir: Path, fashion_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A data dir holding both data sets, each in its own folder (links to the real ones)."""
+    root = tmp_path_factory.mktemp("data")
+    (root / MNIST.name).symlink_to(data_dir.resolve())
+    (root / FASHION_MNIST.name).symlink_to(fashion_dir.resolve())
+    return root
+
+
+def published_bytes(path: Path, spec: DataFile) -> bytes:
+    """The published file's bytes from a copy of it: the copy itself, or, from Debian's (which
+    strips gzip's stored name and time, nothing else), the published header put back."""
+    raw = path.read_bytes()
+    if spec.accepts(hashlib.sha256(raw).hexdigest()) and len(raw) != spec.size:
+        mtime = _ZALANDO_GZIP_MTIME[spec.name.split("-")[0]]
+        name = spec.name.removesuffix(".gz").encode()
+        # FLG.FNAME set, the time, XFL 0, OS 3 (Unix), the name; then the same deflate stream.
+        raw = (
+            b"\x1f\x8b\x08\x08"
+            + mtime.to_bytes(4, "little")
+            + b"\x00\x03"
+            + name
+            + b"\x00"
+            + raw[10:]
+        )
+    return raw
+
+
+def source_dir(dataset: Dataset, request: pytest.FixtureRequest) -> Path:
+    """The folder of the real files of dataset (its fixture skips when they are absent)."""
+    name = "data_dir" if dataset is MNIST else "fashion_dir"
+    return Path(request.getfixturevalue(name))
 
 
 def plant_cache_entry(entry: Path, array: np.ndarray) -> None:
@@ -117,16 +174,24 @@ def real_dir(data_dir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def mirror(real_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real HTTP server: /good/ has the real files, /bad/ corrupted copies, /empty/ none."""
+    """A real HTTP server: /good/ has the real MNIST files, /bad/ corrupted copies, /empty/
+    none."""
+    yield from serving_mirror(MNIST, real_dir, tmp_path_factory)
+
+
+def serving_mirror(
+    dataset: Dataset, source: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A real HTTP server of dataset's published files: /good/, /bad/ (corrupted), /empty/."""
     root = tmp_path_factory.mktemp("www")
     good, bad = root / "good", root / "bad"
     good.mkdir()
     bad.mkdir()
     (root / "empty").mkdir()
-    for f in MNIST.files:
-        shutil.copyfile(real_dir / f.name, good / f.name)
+    for f in dataset.files:
+        raw = bytearray(published_bytes(source / f.name, f))
+        (good / f.name).write_bytes(bytes(raw))
         # Same size, one byte flipped in the middle: only the checksum can tell.
-        raw = bytearray((real_dir / f.name).read_bytes())
         raw[len(raw) // 2] ^= 0xFF
         (bad / f.name).write_bytes(bytes(raw))
 

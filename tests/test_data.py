@@ -20,10 +20,19 @@ import numpy as np
 import pytest
 
 from bench.core import data
+from bench.core.datasets.dataset import Dataset
+from bench.core.datasets.fashion_mnist import FASHION_MNIST
 from bench.core.datasets.idx import read_idx, write_idx
 from bench.core.datasets.mnist import MNIST
 from bench.core.errors import BenchError
-from tests.conftest import plant_cache_entry, serving
+from tests.conftest import (
+    FASHION_DATA_SHA256,
+    plant_cache_entry,
+    published_bytes,
+    serving,
+    serving_mirror,
+    source_dir,
+)
 
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -74,8 +83,18 @@ def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(var, raising=False)
 
 
-def _assert_real_files(folder: Path) -> None:
-    for f in MNIST.files:
+@pytest.fixture(scope="module", params=[MNIST, FASHION_MNIST], ids=lambda d: d.name)
+def any_mirror(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Dataset, str]]:
+    """A real HTTP server of each data set's published files, as conftest's mirror."""
+    dataset = request.param
+    for url in serving_mirror(dataset, source_dir(dataset, request), tmp_path_factory):
+        yield dataset, url
+
+
+def _assert_real_files(folder: Path, dataset: Dataset = MNIST) -> None:
+    for f in dataset.files:
         raw = (folder / f.name).read_bytes()
         assert len(raw) == f.size
         assert hashlib.sha256(raw).hexdigest() == f.sha256
@@ -90,7 +109,7 @@ def write_gzip_bomb(path: Path, header: bytes, mebibytes: int) -> None:
 
 
 def _leftovers(folder: Path) -> list[str]:
-    """Names in folder that are not finished MNIST files (temp files, partials)."""
+    """Names in folder that are not finished files (temp files, partials)."""
     names = {f.name for f in MNIST.files}
     return sorted(p.name for p in folder.iterdir() if p.name not in names)
 
@@ -180,7 +199,7 @@ def test_planted_cache_entry_is_rebuilt(
     """A cached test-labels array replaced by zeros of the right shape gave
     "did-not-learn 10.24%". It must fail its digest, be rebuilt, and say so."""
     data.load_dataset(MNIST, real_dir, cache_dir=tmp_path, download=False)
-    (entry,) = tmp_path.glob("t10k-labels*.npy")
+    (entry,) = tmp_path.glob("mnist-t10k-labels*.npy")
     np.save(entry, np.zeros(10000, dtype=np.uint8))
     with caplog.at_level(logging.WARNING, logger="bench"):
         loaded = data.load_dataset(MNIST, real_dir, cache_dir=tmp_path, download=False)
@@ -196,7 +215,7 @@ def test_flipped_bit_in_cache_is_rebuilt_before_training(
     """One flipped bit in the cached training images made `reproduce` say "bit-identical: NO"
     with nothing to blame. ensure_files (what the commands run before training) finds it."""
     data.load_dataset(MNIST, real_dir, cache_dir=tmp_path, download=False)
-    (entry,) = tmp_path.glob("train-images*.npy")
+    (entry,) = tmp_path.glob("mnist-train-images*.npy")
     raw = bytearray(entry.read_bytes())
     raw[-1000] ^= 0x01
     entry.write_bytes(bytes(raw))
@@ -212,7 +231,7 @@ def test_cache_entry_without_digest_is_rebuilt(
     real_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     data.load_dataset(MNIST, real_dir, cache_dir=tmp_path, download=False)
-    (digest,) = tmp_path.glob("train-labels*.npy.sha256")
+    (digest,) = tmp_path.glob("mnist-train-labels*.npy.sha256")
     digest.unlink()
     with caplog.at_level(logging.WARNING, logger="bench"):
         loaded = data.load_dataset(MNIST, real_dir, cache_dir=tmp_path, download=False)
@@ -224,7 +243,7 @@ def test_a_consistent_planted_cache_changes_the_data_digest(real_dir: Path, tmp_
     """An array planted together with a matching digest passes the check (nothing can tell it
     from a sound entry), but the data digest a cell records then differs: reproduce names it."""
     data.load_dataset(MNIST, real_dir, cache_dir=tmp_path, download=False)
-    (entry,) = tmp_path.glob("t10k-labels*.npy")
+    (entry,) = tmp_path.glob("mnist-t10k-labels*.npy")
     plant_cache_entry(entry, np.zeros(10000, dtype=np.uint8))
     loaded = data.load_dataset(MNIST, real_dir, cache_dir=tmp_path, download=False)
     assert set(loaded.test_y) == {0}
@@ -233,9 +252,9 @@ def test_a_consistent_planted_cache_changes_the_data_digest(real_dir: Path, tmp_
 
 def test_broken_cache_entry_is_rebuilt(real_dir: Path, tmp_path: Path) -> None:
     data.load_dataset(MNIST, real_dir, cache_dir=tmp_path, download=False)
-    (entry,) = tmp_path.glob("t10k-labels*.npy")
+    (entry,) = tmp_path.glob("mnist-t10k-labels*.npy")
     entry.write_bytes(b"not a numpy file")
-    (wrong_shape,) = tmp_path.glob("train-labels*.npy")
+    (wrong_shape,) = tmp_path.glob("mnist-train-labels*.npy")
     np.save(wrong_shape, np.zeros(7, dtype=np.uint8))
     again = data.load_dataset(MNIST, real_dir, cache_dir=tmp_path, download=False)
     assert again.test_y[0] == 7
@@ -262,15 +281,16 @@ def test_cache_dir_from_env(
 # --- downloading ----------------------------------------------------------------
 
 
-def test_download_into_empty_dir(mirror: str, tmp_path: Path) -> None:
-    target = tmp_path / "mnist"
-    target.mkdir()
-    paths = data.ensure_files(MNIST, target, [mirror + "good/"], timeout=10)
-    assert paths == {f.name: target / f.name for f in MNIST.files}
-    _assert_real_files(target)
-    assert _leftovers(target) == []
+def test_download_into_empty_dir(any_mirror: tuple[Dataset, str], tmp_path: Path) -> None:
+    """Into the data set's own folder of the data dir, which is created."""
+    dataset, mirror = any_mirror
+    target = tmp_path / dataset.name
+    paths = data.ensure_files(dataset, tmp_path, [mirror + "good/"], timeout=10)
+    assert paths == {f.name: target / f.name for f in dataset.files}
+    _assert_real_files(target, dataset)
+    assert _leftovers(target) == [] and [p.name for p in tmp_path.iterdir()] == [dataset.name]
     # Present and verified now: a second call must not touch the network.
-    assert data.ensure_files(MNIST, target, [], download=True) == paths
+    assert data.ensure_files(dataset, tmp_path, [], download=True) == paths
 
 
 def test_load_mnist_downloads_into_the_default_dir(
@@ -290,14 +310,15 @@ def test_fallback_past_dead_and_404_mirrors(
 ) -> None:
     mirrors = [closed_port_url, mirror + "empty/", mirror + "good/"]
     data.ensure_files(MNIST, tmp_path, mirrors, timeout=10)
-    _assert_real_files(tmp_path)
-    assert _leftovers(tmp_path) == []
+    _assert_real_files(tmp_path / "mnist")
+    assert _leftovers(tmp_path / "mnist") == []
 
 
-def test_corrupt_mirror_is_skipped(mirror: str, tmp_path: Path) -> None:
-    data.ensure_files(MNIST, tmp_path, [mirror + "bad/", mirror + "good/"], timeout=10)
-    _assert_real_files(tmp_path)
-    assert _leftovers(tmp_path) == []
+def test_corrupt_mirror_is_skipped(any_mirror: tuple[Dataset, str], tmp_path: Path) -> None:
+    dataset, mirror = any_mirror
+    data.ensure_files(dataset, tmp_path, [mirror + "bad/", mirror + "good/"], timeout=10)
+    _assert_real_files(tmp_path / dataset.name, dataset)
+    assert _leftovers(tmp_path / dataset.name) == []
 
 
 def test_only_bad_mirrors_raise_naming_the_file(
@@ -311,7 +332,7 @@ def test_only_bad_mirrors_raise_naming_the_file(
         info.value, first.name, first.sha256, closed_port_url, bad, "HTTP 404"
     )
     assert "sha256 mismatch" in msg
-    # Nothing half-written under a final name, and no temp files left behind.
+    # Nothing half-written under a final name, no temp files, not even the folder it made.
     assert list(tmp_path.iterdir()) == []
 
 
@@ -330,7 +351,7 @@ def test_uncreatable_default_data_dir(
     monkeypatch.setenv("HOME", str(blocker))
     default = data.default_data_dir(MNIST)
     with pytest.raises(BenchError) as info:
-        data.ensure_files(MNIST, default, [mirror + "good/"])
+        data.ensure_files(MNIST, default.parent, [mirror + "good/"])
     _assert_one_line_naming(info.value, "cannot create", str(default), data.DATA_DIR_ENV)
 
 
@@ -563,19 +584,20 @@ def test_a_gzip_bomb_is_refused_in_bounded_memory(tmp_path: Path) -> None:
 def test_resolve_data_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    default = tmp_path / "home" / ".cache" / "mlp-bench" / "mnist"
-    assert data.resolve_data_dir(None, MNIST) == default
-    assert data.resolve_data_dir("", MNIST) == default
+    default = tmp_path / "home" / ".cache" / "mlp-bench"
+    assert data.resolve_data_dir(None) == default
+    assert data.resolve_data_dir("") == default
+    assert data.default_data_dir(MNIST) == default / "mnist"
 
     monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path / "from-env"))
-    assert data.resolve_data_dir(None, MNIST) == tmp_path / "from-env"
+    assert data.resolve_data_dir(None) == tmp_path / "from-env"
 
-    assert data.resolve_data_dir(tmp_path / "from-cli", MNIST) == tmp_path / "from-cli"
-    assert data.resolve_data_dir(str(tmp_path / "cli-str"), MNIST) == tmp_path / "cli-str"
-    assert data.resolve_data_dir("~/x", MNIST) == tmp_path / "home" / "x"
+    assert data.resolve_data_dir(tmp_path / "from-cli") == tmp_path / "from-cli"
+    assert data.resolve_data_dir(str(tmp_path / "cli-str")) == tmp_path / "cli-str"
+    assert data.resolve_data_dir("~/x") == tmp_path / "home" / "x"
 
     monkeypatch.setenv(data.DATA_DIR_ENV, "")
-    assert data.resolve_data_dir(None, MNIST) == default
+    assert data.resolve_data_dir(None) == default
 
 
 def test_load_mnist_uses_env_data_dir(
@@ -607,3 +629,73 @@ def test_real_data_tests_run_where_only_the_variable_names_the_data(
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2 passed" in done.stdout and "skipped" not in done.stdout, done.stdout
+
+
+# --- two data sets in one data dir ----------------------------------------------
+
+
+def test_fashion_table_matches_the_published_files(fashion_dir: Path) -> None:
+    """Size, md5 (as Zalando publishes them) and sha256 of the published files, rebuilt from
+    Debian's copies by their gzip header alone: the same compressed data, so the same arrays."""
+    for f in FASHION_MNIST.files:
+        raw = published_bytes(fashion_dir / f.name, f)
+        assert len(raw) == f.size
+        assert hashlib.md5(raw, usedforsecurity=False).hexdigest() == f.md5
+        assert hashlib.sha256(raw).hexdigest() == f.sha256
+
+
+def test_both_data_sets_load_from_one_data_dir(both_data_dir: Path, cache_dir: Path) -> None:
+    assert data.ensure_data(str(both_data_dir), [MNIST, FASHION_MNIST]) == both_data_dir
+    mnist = data.load_dataset(MNIST, both_data_dir, cache_dir=cache_dir, download=False)
+    fashion = data.load_dataset(FASHION_MNIST, both_data_dir, cache_dir=cache_dir, download=False)
+    assert (mnist.sha256, fashion.sha256) == (MNIST_DATA_SHA256, FASHION_DATA_SHA256)
+    assert fashion.sizes == {"train": 55000, "val": 5000, "test": 10000}
+    assert fashion.val_y[:5].tolist() == [9, 0, 0, 3, 0]  # the first training labels
+    # Each data set's cache entries are named after it: the two share file names.
+    names = sorted(p.name for p in cache_dir.glob("*.npy"))
+    assert len(names) == 8 and sum(n.startswith("fashion-mnist-") for n in names) == 4
+
+
+def test_a_flat_mnist_folder_is_still_read_beside_fashion(
+    real_dir: Path, fashion_dir: Path, tmp_path: Path
+) -> None:
+    """MNIST's four files directly in the data dir, as MNIST-only folders hold them, and
+    Fashion-MNIST in its own folder there."""
+    for f in MNIST.files:
+        (tmp_path / f.name).symlink_to(real_dir / f.name)
+    (tmp_path / "fashion-mnist").symlink_to(fashion_dir)
+    assert data.ensure_files(MNIST, tmp_path, download=False)[SMALL] == tmp_path / SMALL
+    paths = data.ensure_files(FASHION_MNIST, tmp_path, download=False)
+    assert paths[SMALL] == tmp_path / "fashion-mnist" / SMALL
+
+
+@pytest.mark.parametrize(
+    ("wanted", "found"), [(MNIST, FASHION_MNIST), (FASHION_MNIST, MNIST)], ids=lambda d: d.name
+)
+def test_another_data_sets_files_say_which_folder_they_belong_in(
+    wanted: Dataset, found: Dataset, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Fashion-MNIST's files flat where MNIST's are looked for, or MNIST's flat folder given
+    to a Fashion-MNIST stage: one line naming both data sets and each one's folder."""
+    source = source_dir(found, request)
+    for f in found.files:
+        (tmp_path / f.name).symlink_to(source / f.name)
+    with pytest.raises(BenchError) as info:
+        data.ensure_files(wanted, tmp_path, download=False)
+    msg = _assert_one_line_naming(
+        info.value,
+        f"{tmp_path / found.files[0].name} is {found.title}'s {found.files[0].name}, not"
+        f" {wanted.title}'s",
+        f"put {wanted.title}'s files in {tmp_path / wanted.name}/ and {found.title}'s in"
+        f" {tmp_path / found.name}/",
+    )
+    assert "corrupt" not in msg
+
+
+def test_a_file_where_a_data_sets_folder_belongs(tmp_path: Path) -> None:
+    (tmp_path / "fashion-mnist").write_text("x")
+    with pytest.raises(BenchError) as info:
+        data.ensure_files(FASHION_MNIST, tmp_path, [])
+    _assert_one_line_naming(
+        info.value, f"Fashion-MNIST folder {tmp_path / 'fashion-mnist'} is a file, not a folder"
+    )

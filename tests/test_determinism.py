@@ -13,7 +13,13 @@ from bench.core.options import Options
 from bench.core.spec import STAGE_NAMES
 from bench.core.types import Cell, CellResult
 from bench.execution.matrix import LocalExecutor
-from tests.conftest import backend_params, device_params, mnist_dir, skip_without_gpu
+from tests.conftest import (
+    FASHION_DATA_SHA256,
+    backend_params,
+    device_params,
+    mnist_dir,
+    skip_without_gpu,
+)
 
 
 def _run(cell: Cell, tmp_path: Path, name: str, **options_: Any) -> CellResult:
@@ -39,6 +45,22 @@ def test_two_runs_are_bit_identical(stage: str, backend: str, device: str, tmp_p
     assert first.environment["deterministic_ops"] == "true"
     if stage != "relu-normal":
         assert np.isfinite(first.step_losses).all()
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.slow
+def test_two_runs_on_fashion_mnist_are_bit_identical(
+    backend: str, both_data_dir: Path, tmp_path: Path
+) -> None:
+    """Reruns are bit-identical on the second data set too: one stage of it, one epoch, CPU."""
+    cell = Cell("fashion-relu-xavier", backend, "cpu", 3)
+    first, second = (
+        _run(cell, tmp_path, name, epochs=1, data_dir=str(both_data_dir)) for name in ("a", "b")
+    )
+    assert first.step_losses.tobytes() == second.step_losses.tobytes()
+    assert first.test_accuracy == second.test_accuracy
+    assert first.environment["data_sha256"] == FASHION_DATA_SHA256
+    assert np.isfinite(first.step_losses).all()
 
 
 @pytest.mark.skipif(not is_installed("torch"), reason="torch not installed")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -22,10 +24,13 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _parity(stage: str, steps: int, dtype: str, accumulate: str = "float64") -> list[ParityReport]:
+def _parity(
+    stage: str, steps: int, dtype: str, accumulate: str = "float64", data_dir: Path | None = None
+) -> list[ParityReport]:
     """Every installed backend trained once; one report per pair of them."""
     spec = load_stage(stage)
-    options = parity_options(str(mnist_dir()), 2, steps, dtype, spec, accumulate)  # type: ignore[arg-type]
+    folder = str(data_dir or mnist_dir())
+    options = parity_options(folder, 2, steps, dtype, spec, accumulate)  # type: ignore[arg-type]
     backends = installed_backends()
     reports = run_parity(stage, "cpu", 0, options, LocalExecutor(), backends)
     assert len(reports) == len(backends) * (len(backends) - 1) // 2
@@ -36,6 +41,15 @@ def _parity(stage: str, steps: int, dtype: str, accumulate: str = "float64") -> 
 @pytest.mark.slow
 def test_float64_parity_over_a_whole_epoch(stage: str) -> None:
     for report in _parity(stage, 550, "float64"):
+        assert report.steps == 550
+        assert report.passed, report.describe()
+        assert report.measured <= 1e-9
+
+
+@pytest.mark.slow
+def test_float64_parity_over_a_whole_epoch_of_fashion_mnist(both_data_dir: Path) -> None:
+    """The frameworks agree on the second data set as on MNIST: one stage of it, one epoch."""
+    for report in _parity("fashion-relu-xavier", 550, "float64", data_dir=both_data_dir):
         assert report.steps == 550
         assert report.passed, report.describe()
         assert report.measured <= 1e-9

@@ -10,6 +10,7 @@ import pytest
 from bench.core.datasets.mnist import MNIST
 from bench.core.errors import BenchError
 from bench.core.spec import (
+    ALL_STAGE_NAMES,
     MAX_PARAM_LENGTH,
     STAGE_NAMES,
     STAGES_DIR,
@@ -77,7 +78,7 @@ def _text(name: str = "relu-xavier") -> str:
         (
             'dataset = "mnist"',
             'dataset = "cifar10"',
-            "data.dataset = 'cifar10' is not a known data set (choose from mnist)",
+            "data.dataset = 'cifar10' is not a known data set (choose from mnist, fashion-mnist)",
         ),
         (
             'validation = "first_5000_train"',
@@ -101,6 +102,20 @@ def test_bad_stage_files_are_rejected_with_one_line(old: str, new: str, message:
         parse_stage(text.replace(old, new, 1), "x.toml")
     assert message in str(info.value) and str(info.value).endswith("; fix the stage file")
     assert "\n" not in str(info.value)
+
+
+def test_a_calibrated_minimum_without_a_tutorial_figure_needs_its_rule() -> None:
+    """A stage on a data set the tutorial never ran (Fashion-MNIST) has a calibrated minimum
+    and no tutorial figure; its rule must say how the minimum was set."""
+    text = _text().replace('tutorial_reported = "98.02%"\n', "")
+    text = text.replace("tutorial_test_accuracy = 0.9802\n", "")
+    assert parse_stage(text, "x.toml").expected.min_test_accuracy == 0.975
+    no_rule = text[: text.index('rule = """')]
+    with pytest.raises(BenchError, match=r"expected\.rule is needed to say how a minimum"):
+        parse_stage(no_rule, "x.toml")
+    normal = _text("relu-normal").replace('tutorial_reported = "cost becomes NaN"\n', "")
+    with pytest.raises(BenchError, match="tutorial_reported is needed for does_not_learn"):
+        parse_stage(normal, "x.toml")
 
 
 def test_a_stage_without_a_data_set_trains_on_mnist() -> None:
@@ -174,7 +189,27 @@ def test_an_empty_stages_folder_is_an_error(
 
 def test_builtin_stages_keep_the_tutorials_order() -> None:
     assert STAGE_NAMES == ("relu-normal", "relu-xavier", "adam", "dropout")
-    assert [s.spec.order for s in discover_stages(STAGES_DIR) if s.spec] == [1, 2, 3, 4]
+    orders = [s.spec.order for s in discover_stages(STAGES_DIR) if s.spec]
+    assert orders == [1, 2, 3, 4, 11, 12, 13, 14]
+
+
+def test_the_fashion_stages_are_the_tutorials_on_fashion_mnist_run_when_named() -> None:
+    """The same settings but the data set; not in a default run, nor in STAGE_NAMES."""
+    assert (*STAGE_NAMES, *(f"fashion-{name}" for name in STAGE_NAMES)) == ALL_STAGE_NAMES
+    for name in STAGE_NAMES:
+        mnist, fashion = load_stage(name), load_stage(f"fashion-{name}")
+        assert mnist.run_by_default and not fashion.run_by_default
+        assert fashion.dataset.title == "Fashion-MNIST"
+        assert fashion.expected.tutorial_reported is None  # the tutorial ran MNIST only
+        settings = {k: v for k, v in fashion.flat().items() if not k.startswith("expected.")}
+        assert settings == {
+            **{k: v for k, v in mnist.flat().items() if not k.startswith("expected.")},
+            "name": f"fashion-{name}",
+            "data.dataset": "fashion-mnist",
+        }
+    assert list(select_stages([], [], None)) == list(STAGE_NAMES)
+    both = select_stages(["relu-xavier", "fashion-relu-xavier"], [], None)
+    assert [spec.dataset.name for spec in both.values()] == ["mnist", "fashion-mnist"]
 
 
 def test_a_stage_file_of_ones_own(tmp_path: Path) -> None:

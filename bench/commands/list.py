@@ -17,6 +17,8 @@ def cmd_list() -> int:
             if spec is not None
             else f"INVALID: {stage.error}"
         )
+        if spec is not None and not spec.run_by_default:
+            about += " [runs when named: --stage]"
         print(f"  {stage.name:<12} {about}")
     print("backends:")
     for name in BACKENDS:

@@ -27,13 +27,14 @@ import numpy.typing as npt
 from bench.core.errors import BenchError
 
 if TYPE_CHECKING:
-    from bench.core.datasets.base import DataFile, Dataset, Rows
+    from bench.core.datasets.dataset import DataFile, Dataset, Rows
 
 log = logging.getLogger(__name__)
 
 DATA_DIR_ENV = "MLP_BENCH_DATA_DIR"
 CACHE_DIR_ENV = "MLP_BENCH_CACHE_DIR"
-# A data set's default folder is its name in here: ~/.cache/mlp-bench/mnist.
+# The default data dir; each data set has its folder, named as it, in a data dir:
+# ~/.cache/mlp-bench/mnist, ~/.cache/mlp-bench/fashion-mnist.
 DEFAULT_DATA_ROOT = Path("~/.cache/mlp-bench")
 DEFAULT_CACHE_DIR = Path("~/.cache/mlp-bench/parsed")
 
@@ -57,44 +58,48 @@ def one_line(text: object) -> str:
 
 
 def default_data_dir(dataset: Dataset) -> Path:
-    """~/.cache/mlp-bench/<name>: the one data folder created when missing."""
-    return (DEFAULT_DATA_ROOT / dataset.name).expanduser()
+    """~/.cache/mlp-bench/<name>: the data set's folder in the default data dir."""
+    return DEFAULT_DATA_ROOT.expanduser() / dataset.name
 
 
-def resolve_data_dir(cli_value: str | Path | None, dataset: Dataset) -> Path:
-    """The data set's folder: the CLI value, else $MLP_BENCH_DATA_DIR, else its default
-    (~/.cache/mlp-bench/mnist for MNIST)."""
+def resolve_data_dir(cli_value: str | Path | None) -> Path:
+    """The data dir: the CLI value, else $MLP_BENCH_DATA_DIR, else ~/.cache/mlp-bench."""
     # An empty string (e.g. `--data-dir ""` or `VAR=`) means "not given", not the cwd.
     if cli_value is not None and str(cli_value) != "":
         return Path(cli_value).expanduser()
     env = os.environ.get(DATA_DIR_ENV, "")
     if env:
         return Path(env).expanduser()
-    return default_data_dir(dataset)
+    return DEFAULT_DATA_ROOT.expanduser()
 
 
 def common_data_dir(cli_value: str | Path | None, datasets: Sequence[Dataset]) -> Path:
-    """The one folder an invocation reads its stages' data sets from (Options.data_dir).
+    """The one data dir an invocation reads its stages' data sets from (Options.data_dir):
+    each data set in its own folder there (dataset_dir), so one data dir serves them all."""
+    del datasets  # every data set has its own folder in the one data dir
+    return resolve_data_dir(cli_value)
 
-    A folder given by --data-dir or $MLP_BENCH_DATA_DIR holds every data set's files; two data
-    sets' default folders are two folders, which one invocation cannot name.
-    """
-    folders = {resolve_data_dir(cli_value, dataset) for dataset in datasets}
-    if len(folders) > 1:
-        names = ", ".join(sorted({dataset.name for dataset in datasets}))
-        raise BenchError(
-            f"the stages use the data sets {names}, each in its own default folder; run them"
-            f" separately, or point --data-dir or {DATA_DIR_ENV} at one folder holding all"
-            " their files"
-        )
-    return folders.pop()
+
+def dataset_dir(data_dir: Path, dataset: Dataset) -> Path:
+    """The data set's folder in a data dir: <data dir>/<name>/ when it is there; else the data
+    dir itself when the data set's files lie in it directly (the flat layout of a folder of one
+    data set, as MNIST's folders were before data sets had folders of their own); else
+    <data dir>/<name>/, where missing files are downloaded."""
+    data_dir = data_dir.expanduser()
+    own = data_dir / dataset.name
+    # lexists: a dangling link or a file in the folder's place is reported, not gone around.
+    if os.path.lexists(own):
+        return own
+    if any(os.path.lexists(data_dir / spec.name) for spec in dataset.files):
+        return data_dir
+    return own
 
 
 def ensure_data(
     cli_value: str | Path | None, datasets: Sequence[Dataset], *, download: bool = True
 ) -> Path:
-    """The invocation's data folder (common_data_dir), with every data set's files verified
-    there and their parsed-array cache sound (ensure_files), before any training."""
+    """The invocation's data dir (common_data_dir), with every data set's files verified in
+    its folder there and their parsed-array cache sound (ensure_files), before any training."""
     data_dir = common_data_dir(cli_value, datasets)
     for dataset in {dataset.name: dataset for dataset in datasets}.values():
         ensure_files(dataset, data_dir, download=download)
@@ -119,19 +124,20 @@ def _sha256_of(path: Path) -> str:
 
 
 def _verify_present(path: Path, spec: DataFile, dataset: Dataset) -> None:
-    """Raise BenchError unless the file at path has the published size and sha256."""
+    """Raise BenchError unless the file at path has the published size and sha256 (or a known
+    repack's)."""
     title = dataset.title
     if not path.is_file():
         raise BenchError(f"{title} file {path} is not a regular file; remove it, or {FIX_HINT}")
     try:
         # Size first: it is free and catches the common truncated-download case.
         size = path.stat().st_size
-        actual = _sha256_of(path) if size == spec.size else ""
+        actual = _sha256_of(path) if spec.accepts_size(size) else ""
     except OSError as exc:
         raise BenchError(
             f"cannot read {title} file {path} ({one_line(exc)}); make it readable, or {FIX_HINT}"
         ) from exc
-    if actual != spec.sha256:
+    if not spec.accepts(actual):
         raise BenchError(_why_not_it(path, spec, dataset, size, actual))
 
 
@@ -142,6 +148,9 @@ def _why_not_it(path: Path, spec: DataFile, dataset: Dataset, size: int, sha256:
     which has MNIST's file names and shapes. Parsing costs ~0.4 s, on this error path only.
     """
     title = dataset.title
+    other = _known_elsewhere(path, dataset, sha256)
+    if other:
+        return other
     try:
         shape = dataset.parse(path, spec.data_bytes).shape
     except BenchError:
@@ -162,6 +171,26 @@ def _why_not_it(path: Path, spec: DataFile, dataset: Dataset, size: int, sha256:
         f"its sha256 is {sha256 or _sha256_of(path)}, {title}'s is {spec.sha256} (another data "
         f"set{such_as}?); put the original {title} file there, or {FIX_HINT}"
     )
+
+
+def _known_elsewhere(path: Path, dataset: Dataset, sha256: str) -> str:
+    """Why path is another registered data set's file, with where each data set belongs; ""
+    when it is none of theirs."""
+    # Imported here: the registry's parsers import this module's helpers.
+    from bench.core.datasets import DATASETS
+
+    sha256 = sha256 or _sha256_of(path)
+    for other in DATASETS.values():
+        if other.name == dataset.name or not any(f.accepts(sha256) for f in other.files):
+            continue
+        # The data dir: the folder's parent when the folder is the data set's own.
+        data_dir = path.parent.parent if path.parent.name == dataset.name else path.parent
+        return (
+            f"{path} is {other.title}'s {path.name}, not {dataset.title}'s; each data set has"
+            f" its own folder in the data dir: put {dataset.title}'s files in"
+            f" {data_dir / dataset.name}/ and {other.title}'s in {data_dir / other.name}/"
+        )
+    return ""
 
 
 class _WriteError(Exception):
@@ -274,11 +303,11 @@ def _download(
     budget = _transfer_budget(spec) if transfer_timeout is None else transfer_timeout
     for base in mirrors:
         url = (base if base.endswith("/") else base + "/") + spec.name
-        log.info("downloading %s", url)
+        log.info("downloading %s file %s", title, url)
         reason = _download_one(url, dest, spec, title, timeout, budget)
         if reason is None:
             return
-        log.warning("mirror failed for %s: %s", url, reason)
+        log.warning("%s mirror failed for %s: %s", title, url, reason)
         failures.append(f"{url} ({reason})")
     tried = "; ".join(failures) if failures else "no mirrors given"
     raise BenchError(
@@ -323,7 +352,7 @@ def ensure_files(
 def _check_data_dir(dataset: Dataset, data_dir: Path, download: bool) -> None:
     """Raise BenchError unless data_dir is a folder, or the default one, which may be created.
 
-    Only the default folder is ever created: a --data-dir or MLP_BENCH_DATA_DIR that does not
+    Only the default data dir is ever created: a --data-dir or MLP_BENCH_DATA_DIR that does not
     exist is far more often a typo than a wish for a new folder, and creating it would hide the
     typo behind an empty folder and a download (or, offline, a misleading "missing files").
     """
@@ -341,12 +370,25 @@ def _check_data_dir(dataset: Dataset, data_dir: Path, download: bool) -> None:
             f"{title} data dir {data_dir} {unreachable}; point --data-dir or {DATA_DIR_ENV} at "
             f"the folder that holds the {title} files, or make the link point at it"
         )
-    if download and data_dir == default_data_dir(dataset):
+    if download and data_dir == DEFAULT_DATA_ROOT.expanduser():
         return
     create = f", or create it (mkdir -p {data_dir}) to download {title} into it" if download else ""
     raise BenchError(
         f"{title} data dir {data_dir} does not exist; check the path given by --data-dir or "
         f"{DATA_DIR_ENV}{create}"
+    )
+
+
+def _check_own_folder(dataset: Dataset, folder: Path) -> None:
+    """Raise BenchError when something other than a folder stands at the data set's folder
+    (<data dir>/<name>): a file, or a link that leads nowhere. Missing is fine: it is created."""
+    if folder.is_dir() or not os.path.lexists(folder):
+        return
+    title = dataset.title
+    why = _unreachable(folder) or "is a file, not a folder"
+    raise BenchError(
+        f"{title} folder {folder} {why}; make it the folder of the {title} files, or remove it"
+        f" to download {title} into it"
     )
 
 
@@ -371,7 +413,9 @@ def _source_files(dataset: Dataset, data_dir: Path, fetch: _Fetch | None) -> dic
     title = dataset.title
     data_dir = data_dir.expanduser()
     _check_data_dir(dataset, data_dir, fetch is not None)
-    paths = {spec.name: data_dir / spec.name for spec in dataset.files}
+    folder = dataset_dir(data_dir, dataset)
+    _check_own_folder(dataset, folder)
+    paths = {spec.name: folder / spec.name for spec in dataset.files}
     missing: list[DataFile] = []
     for spec in dataset.files:
         path = paths[spec.name]
@@ -385,20 +429,27 @@ def _source_files(dataset: Dataset, data_dir: Path, fetch: _Fetch | None) -> dic
     names = ", ".join(spec.name for spec in missing)
     if fetch is None:
         raise BenchError(
-            f"{title} file(s) missing in {data_dir}: {names}; allow downloading, or put the "
-            f"original files there, or point --data-dir or {DATA_DIR_ENV} at a folder holding them"
+            f"{title} file(s) missing in {folder}: {names}; allow downloading, or put the "
+            f"original files there, or point --data-dir or {DATA_DIR_ENV} at a data dir holding"
+            f" them in {dataset.name}/"
         )
+    created = not folder.exists()
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise BenchError(
-            f"cannot create {title} data dir {data_dir} ({one_line(exc)}); "
+            f"cannot create {title} folder {folder} ({one_line(exc)}); "
             f"point --data-dir or {DATA_DIR_ENV} at a writable folder"
         ) from exc
-    for spec in missing:
-        _download(
-            paths[spec.name], spec, title, fetch.mirrors, fetch.timeout, fetch.transfer_timeout
-        )
+    try:
+        for spec in missing:
+            _download(
+                paths[spec.name], spec, title, fetch.mirrors, fetch.timeout, fetch.transfer_timeout
+            )
+    except BenchError:
+        if created and not any(folder.iterdir()):
+            folder.rmdir()  # a failed download leaves no empty folder behind
+        raise
     return paths
 
 
@@ -425,10 +476,12 @@ class Splits:
         }
 
 
-def _cache_path(cache_dir: Path, spec: DataFile) -> Path:
-    """Cache file for spec; the sha256 in the name means a changed source never hits."""
+def _cache_path(cache_dir: Path, dataset: Dataset, spec: DataFile) -> Path:
+    """Cache file for spec, named after its data set (data sets share file names) and its
+    sha256, so a changed source never hits. A repack parses to the same array, so it shares the
+    published file's entry."""
     stem = spec.name.removesuffix(".gz")
-    return cache_dir / f"{stem}.v{_CACHE_VERSION}.{spec.sha256}.npy"
+    return cache_dir / f"{dataset.name}-{stem}.v{_CACHE_VERSION}.{spec.sha256}.npy"
 
 
 def _digest_path(cached_at: Path) -> Path:
@@ -503,12 +556,18 @@ def _store_cached(path: Path, parsed: _Parsed) -> None:
 
 def _parsed(path: Path, spec: DataFile, dataset: Dataset, cache_dir: Path) -> _Parsed:
     """The uint8 array of one verified file, from the cache when it passes its check."""
-    cached_at = _cache_path(cache_dir, spec)
+    cached_at = _cache_path(cache_dir, dataset, spec)
     cached = _load_cached(cached_at, spec.shape)
     if isinstance(cached, _Parsed):
         return cached
     if cached:
-        log.warning("parsed-array cache %s %s: rebuilding it from %s", cached_at, cached, path)
+        log.warning(
+            "%s parsed-array cache %s %s: rebuilding it from %s",
+            dataset.title,
+            cached_at,
+            cached,
+            path,
+        )
     arr = dataset.parse(path, spec.data_bytes)
     # Unreachable for a file that passed its sha256 check; guards against a description whose
     # shape does not fit its files.
@@ -557,7 +616,7 @@ def load_dataset(
     """Ensure, verify and parse the data set's files into its split (MNIST: the tutorial's
     55,000/5,000/10,000); mirrors default to the data set's."""
     fetch = _Fetch(dataset.mirrors if mirrors is None else mirrors, _READ_TIMEOUT, None)
-    data_dir = resolve_data_dir(data_dir, dataset)
+    data_dir = resolve_data_dir(data_dir)
     paths = _source_files(dataset, data_dir, fetch if download else None)
     parsed = _parse_all(dataset, paths, resolve_cache_dir(cache_dir))
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from bench.core.datasets import DATASETS, get_dataset
-from bench.core.datasets.base import Dataset
+from bench.core.datasets.dataset import Dataset
 from bench.core.errors import BenchError
 
 STAGES_DIR = Path(__file__).parent / "stages"
@@ -152,6 +152,9 @@ class StageSpec:
     expected: ExpectedSpec
     # Where `bench list` and a default run put the stage: the tutorial's stage number.
     order: int | None = None
+    # false: the stage runs only when named (--stage), so that a default run, and the tests
+    # generated over STAGE_NAMES, stay the tutorial's stages on MNIST.
+    run_by_default: bool = True
     # The text this spec was parsed from, not a TOML key: workers train from it and MLflow
     # records it, so params, artifact and training cannot disagree.
     text: str = field(default="", repr=False, compare=False, metadata={"toml": False})
@@ -178,7 +181,7 @@ class StageSpec:
 
 T = TypeVar("T")
 # Prose and bookkeeping, not settings: left out of the MLflow params.
-_NOT_PARAMS = ("description", "tutorial_deviations", "rule", "order", "text")
+_NOT_PARAMS = ("description", "tutorial_deviations", "rule", "order", "run_by_default", "text")
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -328,10 +331,19 @@ def _validate_training(training: TrainingSpec, dataset: Dataset) -> None:
 
 def _validate_expected(exp: ExpectedSpec) -> None:
     referenced = exp.expect != "no_reference"
+    # A minimum may be calibrated where the tutorial reported nothing (another data set); its
+    # rule then says how. "Does not learn" stands on the tutorial's own report.
     _require(
-        (exp.tutorial_reported is not None) == referenced,
-        "expected.tutorial_reported is needed for min_test_accuracy and does_not_learn,"
-        " and not allowed with no_reference",
+        exp.tutorial_reported is not None or exp.expect != "does_not_learn",
+        "expected.tutorial_reported is needed for does_not_learn",
+    )
+    _require(
+        exp.tutorial_reported is None or referenced,
+        "expected.tutorial_reported is not allowed with no_reference",
+    )
+    _require(
+        exp.tutorial_reported is not None or exp.expect != "min_test_accuracy" or bool(exp.rule),
+        "expected.rule is needed to say how a minimum the tutorial did not report was calibrated",
     )
     _require(
         referenced or exp.tutorial_test_accuracy is None,
@@ -459,8 +471,15 @@ def _position(stage: StageFile) -> tuple[bool, float, str]:
     return (order is None, math.inf if order is None else order, stage.name)
 
 
-# The stages shipped with the project, in the tutorial's order (found on disk, not listed).
-STAGE_NAMES = tuple(stage.name for stage in discover_stages(STAGES_DIR))
+def _by_default(stage: StageFile) -> bool:
+    """Whether a default run (no --stage) runs it; an invalid file is shown to fail there."""
+    return stage.spec is None or stage.spec.run_by_default
+
+
+# The stages shipped with the project that a default run runs, in the tutorial's order (found
+# on disk, not listed); ALL_STAGE_NAMES adds those that run only when named.
+ALL_STAGE_NAMES = tuple(stage.name for stage in discover_stages(STAGES_DIR))
+STAGE_NAMES = tuple(stage.name for stage in discover_stages(STAGES_DIR) if _by_default(stage))
 
 
 def _valid(found: dict[str, StageFile], name: str) -> StageSpec:
@@ -486,14 +505,15 @@ def select_stages(
     names: Sequence[str], files: Sequence[str], epochs: int | None
 ) -> dict[str, StageSpec]:
     """An invocation's stages, each file read once: the named ones (default: every stage of
-    the stages folder, when no --stage-file is given either), then each --stage-file."""
+    the stages folder that runs by default, when no --stage-file is given either), then each
+    --stage-file."""
     found = {stage.name: stage for stage in discover_stages()}
     if not (names or files or found):
         raise BenchError(
             f"no stage files (*.toml) in {stages_dir()}; point {STAGES_DIR_ENV} at a folder of"
             " them, or give --stage-file"
         )
-    chosen = names if names or files else list(found)
+    chosen = names if names or files else [n for n, stage in found.items() if _by_default(stage)]
     specs = {name: _valid(found, name) for name in dict.fromkeys(chosen)}
     for file in files:
         spec = parse_stage(_read(Path(file), "--stage-file", "check the path"), file)

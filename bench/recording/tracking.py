@@ -17,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
+from bench.core.data import dataset_dir
 from bench.core.datasets import get_dataset
 from bench.core.errors import BenchError, StoreUnwritable
 from bench.core.options import Options
@@ -305,7 +306,12 @@ class Tracker:
         if not data_sha256:  # hand-made splits (tests): nothing to name
             return
         dataset = get_dataset(result.dataset)
-        source = data_dir or f"{dataset.title} {dataset.file_format} files"
+        # The data set's own folder in the data dir (<data dir>/<name>, or the data dir itself).
+        source = (
+            str(dataset_dir(Path(data_dir), dataset))
+            if data_dir
+            else f"{dataset.title} {dataset.file_format} files"
+        )
         inputs = [
             DatasetInput(
                 Dataset(

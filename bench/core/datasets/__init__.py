@@ -3,12 +3,14 @@ builds a `Dataset`, and one line in DATASETS; a stage file names it in `data.dat
 
 from __future__ import annotations
 
-from bench.core.datasets.base import Dataset
+from bench.core.datasets.dataset import Dataset
+from bench.core.datasets.fashion_mnist import FASHION_MNIST
 from bench.core.datasets.mnist import MNIST
 from bench.core.errors import BenchError
 
 DATASETS: dict[str, Dataset] = {
     "mnist": MNIST,
+    "fashion-mnist": FASHION_MNIST,
 }
 
 

@@ -7,13 +7,21 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from bench.core.datasets.base import DataFile, Dataset, Rows, Split
+from bench.core.datasets.dataset import DataFile, Dataset, Rows, Split
 from bench.core.datasets.idx import read_idx
 
 TRAIN_IMAGES = "train-images-idx3-ubyte.gz"
 TRAIN_LABELS = "train-labels-idx1-ubyte.gz"
 TEST_IMAGES = "t10k-images-idx3-ubyte.gz"
 TEST_LABELS = "t10k-labels-idx1-ubyte.gz"
+
+
+# The tutorial's split: the first 5,000 training images are held out for validation.
+SPLIT = Split(
+    train=Rows(TRAIN_IMAGES, TRAIN_LABELS, 5000, 60000),
+    validation=Rows(TRAIN_IMAGES, TRAIN_LABELS, 0, 5000),
+    test=Rows(TEST_IMAGES, TEST_LABELS, 0, 10000),
+)
 
 
 def _parse(path: Path, max_bytes: int) -> npt.NDArray[np.uint8]:
@@ -58,12 +66,7 @@ MNIST = Dataset(
         "https://storage.googleapis.com/cvdf-datasets/mnist/",
         "http://yann.lecun.com/exdb/mnist/",
     ),
-    # The tutorial's split: the first 5,000 training images are held out for validation.
-    split=Split(
-        train=Rows(TRAIN_IMAGES, TRAIN_LABELS, 5000, 60000),
-        validation=Rows(TRAIN_IMAGES, TRAIN_LABELS, 0, 5000),
-        test=Rows(TEST_IMAGES, TEST_LABELS, 0, 10000),
-    ),
+    split=SPLIT,
     validation="first_5000_train",
     input_size=28 * 28,
     classes=10,

@@ -28,6 +28,16 @@ _HEX = re.compile(r"[0-9a-f]*")
 
 
 @dataclass(frozen=True)
+class Repack:
+    """A redistributed copy of a published file whose compressed bytes differ, its contents not:
+    e.g. a Linux distribution's package that strips gzip's stored file name and time."""
+
+    sha256: str
+    size: int
+    source: str  # where it comes from, for the reader of the description
+
+
+@dataclass(frozen=True)
 class DataFile:
     """One published file: its name, size and checksums, and the shape it decodes to (which
     rejects a cache entry that does not fit)."""
@@ -37,6 +47,16 @@ class DataFile:
     size: int
     shape: tuple[int, ...]
     md5: str = ""  # as published, for the tests; the harness checks the sha256
+    # Other copies with the same contents, byte for byte once decompressed, taken as this file.
+    repacks: tuple[Repack, ...] = ()
+
+    def accepts(self, sha256: str) -> bool:
+        """Whether a file of this sha256 is this file: the published copy or a known repack."""
+        return sha256 == self.sha256 or any(r.sha256 == sha256 for r in self.repacks)
+
+    def accepts_size(self, size: int) -> bool:
+        """Whether a file of this size can be this file (free to check, unlike its sha256)."""
+        return size == self.size or any(r.size == size for r in self.repacks)
 
     @property
     def rows(self) -> int:
@@ -154,6 +174,9 @@ def _file_problems(f: DataFile) -> list[str]:
         found.append(f"{f.name}: sha256 must be 64 lower-case hex digits")
     if f.md5 and (len(f.md5) != 32 or not _HEX.fullmatch(f.md5)):
         found.append(f"{f.name}: md5 must be empty or 32 lower-case hex digits")
+    for repack in f.repacks:
+        if len(repack.sha256) != 64 or not _HEX.fullmatch(repack.sha256) or repack.size < 1:
+            found.append(f"{f.name}: repack from {repack.source} needs a sha256 and a size")
     if f.size < 1 or not f.shape or min(f.shape) < 1:
         found.append(f"{f.name}: size {f.size} and shape {f.shape} must be positive")
     return found
