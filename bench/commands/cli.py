@@ -23,7 +23,7 @@ from bench.core.program import PROGRAM
 from bench.core.spec import MAX_EPOCHS
 from bench.execution.matrix import CELL_TIMEOUT_BASE_S, CELL_TIMEOUT_PER_EPOCH_S, MAX_CELL_TIMEOUT_S
 from bench.execution.ray_executor import DEFAULT_RETRIES
-from bench.recording.server import DATABASE_ENV, DEFAULT_DATABASE, SERVER_PORT
+from bench.recording.mlflow_server import DATABASE_ENV, DEFAULT_DATABASE, SERVER_PORT
 from bench.recording.user_tags import parse_tag
 
 # Ranges of the numeric options: a typo is an error here, not an overflow in a worker.

@@ -48,7 +48,7 @@ from bench.core.options import Options
 from bench.core.spec import STAGE_NAMES, load_stage
 from bench.core.types import Cell, CellResult, DType
 from bench.execution.matrix import LocalExecutor, run_alone
-from bench.execution.parity import compare, parity_options
+from bench.execution.parity_check import compare, parity_options
 from bench.recording.perf import flops_per_sample
 
 Device = Literal["cpu", "gpu"]

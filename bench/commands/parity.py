@@ -15,7 +15,7 @@ from bench.core.errors import BenchError
 from bench.core.provenance import git_state
 from bench.core.spec import load_stage
 from bench.execution.matrix import LocalExecutor
-from bench.execution.parity import ParityReport, parity_options, run_parity, write_curve
+from bench.execution.parity_check import ParityReport, parity_options, run_parity, write_curve
 from bench.recording.run_report import command_line, report_safely
 from bench.recording.tracking import DEFAULT_EXPERIMENT, Tracker, resolve_tracking_uri
 

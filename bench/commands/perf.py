@@ -26,7 +26,7 @@ from bench.commands.planning import plan_run
 from bench.core.errors import BenchError
 from bench.core.spec import load_stage
 from bench.core.types import CellLoad, CellRun
-from bench.execution import quiet
+from bench.execution import load_monitor
 from bench.execution.invocation import Execution, Plan, execute, finish, measure_peaks
 from bench.execution.matrix import LocalExecutor
 from bench.recording.perf import DRIFT_LIMIT, drift_lines, machine_peaks, roofline
@@ -145,7 +145,7 @@ def _keras(plan: Plan, epochs: int, backend: str, device: str) -> KerasReference
     """One Keras reference; a failure is one line and a reference without a figure, so the
     other backends' references and the table still come."""
     label = f"{keras_label(backend)} {device}"
-    watch = quiet.watch_before()
+    watch = load_monitor.watch_before()
     try:
         with tempfile.TemporaryDirectory(prefix="mlp-bench-keras-") as tmp:
             fit = LocalExecutor().keras_reference(
@@ -154,7 +154,7 @@ def _keras(plan: Plan, epochs: int, backend: str, device: str) -> KerasReference
     except BenchError as error:
         print(f"WARNING: {error}; the table shows - for it", flush=True)
         return KerasReference(backend, device, error=str(error))
-    load = quiet.watch_after(watch, {})
+    load = load_monitor.watch_after(watch, {})
     print(
         f"Keras model.fit reference, {REFERENCE_STAGE} on {label} (keras {fit.keras_version},"
         f" ran on {fit.ran_on}): {fit.samples_per_s:,.0f} samples/s",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from bench.core.program import PROGRAM
 from bench.recording import store
-from bench.recording.server import (
+from bench.recording.mlflow_server import (
     DATABASE_ENV,
     DEFAULT_DATABASE,
     Database,

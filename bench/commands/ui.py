@@ -11,7 +11,7 @@ import shlex
 from bench.core.errors import BenchError
 from bench.core.program import PROGRAM
 from bench.recording import store, views
-from bench.recording.server import check_listen, quiet_server_environment
+from bench.recording.mlflow_server import check_listen, quiet_server_environment
 from bench.recording.tracking import Tracker, resolve_tracking_uri
 from bench.recording.ui import UI_HOST, UI_PORT, cells_url, ui_command, view_url
 
