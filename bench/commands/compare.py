@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.commands.arguments import add_tracking_uri, fraction
 from bench.core.datasets import get_dataset
 from bench.core.errors import BenchError
 from bench.core.options import normalised
@@ -25,6 +26,42 @@ from bench.recording.store import redacted
 from bench.recording.tracking import INVOCATION_TAG, Tracker, resolve_tracking_uri
 from bench.recording.ui import run_url, ui_command
 from bench.recording.user_tags import parse_tag
+
+NAME = "compare"
+HELP = "judge a candidate invocation against a baseline (exit 0, 1 or 3)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("baseline", help="a parent run id, or tag:KEY=VALUE (the newest so tagged)")
+    parser.add_argument(
+        "candidate", nargs="?", help="as the baseline; default: the newest invocation in the store"
+    )
+    parser.add_argument(
+        "--alpha",
+        type=fraction,
+        default=0.01,
+        help="significance level of the speed and accuracy tests; default 0.01",
+    )
+    parser.add_argument(
+        "--max-slowdown",
+        type=fraction,
+        default=0.05,
+        help="a significant slowdown beyond this fraction is a regression; default 0.05",
+    )
+    parser.add_argument(
+        "--run-noise",
+        type=fraction,
+        default=0.30,
+        help="how far one process's speed may move with nothing changed; with fewer than 5"
+        " processes (seeds) a side a slowdown within it is inconclusive; default 0.30",
+    )
+    parser.add_argument(
+        "--allow-busy",
+        action="store_true",
+        help="judge speed even where a run was flagged speed_stable false (the flags are listed)",
+    )
+    add_tracking_uri(parser)
+
 
 PARENT_KINDS = ("matrix", "perf")  # the invocations whose cells compare can pair
 TAG_SIDE = re.compile(r"^tag:([^=]+)=(.*)$")
@@ -324,3 +361,7 @@ def closing_lines(uri: str, comparison: compare.Comparison, run_id: str) -> list
     for role, side in (("baseline", comparison.baseline), ("candidate", comparison.candidate)):
         lines.append(f"  its {role}: {run_url(uri, experiment, side.run_id)}")
     return lines
+
+
+# The entry point bench.commands.cli dispatches to.
+run = cmd_compare
