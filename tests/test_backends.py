@@ -147,19 +147,19 @@ def test_auto_matmul_is_measured_once_per_machine_and_kept(
 ) -> None:
     """ "auto" measures both libraries once, keeps the choice (so that reruns on this machine
     take the same path and stay bit-identical) and records why."""
-    from backends import torch as torch_backend
+    from backends.torch import matmul_tuner
     from bench.core.data import CACHE_DIR_ENV
 
     monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path))
-    choice, reason = torch_backend.auto_matmul(2)
+    choice, reason = matmul_tuner.auto_matmul(2)
     assert choice in ("mkl", "onednn")
     assert reason.startswith("auto, measured: MKL ") and "oneDNN" in reason
-    path = tmp_path / torch_backend.MATMUL_CHOICES_FILE
+    path = tmp_path / matmul_tuner.MATMUL_CHOICES_FILE
     [(key, entry)] = json.loads(path.read_text()).items()
     assert "torch " in key and "2 threads" in key and entry["choice"] == choice
     other = "mkl" if choice == "onednn" else "onednn"  # plant the other: it must be read back
     path.write_text(json.dumps({key: {"choice": other, "reason": "planted"}}))
-    assert torch_backend.auto_matmul(2) == (other, "auto, planted")
+    assert matmul_tuner.auto_matmul(2) == (other, "auto, planted")
     env = load_backend("torch")("cpu", Options(data_dir="", threads=2)).environment()
     assert (env["torch_matmul"], env["torch_matmul_reason"]) == (other, "auto, planted")
 

@@ -23,7 +23,7 @@ from bench.core.errors import BenchError
 from bench.core.options import Options
 from bench.core.spec import STAGES_DIR, StageSpec, parse_stage
 from bench.core.types import Cell
-from bench.execution.parity import parity_options
+from bench.execution.parity_check import parity_options
 from bench.execution.runner import run_cell
 
 # --- the registry ---------------------------------------------------------------

@@ -292,11 +292,11 @@ NOT_RUN: dict[str, str] = {
     " choice of the ray extra; a second Ray matrix would cost CI minutes",
     "nox -s server -- --host 0.0.0.0 --port 5050 --database-uri"
     " postgresql://mlp_bench:CHANGE-ME@127.0.0.1:5432/mlp_bench": f"{PLACEHOLDER}; serves on"
-    " every interface until stopped; tests/test_server.py runs `bench server` on PostgreSQL",
+    " every interface until stopped; tests/test_mlflow_server.py runs `bench server` on PostgreSQL",
     "nox -s bench -- --tracking-uri http://SERVER-HOST:5050": f"{PLACEHOLDER};"
-    " tests/test_server.py runs the matrix against a real server",
+    " tests/test_mlflow_server.py runs the matrix against a real server",
     "mlp-bench compare BASELINE CANDIDATE --tracking-uri http://SERVER-HOST:5050": f"{PLACEHOLDER};"
-    " tests/test_server.py compares through a real server",
+    " tests/test_mlflow_server.py compares through a real server",
 }
 
 

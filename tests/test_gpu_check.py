@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 
 from backends import is_installed
-from bench.commands.gpu_check import GPU_ONLY, Check, Report, Row, losses_verdict, parse_args
+from bench.commands.gpu_check import parse_args, settings
 from bench.core.data import CACHE_DIR_ENV
 from bench.core.datasets import DATASETS
 from bench.core.datasets.mnist import MNIST
 from bench.core.devices import gpu_names
+from bench.execution.gpu_survey import GPU_ONLY, Check, Report, Row, losses_verdict
 from tests.conftest import ROOT, gpu_available
 from tests.faults import inject
 
@@ -98,12 +99,12 @@ def test_gpu_check_writes_its_table(data_dir: Path, tmp_path: Path) -> None:
 
 
 def test_the_plan_puts_the_most_valuable_items_first() -> None:
-    check = Check(parse_args(["--out", "unused", "--device", "gpu", *TORCH]))
+    check = Check(settings(parse_args(["--out", "unused", "--device", "gpu", *TORCH])))
     assert [item.name for item in check.plan()] == GPU_PLAN
 
 
 def test_the_cpu_rehearsal_plans_the_same_order_without_gpu_peaks() -> None:
-    check = Check(parse_args(["--out", "unused", "--device", "cpu", *TORCH]))
+    check = Check(settings(parse_args(["--out", "unused", "--device", "cpu", *TORCH])))
     expected = [
         n.replace("/gpu", "/cpu").replace("peak torch gpu", "peak torch cpu")
         for n in GPU_PLAN[:-1]
@@ -115,7 +116,9 @@ def test_the_cpu_rehearsal_plans_the_same_order_without_gpu_peaks() -> None:
 def test_two_backends_interleave_by_value_and_parity_covers_the_pair() -> None:
     """JAX beside PyTorch: both peaks, then each stage on both; CUDA graphs only where the
     backend declares them; parity of each against its CPU and of the pair on the GPU."""
-    check = Check(parse_args(["--out", "unused", "--backend", "torch", "--backend", "jax"]))
+    check = Check(
+        settings(parse_args(["--out", "unused", "--backend", "torch", "--backend", "jax"]))
+    )
     names = [item.name for item in check.plan()]
     assert names[:5] == [
         "peak torch gpu",
@@ -287,7 +290,7 @@ def test_missing_data_is_downloaded_as_by_every_command(
     monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "cache"))
     where = ["--data-dir", str(partial), "--out", str(tmp_path / "out"), "--device", "cpu"]
     args = parse_args([*where, "--stages", "relu-xavier", "--budget-s", "0", *TORCH])
-    report = Check(args).run()  # a budget of 0 s: every item is listed as skipped
+    report = Check(settings(args)).run()  # a budget of 0 s: every item is listed as skipped
     for f in MNIST.files:
         assert (partial / f.name).read_bytes() == (data_dir / f.name).read_bytes()
     assert report.finished and report.skipped and not report.rows

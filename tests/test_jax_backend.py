@@ -11,12 +11,12 @@ from bench.core.data import Splits
 from bench.core.options import Options
 from bench.core.seeding import dropout_masks, seeded_run
 from bench.core.spec import StageSpec, load_stage, with_epochs
-from bench.execution.parity import TOLERANCES, relative_difference, weights_difference
+from bench.execution.parity_check import TOLERANCES, relative_difference, weights_difference
 from tests.conftest import subset
 
 pytest.importorskip("jax")
 
-PARITY_STEPS = 50  # bench.execution.parity's float32 window; float64's bound holds there too
+PARITY_STEPS = 50  # bench.execution.parity_check's float32 window; float64's bound holds there too
 
 
 def _backend(name: str, spec: StageSpec, data: Splits, options: Options, seed: int = 0) -> Backend:

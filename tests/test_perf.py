@@ -20,8 +20,8 @@ from bench.core.options import Options
 from bench.core.spec import load_stage
 from bench.core.types import Cell, CellResult, CellRun
 from bench.execution.invocation import Plan
+from bench.execution.load_monitor import CellLoad
 from bench.execution.matrix import LocalExecutor
-from bench.execution.quiet import CellLoad
 from bench.recording.speed import (
     DRIFT_LIMIT,
     drift_lines,

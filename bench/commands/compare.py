@@ -11,6 +11,7 @@ import re
 import tempfile
 from pathlib import Path
 
+from bench.commands.arguments import add_tracking_uri, fraction
 from bench.core.datasets import get_dataset
 from bench.core.errors import BenchError
 from bench.core.options import normalised
@@ -32,6 +33,43 @@ from bench.recording.tracking import Tracker, resolve_tracking_uri
 from bench.recording.user_tags import parse_tag
 from bench.recording.verdict_text import csv_text, report_text
 
+NAME = "compare"
+HELP = "judge a candidate invocation against a baseline (exit 0, 1 or 3)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("baseline", help="a parent run id, or tag:KEY=VALUE (the newest so tagged)")
+    parser.add_argument(
+        "candidate", nargs="?", help="as the baseline; default: the newest invocation in the store"
+    )
+    parser.add_argument(
+        "--alpha",
+        type=fraction,
+        default=0.01,
+        help="significance level of the speed and accuracy tests; default 0.01",
+    )
+    parser.add_argument(
+        "--max-slowdown",
+        type=fraction,
+        default=0.05,
+        help="a significant slowdown beyond this fraction is a regression; default 0.05",
+    )
+    parser.add_argument(
+        "--run-noise",
+        type=fraction,
+        default=0.30,
+        help="how far one process's speed may move with nothing changed; with fewer than 5"
+        " processes (seeds) a side a slowdown within it is inconclusive; default 0.30",
+    )
+    parser.add_argument(
+        "--allow-busy",
+        action="store_true",
+        help="judge speed even where a run was flagged speed_stable false (the flags are listed)",
+    )
+    add_tracking_uri(parser)
+
+
+PARENT_KINDS = ("matrix", "perf")  # the invocations whose cells compare can pair
 TAG_SIDE = re.compile(r"^tag:([^=]+)=(.*)$")
 # The stage file's params (bench.core.spec flat()): what was trained, apart from options and env.
 SPEC_SECTIONS = frozenset({"name", "model", "init", "optimizer", "loss", "training", "data"})
@@ -312,3 +350,7 @@ def closing_lines(uri: str, comparison: compare.Comparison, run_id: str) -> list
     for role, side in (("baseline", comparison.baseline), ("candidate", comparison.candidate)):
         lines.append(f"  its {role}: {run_url(uri, experiment, side.run_id)}")
     return lines
+
+
+# The entry point bench.commands.cli dispatches to.
+run = cmd_compare

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
+
 from backends import BACKENDS, is_installed
 from bench.core.devices import gpu_names
 from bench.core.spec import discover_stages
 
+NAME = "list"
+HELP = "show stages, backends and devices"
 
-def cmd_list() -> int:
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`list` takes no arguments."""
+
+
+def run(args: argparse.Namespace) -> int:
     print("stages:")
     for stage in discover_stages():
         # An invalid file is shown with its reason; it never hides the valid ones.

@@ -8,17 +8,36 @@ import tempfile
 from pathlib import Path
 
 from backends import check_backend, installed_backends
+from bench.commands.arguments import MAX_SEED, add_common, int_in
 from bench.commands.exits import EXIT_FAILED, EXIT_INTERRUPTED
 from bench.core.data import ensure_data
-from bench.core.devices import available_cores
+from bench.core.devices import DEVICE_CHOICES, available_cores
 from bench.core.errors import BenchError
 from bench.core.provenance import git_state
 from bench.core.spec import load_stage
 from bench.execution.device_choice import resolve_devices
 from bench.execution.matrix import LocalExecutor
-from bench.execution.parity import ParityReport, parity_options, run_parity, write_curve
+from bench.execution.parity_check import ParityReport, parity_options, run_parity, write_curve
 from bench.recording.run_report import command_line, report_safely
 from bench.recording.tracking import DEFAULT_EXPERIMENT, Tracker, resolve_tracking_uri
+
+NAME = "parity"
+HELP = "train every backend in parity mode; compare each pair step by step"
+MAX_PARITY_STEPS = 100_000
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--stage", required=True)
+    parser.add_argument(
+        "--steps", type=int_in(1, MAX_PARITY_STEPS), default=550, help="default: 550 (1 epoch)"
+    )
+    parser.add_argument(
+        "--backend", action="append", help="two or more (repeatable); default: all installed"
+    )
+    parser.add_argument("--device", choices=DEVICE_CHOICES, default="cpu")
+    parser.add_argument("--seed", type=int_in(0, MAX_SEED), default=0)
+    add_common(parser)
+    parser.set_defaults(accumulate="float64")  # run and perf: only with --parity
 
 
 def _record(tracker: Tracker, report: ParityReport, steps: int) -> str:
@@ -56,7 +75,7 @@ def _record(tracker: Tracker, report: ParityReport, steps: int) -> str:
     return run_id
 
 
-def cmd_parity(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     backends = list(dict.fromkeys(args.backend or installed_backends()))
     for backend in backends:
         check_backend(backend)

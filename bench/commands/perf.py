@@ -21,16 +21,49 @@ from backends.keras_reference import (
     keras_label,
     reference_backends,
 )
+from bench.commands.arguments import add_matrix, int_in
 from bench.commands.exits import EXIT_FAILED, EXIT_INTERRUPTED
 from bench.commands.planning import plan_run
 from bench.core.errors import BenchError
-from bench.core.spec import load_stage
+from bench.core.spec import MAX_EPOCHS, load_stage
 from bench.core.types import CellLoad, CellRun
-from bench.execution import quiet
+from bench.execution import load_monitor
 from bench.execution.invocation import Execution, Plan, execute, finish, measure_peaks
 from bench.execution.matrix import LocalExecutor
 from bench.recording.speed import DRIFT_LIMIT, drift_lines, machine_peaks, roofline
 from bench.recording.tables import speed_mark, table, with_speed_note
+
+NAME = "perf"
+HELP = "throughput vs the peak and vs Keras model.fit"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_matrix(parser)
+    parser.add_argument(
+        "--keras-epochs",
+        type=_keras_epochs,
+        default=4,
+        help="epochs of the Keras model.fit reference on each framework's Keras backend"
+        " (0: skip it; else 2 or more); default 4",
+    )
+    parser.add_argument(
+        "--allow-busy",
+        action="store_true",
+        help="time even where other processes use the cores (the cells are flagged)",
+    )
+
+
+def _keras_epochs(text: str) -> int:
+    """--keras-epochs: 0 (no reference) or 2 and more, since the reference's speed is the
+    median of the epochs after the first (the first compiles and warms up)."""
+    value = int_in(0, MAX_EPOCHS)(text)
+    if value == 1:
+        raise argparse.ArgumentTypeError(
+            "1 leaves no epoch after the first, whose median is the reference's speed;"
+            " give 2 or more, or 0 to skip the reference"
+        )
+    return value
+
 
 REFERENCE_STAGE = "relu-xavier"
 KERAS_NOTE = (
@@ -145,7 +178,7 @@ def _keras(plan: Plan, epochs: int, backend: str, device: str) -> KerasReference
     """One Keras reference; a failure is one line and a reference without a figure, so the
     other backends' references and the table still come."""
     label = f"{keras_label(backend)} {device}"
-    watch = quiet.watch_before()
+    watch = load_monitor.watch_before()
     try:
         with tempfile.TemporaryDirectory(prefix="mlp-bench-keras-") as tmp:
             fit = LocalExecutor().keras_reference(
@@ -154,7 +187,7 @@ def _keras(plan: Plan, epochs: int, backend: str, device: str) -> KerasReference
     except BenchError as error:
         print(f"WARNING: {error}; the table shows - for it", flush=True)
         return KerasReference(backend, device, error=str(error))
-    load = quiet.watch_after(watch, {})
+    load = load_monitor.watch_after(watch, {})
     print(
         f"Keras model.fit reference, {REFERENCE_STAGE} on {label} (keras {fit.keras_version},"
         f" ran on {fit.ran_on}): {fit.samples_per_s:,.0f} samples/s",
@@ -233,7 +266,7 @@ def _table(execution: Execution, plan: Plan, keras_epochs: int) -> str:
     return text
 
 
-def cmd_perf(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     plan = plan_run(args, refuse_busy=not args.allow_busy)
     execution = execute(plan, "perf")
     if execution.interrupted:

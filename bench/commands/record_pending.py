@@ -17,6 +17,13 @@ from bench.recording.reader import INVOCATION_TAG
 from bench.recording.tracking import Tracker
 from bench.recording.unrecorded import KeptCell, kept_folders, load
 
+NAME = "record-pending"
+HELP = "record the cells a locked or read-only store could not take"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("folder", help="the folder the error named (.../unrecorded)")
+
 
 def _recorded_already(tracker: Tracker, kept: KeptCell) -> bool:
     """Whether the cell's run was ended by an earlier record-pending (of this folder or a copy
@@ -69,3 +76,7 @@ def cmd_record_pending(args: argparse.Namespace) -> int:
     if not folders:
         print(f"nothing to record in {args.folder}")
     return 0
+
+
+# The entry point bench.commands.cli dispatches to.
+run = cmd_record_pending

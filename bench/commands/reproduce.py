@@ -6,6 +6,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from bench.commands.arguments import add_tracking_uri
 from bench.commands.exits import EXIT_FAILED, EXIT_INTERRUPTED
 from bench.core.data import ensure_data
 from bench.core.errors import BenchError
@@ -13,6 +14,15 @@ from bench.core.options import Options
 from bench.execution.matrix import LocalExecutor
 from bench.execution.rerun import compare, recorded_spec, spec_differences
 from bench.recording.tracking import Tracker, resolve_tracking_uri
+
+NAME = "reproduce"
+HELP = "rerun a recorded cell and compare"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_id", help="the MLflow run id of a cell")
+    parser.add_argument("--data-dir", help="folder of the stage's data set files (MNIST's .gz)")
+    add_tracking_uri(parser)
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
@@ -49,3 +59,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     print(f"recorded as run {run_id}")
     return 0 if comparison.bit_identical else EXIT_FAILED
+
+
+# The entry point bench.commands.cli dispatches to.
+run = cmd_reproduce

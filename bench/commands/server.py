@@ -7,11 +7,13 @@ import argparse
 import os
 from pathlib import Path
 
+from bench.commands.arguments import int_in
 from bench.core.program import PROGRAM
 from bench.recording import store
-from bench.recording.server import (
+from bench.recording.mlflow_server import (
     DATABASE_ENV,
     DEFAULT_DATABASE,
+    SERVER_PORT,
     Database,
     backend_store_environment,
     basic_auth_environment,
@@ -22,8 +24,28 @@ from bench.recording.server import (
     users_folder,
 )
 
+NAME = "server"
+HELP = "a shared MLflow tracking server on PostgreSQL (nox -s server)"
 
-def cmd_server(args: argparse.Namespace) -> int:
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this host only)")
+    parser.add_argument("--port", type=int_in(1, 65535), default=SERVER_PORT)
+    parser.add_argument(
+        "--database-uri",
+        help=f"postgresql://USER:PASSWORD@HOST:PORT/DB (or {DATABASE_ENV}); default"
+        f" {DEFAULT_DATABASE}",
+    )
+    parser.add_argument("--artifacts", help="folder the server keeps artifacts in")
+    parser.add_argument(
+        "--basic-auth",
+        action="store_true",
+        help="MLflow's basic-auth app: clients log in with MLFLOW_TRACKING_USERNAME/PASSWORD",
+    )
+    parser.add_argument("--workers", type=int_in(1, 64), default=4)
+
+
+def run(args: argparse.Namespace) -> int:
     database = Database.parse(args.database_uri or os.environ.get(DATABASE_ENV, DEFAULT_DATABASE))
     check_listen(args.host, args.port)
     if args.basic_auth:

@@ -8,12 +8,21 @@ import argparse
 import os
 import shlex
 
+from bench.commands.arguments import add_tracking_uri, int_in
 from bench.core.errors import BenchError
 from bench.core.program import PROGRAM
 from bench.recording import store, views
 from bench.recording.links import UI_HOST, UI_PORT, cells_url, ui_command, view_url
-from bench.recording.server import check_listen, quiet_server_environment
+from bench.recording.mlflow_server import check_listen, quiet_server_environment
 from bench.recording.tracking import Tracker, resolve_tracking_uri
+
+NAME = "ui"
+HELP = "serve a store's MLflow UI (a moved or copied results/ included)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", type=int_in(1, 65535), help="default 5000")
+    add_tracking_uri(parser, "a SQLite store (or MLFLOW_TRACKING_URI)")
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -41,3 +50,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     print(" ".join(command), flush=True)
     quiet_server_environment()
     os.execvp(command[0], command)  # the server replaces this process: Ctrl-C stops it
+
+
+# The entry point bench.commands.cli dispatches to.
+run = cmd_ui

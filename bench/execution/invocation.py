@@ -19,7 +19,7 @@ from bench.core.program import PROGRAM
 from bench.core.seeding import describe_seeds
 from bench.core.spec import StageSpec
 from bench.core.types import Cell, CellRun
-from bench.execution import quiet
+from bench.execution import load_monitor
 from bench.execution.matrix import ClusterExecutor, LocalExecutor, NodePeak, run_matrix
 from bench.execution.peaks import peak_uses_tf32
 from bench.recording import views
@@ -48,7 +48,7 @@ class Plan:
     experiment: str
     seeds: list[int] = field(default_factory=lambda: [0])
     # What else ran on the machine just before, and why it counts as busy (None: quiet).
-    machine: quiet.Activity | None = None
+    machine: load_monitor.Activity | None = None
     busy: str | None = None
     measure_peaks: bool = True  # --no-peak: False
     cell_timeout_s: int | None = None  # None: the matrix's default for the cell's epochs
@@ -61,11 +61,11 @@ class Plan:
     resumed: RecordedInvocation | None = None
 
 
-def check_machine(refuse_busy: bool) -> tuple[quiet.Activity, str | None]:
+def check_machine(refuse_busy: bool) -> tuple[load_monitor.Activity, str | None]:
     """Before any peak or cell (and before the store is written): are the cores free? A
     second process on 2 cores made the torch cells 5-17x slower."""
-    activity = quiet.probe_activity()
-    reason = quiet.busy_reason(activity, os.cpu_count() or 1)
+    activity = load_monitor.probe_activity()
+    reason = load_monitor.busy_reason(activity, os.cpu_count() or 1)
     if reason is not None and refuse_busy:
         raise BenchError(
             f"the machine is busy, so timings would be wrong: {reason} or pass --allow-busy"
@@ -248,7 +248,7 @@ def execute(plan: Plan, kind: str) -> Execution:
         )
         if plan.cluster is not None:
             tracker.log_metrics(parent_id, node_peak_metrics(plan.cluster.node_peaks()))
-        for line in quiet.canary_failure_lines(runs):
+        for line in load_monitor.canary_failure_lines(runs):
             print(line, flush=True)
         failed = sum(run.result is None for run in runs)
         planned = len(plan.resumed.cells) if plan.resumed is not None else len(runs)

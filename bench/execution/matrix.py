@@ -25,7 +25,7 @@ from backends.keras_reference import keras_label
 from bench.core.errors import BenchError
 from bench.core.options import Options
 from bench.core.types import Cell, CellResult, CellRun, EpochRecord
-from bench.execution import quiet
+from bench.execution import load_monitor
 from bench.execution.peaks import peak_label, peak_request
 
 # A cell's default time limit: generous, so that only a hung worker meets it. On 2 CPU cores
@@ -386,7 +386,7 @@ def run_matrix(
         return sorted(runs, key=lambda run: order[run.cell])
     runs = []
     for index, cell in enumerate(cells, start=1):
-        watch = quiet.watch_before()
+        watch = load_monitor.watch_before()
         clock = _PhaseClock()
         with clock.timing("display"):
             observer.cell_started(index, len(cells), cell)
@@ -413,7 +413,7 @@ def run_matrix(
             )
             if run.result is not None:
                 with clock.paused():
-                    run.load = quiet.watch_after(watch, run.result.spread)
+                    run.load = load_monitor.watch_after(watch, run.result.spread)
             run.timings["started_at"] = clock.started_at
             _finish(run, run_id, clock, tracker, figures)
         observer.cell_finished(run)

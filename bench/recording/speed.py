@@ -123,6 +123,6 @@ def speed_figures(
     spec = specs[run.cell.stage]
     metrics |= roofline(result.train_samples_per_s, spec, machine, peak)
     metrics["flops_per_sample"] = float(flops_per_sample(spec))
-    if run.load is not None:  # the canary and what else ran: measured by bench.execution.quiet
+    if run.load is not None:  # the canary and what else ran: bench.execution.load_monitor's
         metrics |= run.load.metrics()
     return metrics

@@ -114,7 +114,7 @@ def results_table(runs: list[CellRun], specs: dict[str, StageSpec]) -> str:
 
 def speed_mark(run: CellRun) -> str:
     """A "!" after the samples/s of a cell whose speed is not to be trusted (see
-    bench.execution.quiet)."""
+    bench.execution.load_monitor)."""
     return "!" if run.load is not None and not run.load.stable else ""
 
 

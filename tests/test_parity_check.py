@@ -10,7 +10,7 @@ import pytest
 from backends import installed_backends
 from bench.core.spec import STAGE_NAMES, load_stage
 from bench.execution.matrix import LocalExecutor
-from bench.execution.parity import (
+from bench.execution.parity_check import (
     ParityReport,
     parity_options,
     relative_difference,

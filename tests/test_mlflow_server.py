@@ -19,7 +19,7 @@ import pytest
 
 from bench.core.errors import BenchError
 from bench.recording import store
-from bench.recording.server import Database, users_folder
+from bench.recording.mlflow_server import Database, users_folder
 from tests.conftest import ROOT
 from tests.live import (
     PATIENCE_S,

@@ -1,16 +1,16 @@
-"""PyTorch backend: data on the device, a plain loop per epoch, losses kept on the device."""
+"""PyTorch backend: data on the device, a plain loop per epoch, losses kept on the device.
+
+Its products' library (products, matmul_tuner) and the CUDA-graph replay of its step
+(cuda_graphs) are modules of their own beside it."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import re
-import statistics
 import time
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -25,10 +25,13 @@ from backends.base import (
     dropout_threshold,
     initial_arrays,
 )
-from bench.core.data import Splits, resolve_cache_dir
+from backends.torch.cuda_graphs import GraphedStep, check_cuda_graphs
+from backends.torch.matmul_tuner import resolve_matmul
+from backends.torch.products import MklProducts, OneDnnProducts, Products
+from bench.core.data import Splits
 from bench.core.devices import gpu_driver_version
 from bench.core.errors import BenchError
-from bench.core.options import ONEDNN_ONLY, Options
+from bench.core.options import Options
 from bench.core.seeding import SeededRun
 from bench.core.spec import StageSpec
 from bench.core.types import Device
@@ -46,189 +49,8 @@ def _views(flat: torch.Tensor, like: list[np.ndarray]) -> list[torch.Tensor]:
 # The algorithm behind torch.Generator on each device type.
 _GENERATORS = {"cpu": "Mersenne Twister", "cuda": "Philox4x32-10"}
 
-
-def check_cuda_graphs(options: Options, device: Device) -> None:
-    """--cuda-graphs replays the fast float32 step on a GPU; say why anything else is refused."""
-    if not options.cuda_graphs:
-        return
-    if options.dtype == "float64":
-        # The fused Adam kernel reads a captured lr_t from a float32 tensor, while the eager
-        # step hands it a double: the graph would round lr_t where the eager step does not.
-        raise BenchError("--cuda-graphs trains in float32 only; drop --dtype float64")
-    if device != "gpu" or options.parity:
-        raise BenchError("--cuda-graphs: PyTorch on a GPU, outside parity mode, only")
-
-
 # A step count at which 1 - beta**step is exactly 1 in double precision for any beta < 0.99999.
 _NO_BIAS_CORRECTION = 1e9
-
-
-def _linear(a: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """oneDNN's a @ w.T + bias, on plain (strided) tensors."""
-    out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(a, w, bias, "none", [], "")
-    return out
-
-
-class _MklProducts:
-    """PyTorch's own products: MKL's sgemm on x86 CPUs, cuBLAS on GPUs. The dropout scale
-    1 / keep folds into each product's alpha and SGD's update into the weight-gradient product
-    (W.addmm_(h.T, d, alpha=-lr)): no pass of its own."""
-
-    name = "mkl"
-    scaled_masks = False  # the masks stay 0/1: the products' alpha carries 1 / keep
-
-    def __init__(self, zero: torch.Tensor) -> None:
-        self._zero = zero  # addmm's input with beta=0
-
-    def layer(
-        self, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, alpha: float
-    ) -> torch.Tensor:
-        return torch.addmm(b, h, w, alpha=alpha)
-
-    def input_grad(self, delta: torch.Tensor, w: torch.Tensor, alpha: float) -> torch.Tensor:
-        return torch.addmm(self._zero, delta, w.T, beta=0.0, alpha=alpha)
-
-    def weight_grad(
-        self, out: torch.Tensor, h: torch.Tensor, delta: torch.Tensor, alpha: float
-    ) -> None:
-        torch.addmm(out, h.T, delta, beta=0.0, alpha=alpha, out=out)
-
-    def sgd(
-        self, w: torch.Tensor, h: torch.Tensor, delta: torch.Tensor, lr: float, alpha: float
-    ) -> None:
-        w.addmm_(h.T, delta, alpha=-lr * alpha)
-
-    def square(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return torch.mm(a, b)
-
-
-class _OneDnnProducts:
-    """The same products through the oneDNN that PyTorch bundles (TensorFlow's CPU library).
-    MKL takes slower code paths on non-Intel CPUs, while oneDNN picks its kernels by the
-    instruction set: on a 2-core AVX-512 AMD EPYC, a 100x784 by 784x256 product ran at 404
-    GFLOP/s here against MKL's 191. Its linear has no alpha, so dropout's masks carry 1 / keep
-    (the inputs arrive scaled) and the input gradient is scaled by a pass of its own."""
-
-    name = "onednn"
-    scaled_masks = True
-
-    def layer(
-        self, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, alpha: float
-    ) -> torch.Tensor:
-        return _linear(h, w.T, b)  # h is scaled already (scaled_masks)
-
-    def input_grad(self, delta: torch.Tensor, w: torch.Tensor, alpha: float) -> torch.Tensor:
-        product = _linear(delta, w, None)
-        return product if alpha == 1.0 else product.mul_(alpha)
-
-    def weight_grad(
-        self, out: torch.Tensor, h: torch.Tensor, delta: torch.Tensor, alpha: float
-    ) -> None:
-        out.copy_(_linear(h.T, delta.T, None))
-
-    def sgd(
-        self, w: torch.Tensor, h: torch.Tensor, delta: torch.Tensor, lr: float, alpha: float
-    ) -> None:
-        w.sub_(_linear(h.T, delta.T, None), alpha=lr)
-
-    def square(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return _linear(a, b, None)  # a @ b.T: the same FLOPs as a @ b
-
-
-_Products = _MklProducts | _OneDnnProducts
-# A choice is cached per machine, PyTorch release and thread count, so that reruns on one
-# machine take the same path and stay bit-identical.
-MATMUL_CHOICES_FILE = "torch-matmul.json"
-# oneDNN is taken only when clearly faster: near a tie, MKL (PyTorch's default) stays.
-ONEDNN_MARGIN = 1.05
-
-
-class _StepProducts:
-    """The training step's batch-100 products (forward, input and weight gradients of a
-    784x256 and a 256x256 layer), timed in short bursts through one library."""
-
-    def __init__(self) -> None:
-        generator = torch.Generator().manual_seed(0)
-        self._layers = [
-            (torch.rand(100, n, generator=generator), torch.rand(n, 256, generator=generator))
-            for n in (784, 256)
-        ]
-        self._delta = torch.rand(100, 256, generator=generator)
-        self._bias = torch.zeros(256)
-        self._grads = [torch.empty(n, 256) for n in (784, 256)]
-        self.flops = sum(3 * 2 * 100 * h.shape[1] * 256 for h, _ in self._layers) * 10
-
-    def burst(self, products: _Products) -> float:
-        """GFLOP/s of ten steps' products."""
-        start = time.perf_counter()
-        for _ in range(10):
-            for (h, w), grad in zip(self._layers, self._grads, strict=True):
-                products.layer(h, w, self._bias, 1.0)
-                products.input_grad(self._delta, w, 1.0)
-                products.weight_grad(grad, h, self._delta, 1.0)
-        return self.flops / (time.perf_counter() - start) / 1e9
-
-
-def _measure_choice(rounds: int = 7) -> dict[str, str]:
-    """MKL against oneDNN, in alternating bursts (a load that comes and goes falls on both),
-    the median of each; the first round warms both up."""
-    paths: list[_Products] = [_MklProducts(torch.zeros(())), _OneDnnProducts()]
-    step = _StepProducts()
-    rates: dict[str, list[float]] = {"mkl": [], "onednn": []}
-    for _ in range(rounds + 1):
-        for products in paths:
-            rates[products.name].append(step.burst(products))
-    mkl, onednn = (statistics.median(rates[name][1:]) for name in ("mkl", "onednn"))
-    choice = "onednn" if onednn > ONEDNN_MARGIN * mkl else "mkl"
-    return {
-        "choice": choice,
-        "reason": f"measured: MKL {mkl:.0f}, oneDNN {onednn:.0f} GFLOP/s on the batch-100"
-        f" products ({time.strftime('%Y-%m-%d')})",
-    }
-
-
-def _choices_path() -> Path:
-    return resolve_cache_dir(None) / MATMUL_CHOICES_FILE
-
-
-def auto_matmul(threads: int) -> tuple[str, str]:
-    """ "mkl" or "onednn" for this machine, and why: measured once, then read from the cache."""
-    from bench.core.devices import cpu_isa, cpu_model
-
-    # The model name alone does not tell one AMD EPYC from another: the ISA does.
-    key = f"{cpu_model()} ({cpu_isa()}) | torch {torch.__version__} | {threads} threads"
-    path = _choices_path()
-    try:
-        choices = json.loads(path.read_text())
-    except (OSError, ValueError):
-        choices = {}
-    if key not in choices:
-        choices[key] = _measure_choice()
-        with contextlib.suppress(OSError):  # an unwritable cache measures again next time
-            path.parent.mkdir(parents=True, exist_ok=True)
-            scratch = path.with_suffix(f".{os.getpid()}.tmp")
-            scratch.write_text(json.dumps(choices, indent=1, sort_keys=True))
-            scratch.replace(path)
-    entry = choices[key]
-    return entry["choice"], f"auto, {entry['reason']}"
-
-
-def resolve_matmul(options: Options, device: Device, threads: int) -> tuple[str, str]:
-    """Which library computes this backend's products, and why."""
-    fixed = None
-    if device == "gpu":
-        fixed = "cublas", "a GPU: cuBLAS"
-    elif options.parity:
-        fixed = "mkl", "parity mode: autograd products, unchanged"
-    elif options.dtype == "float64":
-        fixed = "mkl", "float64: oneDNN has no double-precision products"
-    if fixed is not None:
-        if options.torch_matmul == "onednn":
-            raise BenchError(ONEDNN_ONLY)
-        return fixed
-    if options.torch_matmul != "auto":
-        return options.torch_matmul, "asked for (--torch-matmul)"
-    return auto_matmul(threads)
 
 
 class _MaskBuffers:
@@ -243,80 +65,6 @@ class _MaskBuffers:
             part.view(shape)
             for part, shape in zip(torch.split(self.flat, sizes), shapes, strict=True)
         ]
-
-
-# A step as _GraphedStep captures it: (inputs, labels as a column, dropout masks, lr) -> loss.
-_FastStep = Callable[
-    [torch.Tensor, torch.Tensor, list[torch.Tensor] | None, float | torch.Tensor], torch.Tensor
-]
-
-
-class _GraphedStep:
-    """CUDA graphs (--cuda-graphs): the fast training step captured once, then replayed.
-
-    A step is ~40 small kernels; on a GPU their launches, not the arithmetic, bound this
-    model, and a replay submits them all at once. The first steps run eagerly on a side
-    stream (capture needs warmed-up cuBLAS handles and allocator pools); the next is captured
-    and every later step replays it, reading its batch and Adam's lr_t from static tensors.
-    """
-
-    WARMUP_STEPS = 3
-
-    def __init__(
-        self,
-        step: _FastStep,
-        draw: Callable[[], list[torch.Tensor]] | None,  # one step's own dropout masks
-        train_x: torch.Tensor,
-        train_y: torch.Tensor,
-        batch: int,
-        generator: torch.Generator | None,  # the dropout RNG, advanced by each replay
-        adam: bool,
-    ) -> None:
-        device = train_x.device
-        self._step, self._draw, self._train_x, self._train_y = step, draw, train_x, train_y
-        self._batch = torch.zeros(batch, dtype=torch.int64, device=device)
-        self._x = torch.empty((batch, train_x.shape[1]), dtype=train_x.dtype, device=device)
-        self._y = torch.empty(batch, dtype=train_y.dtype, device=device)
-        self._adam = adam
-        self.lr_t = torch.zeros((), dtype=torch.float32, device=device)
-        self._lr = 0.0  # SGD's rate, the same every step: a constant of the captured graph
-        self._generator = generator
-        self._warmup_left = self.WARMUP_STEPS
-        self._graph: torch.cuda.CUDAGraph | None = None
-        self._loss = torch.empty(())
-        self._side = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
-
-    def step(self, batch: torch.Tensor, lr: float) -> torch.Tensor:
-        """One training step on these sample indices; its loss (on the device)."""
-        self._batch.copy_(batch)
-        if self._adam:
-            self.lr_t.fill_(lr)
-        else:
-            self._lr = lr
-        if self._warmup_left:
-            self._warmup_left -= 1
-            self._side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(self._side):
-                loss = self._run()
-            torch.cuda.current_stream().wait_stream(self._side)
-            return loss
-        if self._graph is None:  # capture records the step without running it
-            self._graph = torch.cuda.CUDAGraph()
-            if self._generator is not None:
-                self._graph.register_generator_state(self._generator)
-            with torch.cuda.graph(self._graph):
-                self._loss = self._run()
-        self._graph.replay()
-        return self._loss
-
-    def _run(self) -> torch.Tensor:
-        torch.index_select(self._train_x, 0, self._batch, out=self._x)
-        torch.index_select(self._train_y, 0, self._batch, out=self._y)
-        masks = None if self._draw is None else self._draw()
-        # Adam's fused kernel reads lr_t from the static tensor that each replay refills.
-        return self._step(
-            self._x, self._y.view(-1, 1), masks, self.lr_t if self._adam else self._lr
-        )
 
 
 class TorchBackend(Backend):
@@ -353,8 +101,8 @@ class TorchBackend(Backend):
         self._compute = torch.float64 if options.compute_dtype == "float64" else torch.float32
         self._matmul, self._matmul_reason = resolve_matmul(options, device, threads)
         self._zero = torch.zeros((), device=self._device, dtype=self._dtype)  # addmm, beta=0
-        self._mm: _Products = (
-            _OneDnnProducts() if self._matmul == "onednn" else _MklProducts(self._zero)
+        self._mm: Products = (
+            OneDnnProducts() if self._matmul == "onednn" else MklProducts(self._zero)
         )
 
     @staticmethod
@@ -416,7 +164,7 @@ class TorchBackend(Backend):
             draw = None
             if rate > 0.0:  # a draw is part of the captured step: each replay draws anew
                 draw = functools.partial(self._dropout_masks, self._rng, shapes)
-            self._graphs = _GraphedStep(
+            self._graphs = GraphedStep(
                 self._step_fast,
                 draw,
                 self._train_x,
@@ -615,7 +363,7 @@ class TorchBackend(Backend):
         here, _step_fast folds it into the weight-gradient products; Adam runs PyTorch's fused
         (one-pass) kernel over the flat buffers. With its bias corrections made exactly 1 (see
         build), the kernel computes p -= lr * m / (sqrt(v) + eps): the TF1 rule when lr is
-        TF1's lr_t and eps its epsilon. `lr` is a tensor in a CUDA graph (_GraphedStep)."""
+        TF1's lr_t and eps its epsilon. `lr` is a tensor in a CUDA graph (GraphedStep)."""
         if self._options.parity:
             assert isinstance(lr, float)
             self._update_explicit(state, grads, lr)

@@ -1,5 +1,5 @@
-"""bench.execution.quiet: other processes' CPU use, the busy check, the canary and each cell's
-verdict.
+"""bench.execution.load_monitor: other processes' CPU use, the busy check, the canary and each
+cell's verdict.
 
 The unit tests build their samples by hand, so their numbers are exact; the one test on the
 real machine makes its own load (two spinning processes), so it holds however fast or busy the
@@ -21,8 +21,7 @@ from threadpoolctl import threadpool_limits
 
 from bench.core.spec import load_stage
 from bench.core.types import Cell, CellLoad, CellResult, CellRun
-from bench.execution.matrix import _PhaseClock
-from bench.execution.quiet import (
+from bench.execution.load_monitor import (
     BUSY_CORES,
     Activity,
     CpuSample,
@@ -40,6 +39,7 @@ from bench.execution.quiet import (
     watch_after,
     watch_before,
 )
+from bench.execution.matrix import _PhaseClock
 from bench.recording.tables import results_table
 from tests.live import competing_processes
 
