@@ -56,6 +56,10 @@ class EpochRecord:
     epoch_seconds: float  # training only, device synchronised; evaluation excluded
 
 
+# The EpochRecord fields recorded as per-epoch metric histories: written and read by this list.
+EPOCH_METRICS = ("train_loss", "val_accuracy", "epoch_seconds")
+
+
 @dataclass
 class CellResult:
     cell: Cell

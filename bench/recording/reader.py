@@ -17,7 +17,7 @@ import numpy as np
 
 from bench.core.errors import BenchError
 from bench.core.spec import ExpectedSpec, StageSpec, parse_stage, with_epochs
-from bench.core.types import Cell
+from bench.core.types import EPOCH_METRICS, Cell
 
 # On every cell and group run: the id of the invocation's (parent) run, so
 # `tags.invocation = '<id>' and tags.kind = 'cell'` finds an invocation's cells.
@@ -28,7 +28,6 @@ NOTE_TAG = "mlflow.note.content"
 # The kinds of parent run (the tag `kind` of an invocation's run). A comparison has no cells.
 PARENT_KINDS = ("matrix", "perf", "parity", "comparison")
 PAIRABLE_KINDS = ("matrix", "perf")  # the parents whose cells `compare` can pair
-HISTORY_KEYS = ("train_loss", "val_accuracy", "epoch_seconds")  # the per-epoch metrics
 STEP_LOSSES = "step_losses.csv"  # a finished cell's artifact: its loss at every step
 PAGE_SIZE = 1_000  # MLflow's own default page; every page is followed, so this bounds nothing
 # Artifacts of a parent run that the report shows as they are (perf's table, parity's curve).
@@ -445,7 +444,7 @@ class Reader:
             tags=run.tags,
             params=run.params,
             metrics=run.metrics,
-            cells=self.cells(run, histories=HISTORY_KEYS, stage_files=True),
+            cells=self.cells(run, histories=EPOCH_METRICS, stage_files=True),
             tracking_uri=self.shown_uri,
             texts=texts,
             images=images,

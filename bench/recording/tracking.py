@@ -24,7 +24,7 @@ from bench.core.options import Options
 from bench.core.program import PROGRAM
 from bench.core.seeding import describe_seeds
 from bench.core.spec import StageSpec
-from bench.core.types import ENV_PREFIX, Cell, CellResult, CellRun, EpochRecord
+from bench.core.types import ENV_PREFIX, EPOCH_METRICS, Cell, CellResult, CellRun, EpochRecord
 from bench.recording import markdown, store, unrecorded, views
 from bench.recording.reader import GROUP_TAG, INVOCATION_TAG, NOTE_TAG, Reader, RecordedCell
 from bench.recording.resume_plan import (
@@ -272,7 +272,7 @@ class Tracker:
             metrics=[
                 Metric(key, float(getattr(record, key)), now, record.epoch)
                 for record in records
-                for key in ("train_loss", "val_accuracy", "epoch_seconds")
+                for key in EPOCH_METRICS
             ],
         )
 
