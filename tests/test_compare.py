@@ -26,7 +26,7 @@ from bench.recording import verdict as compare
 from bench.recording.tracking import Tracker
 from bench.recording.user_tags import parse_tag
 from bench.recording.verdict import (
-    CellData,
+    JudgedCell,
     Fingerprint,
     Settings,
     Side,
@@ -136,8 +136,8 @@ def _cell(
     cpu: str = "AMD EPYC",
     numpy_version: str = "2.4",
     stable: bool = True,
-) -> CellData:
-    return CellData(
+) -> JudgedCell:
+    return JudgedCell(
         key=("relu-xavier", "torch", "cpu", seed),
         run_id=f"run{seed}",
         outcome=outcome,
@@ -151,7 +151,7 @@ def _cell(
     )
 
 
-def _side(run_id: str, *cells: CellData, stable: bool = True, drift: float = 0.0) -> Side:
+def _side(run_id: str, *cells: JudgedCell, stable: bool = True, drift: float = 0.0) -> Side:
     return Side(
         run_id=run_id,
         name=run_id,
@@ -226,7 +226,7 @@ def test_one_process_a_side_within_the_run_noise_is_inconclusive() -> None:
     assert lowered.exit_code == compare.EXIT_REGRESSION
 
 
-def _processes(medians: list[float], epochs: int = 3) -> list[CellData]:
+def _processes(medians: list[float], epochs: int = 3) -> list[JudgedCell]:
     """Cells of seeds 0.. whose epochs sit within 1% of each median."""
     return [
         _cell(seed, rates=[m * (1 + 0.01 * (e % 2)) for e in range(epochs)])
@@ -300,7 +300,7 @@ def test_a_cell_without_an_outcome_is_killed_or_unfinished_not_failed() -> None:
     assert compare.cell_outcome({"outcome": "diverged"}, "FINISHED") == "diverged"
 
 
-def _killed(seed: int) -> CellData:
+def _killed(seed: int) -> JudgedCell:
     """A cell interrupted after a few slow epochs: no accuracy, no step losses."""
     cut = replace(_cell(seed, rates=SLOW), outcome="killed", test_accuracy=None)
     return replace(cut, step_losses=None)
@@ -359,7 +359,7 @@ def test_other_training_is_listed_and_not_judged() -> None:
     assert result.trained_changes == {} and result.exit_code == compare.EXIT_OK
 
 
-def _matrix(rates: list[float], **changed: Any) -> list[CellData]:
+def _matrix(rates: list[float], **changed: Any) -> list[JudgedCell]:
     """One cell of each stage and backend of a 12-cell matrix, `changed` in each."""
     return [
         replace(_cell(rates=rates, **changed), key=(stage, backend, "cpu", 0))

@@ -117,7 +117,7 @@ def resolve_run(reader: Reader, side: str, uri: str) -> RecordedRun:
     return run
 
 
-def _judged(recorded: RecordedCell) -> compare.CellData:
+def _judged(recorded: RecordedCell) -> compare.JudgedCell:
     """A recorded cell as the comparison judges it: its key, rates and fingerprint."""
     tags, params = recorded.tags, normalised(recorded.params)
     cell = recorded.cell
@@ -128,7 +128,7 @@ def _judged(recorded: RecordedCell) -> compare.CellData:
     accuracy = recorded.metrics.get("test_accuracy")
     spec = {k: v for k, v in params.items() if k.split(".")[0] in SPEC_SECTIONS}
     environment = environment_of(params)
-    return compare.CellData(
+    return compare.JudgedCell(
         key=key,
         run_id=recorded.run_id,
         outcome=compare.cell_outcome(tags, recorded.status),

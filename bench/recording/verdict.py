@@ -111,8 +111,9 @@ class Fingerprint:
 
 
 @dataclass(frozen=True)
-class CellData:
-    """One recorded cell, as compare needs it."""
+class JudgedCell:
+    """What the verdict weighs of one recorded cell (a reader.RecordedCell): its pairing key,
+    steady rates, step losses and what must match for a bitwise comparison."""
 
     key: CellKey
     run_id: str
@@ -140,7 +141,7 @@ class Side:
     name: str
     experiment_id: str
     options: dict[str, str]
-    cells: dict[CellKey, CellData]
+    cells: dict[CellKey, JudgedCell]
     speed_stable: bool = True
     peak_drift: dict[str, float] = field(default_factory=dict)
     status: str = "FINISHED"  # the parent run's: KILLED or FAILED where it was cut short
@@ -327,7 +328,7 @@ def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def accuracy_test(pairs: list[tuple[CellData, CellData]], settings: Settings) -> AccuracyResult:
+def accuracy_test(pairs: list[tuple[JudgedCell, JudgedCell]], settings: Settings) -> AccuracyResult:
     """The accuracy verdict of one stage x backend x device group's paired cells."""
     stage, backend, device, _ = pairs[0][0].key
     group = f"{stage}/{backend}/{device}"
@@ -357,7 +358,7 @@ def accuracy_test(pairs: list[tuple[CellData, CellData]], settings: Settings) ->
     return AccuracyResult(group, "welch", verdict, detail, p_value=p_value, **means)
 
 
-def _bitwise_comparable(base: CellData, cand: CellData) -> bool:
+def _bitwise_comparable(base: JudgedCell, cand: JudgedCell) -> bool:
     """Same fingerprint, same stage file, deterministic both: the losses must be the same bits."""
     return (
         base.deterministic
@@ -372,8 +373,8 @@ def _bitwise_comparable(base: CellData, cand: CellData) -> bool:
 @dataclass(frozen=True)
 class PairResult:
     key: CellKey
-    base: CellData
-    cand: CellData
+    base: JudgedCell
+    cand: JudgedCell
     speed: SpeedResult | None  # over the pair's epochs
     by_processes: bool = False  # its group's speed is judged over processes instead
     not_judged: str = ""  # why neither its accuracy nor its speed is judged ("": judged)
@@ -388,12 +389,12 @@ class GroupSpeed:
     speed: SpeedResult
 
 
-def process_medians(cells: Iterable[CellData]) -> list[float]:
+def process_medians(cells: Iterable[JudgedCell]) -> list[float]:
     return [float(np.median(c.rates)) for c in cells if c.rates]
 
 
 def group_speed(
-    group: str, pairs: list[tuple[CellData, CellData]], settings: Settings
+    group: str, pairs: list[tuple[JudgedCell, JudgedCell]], settings: Settings
 ) -> GroupSpeed | None:
     """The group's speed over processes, or None where the exact test could not reach alpha
     with its processes (fewer than 5 a side at 0.01): then each cell is judged on its epochs
@@ -464,7 +465,7 @@ def numeric_option_mismatch(base: Side, cand: Side) -> dict[str, tuple[str, str]
 
 
 def _fingerprint_changes(
-    pairs: list[tuple[CellData, CellData]], part: str
+    pairs: list[tuple[JudgedCell, JudgedCell]], part: str
 ) -> dict[str, tuple[str, str]]:
     """Differences of one part (hardware or software) over all pairs, named by backend where
     the value is a framework's."""
@@ -476,7 +477,7 @@ def _fingerprint_changes(
     return found
 
 
-def _trained_changes(pairs: list[tuple[CellData, CellData]]) -> dict[str, tuple[str, str]]:
+def _trained_changes(pairs: list[tuple[JudgedCell, JudgedCell]]) -> dict[str, tuple[str, str]]:
     """What was trained that differs, named by stage: its stage file's params (epochs
     included), the data digest and the options that change the numbers computed."""
     found: dict[str, tuple[str, str]] = {}
@@ -495,7 +496,7 @@ def _without(values: dict[str, str], key: str) -> dict[str, str]:
     return {k: v for k, v in values.items() if k != key}
 
 
-def _not_judged(base: CellData, cand: CellData) -> str:
+def _not_judged(base: JudgedCell, cand: JudgedCell) -> str:
     """Why a pair cannot be judged: a cell that did not finish, or other training."""
     sides = (("baseline", base), ("candidate", cand))
     unfinished = [f"{c.outcome} in the {role}" for role, c in sides if not c.finished]
@@ -506,7 +507,7 @@ def _not_judged(base: CellData, cand: CellData) -> str:
     return ""
 
 
-def _cut_short(side: Side, role: str, cells: Iterable[CellData], not_run: int) -> list[str]:
+def _cut_short(side: Side, role: str, cells: Iterable[JudgedCell], not_run: int) -> list[str]:
     """Why one side's cells cannot all be judged: its run ended KILLED or FAILED, or cells of
     it that did not finish; the advice to finish them."""
     names = [f"{cell_name(c.key)} {c.outcome}" for c in cells if not c.finished]
@@ -520,7 +521,7 @@ def _cut_short(side: Side, role: str, cells: Iterable[CellData], not_run: int) -
     return [f"{role} run {side.run_id}{ended}: {told}; {side.finish_hint} and compare again"]
 
 
-def _speed_flags(side: Side, role: str, cells: Iterable[CellData]) -> list[str]:
+def _speed_flags(side: Side, role: str, cells: Iterable[JudgedCell]) -> list[str]:
     """Why a side's timings cannot be trusted: a peak that moved, a run flagged unstable."""
     flags = [
         f"{role}: peak {name} moved {drift:+.0%} during the run (limit {PEAK_DRIFT_LIMIT:.0%})"
@@ -590,7 +591,7 @@ def compare(baseline: Side, candidate: Side, settings: Settings) -> Comparison:
     judged = [(b, c) for b, c in matched if not reasons[b.key]]
     finished = [(b, c) for b, c in matched if b.finished and c.finished]
     hardware = _fingerprint_changes(finished, "hardware")
-    by_group: dict[str, list[tuple[CellData, CellData]]] = {}
+    by_group: dict[str, list[tuple[JudgedCell, JudgedCell]]] = {}
     for b, c in judged:
         by_group.setdefault(group_of(b.key), []).append((b, c))
     found = (group_speed(name, members, settings) for name, members in by_group.items())
@@ -646,7 +647,7 @@ def compare(baseline: Side, candidate: Side, settings: Settings) -> Comparison:
 
 def _accuracy(
     pairs: list[PairResult],
-    judged: dict[str, list[tuple[CellData, CellData]]],
+    judged: dict[str, list[tuple[JudgedCell, JudgedCell]]],
     settings: Settings,
 ) -> list[AccuracyResult]:
     """Each group's accuracy over its judged pairs; "not judged", with why, where it has none."""
@@ -662,7 +663,7 @@ def _accuracy(
 
 
 def _unjudged_lines(
-    baseline: Side, candidate: Side, matched: list[tuple[CellData, CellData]]
+    baseline: Side, candidate: Side, matched: list[tuple[JudgedCell, JudgedCell]]
 ) -> list[str]:
     """The reasons some pairs were not judged: a side cut short, other training."""
     lines = _cut_short(
