@@ -26,8 +26,8 @@ from bench.recording import verdict as compare
 from bench.recording.tracking import Tracker
 from bench.recording.user_tags import parse_tag
 from bench.recording.verdict import (
-    JudgedCell,
     Fingerprint,
+    JudgedCell,
     Settings,
     Side,
     first_difference,
