@@ -139,14 +139,11 @@ _RESUME_MAY_SET = {
 }
 
 
-def plan_resume(args: argparse.Namespace) -> Plan:
+def plan_resume(args: argparse.Namespace, defaults: dict[str, object]) -> Plan:
     """The cells of a recorded invocation that did not finish, with its own stages and options,
-    to be run under its parent run."""
-    from bench.commands.cli import build_parser
-
-    defaults = vars(build_parser().parse_args(["run"]))
+    to be run under its parent run. `defaults`: the run command's arguments left unset."""
     for name, value in vars(args).items():
-        if name not in _RESUME_MAY_SET and value != defaults.get(name):
+        if name in defaults and name not in _RESUME_MAY_SET and value != defaults[name]:
             raise BenchError(
                 f"--resume runs the recorded invocation's own cells, stages and options; drop"
                 f" --{name.replace('_', '-')}"

@@ -56,8 +56,15 @@ def _add_executor(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _defaults() -> dict[str, object]:
+    """This command's arguments as they are when none is given: what --resume allows."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return vars(parser.parse_args([]))
+
+
 def run(args: argparse.Namespace) -> int:
-    plan = plan_resume(args) if args.resume else plan_run(args)
+    plan = plan_resume(args, _defaults()) if args.resume else plan_run(args)
     execution = execute(plan, "matrix")
     if execution.interrupted:
         return EXIT_INTERRUPTED

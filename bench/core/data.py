@@ -24,14 +24,14 @@ from typing import TYPE_CHECKING, BinaryIO
 import numpy as np
 import numpy.typing as npt
 
-from bench.core.errors import BenchError
+from bench.core.datasets.dataset import DATA_DIR_ENV, FIX_HINT
+from bench.core.errors import BenchError, one_line
 
 if TYPE_CHECKING:
     from bench.core.datasets.dataset import DataFile, Dataset, Rows
 
 log = logging.getLogger(__name__)
 
-DATA_DIR_ENV = "MLP_BENCH_DATA_DIR"
 CACHE_DIR_ENV = "MLP_BENCH_CACHE_DIR"
 # The default data dir; each data set has its folder, named as it, in a data dir:
 # ~/.cache/mlp-bench/mnist, ~/.cache/mlp-bench/fashion-mnist.
@@ -48,13 +48,7 @@ _TRANSFER_START_SECONDS = 60.0
 _TRANSFER_MIN_BYTES_PER_S = 50_000
 # Seconds a connect or a single read may take.
 _READ_TIMEOUT = 30.0
-FIX_HINT = f"point --data-dir or {DATA_DIR_ENV} at a folder holding a good copy"
 _REPLACE_FIX = f"delete it to re-download it, or {FIX_HINT}"
-
-
-def one_line(text: object) -> str:
-    """Collapse whitespace so that an error message stays on one line."""
-    return " ".join(str(text).split())
 
 
 def default_data_dir(dataset: Dataset) -> Path:

@@ -8,3 +8,8 @@ class BenchError(Exception):
 class StoreUnwritable(BenchError):
     """The tracking store stayed locked or read-only past the wait (MLP_BENCH_STORE_RETRY_S)
     once training had started: what it could not take is kept on disk (exit 1, not 2)."""
+
+
+def one_line(text: object) -> str:
+    """Collapse whitespace so that an error message stays on one line."""
+    return " ".join(str(text).split())

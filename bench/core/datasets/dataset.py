@@ -23,6 +23,11 @@ if TYPE_CHECKING:
     # decompressing past max_bytes: a small gzip file can expand to gigabytes.
     Parser = Callable[[Path, int], npt.NDArray[np.uint8]]
 
+# Where a user points the harness at data set files, and the fix that errors about them name
+# (here, below both the generic loader and the file formats that repeat it).
+DATA_DIR_ENV = "MLP_BENCH_DATA_DIR"
+FIX_HINT = f"point --data-dir or {DATA_DIR_ENV} at a folder holding a good copy"
+
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 _HEX = re.compile(r"[0-9a-f]*")
 

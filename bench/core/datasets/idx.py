@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from bench.core.data import FIX_HINT, one_line
-from bench.core.errors import BenchError
+from bench.core.datasets.dataset import FIX_HINT
+from bench.core.errors import BenchError, one_line
 
 IMAGE_MAGIC = 0x00000803
 LABEL_MAGIC = 0x00000801
