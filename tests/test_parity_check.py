@@ -47,10 +47,11 @@ def test_float64_parity_over_a_whole_epoch(stage: str) -> None:
 
 
 @pytest.mark.slow
-def test_float64_parity_over_a_whole_epoch_of_fashion_mnist(both_data_dir: Path) -> None:
-    """The frameworks agree on the second data set as on MNIST: one stage of it, one epoch."""
-    for report in _parity("fashion-relu-xavier", 550, "float64", data_dir=both_data_dir):
-        assert report.steps == 550
+def test_float64_parity_on_fashion_mnist(both_data_dir: Path) -> None:
+    """The frameworks agree on the second data set as on MNIST: one stage of it, its first 200
+    steps (the whole-epoch checks above are MNIST's; the data set changes only the arrays)."""
+    for report in _parity("fashion-relu-xavier", 200, "float64", data_dir=both_data_dir):
+        assert report.steps == 200
         assert report.passed, report.describe()
         assert report.measured <= 1e-9
 
