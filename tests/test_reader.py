@@ -3,9 +3,7 @@ run per cell (its latest attempt), and the cell's histories and step losses read
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -116,16 +114,3 @@ def test_an_unknown_run_is_the_message_given(store: Store) -> None:
         reader.run("0123456789abcdef0123456789abcdef", "no such run here")
     with pytest.raises(BenchError, match="is not an invocation's parent run"):
         reader.invocation(reader.cells(_parent(store))[0].run_id)
-
-
-def test_only_the_recording_layer_imports_mlflow() -> None:
-    """Everything else reads the store through this reader and writes it through Tracker."""
-    root = Path(__file__).resolve().parents[1]
-    importers = [
-        str(path.relative_to(root))
-        for folder in ("bench", "backends")
-        for path in sorted((root / folder).rglob("*.py"))
-        if re.search(r"^\s*(import mlflow|from mlflow)", path.read_text(), re.MULTILINE)
-    ]
-    assert importers
-    assert [path for path in importers if not path.startswith("bench/recording/")] == []
