@@ -104,18 +104,20 @@ def test_bad_stage_files_are_rejected_with_one_line(old: str, new: str, message:
     assert "\n" not in str(info.value)
 
 
-def test_a_calibrated_minimum_without_a_tutorial_figure_needs_its_rule() -> None:
-    """A stage on a data set the tutorial never ran (Fashion-MNIST) has a calibrated minimum
-    and no tutorial figure; its rule must say how the minimum was set."""
+def test_a_calibrated_expectation_without_a_tutorial_figure_needs_its_rule() -> None:
+    """A stage on a data set the tutorial never ran (Fashion-MNIST) has a calibrated
+    expectation and no tutorial figure; its rule must say how it was set."""
     text = _text().replace('tutorial_reported = "98.02%"\n', "")
     text = text.replace("tutorial_test_accuracy = 0.9802\n", "")
     assert parse_stage(text, "x.toml").expected.min_test_accuracy == 0.975
     no_rule = text[: text.index('rule = """')]
-    with pytest.raises(BenchError, match=r"expected\.rule is needed to say how a minimum"):
+    with pytest.raises(BenchError, match=r"expected\.rule is needed to say how a min_test_acc"):
         parse_stage(no_rule, "x.toml")
     normal = _text("relu-normal").replace('tutorial_reported = "cost becomes NaN"\n', "")
-    with pytest.raises(BenchError, match="tutorial_reported is needed for does_not_learn"):
-        parse_stage(normal, "x.toml")
+    assert parse_stage(normal, "x.toml").expected.expect == "does_not_learn"
+    no_rule = normal[: normal.index('rule = """')]
+    with pytest.raises(BenchError, match=r"expected\.rule is needed to say how a does_not_learn"):
+        parse_stage(no_rule, "x.toml")
 
 
 def test_a_stage_without_a_data_set_trains_on_mnist() -> None:

@@ -331,19 +331,16 @@ def _validate_training(training: TrainingSpec, dataset: Dataset) -> None:
 
 def _validate_expected(exp: ExpectedSpec) -> None:
     referenced = exp.expect != "no_reference"
-    # A minimum may be calibrated where the tutorial reported nothing (another data set); its
-    # rule then says how. "Does not learn" stands on the tutorial's own report.
-    _require(
-        exp.tutorial_reported is not None or exp.expect != "does_not_learn",
-        "expected.tutorial_reported is needed for does_not_learn",
-    )
+    # An expectation may be calibrated where the tutorial reported nothing (another data set);
+    # its rule then says how it was measured.
     _require(
         exp.tutorial_reported is None or referenced,
         "expected.tutorial_reported is not allowed with no_reference",
     )
     _require(
-        exp.tutorial_reported is not None or exp.expect != "min_test_accuracy" or bool(exp.rule),
-        "expected.rule is needed to say how a minimum the tutorial did not report was calibrated",
+        exp.tutorial_reported is not None or not referenced or bool(exp.rule),
+        f"expected.rule is needed to say how a {exp.expect} expectation the tutorial did not"
+        " report was calibrated",
     )
     _require(
         referenced or exp.tutorial_test_accuracy is None,
