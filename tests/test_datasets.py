@@ -214,8 +214,7 @@ def test_a_plugged_in_data_set_has_the_same_checks(
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     default = tmp_path / "home" / ".cache" / "mlp-bench"
     assert data.default_data_dir(tiny.dataset) == default / "tiny"
-    assert data.common_data_dir(None, [MNIST, tiny.dataset]) == default
-    assert data.common_data_dir(str(tiny.folder), [MNIST, tiny.dataset]) == tiny.folder
+    assert data.dataset_dir(default, tiny.dataset) == default / "tiny"
 
 
 @pytest.mark.parametrize(

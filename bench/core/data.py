@@ -57,7 +57,9 @@ def default_data_dir(dataset: Dataset) -> Path:
 
 
 def resolve_data_dir(cli_value: str | Path | None) -> Path:
-    """The data dir: the CLI value, else $MLP_BENCH_DATA_DIR, else ~/.cache/mlp-bench."""
+    """The data dir: the CLI value, else $MLP_BENCH_DATA_DIR, else ~/.cache/mlp-bench. An
+    invocation reads all its stages' data sets from this one (Options.data_dir), each in its
+    own folder there (dataset_dir)."""
     # An empty string (e.g. `--data-dir ""` or `VAR=`) means "not given", not the cwd.
     if cli_value is not None and str(cli_value) != "":
         return Path(cli_value).expanduser()
@@ -65,13 +67,6 @@ def resolve_data_dir(cli_value: str | Path | None) -> Path:
     if env:
         return Path(env).expanduser()
     return DEFAULT_DATA_ROOT.expanduser()
-
-
-def common_data_dir(cli_value: str | Path | None, datasets: Sequence[Dataset]) -> Path:
-    """The one data dir an invocation reads its stages' data sets from (Options.data_dir):
-    each data set in its own folder there (dataset_dir), so one data dir serves them all."""
-    del datasets  # every data set has its own folder in the one data dir
-    return resolve_data_dir(cli_value)
 
 
 def dataset_dir(data_dir: Path, dataset: Dataset) -> Path:
@@ -92,9 +87,9 @@ def dataset_dir(data_dir: Path, dataset: Dataset) -> Path:
 def ensure_data(
     cli_value: str | Path | None, datasets: Sequence[Dataset], *, download: bool = True
 ) -> Path:
-    """The invocation's data dir (common_data_dir), with every data set's files verified in
+    """The invocation's data dir (resolve_data_dir), with every data set's files verified in
     its folder there and their parsed-array cache sound (ensure_files), before any training."""
-    data_dir = common_data_dir(cli_value, datasets)
+    data_dir = resolve_data_dir(cli_value)
     for dataset in {dataset.name: dataset for dataset in datasets}.values():
         ensure_files(dataset, data_dir, download=download)
     return data_dir

@@ -39,7 +39,7 @@ from typing import Any, Literal
 import numpy as np
 
 from backends import check_backend, installed_backends
-from bench.core.data import common_data_dir, ensure_data
+from bench.core.data import ensure_data, resolve_data_dir
 from bench.core.devices import cpu_model, gpu_driver_version
 from bench.core.errors import BenchError
 from bench.core.options import Options, framework_options
@@ -228,7 +228,7 @@ class Check:
         self.stages: list[str] = settings.stages
         self.backends: list[str] = settings.backends or _default_backends()
         self.datasets = [load_stage(stage).dataset for stage in self.stages]
-        self.data_dir = str(common_data_dir(settings.data_dir, self.datasets))
+        self.data_dir = str(resolve_data_dir(settings.data_dir))
         self.epochs: int = settings.epochs
         # Host threads per cell: a GPU cell needs few; no more than the cores (CPU rehearsal).
         self.threads = min(4, os.cpu_count() or 1)
