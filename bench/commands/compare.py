@@ -69,7 +69,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_tracking_uri(parser)
 
 
-PARENT_KINDS = ("matrix", "perf")  # the invocations whose cells compare can pair
 TAG_SIDE = re.compile(r"^tag:([^=]+)=(.*)$")
 # The stage file's params (bench.core.spec flat()): what was trained, apart from options and env.
 SPEC_SECTIONS = frozenset({"name", "model", "init", "optimizer", "loss", "training", "data"})
