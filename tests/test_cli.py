@@ -482,7 +482,7 @@ def test_planted_cache_is_rebuilt_and_said_before_training(tmp_path: Path) -> No
     """Test labels replaced by zeros in the cache gave "did-not-learn 10.24%",
     recorded FINISHED. Now the command says it rebuilds the entry, and the cell learns."""
     cache = _built_cache(tmp_path / "cache")
-    (entry,) = cache.glob("t10k-labels*.npy")
+    (entry,) = cache.glob("mnist-t10k-labels*.npy")
     np.save(entry, np.zeros(10000, dtype=np.uint8))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     backend = installed_backends()[-1]
@@ -515,7 +515,7 @@ def test_reproduce_names_the_data_as_the_difference(
     run_id = _cell_id(uri, installed_backends()[0])
     recorded_digest = _client(uri).get_run(run_id).data.params["env.data_sha256"]
     cache = _built_cache(tmp_path / "cache")
-    (entry,) = cache.glob("t10k-labels*.npy")
+    (entry,) = cache.glob("mnist-t10k-labels*.npy")
     plant_cache_entry(entry, np.zeros(10000, dtype=np.uint8))
     done = bench(
         *("reproduce", run_id, "--tracking-uri", uri, "--data-dir", str(mnist_dir())),
