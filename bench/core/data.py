@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, BinaryIO
 import numpy as np
 import numpy.typing as npt
 
+from bench.core.datasets import DATASETS
 from bench.core.datasets.dataset import DATA_DIR_ENV, FIX_HINT
 from bench.core.errors import BenchError, one_line
 
@@ -165,9 +166,6 @@ def _why_not_it(path: Path, spec: DataFile, dataset: Dataset, size: int, sha256:
 def _known_elsewhere(path: Path, dataset: Dataset, sha256: str) -> str:
     """Why path is another registered data set's file, with where each data set belongs; ""
     when it is none of theirs."""
-    # Imported here: the registry's parsers import this module's helpers.
-    from bench.core.datasets import DATASETS
-
     sha256 = sha256 or _sha256_of(path)
     for other in DATASETS.values():
         if other.name == dataset.name or not any(f.accepts(sha256) for f in other.files):
