@@ -19,7 +19,8 @@ from mlflow.tracking import MlflowClient
 
 from backends import installed_backends
 from bench.commands.cli import build_parser
-from bench.commands.compare import cmd_compare, load_side
+from bench.commands.compare import load_side
+from bench.commands.compare import run as cmd_compare
 from bench.core.errors import BenchError
 from bench.recording import store, verdict_text
 from bench.recording import verdict as compare

@@ -299,7 +299,7 @@ def record(tracker: Tracker, comparison: compare.Comparison, text: str) -> str:
     return run_id
 
 
-def cmd_compare(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     uri = resolve_tracking_uri(args.tracking_uri)
     tracker = Tracker(uri, None)
     reader = tracker.reader
@@ -349,7 +349,3 @@ def closing_lines(uri: str, comparison: compare.Comparison, run_id: str) -> list
     for role, side in (("baseline", comparison.baseline), ("candidate", comparison.candidate)):
         lines.append(f"  its {role}: {run_url(uri, experiment, side.run_id)}")
     return lines
-
-
-# The entry point bench.commands.cli dispatches to.
-run = cmd_compare

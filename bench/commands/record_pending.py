@@ -50,7 +50,7 @@ def _record(tracker: Tracker, kept: KeptCell) -> None:
     tracker.log_cell_finals(run_id, run.result, run.speed, tags)
 
 
-def cmd_record_pending(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     folders = kept_folders(Path(args.folder))
     trackers: dict[str, Tracker] = {}
     invocations: dict[str, set[str]] = {}  # store -> the parents of the cells recorded
@@ -76,7 +76,3 @@ def cmd_record_pending(args: argparse.Namespace) -> int:
     if not folders:
         print(f"nothing to record in {args.folder}")
     return 0
-
-
-# The entry point bench.commands.cli dispatches to.
-run = cmd_record_pending

@@ -23,14 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_tracking_uri(parser)
 
 
-def cmd_report(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     uri = resolve_tracking_uri(args.tracking_uri)
     tracker = Tracker(uri, experiment=None)
     folder = Path(args.out) if args.out else default_report_dir(uri, args.run_id)
     page = make_report(tracker, args.run_id, folder)
     print(f"report of run {args.run_id}: {page}")
     return 0
-
-
-# The entry point bench.commands.cli dispatches to.
-run = cmd_report

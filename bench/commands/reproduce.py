@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_tracking_uri(parser)
 
 
-def cmd_reproduce(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     uri = resolve_tracking_uri(args.tracking_uri)
     tracker = Tracker(uri, experiment=None)
     recorded = tracker.reader.cell(args.run_id)
@@ -59,7 +59,3 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     print(f"recorded as run {run_id}")
     return 0 if comparison.bit_identical else EXIT_FAILED
-
-
-# The entry point bench.commands.cli dispatches to.
-run = cmd_reproduce

@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_tracking_uri(parser, "a SQLite store (or MLFLOW_TRACKING_URI)")
 
 
-def cmd_ui(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     uri = resolve_tracking_uri(args.tracking_uri)
     database = store.sqlite_path(uri)
     if database is None:
@@ -50,7 +50,3 @@ def cmd_ui(args: argparse.Namespace) -> int:
     print(" ".join(command), flush=True)
     quiet_server_environment()
     os.execvp(command[0], command)  # the server replaces this process: Ctrl-C stops it
-
-
-# The entry point bench.commands.cli dispatches to.
-run = cmd_ui
