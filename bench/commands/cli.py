@@ -16,6 +16,7 @@ from typing import NoReturn, Protocol
 
 from bench.commands import (
     compare,
+    envs,
     gpu_check,
     parity,
     perf,
@@ -57,6 +58,7 @@ COMMANDS: tuple[Command, ...] = (
     server,
     record_pending,
     gpu_check,
+    envs,
 )
 BY_NAME: dict[str, Command] = {command.NAME: command for command in COMMANDS}
 
