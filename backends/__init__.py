@@ -43,10 +43,15 @@ def installed_backends() -> list[str]:
     return [name for name in BACKENDS if is_installed(name)]
 
 
-def check_backend(name: str) -> None:
-    """Raise a one-line BenchError for an unknown or uninstalled backend."""
+def check_known(name: str) -> None:
+    """Raise a one-line BenchError for a backend name that is not registered."""
     if name not in BACKENDS:
         raise BenchError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
+
+
+def check_backend(name: str) -> None:
+    """Raise a one-line BenchError for an unknown or uninstalled backend."""
+    check_known(name)
     if not is_installed(name):
         entry = BACKENDS[name]
         raise BenchError(

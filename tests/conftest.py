@@ -213,3 +213,10 @@ def serving(server: http.server.ThreadingHTTPServer) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+@pytest.fixture(scope="session")
+def shared_env_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One folder of environments for the whole session: each is made once, by the first test
+    that asks for it (making one takes a minute), and found in the cache by the others."""
+    return tmp_path_factory.mktemp("envs")

@@ -7,6 +7,7 @@ import argparse
 from collections.abc import Callable
 
 from bench.core.devices import DEVICE_CHOICES
+from bench.core.program import PROGRAM
 from bench.core.spec import MAX_EPOCHS
 from bench.execution.matrix import CELL_TIMEOUT_BASE_S, CELL_TIMEOUT_PER_EPOCH_S, MAX_CELL_TIMEOUT_S
 from bench.recording.user_tags import parse_tag
@@ -128,3 +129,19 @@ def add_matrix(parser: argparse.ArgumentParser) -> None:
         help="a label on the parent run (repeatable); `compare tag:KEY=VALUE` finds it",
     )
     add_common(parser)
+
+
+PINS_HELP = (
+    "requirement pins, comma-separated (e.g. tensorflow-cpu==2.20.0), or a requirements file;"
+    " made once into a cached venv ({program} envs lists them)"
+)
+
+
+def add_env(parser: argparse.ArgumentParser) -> None:
+    """--env: the environment (a cached venv of pinned packages) the cells run in."""
+    parser.add_argument(
+        "--env",
+        metavar="PINS",
+        help="run the cells in a venv of these pins instead of this one: "
+        + PINS_HELP.format(program=PROGRAM),
+    )

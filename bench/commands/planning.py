@@ -8,7 +8,7 @@ import dataclasses
 import sys
 from typing import TYPE_CHECKING
 
-from backends import check_backend, installed_backends
+from backends import check_backend, check_known, installed_backends
 from bench.core.data import ensure_data
 from bench.core.devices import available_cores
 from bench.core.errors import BenchError
@@ -21,6 +21,13 @@ from bench.core.spec import (
     with_epochs,
 )
 from bench.execution.device_choice import resolve_devices
+from bench.execution.environments import (
+    Environment,
+    ensure,
+    frameworks_of,
+    parse_pins,
+    recorded_environment,
+)
 from bench.execution.invocation import Plan, check_machine
 from bench.execution.matrix import build_cells
 from bench.recording.resume_plan import load_invocation
@@ -50,9 +57,60 @@ def requested_epochs(flag: int | None) -> int | None:
     return epochs
 
 
-def plan_run(args: argparse.Namespace, refuse_busy: bool = False) -> Plan:
+def check_in_environment(name: str, where: str, pins: tuple[str, ...]) -> None:
+    """A backend asked for in an environment must be one its pins install."""
+    check_known(name)
+    installs = frameworks_of(pins)
+    if name not in installs:
+        have = ", ".join(sorted(installs)) or "no framework"
+        raise BenchError(
+            f"backend {name!r} is not in environment {where!r} (its pins install {have}); add"
+            f" a pin of {name} to it or leave out --backend {name}"
+        )
+
+
+def backends_of(args: argparse.Namespace, pins: tuple[str, ...] | None) -> list[str]:
+    """--backend, else every backend installed here, or that the environment's pins install."""
+    if pins is None:
+        backends = list(dict.fromkeys(args.backend or installed_backends()))
+        if not backends:
+            raise BenchError(
+                "no backend installed; install tensorflow or torch (nox -s bench does)"
+            )
+        for name in backends:
+            check_backend(name)
+        return backends
+    where = args.env if getattr(args, "env", None) else " ".join(pins)
+    backends = list(dict.fromkeys(args.backend or sorted(frameworks_of(pins))))
+    if not backends:
+        raise BenchError(
+            f"environment {where!r} installs no framework; pin tensorflow-cpu, torch or jax in it"
+        )
+    for name in backends:
+        check_in_environment(name, where, pins)
+    return backends
+
+
+def pins_of(args: argparse.Namespace, environment: Environment | None) -> tuple[str, ...] | None:
+    """The pins the cells' environment is made of: `environment`'s, else --env's; None: the
+    cells run in this venv."""
+    if environment is not None:
+        return environment.pins
+    text = getattr(args, "env", None)
+    if text is None:
+        return None
+    if getattr(args, "executor", "local") == "ray":
+        raise BenchError("--env runs the cells on this machine; drop --executor ray or --env")
+    return parse_pins(text)
+
+
+def plan_run(
+    args: argparse.Namespace,
+    refuse_busy: bool = False,
+    environment: Environment | None = None,
+) -> Plan:
     """Check every input and the machine; with `refuse_busy` (perf) a busy machine is an
-    error, else a warning."""
+    error, else a warning. The cells run in `environment` (else --env's, else this one)."""
     args = argparse.Namespace(**(vars(args) | {"epochs": requested_epochs(args.epochs)}))
     # Each stage file is read here, once: its text is what the workers train from.
     specs = select_stages(args.stage or [], args.stage_file or [], args.epochs)
@@ -61,14 +119,16 @@ def plan_run(args: argparse.Namespace, refuse_busy: bool = False) -> Plan:
             f"--accumulate {args.accumulate} applies in parity mode only; add --parity or drop"
             " --accumulate"
         )
-    backends = list(dict.fromkeys(args.backend or installed_backends()))
-    if not backends:
-        raise BenchError("no backend installed; install tensorflow or torch (nox -s bench does)")
-    for name in backends:
-        check_backend(name)
+    pins = pins_of(args, environment)
+    backends = backends_of(args, pins)
     if args.cuda_graphs and args.dtype == "float64":
         raise BenchError("--cuda-graphs trains in float32 only; drop --dtype float64")
-    if getattr(args, "executor", "local") == "ray":
+    if pins is not None:
+        # Its GPU builds are not probed from here: an environment's cells run on the CPU.
+        if set(args.device or ["cpu"]) - {"cpu", "auto"}:
+            raise BenchError("cells in an environment (--env) run on the CPU; drop --device gpu")
+        devices = ["cpu"]
+    elif getattr(args, "executor", "local") == "ray":
         # The cells run on the cluster's nodes, not here: the cluster is checked for GPUs
         # when joined. auto is the CPU there; --device gpu asks for GPU cells.
         devices = list(dict.fromkeys(d for d in args.device or ["cpu"] if d != "auto")) or ["cpu"]
@@ -89,6 +149,9 @@ def plan_run(args: argparse.Namespace, refuse_busy: bool = False) -> Plan:
     # Downloads what is missing, or fails now with the file's name.
     data_dir = ensure_data(args.data_dir, [spec.dataset for spec in specs.values()])
     seeds = seeds_of(args)
+    # Last of the inputs, as making it takes minutes; already made: at once.
+    if environment is None and pins is not None:
+        environment = ensure(pins)
     machine, busy = check_machine(refuse_busy)
     cluster = join_cluster(args, devices)  # last: nothing after it can fail
     cores = cluster.cpus_per_cell if cluster is not None else available_cores()
@@ -107,6 +170,7 @@ def plan_run(args: argparse.Namespace, refuse_busy: bool = False) -> Plan:
         tags=dict(args.tag or []),
         command=" ".join(sys.argv[1:]),
         cluster=cluster,
+        environment=environment,
     )
 
 
@@ -161,8 +225,13 @@ def plan_resume(args: argparse.Namespace, defaults: dict[str, object]) -> Plan:
         name: with_epochs(parse_stage(text, f"recorded {name}.toml"), options.epochs)
         for name, text in plan["stage_texts"].items()
     }
+    # The cells run in the environment they began in, made again if it is no longer cached.
+    environment = recorded_environment(plan.get("environment"))
     for backend in dict.fromkeys(cell.backend for cell in cells):
-        check_backend(backend)
+        if environment is None:
+            check_backend(backend)
+        else:
+            check_in_environment(backend, environment.name, environment.pins)
     data_dir = ensure_data(
         args.data_dir or options.data_dir, [spec.dataset for spec in specs.values()]
     )
@@ -187,4 +256,5 @@ def plan_resume(args: argparse.Namespace, defaults: dict[str, object]) -> Plan:
         command=" ".join(sys.argv[1:]),
         cluster=cluster,
         resumed=recorded,
+        environment=environment,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from bench.commands.arguments import MAX_THREADS, add_matrix, int_in
+from bench.commands.arguments import MAX_THREADS, add_env, add_matrix, int_in
 from bench.commands.exits import EXIT_FAILED, EXIT_INTERRUPTED
 from bench.commands.planning import plan_resume, plan_run
 from bench.execution.invocation import execute, finish
@@ -20,6 +20,7 @@ MAX_RETRIES = 10
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_matrix(parser)
     _add_executor(parser)
+    add_env(parser)
 
 
 def _add_executor(parser: argparse.ArgumentParser) -> None:

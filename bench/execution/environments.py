@@ -105,6 +105,18 @@ def frameworks_of(pins: Iterable[str]) -> set[str]:
     return {_FRAMEWORK_OF[name] for name in names if name in _FRAMEWORK_OF}
 
 
+def environment_record(environment: Environment) -> dict[str, object]:
+    """What an invocation's plan records of its environment, so a resume runs in it again."""
+    return {"name": environment.name, "pins": list(environment.pins)}
+
+
+def recorded_environment(record: object) -> Environment | None:
+    """The environment a recorded plan names (made again if no longer cached); None: none."""
+    if not isinstance(record, dict):
+        return None
+    return ensure(tuple(record["pins"]), name=str(record["name"]))
+
+
 def ensure(pins: tuple[str, ...], name: str | None = None, root: Path | None = None) -> Environment:
     """The environment of these pins, made now unless a folder under the root already holds it
     (then returned at once, without pip)."""

@@ -4,11 +4,13 @@ Plan from the arguments, and nothing past it reads them."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +22,15 @@ from bench.core.seeding import describe_seeds
 from bench.core.spec import StageSpec
 from bench.core.types import Cell, CellRun
 from bench.execution import load_monitor
-from bench.execution.matrix import ClusterExecutor, LocalExecutor, NodePeak, run_matrix
+from bench.execution.environments import Environment, environment_record
+from bench.execution.matrix import (
+    OWN_PYTHON,
+    ClusterExecutor,
+    Interpreter,
+    LocalExecutor,
+    NodePeak,
+    run_matrix,
+)
 from bench.execution.peaks import peak_uses_tf32
 from bench.recording import views
 from bench.recording.links import closing_lines
@@ -34,7 +44,7 @@ from bench.recording.run_report import report_safely
 from bench.recording.speed import machine_peaks, speed_figures
 from bench.recording.stats import group_metrics
 from bench.recording.tables import Progress
-from bench.recording.tracking import MatrixRecord, Tracker
+from bench.recording.tracking import MatrixRecord, RunStatus, Tracker
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,19 @@ class Plan:
     cluster: ClusterExecutor | None = None
     # `run --resume`: the invocation whose unfinished cells these are (None: a new one).
     resumed: RecordedInvocation | None = None
+    # The environment (venv) each cell's process runs in: `--env`, `upgrade`; None: this one.
+    environment: Environment | None = None
+
+    @property
+    def interpreter(self) -> Interpreter:
+        if self.environment is None:
+            return OWN_PYTHON
+        return Interpreter(str(self.environment.python))
+
+    @property
+    def environment_tags(self) -> dict[str, str]:
+        """What names the environment, on the parent run and on every cell's."""
+        return self.environment.tags() if self.environment is not None else {}
 
 
 def check_machine(refuse_busy: bool) -> tuple[load_monitor.Activity, str | None]:
@@ -95,9 +118,10 @@ def invocation_name(kind: str, plan: Plan) -> str:
     stages = ",".join(plan.specs) if len(plan.specs) <= 2 else f"{len(plan.specs)} stages"
     backends = ",".join(dict.fromkeys(c.backend for c in plan.cells))
     devices = ",".join(dict.fromkeys(c.device for c in plan.cells))
+    where = f" | env {plan.environment.name}" if plan.environment is not None else ""
     return (
         f"{time.strftime('%m-%d %H:%M:%S')} {command} {stages} | {backends} | {devices}"
-        f" | seeds {describe_seeds(plan.seeds)}"
+        f" | seeds {describe_seeds(plan.seeds)}{where}"
     )
 
 
@@ -116,22 +140,27 @@ def _invocation_params(plan: Plan) -> dict[str, str]:
 
 
 def measure_peaks(
-    cells: list[Cell], options: Options, when: str = ""
+    cells: list[Cell],
+    options: Options,
+    when: str = "",
+    interpreter: Interpreter = OWN_PYTHON,
 ) -> dict[tuple[str, str], float]:
     """The peak matmul rate through every installed framework on each device of the cells,
     once: float32, or TF32 where the cells may use it. The cells' own backends must measure;
     another installed framework only widens the machine's peak (perf.machine_peaks), so one
-    that cannot use the device is left out with a note."""
+    that cannot use the device is left out with a note. In another environment, only the
+    cells' own frameworks: what this process has installed says nothing of that venv."""
     peaks: dict[tuple[str, str], float] = {}
     ran = {(c.backend, c.device) for c in cells}
     devices = dict.fromkeys(c.device for c in cells)
-    backends = dict.fromkeys([c.backend for c in cells] + installed_backends())
+    others = installed_backends() if interpreter.own else []
+    backends = dict.fromkeys([c.backend for c in cells] + others)
     for device in devices:
         for backend in backends:
             tf32 = peak_uses_tf32(device, options)
             try:
                 with tempfile.TemporaryDirectory(prefix="mlp-bench-peak-") as tmp:
-                    peaks[(backend, device)] = LocalExecutor().peak(
+                    peaks[(backend, device)] = LocalExecutor(interpreter).peak(
                         backend, device, options, Path(tmp)
                     )
             except BenchError as error:
@@ -166,6 +195,9 @@ def invocation_plan(plan: Plan) -> dict[str, object]:
         "seeds": plan.seeds,
         "measure_peaks": plan.measure_peaks,
         "cell_timeout_s": plan.cell_timeout_s,
+        # Only where there is one, so that the plans recorded before environments keep their
+        # digest.
+        **({"environment": environment_record(plan.environment)} if plan.environment else {}),
     }
 
 
@@ -190,8 +222,20 @@ class Execution:
     speed_stable: bool = True
 
 
-def execute(plan: Plan, kind: str) -> Execution:
-    """Open the store, measure the peaks, run the matrix; the parent run stays open."""
+@dataclass
+class Opened:
+    """An invocation whose parent run is open: cells can be run into it, then it is closed."""
+
+    plan: Plan
+    tracker: Tracker
+    parent_id: str
+    record: MatrixRecord
+    peaks: dict[tuple[str, str], float] = field(default_factory=dict)
+    runs: list[CellRun] = field(default_factory=list)
+
+
+def open_invocation(plan: Plan, kind: str) -> Opened:
+    """Open the store and the parent run (a resumed one: reclaimed), and its cells' record."""
     from bench.core.provenance import git_state
 
     tracker = Tracker(plan.tracking_uri, plan.experiment)
@@ -208,68 +252,163 @@ def execute(plan: Plan, kind: str) -> Execution:
                 **plan.tags,
                 "kind": kind,
                 "machine_busy": str(plan.busy is not None).lower(),
+                **plan.environment_tags,
                 **git_state(),
             },
         )
-    record = None
     try:
         # First: its close() ends the groups that reopen() makes RUNNING, should anything fail.
         record = MatrixRecord(
-            tracker, parent_id, plan.specs, plan.cells, plan.options, plan.resumed
-        )
-        if plan.resumed is None:
-            tracker.log_invocation(parent_id, invocation_plan(plan))
-        else:  # inside the try: a failure here ends the reopened runs, not leaves them RUNNING
-            tracker.reopen(plan.resumed, plan.cells)
-        print(
-            f"{len(plan.cells)} cells -> {tracker.shown_uri} (experiment {plan.experiment!r})",
-            flush=True,
-        )
-        if plan.cluster is not None:
-            print(plan.cluster.describe(), flush=True)
-        tracker.log_metrics(parent_id, _machine_metrics(plan))
-        # On a cluster each node measures its own peak, before its first cell.
-        local_peaks = plan.measure_peaks and plan.cluster is None
-        peaks = measure_peaks(plan.cells, plan.options) if local_peaks else {}
-        peak_metrics, peak_sources = peak_records(peaks)
-        tracker.log_metrics(parent_id, peak_metrics)
-        tracker.set_tags(parent_id, peak_sources)
-        runs = run_matrix(
+            tracker,
+            parent_id,
+            plan.specs,
             plan.cells,
             plan.options,
-            plan.cluster or LocalExecutor(),
-            record,
-            Progress(),
-            epochs_of=lambda cell: plan.specs[cell.stage].training.epochs,
-            stage_texts={name: spec.text for name, spec in plan.specs.items()},
-            cell_timeout_s=plan.cell_timeout_s,
-            figures=functools.partial(speed_figures, specs=plan.specs, peaks=peaks),
-            measure_peaks=plan.measure_peaks,
+            plan.resumed,
+            cell_tags=plan.environment_tags,
         )
-        if plan.cluster is not None:
-            tracker.log_metrics(parent_id, node_peak_metrics(plan.cluster.node_peaks()))
-        for line in load_monitor.canary_failure_lines(runs):
-            print(line, flush=True)
-        failed = sum(run.result is None for run in runs)
-        planned = len(plan.resumed.cells) if plan.resumed is not None else len(runs)
-        tracker.log_metrics(parent_id, {"cells": planned, "cells_failed": failed})
-        stable = plan.busy is None and all(r.load is None or r.load.stable for r in runs)
-        tracker.set_tags(parent_id, {"speed_stable": str(stable).lower()})
-    except KeyboardInterrupt:
-        if record is not None:
-            record.close("KILLED")
-        tracker.end(parent_id, "KILLED")
-        print("\ninterrupted: the runs so far are recorded; the interrupted one is KILLED")
-        return Execution(tracker, parent_id, [], {}, interrupted=True)
-    except BaseException:
-        if record is not None:
-            record.close("FAILED")
-        tracker.end(parent_id, "FAILED")
+    except BaseException as exc:
+        tracker.end(parent_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
+    return Opened(plan, tracker, parent_id, record)
+
+
+def prepare(opened: Opened) -> None:
+    """Before the first cell: the plan (or the reopened runs), the machine and the peaks."""
+    plan, tracker, parent_id = opened.plan, opened.tracker, opened.parent_id
+    if plan.resumed is None:
+        tracker.log_invocation(parent_id, invocation_plan(plan))
+    else:
+        tracker.reopen(plan.resumed, plan.cells)
+    print(
+        f"{len(plan.cells)} cells -> {tracker.shown_uri} (experiment {plan.experiment!r})",
+        flush=True,
+    )
+    if plan.cluster is not None:
+        print(plan.cluster.describe(), flush=True)
+    tracker.log_metrics(parent_id, _machine_metrics(plan))
+    # On a cluster each node measures its own peak, before its first cell.
+    if plan.measure_peaks and plan.cluster is None:
+        opened.peaks = measure_peaks(plan.cells, plan.options, interpreter=plan.interpreter)
+    peak_metrics, peak_sources = peak_records(opened.peaks)
+    tracker.log_metrics(parent_id, peak_metrics)
+    tracker.set_tags(parent_id, peak_sources)
+
+
+@contextlib.contextmanager
+def ended_on_error(*invocations: Opened) -> Iterator[None]:
+    """Interrupted: every open invocation's runs end KILLED, and the error goes on up; any
+    other failure: FAILED."""
+    try:
+        yield
+    except BaseException as exc:
+        status: RunStatus = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        for opened in invocations:
+            opened.record.close(status)
+            opened.tracker.end(opened.parent_id, status)
+        raise
+
+
+def run_cells(opened: Opened, cells: list[Cell], progress: Progress | None = None) -> list[CellRun]:
+    """Run `cells` (of the plan) into the open invocation, each recorded as it finishes."""
+    plan = opened.plan
+    runs = run_matrix(
+        cells,
+        plan.options,
+        plan.cluster or LocalExecutor(plan.interpreter),
+        opened.record,
+        progress or Progress(),
+        epochs_of=lambda cell: plan.specs[cell.stage].training.epochs,
+        stage_texts={name: spec.text for name, spec in plan.specs.items()},
+        cell_timeout_s=plan.cell_timeout_s,
+        figures=functools.partial(speed_figures, specs=plan.specs, peaks=opened.peaks),
+        measure_peaks=plan.measure_peaks,
+    )
+    opened.runs += runs
+    return runs
+
+
+def close_invocation(opened: Opened) -> Execution:
+    """The parent's cell counts and speed flag; the parent run stays open (see `finish`)."""
+    plan, tracker, parent_id, runs = opened.plan, opened.tracker, opened.parent_id, opened.runs
+    if plan.cluster is not None:
+        tracker.log_metrics(parent_id, node_peak_metrics(plan.cluster.node_peaks()))
+    for line in load_monitor.canary_failure_lines(runs):
+        print(line, flush=True)
+    failed = sum(run.result is None for run in runs)
+    planned = len(plan.resumed.cells) if plan.resumed is not None else len(runs)
+    tracker.log_metrics(parent_id, {"cells": planned, "cells_failed": failed})
+    stable = plan.busy is None and all(r.load is None or r.load.stable for r in runs)
+    tracker.set_tags(parent_id, {"speed_stable": str(stable).lower()})
+    return Execution(tracker, parent_id, runs, opened.peaks, interrupted=False, speed_stable=stable)
+
+
+INTERRUPTED = "\ninterrupted: the runs so far are recorded; the interrupted one is KILLED"
+
+
+def execute(plan: Plan, kind: str) -> Execution:
+    """Open the store, measure the peaks, run the matrix; the parent run stays open."""
+    try:
+        opened = open_invocation(plan, kind)
+        try:
+            with ended_on_error(opened):
+                prepare(opened)
+                run_cells(opened, plan.cells)
+                return close_invocation(opened)
+        except KeyboardInterrupt:
+            print(INTERRUPTED)
+            return Execution(opened.tracker, opened.parent_id, [], {}, interrupted=True)
     finally:
         if plan.cluster is not None:
             plan.cluster.close()
-    return Execution(tracker, parent_id, runs, peaks, interrupted=False, speed_stable=stable)
+
+
+class _Interleaved(Progress):
+    """Numbers the cells of interleaved invocations as one sequence, each line naming the
+    environment it ran in."""
+
+    def __init__(self, total: int) -> None:
+        super().__init__()
+        self.total = total
+        self.done = 0
+        self.label = ""
+
+    def cell_started(self, index: int, total: int, cell: Cell) -> None:
+        self.done += 1
+        super().cell_started(self.done, self.total, cell)
+        self._prefix += f" [{self.label}]"
+
+
+def execute_interleaved(plans: list[Plan], kind: str) -> list[Execution]:
+    """The same cells in each plan's environment, one parent run each, cell by cell: each cell
+    in every environment before the next cell, the order reversed every other cell (ABBA), so a
+    slow phase of the host or a drift over the hours falls on both sides alike. The parent runs
+    stay open (see `finish`)."""
+    opened: list[Opened] = []
+    progress = _Interleaved(sum(len(plan.cells) for plan in plans))
+    try:
+        try:
+            for plan in plans:
+                with ended_on_error(*opened):  # a side that fails to open ends those opened
+                    opened.append(open_invocation(plan, kind))
+            with ended_on_error(*opened):
+                for side in opened:
+                    prepare(side)
+                for index, cell in enumerate(plans[0].cells):
+                    for side in opened if index % 2 == 0 else opened[::-1]:
+                        environment = side.plan.environment
+                        progress.label = environment.name if environment else "this venv"
+                        run_cells(side, [cell], progress)
+                return [close_invocation(side) for side in opened]
+        except KeyboardInterrupt:
+            print(INTERRUPTED)
+            return [
+                Execution(side.tracker, side.parent_id, [], {}, interrupted=True) for side in opened
+            ]
+    finally:
+        for plan in plans:
+            if plan.cluster is not None:
+                plan.cluster.close()
 
 
 def finish(execution: Execution, plan: Plan) -> bool:

@@ -6,9 +6,13 @@ clean timing needs; a cluster executor (Ray) would implement the same `execute` 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import itertools
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -65,6 +69,53 @@ class Executor(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Interpreter:
+    """The Python a worker runs in and the harness source it imports. By default this
+    process's own; `bench run --env` and `upgrade` give an environment's venv, and a bisect
+    probe its commit's worktree."""
+
+    python: str = sys.executable
+    source: Path | None = None  # a folder holding bench/ and backends/; None: this process's
+
+    @property
+    def own(self) -> bool:
+        return self.python == sys.executable and self.source is None
+
+    def argv(self) -> list[str]:
+        # -P: the current folder is not put before PYTHONPATH, so a checkout the user stands
+        # in cannot replace the source the worker was given.
+        flags = [] if self.own else ["-P"]
+        return [self.python, *flags, "-m", "bench.execution.worker"]
+
+    def environ(self) -> dict[str, str] | None:
+        """The worker's environment variables (None: this process's own)."""
+        if self.own:
+            return None
+        source = self.source or _own_source()
+        return {**os.environ, "PYTHONPATH": str(source)}
+
+
+# This process's Python and harness: what every worker ran in before environments.
+OWN_PYTHON = Interpreter()
+
+
+@functools.cache
+def _own_source() -> Path:
+    """A folder that holds this harness's bench/ and backends/ and nothing else: put on another
+    venv's path, the folder they were imported from (site-packages, where the harness is
+    installed) would also bring this venv's numpy and frameworks in front of that venv's own."""
+    import backends
+    import bench
+
+    folder = Path(tempfile.mkdtemp(prefix="mlp-bench-source-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    for package in (bench, backends):
+        assert package.__file__ is not None
+        (folder / package.__name__).symlink_to(Path(package.__file__).parent)
+    return folder
+
+
 @dataclass
 class WorkerExit:
     """How a worker process went: exit code, its error event if any, its events, timings."""
@@ -82,6 +133,7 @@ def spawn_worker(
     work_dir: Path,
     on_event: Callable[[dict[str, Any]], None],
     timeout_s: float | None = None,
+    interpreter: Interpreter = OWN_PYTHON,
 ) -> WorkerExit:
     """Run `python -m bench.execution.worker` on a request; stream its events; never leave it
     running, nor waiting past `timeout_s` (a hung worker was waited on forever)."""
@@ -93,10 +145,11 @@ def spawn_worker(
     events = []
     with (work_dir / "worker.log").open("w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "bench.execution.worker", str(request_path)],
+            [*interpreter.argv(), str(request_path)],
             stdout=subprocess.PIPE,
             stderr=log,
             text=True,
+            env=interpreter.environ(),
         )
         expired = threading.Event()
 
@@ -176,7 +229,11 @@ NodePeak = tuple[str, str, str]
 
 
 class LocalExecutor:
-    """Runs each cell as its own `python -m bench.execution.worker` process, one at a time."""
+    """Runs each cell as its own `python -m bench.execution.worker` process, one at a time,
+    in `interpreter` (default: this process's Python and harness)."""
+
+    def __init__(self, interpreter: Interpreter = OWN_PYTHON) -> None:
+        self.interpreter = interpreter
 
     def execute(
         self,
@@ -192,14 +249,15 @@ class LocalExecutor:
                 on_epoch(epoch_record(event))
 
         request = cell_request(cell, options, stage_text)
-        done = spawn_worker(request, work_dir, on_event, timeout_s)
+        done = spawn_worker(request, work_dir, on_event, timeout_s, self.interpreter)
         return collect_cell_run(cell, done, work_dir, timeout_s)
 
     def peak(self, backend: str, device: str, options: Options, work_dir: Path) -> float:
         """The device's peak float32 matmul GFLOP/s, measured through the framework, for cells
         that run with `options`: with their --tf32, the TF32 rate (GPUs only)."""
         request = peak_request(backend, device, options)
-        return measure(request, work_dir, "peak", "gflops", peak_label(request))
+        label = peak_label(request)
+        return measure(request, work_dir, "peak", "gflops", label, self.interpreter)
 
     def keras_reference(
         self,
@@ -233,9 +291,16 @@ def run_alone(cell: Cell, options: Options, executor: Executor | None = None) ->
         return run
 
 
-def measure(request: dict[str, Any], work_dir: Path, kind: str, key: str, what: str) -> float:
+def measure(
+    request: dict[str, Any],
+    work_dir: Path,
+    kind: str,
+    key: str,
+    what: str,
+    interpreter: Interpreter = OWN_PYTHON,
+) -> float:
     """Run a measuring worker and return the one number its `kind` event carries."""
-    return float(_measured_event(request, work_dir, kind, what)[key])
+    return float(_measured_event(request, work_dir, kind, what, interpreter=interpreter)[key])
 
 
 def _measured_event(
@@ -244,9 +309,10 @@ def _measured_event(
     kind: str,
     what: str,
     timeout_s: float | None = None,
+    interpreter: Interpreter = OWN_PYTHON,
 ) -> dict[str, Any]:
     """Run a measuring worker and return its `kind` event; past `timeout_s` it is killed."""
-    done = spawn_worker(request, work_dir, lambda event: None, timeout_s)
+    done = spawn_worker(request, work_dir, lambda event: None, timeout_s, interpreter)
     found = [e for e in done.events if e["type"] == kind]
     if found:
         return found[0]

@@ -519,10 +519,13 @@ class MatrixRecord:
         cells: list[Cell],
         options: Options,
         resumed: RecordedInvocation | None = None,
+        cell_tags: dict[str, str] | None = None,
     ) -> None:
         """`cells` are those to run; a `resumed` invocation brings the cells that finished
-        before and its group runs, whose statistics take in both."""
+        before and its group runs, whose statistics take in both. `cell_tags` go on every
+        cell's run (the environment it ran in)."""
         self._tracker = tracker
+        self._cell_tags = cell_tags or {}
         self._parent_id = parent_id
         self._specs = specs
         self._options = options
@@ -545,9 +548,9 @@ class MatrixRecord:
         recorded when it comes back: the UI's duration is then its own)."""
         spec = self._specs[cell.stage]
         params = {**spec.flat(), **self._options.record(cell.backend)}
-        description = {NOTE_TAG: cell_description(spec)}
+        tags = {NOTE_TAG: cell_description(spec), **self._cell_tags}
         return self._tracker.start_cell(
-            self._parent_id, cell, params, self._group_id(cell), description, start_ms
+            self._parent_id, cell, params, self._group_id(cell), tags, start_ms
         )
 
     def log_epoch(self, run_id: str, record: EpochRecord) -> None:
