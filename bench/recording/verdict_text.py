@@ -384,7 +384,7 @@ def _means(check: AccuracyResult) -> str:
 def _ratio(speed: SpeedResult | None) -> str:
     if speed is None:
         return "-"
-    return f"{speed.ratio:.3f} [{speed.ci_low:.3f}-{speed.ci_high:.3f}]"
+    return f"{speed.ratio:.3f} [{speed.ci_low:.3f}, {speed.ci_high:.3f}]"
 
 
 def _group_speed(c: Comparison, group: str, pairs: list[PairResult]) -> str:
