@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from backends import installed_backends
 from bench.commands.cli import build_parser
-from bench.commands.compare import load_side
+from bench.commands.compare import judge, load_side, settings_of
 from bench.commands.compare import run as cmd_compare
 from bench.core.errors import BenchError
 from bench.recording import store, verdict_text
@@ -782,6 +782,44 @@ def test_other_recorded_epochs_are_listed_and_not_judged(runs: Runs) -> None:
         "relu-xavier data_sha256": (digest, "0123abcd"),
     }
     assert result.exit_code == compare.EXIT_INCONCLUSIVE and result.regressions == []
+
+
+@pytest.mark.slow
+def test_an_upgrade_with_the_same_bits_is_bit_identical_and_recorded(runs: Runs) -> None:
+    """The candidate's cell recorded on another framework version, its step losses the same
+    bits: bit-identical across the two versions, the change listed as expected, and the
+    settings recorded with the comparison (before: other software skipped the bitwise check)."""
+    cell = _cell_of(runs.uri, runs.same)
+    uri = _copy_store(
+        runs,
+        "upgraded.db",
+        "UPDATE params SET value = '99.0.0' WHERE key = 'env.framework_version' AND run_uuid = ?",
+        cell,
+    )
+    args = build_parser().parse_args(
+        ["compare", "x", "--equivalence-margin", "0.2", "--allow-busy"]
+    )
+    settings = replace(settings_of(args, frozenset({"framework_version"})), max_slowdown=0.5)
+    tracker = Tracker(uri, None)
+    comparison, text, run_id = judge(tracker, runs.base, runs.same, settings, echo=False)
+    [accuracy] = comparison.accuracy
+    backend = installed_backends()[-1]
+    assert accuracy.method == "bit-identical"
+    assert accuracy.detail.startswith("step losses bit-identical (1 seed(s)) across ")
+    assert accuracy.detail.endswith(" -> 99.0.0") and backend in accuracy.detail
+    assert f"{backend}/cpu framework_version: " in text and "-> 99.0.0 (expected)" in text
+    recorded = MlflowClient(tracking_uri=uri).get_run(run_id)
+    assert recorded.data.params["equivalence_margin"] == "0.2"
+    assert recorded.data.params["expected_software"] == "framework_version"
+    assert recorded.data.tags["verdict"] == comparison.verdict
+
+
+def test_the_equivalence_margin_is_accuracy_points() -> None:
+    args = build_parser().parse_args(["compare", "x"])
+    assert settings_of(args).equivalence_margin == compare.DEFAULT_EQUIVALENCE_MARGIN
+    for bad in ("0", "100", "x"):
+        with pytest.raises(BenchError, match="--equivalence-margin"):
+            build_parser().parse_args(["compare", "x", "--equivalence-margin", bad])
 
 
 def _one_line_exit_2(done: subprocess.CompletedProcess[str], *words: str) -> None:
