@@ -47,14 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def points(text: str) -> float:
-    """An argparse type: accuracy points, above 0 and below 100."""
+    """An argparse type: accuracy points, above 0 and below 100 (fraction's checks, scaled)."""
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value < 100:
-        raise argparse.ArgumentTypeError(f"{value:g} is not between 0 and 100 accuracy points")
-    return value
+        fraction(str(float(text) / 100))
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not between 0 and 100 points") from None
+    return float(text)
 
 
 def add_judging_arguments(parser: argparse.ArgumentParser) -> None:
