@@ -42,6 +42,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "candidate", nargs="?", help="as the baseline; default: the newest invocation in the store"
     )
+    add_judging_arguments(parser)
+    add_tracking_uri(parser)
+
+
+def points(text: str) -> float:
+    """An argparse type: accuracy points, above 0 and below 100 (fraction's checks, scaled)."""
+    try:
+        fraction(str(float(text) / 100))
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not between 0 and 100 points") from None
+    return float(text)
+
+
+def add_judging_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the verdict (settings_of reads them): compare's, and any command's that
+    ends in the compare gate."""
     parser.add_argument(
         "--alpha",
         type=fraction,
@@ -66,7 +82,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="judge speed even where a run was flagged speed_stable false (the flags are listed)",
     )
-    add_tracking_uri(parser)
+    parser.add_argument(
+        "--equivalence-margin",
+        type=points,
+        default=compare.DEFAULT_EQUIVALENCE_MARGIN,
+        metavar="PP",
+        help="mean test accuracies within this many points are equivalent (TOST over seeds);"
+        f" default {compare.DEFAULT_EQUIVALENCE_MARGIN:g}",
+    )
+
+
+def settings_of(
+    args: argparse.Namespace, expected_software: frozenset[str] = frozenset()
+) -> compare.Settings:
+    """The verdict's settings from add_judging_arguments' options."""
+    return compare.Settings(
+        alpha=args.alpha,
+        max_slowdown=args.max_slowdown,
+        allow_busy=args.allow_busy,
+        run_noise=args.run_noise,
+        equivalence_margin=args.equivalence_margin,
+        expected_software=expected_software,
+    )
 
 
 TAG_SIDE = re.compile(r"^tag:([^=]+)=(.*)$")
@@ -262,6 +299,8 @@ def record(tracker: Tracker, comparison: compare.Comparison, text: str) -> str:
             "max_slowdown": f"{settings.max_slowdown:g}",
             "allow_busy": str(settings.allow_busy).lower(),
             "run_noise": f"{settings.run_noise:g}",
+            "equivalence_margin": f"{settings.equivalence_margin:g}",
+            "expected_software": ",".join(sorted(settings.expected_software)) or "-",
             # A param, as `run` records it, not a tag: a tag this long widened the run page's
             # tags panel and pushed the verdict tag out of the window.
             "command": redacted(command_line())[:500],
@@ -320,21 +359,36 @@ def run(args: argparse.Namespace) -> int:
     else:
         cand_run = resolve_run(reader, args.candidate, uri)
         check_finished(cand_run, "candidate", args.candidate)
-    baseline, candidate = load_side(reader, base_run), load_side(reader, cand_run)
-    check_pairable(baseline, candidate)
-    settings = compare.Settings(
-        alpha=args.alpha,
-        max_slowdown=args.max_slowdown,
-        allow_busy=args.allow_busy,
-        run_noise=args.run_noise,
-    )
-    comparison = compare.compare(baseline, candidate, settings)
-    text = report_text(comparison)
-    print(text, flush=True)
-    run_id = record(tracker, comparison, text)
-    report_safely(tracker, run_id)
+    comparison, _, run_id = judge(tracker, base_run.run_id, cand_run.run_id, settings_of(args))
     print("\n".join(closing_lines(tracker.shown_uri, comparison, run_id)))
     return comparison.exit_code
+
+
+def judge(
+    tracker: Tracker,
+    base_run_id: str,
+    cand_run_id: str,
+    settings: compare.Settings,
+    echo: bool = True,
+) -> tuple[compare.Comparison, str, str]:
+    """Judge two finished parent runs of the tracker's store: read both sides, refuse what
+    cannot be paired (BenchError, nothing recorded), make the verdict and its text, print it
+    (with echo; at once, as recording takes seconds), record it with its report. Returns the
+    comparison, its text and the comparison run's id."""
+    reader = tracker.reader
+    runs = (
+        reader.run(run_id, f"no run {run_id!r} in {tracker.shown_uri}")
+        for run_id in (base_run_id, cand_run_id)
+    )
+    baseline, candidate = (load_side(reader, run) for run in runs)
+    check_pairable(baseline, candidate)
+    comparison = compare.compare(baseline, candidate, settings)
+    text = report_text(comparison)
+    if echo:
+        print(text, flush=True)
+    run_id = record(tracker, comparison, text)
+    report_safely(tracker, run_id)
+    return comparison, text, run_id
 
 
 def closing_lines(uri: str, comparison: compare.Comparison, run_id: str) -> list[str]:

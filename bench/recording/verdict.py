@@ -28,7 +28,12 @@ DEFAULT_MAX_SLOWDOWN = 0.05
 # noise itself, a slowdown within it is not a regression but inconclusive.
 DEFAULT_RUN_NOISE = 0.30
 PEAK_DRIFT_LIMIT = 0.10  # a peak that moved more than this during a run: the machine changed
-POWER = 0.8  # of the minimum detectable effect
+POWER = 0.8  # of the minimum detectable effect, and of the seeds an accuracy verdict needs
+# How far apart two sides' mean test accuracies (in accuracy points) may be and still be
+# "equivalent". Chosen from the stages' seed-to-seed spread (docs/compare.md, Accuracy): on the
+# MNIST SGD stages it is 0.02-0.09 points, and five seeds a side then show equivalence at 0.3.
+DEFAULT_EQUIVALENCE_MARGIN = 0.3
+MOST_SEEDS = 1000  # beyond this many seeds a side, a margin is too narrow for the spread
 BOOTSTRAP_SAMPLES = 4000
 BOOTSTRAP_SEED = 0  # the CI is the same number every time it is printed
 
@@ -161,6 +166,10 @@ class Settings:
     max_slowdown: float = DEFAULT_MAX_SLOWDOWN
     allow_busy: bool = False  # judge speed even where a run was flagged speed_stable false
     run_noise: float = DEFAULT_RUN_NOISE  # the slowdown one process a side cannot rule out
+    # Accuracy points (0.3: 0.3 of 100%) within which two sides' mean accuracies are equivalent.
+    equivalence_margin: float = DEFAULT_EQUIVALENCE_MARGIN
+    # SOFTWARE_KEYS meant to differ (an upgrade's "framework_version"): listed as expected.
+    expected_software: frozenset[str] = frozenset()
 
 
 def steady_rates(
@@ -298,30 +307,131 @@ def speed_test(
     )
 
 
-def welch_less_p(base: list[float], cand: list[float]) -> float | None:
-    """One-sided Welch t-test p-value that the candidate's mean accuracy is below the
-    baseline's; None with fewer than 2 values a side. Where both sides have no spread the test
-    is undefined: the means decide (1.0 or 0.0)."""
-    from scipy.stats import ttest_ind
+def _welch(base: list[float], cand: list[float]) -> tuple[float, float, float]:
+    """The difference of the means (candidate - baseline), its standard error and the
+    Welch-Satterthwaite degrees of freedom (infinite where neither side has spread)."""
+    share_b = float(np.var(base, ddof=1)) / len(base)
+    share_c = float(np.var(cand, ddof=1)) / len(cand)
+    error = math.sqrt(share_b + share_c)
+    if error == 0:
+        return float(np.mean(cand) - np.mean(base)), 0.0, math.inf
+    dof = (share_b + share_c) ** 2 / (share_b**2 / (len(base) - 1) + share_c**2 / (len(cand) - 1))
+    return float(np.mean(cand) - np.mean(base)), error, dof
+
+
+def _below_p(statistic: float, error: float, dof: float) -> float:
+    """One-sided p-value that the true value is below the null, for a t statistic
+    (statistic / error); where there is no spread the sign decides (0.0 or 1.0)."""
+    from scipy.stats import t
+
+    if error == 0:
+        return 0.0 if statistic < 0 else 1.0
+    return float(t.cdf(statistic / error, dof))
+
+
+@dataclass(frozen=True)
+class AccuracyDifference:
+    """The candidate's mean test accuracy against the baseline's over seeds, in accuracy
+    points: two one-sided Welch tests against +-margin (TOST), and one-sided Welch tests for
+    worse and better."""
+
+    n_base: int
+    n_cand: int
+    difference: float  # candidate mean - baseline mean
+    ci_low: float  # the (1 - 2 alpha) CI of the difference: within +-margin is TOST at alpha
+    ci_high: float
+    spread: float  # one seed's standard deviation, pooled over both sides
+    margin: float
+    p_equivalent: float  # the larger of TOST's two one-sided p-values
+    p_worse: float
+    p_better: float
+    verdict: str  # "equivalent", "worse", "better" or "not shown equivalent"
+    seeds_needed: int | None  # a side, to decide a "not shown equivalent"; None: too many
+
+
+def accuracy_difference(
+    base: list[float], cand: list[float], margin: float, alpha: float
+) -> AccuracyDifference | None:
+    """TOST and the one-sided tests on test accuracies (fractions), the margin in points;
+    None with fewer than 2 seeds a side (no spread to test against). Equivalence is decided
+    first: a significant difference within the margin is equivalent, not worse."""
+    from scipy.stats import t
 
     if len(base) < 2 or len(cand) < 2:
         return None
-    if np.var(base) == 0 and np.var(cand) == 0:
-        return 0.0 if np.mean(cand) < np.mean(base) else 1.0
-    return float(ttest_ind(cand, base, equal_var=False, alternative="less").pvalue)
+    b, c = [100 * x for x in base], [100 * x for x in cand]
+    difference, error, dof = _welch(b, c)
+    half = 0.0 if error == 0 else float(t.ppf(1 - alpha, dof)) * error
+    p_worse = _below_p(difference, error, dof)
+    p_better = _below_p(-difference, error, dof)
+    # H0 difference <= -margin, and H0 difference >= +margin: both rejected is equivalence.
+    p_equivalent = max(
+        _below_p(-(difference + margin), error, dof), _below_p(difference - margin, error, dof)
+    )
+    found = [
+        word
+        for word, p in (("equivalent", p_equivalent), ("worse", p_worse), ("better", p_better))
+        if p < alpha
+    ]
+    verdict = found[0] if found else "not shown equivalent"
+    spread = math.sqrt(
+        (float(np.var(b, ddof=1)) * (len(b) - 1) + float(np.var(c, ddof=1)) * (len(c) - 1))
+        / (len(b) + len(c) - 2)
+    )
+    # To show equivalence, the CI must shrink inside the margin; to show a difference beyond
+    # it, away from zero.
+    gap = margin - abs(difference) if abs(difference) < margin else abs(difference)
+    return AccuracyDifference(
+        n_base=len(b),
+        n_cand=len(c),
+        difference=difference,
+        ci_low=difference - half,
+        ci_high=difference + half,
+        spread=spread,
+        margin=margin,
+        p_equivalent=p_equivalent,
+        p_worse=p_worse,
+        p_better=p_better,
+        verdict=verdict,
+        seeds_needed=seeds_needed(spread, gap, alpha),
+    )
+
+
+def seeds_needed(
+    spread: float, gap: float, alpha: float, power: float = POWER, most: int = MOST_SEEDS
+) -> int | None:
+    """The fewest seeds a side with which a one-sided test at alpha finds, with the given
+    power, a true difference `gap` away from its null, one seed's accuracy `spread` apart:
+        (t[1-alpha, df] + t[power, df]) * spread * sqrt(2 / n) <= gap,   df = 2n - 2
+    (the classic two-sample size, as minimum_detectable_slowdown's). None beyond `most`."""
+    from scipy.stats import t
+
+    if gap <= 0:
+        return None
+    for n in range(2, most + 1):
+        dof = 2 * n - 2
+        quantiles = float(t.ppf(1 - alpha, dof)) + float(t.ppf(power, dof))
+        if quantiles * spread * math.sqrt(2 / n) <= gap:
+            return n
+    return None
 
 
 @dataclass(frozen=True)
 class AccuracyResult:
-    """One stage x backend x device: outcome classes, then bit-identity or a Welch test."""
+    """One stage x backend x device: outcome classes, then bit-identity, then TOST and the
+    one-sided Welch tests over seeds."""
 
     group: str
-    method: str  # "bit-identical", "welch", "outcome only"
-    verdict: str  # "ok", "regression"
+    # "outcome" or "worse" (verdict "regression"), "bit-identical" (ok, or a regression where
+    # nothing else changed), "equivalent" or "better" (ok), "not shown equivalent"
+    # (inconclusive), "none" (not judged)
+    method: str
+    verdict: str  # "ok", "regression", "inconclusive", "not judged"
     detail: str
     base_mean: float | None = None
     cand_mean: float | None = None
-    p_value: float | None = None
+    p_value: float | None = None  # the test that decided: TOST, worse or better
+    difference: AccuracyDifference | None = None
 
 
 def _mean(values: list[float]) -> float | None:
@@ -329,7 +439,10 @@ def _mean(values: list[float]) -> float | None:
 
 
 def accuracy_test(pairs: list[tuple[JudgedCell, JudgedCell]], settings: Settings) -> AccuracyResult:
-    """The accuracy verdict of one stage x backend x device group's paired cells."""
+    """The accuracy verdict of one stage x backend x device group's paired cells: a changed
+    outcome class is a regression; losses the same bits are bit-identical, whatever software
+    ran them; losses that differ where nothing else did are a regression; else the seeds'
+    test accuracies decide (equivalent, better, worse or not shown equivalent)."""
     stage, backend, device, _ = pairs[0][0].key
     group = f"{stage}/{backend}/{device}"
     changed = [
@@ -337,33 +450,129 @@ def accuracy_test(pairs: list[tuple[JudgedCell, JudgedCell]], settings: Settings
     ]
     base = [b.test_accuracy for b, _ in pairs if b.test_accuracy is not None]
     cand = [c.test_accuracy for _, c in pairs if c.test_accuracy is not None]
-    means = {"base_mean": _mean(base), "cand_mean": _mean(cand)}
+    means = (_mean(base), _mean(cand))
     if changed:
-        return AccuracyResult(group, "outcome", "regression", "; ".join(changed), **means)
+        return AccuracyResult(group, "outcome", "regression", "; ".join(changed), *means)
+    note = ""
     if all(_bitwise_comparable(b, c) for b, c in pairs):
-        for b, c in pairs:
-            assert b.step_losses is not None and c.step_losses is not None
-            step = first_difference(b.step_losses, c.step_losses)
-            if step is not None:
-                detail = f"{cell_name(b.key)}: step losses differ from step {step}"
-                return AccuracyResult(group, "bit-identical", "regression", detail, **means)
-        detail = f"step losses bit-identical ({len(pairs)} seed(s))"
-        return AccuracyResult(group, "bit-identical", "ok", detail, **means)
-    p_value = welch_less_p(base, cand)
-    if p_value is None:
-        detail = "outcome class only: the Welch test needs 2+ seeds a side"
-        return AccuracyResult(group, "outcome only", "ok", detail, **means)
-    verdict = "regression" if p_value < settings.alpha else "ok"
-    detail = f"Welch one-sided p = {p_value:.3g} over {len(base)} vs {len(cand)} seeds"
-    return AccuracyResult(group, "welch", verdict, detail, p_value=p_value, **means)
+        decided, note = _by_bits(group, pairs, means)
+        if decided is not None:
+            return decided
+    return _accuracy_by_seeds(group, base, cand, settings, note, means)
+
+
+def _by_bits(
+    group: str,
+    pairs: list[tuple[JudgedCell, JudgedCell]],
+    means: tuple[float | None, float | None],
+) -> tuple[AccuracyResult | None, str]:
+    """A deterministic group's verdict by its step losses' bits, or None and a note for the
+    seeds' verdict where the bits cannot decide: they differ, and so did what the cells ran
+    with; or they match and the test accuracies do not (the same training evaluated by
+    other kernels)."""
+    across = _across(pairs)
+    differs = _loss_difference(pairs)
+    if differs is not None:
+        if not across:  # nothing the cells ran with changed: the bits must match
+            return AccuracyResult(group, "bit-identical", "regression", differs, *means), ""
+        return None, f" ({differs} across {across})"
+    if any(b.test_accuracy != c.test_accuracy for b, c in pairs):
+        return None, " (step losses bit-identical, test accuracies not)"
+    detail = f"step losses bit-identical ({len(pairs)} seed(s))"
+    detail += f" across {across}" if across else ""
+    return AccuracyResult(group, "bit-identical", "ok", detail, *means), ""
+
+
+def _accuracy_by_seeds(
+    group: str,
+    base: list[float],
+    cand: list[float],
+    settings: Settings,
+    note: str,
+    means: tuple[float | None, float | None],
+) -> AccuracyResult:
+    """A group's verdict from its seeds' test accuracies (TOST, then worse or better)."""
+    found = accuracy_difference(base, cand, settings.equivalence_margin, settings.alpha)
+    if found is None:
+        detail = (
+            f"not shown equivalent: {len(base)} vs {len(cand)} seed(s), and the equivalence"
+            " test needs 2+ a side to measure their spread (--seeds 5 also judges speed over"
+            f" processes){note}"
+        )
+        return AccuracyResult(group, "not shown equivalent", "inconclusive", detail, *means)
+    verdict = {"worse": "regression", "not shown equivalent": "inconclusive"}
+    p_value = {
+        "equivalent": found.p_equivalent,
+        "worse": found.p_worse,
+        "better": found.p_better,
+    }.get(found.verdict)
+    return AccuracyResult(
+        group,
+        found.verdict,
+        verdict.get(found.verdict, "ok"),
+        difference_detail(found, settings.alpha) + note,
+        *means,
+        p_value=p_value,
+        difference=found,
+    )
+
+
+def difference_detail(found: AccuracyDifference, alpha: float) -> str:
+    """What decided a group by its seeds, with the difference, its CI, the margin and, where
+    nothing did, how many seeds a side would."""
+    level = f"{1 - 2 * alpha:.0%}"
+    figures = (
+        f"difference {found.difference:+.2f} pp, {level} CI {found.ci_low:+.2f} to"
+        f" {found.ci_high:+.2f}, margin ±{found.margin:g} pp, {found.n_base} vs {found.n_cand}"
+        " seeds"
+    )
+    if found.verdict == "equivalent":
+        return f"equivalent within ±{found.margin:g} pp: {figures}"
+    if found.verdict in ("worse", "better"):
+        p_value = found.p_worse if found.verdict == "worse" else found.p_better
+        return f"{found.verdict}: Welch one-sided p = {p_value:.2g}; {figures}"
+    goal = "worse" if found.difference < 0 else "better"
+    goal = "equivalent" if abs(found.difference) < found.margin else goal
+    need = (
+        f"about {found.seeds_needed} seeds a side (--seeds {found.seeds_needed}) would show it"
+        f" {goal}"
+        if found.seeds_needed is not None
+        else f"more than {MOST_SEEDS} seeds a side would be needed: widen --equivalence-margin"
+    )
+    return (
+        f"not shown equivalent: {figures}, spread {found.spread:.2f} pp a seed; {need}"
+        f" at {POWER:.0%} power"
+    )
+
+
+def _loss_difference(pairs: list[tuple[JudgedCell, JudgedCell]]) -> str | None:
+    """Where the first pair whose step losses differ bit for bit differs; None: none does."""
+    for b, c in pairs:
+        assert b.step_losses is not None and c.step_losses is not None
+        step = first_difference(b.step_losses, c.step_losses)
+        if step is not None:
+            return f"{cell_name(b.key)}: step losses differ from step {step}"
+    return None
+
+
+def _across(pairs: list[tuple[JudgedCell, JudgedCell]]) -> str:
+    """What the cells ran with that differs between the sides, as "torch 2.12.0 -> 2.13.0,
+    numpy_version 2.4 -> 2.5" (a framework's version under its backend's name); "": nothing."""
+    found: dict[str, None] = {}
+    for part in ("software", "hardware"):
+        for name, (old, new) in _fingerprint_changes(pairs, part).items():
+            where, key = name.split(" ", 1)
+            key = where.split("/")[0] if key == "framework_version" else key
+            found[f"{key} {old} -> {new}"] = None
+    return ", ".join(found)
 
 
 def _bitwise_comparable(base: JudgedCell, cand: JudgedCell) -> bool:
-    """Same fingerprint, same stage file, deterministic both: the losses must be the same bits."""
+    """Deterministic both, the same stage file, losses recorded: their bits can be compared,
+    whatever software or hardware each ran on (whether they must match is the caller's)."""
     return (
         base.deterministic
         and cand.deterministic
-        and base.fingerprint == cand.fingerprint
         and base.spec == cand.spec
         and base.step_losses is not None
         and cand.step_losses is not None
@@ -613,6 +822,9 @@ def compare(baseline: Side, candidate: Side, settings: Settings) -> Comparison:
     inconclusive = _unjudged_lines(baseline, candidate, matched)
     if hardware:
         inconclusive.append("hardware differs: " + ", ".join(hardware))
+    inconclusive += [
+        f"accuracy {a.group}: {a.detail}" for a in accuracy if a.verdict == "inconclusive"
+    ]
     flags = _speed_flags(baseline, "baseline", (b for b, _ in judged))
     flags += _speed_flags(candidate, "candidate", (c for _, c in judged))
     speed_judged = not hardware and (settings.allow_busy or not flags)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from bench.recording.verdict import (
     POWER,
+    AccuracyResult,
     Comparison,
     GroupSpeed,
     PairResult,
@@ -21,7 +22,8 @@ from bench.recording.verdict import (
 # compare.txt is printed, kept as an artifact and shown in the run's description, where a longer
 # line widens the whole page (one of 420 characters made it 3,265 px wide, the tags off-screen).
 WIDTH = 100
-STATUSES = ("regression", "inconclusive", "no change")  # a cell's part in the verdict
+# A cell's part in the verdict; "improved": its group's accuracy is significantly better.
+STATUSES = ("regression", "inconclusive", "improved", "no change")
 DIRECTION = (
     "ratio = candidate / baseline median samples/s: above 1 the candidate is faster, below 1 slower"
 )
@@ -72,13 +74,25 @@ def speed_word(comparison: Comparison, pair: PairResult) -> str:
 def cell_status(comparison: Comparison, pair: PairResult) -> str:
     """A paired cell's part in the verdict (one of STATUSES): a regression of its accuracy
     group or its speed, a check that could not be made, or nothing found."""
-    accuracy = next(a for a in comparison.accuracy if a.group == group_of(pair.key)).verdict
+    check = next(a for a in comparison.accuracy if a.group == group_of(pair.key))
     speed = speed_word(comparison, pair)
-    if "regression" in (accuracy, speed.removeprefix("by group: ")):
+    if "regression" in (check.verdict, speed.removeprefix("by group: ")):
         return "regression"
-    if accuracy == "ok" and speed in ("ok", "by group: ok"):
-        return "no change"
+    if check.verdict == "ok" and speed in ("ok", "by group: ok"):
+        return "improved" if check.method == "better" else "no change"
     return "inconclusive"
+
+
+def accuracy_label(check: AccuracyResult) -> str:
+    """An accuracy verdict in a word or two: its method ("bit-identical", "equivalent ±0.3",
+    "better", "worse"), "inconclusive", "outcome changed" or "not judged"."""
+    if check.method == "equivalent":
+        return f"equivalent ±{check.difference.margin:g}" if check.difference else "equivalent"
+    return {
+        "not shown equivalent": "inconclusive",
+        "outcome": "outcome changed",
+        "none": "not judged",
+    }.get(check.method, check.method)
 
 
 def _speed_columns(speed: SpeedResult | None) -> dict[str, str]:
@@ -132,6 +146,7 @@ def table_rows(comparison: Comparison) -> list[dict[str, str]]:
                 "accuracy_check": "not judged"
                 if pair.not_judged
                 else f"{check.method}: {check.verdict}",
+                "accuracy": "not judged" if pair.not_judged else accuracy_label(check),
                 **_speed_columns(pair.speed),
                 "speed": speed_word(comparison, pair),
                 "status": cell_status(comparison, pair),
@@ -158,6 +173,7 @@ def csv_text(comparison: Comparison) -> str:
                 "test_acc_base": _optional(check.base_mean),
                 "test_acc_cand": _optional(check.cand_mean),
                 "accuracy_check": f"{check.method}: {check.verdict}",
+                "accuracy": accuracy_label(check),
                 **group,
                 "level": "processes",
             }
@@ -170,10 +186,16 @@ def csv_text(comparison: Comparison) -> str:
     return out.getvalue()
 
 
-def _changes_lines(title: str, found: dict[str, tuple[str, str]]) -> list[str]:
+def _changes_lines(
+    title: str, found: dict[str, tuple[str, str]], expected: frozenset[str] = frozenset()
+) -> list[str]:
+    """One line a change; those of `expected` keys (Settings.expected_software) say so."""
     if not found:
         return [f"{title}: none"]
-    return [f"{title}:"] + [f"  {k}: {old} -> {new}" for k, (old, new) in found.items()]
+    return [f"{title}:"] + [
+        f"  {k}: {old} -> {new}" + (" (expected)" if k.split(" ")[-1] in expected else "")
+        for k, (old, new) in found.items()
+    ]
 
 
 def _aligned(header: tuple[str, ...], body: Sequence[tuple[str, ...]]) -> list[str]:
@@ -273,7 +295,7 @@ def _cell_lines(c: Comparison) -> list[str]:
             r["cell"],
             r["outcome"],
             f"{r['test_acc_base']} -> {r['test_acc_cand']}",
-            r["accuracy_check"].split(": ")[-1],
+            r["accuracy"],
             r["speed"],
         )
         for r in shown
@@ -307,7 +329,15 @@ def _legend(c: Comparison) -> list[str]:
     explained = [
         "outcome: how training ended (baseline->candidate where it changed).",
         "test acc b -> c: test accuracy, baseline -> candidate.",
-        "accuracy: the check of the cell's stage/backend/device (the lines above the table).",
+        "accuracy: the check of the stage/backend/device (the lines above the tables):"
+        " bit-identical (every seed's step losses the same bits), equivalent ±m (TOST: the"
+        f" {1 - 2 * s.alpha:.0%} CI of the mean difference within ±m accuracy points,"
+        " --equivalence-margin), better or worse (one-sided Welch p < alpha), inconclusive (none"
+        " of these shown), outcome changed; then the mean test accuracies, baseline->candidate.",
+        "speed ratio [95% CI]: of each stage/backend, over processes where 5+ a side, else over"
+        " the epochs of its one cell (several cells: per cell, in the tables below).",
+        "verdict: of the stage/backend: its cells' worst status (regression, inconclusive,"
+        " improved, no change).",
         "speed: the cell's speed test: ok (no slowdown it can call significant), regression,"
         " within run noise, too few samples, by group (judged over processes, below), or not"
         " judged (busy: a run or cell is flagged speed_stable false or a peak moved, and"
@@ -344,6 +374,57 @@ def _accuracy_lines(c: Comparison) -> list[str]:
     return lines
 
 
+def _means(check: AccuracyResult) -> str:
+    """The mean test accuracies, baseline->candidate, in per cent."""
+    if check.base_mean is None or check.cand_mean is None:
+        return "-"
+    return f"{100 * check.base_mean:.2f}->{100 * check.cand_mean:.2f}"
+
+
+def _ratio(speed: SpeedResult | None) -> str:
+    if speed is None:
+        return "-"
+    return f"{speed.ratio:.3f} [{speed.ci_low:.3f}, {speed.ci_high:.3f}]"
+
+
+def _group_speed(c: Comparison, group: str, pairs: list[PairResult]) -> str:
+    """A group's speed ratio and CI: over processes where it was judged so, else its one
+    cell's over epochs; "per cell" where it has several cells judged one by one."""
+    over = next((g for g in c.groups if g.group == group), None)
+    if over is not None:
+        return _ratio(over.speed)
+    judged = [p for p in pairs if not p.not_judged]
+    if len(judged) == 1:
+        return _ratio(judged[0].speed)
+    return "per cell" if judged else "-"
+
+
+def _group_lines(c: Comparison) -> list[str]:
+    """One row per stage and backend: its accuracy verdict and mean accuracies, its speed
+    ratio and CI, and the worst status of its cells."""
+    members: dict[str, list[PairResult]] = {}
+    for pair in c.pairs:
+        members.setdefault(group_of(pair.key), []).append(pair)
+    devices = sorted({key[2] for key in (p.key for p in c.pairs)})
+    body = []
+    for check in c.accuracy:
+        stage, backend, device = check.group.split("/")
+        pairs = members[check.group]
+        statuses = {cell_status(c, p) for p in pairs}
+        body.append(
+            (
+                stage,
+                backend if len(devices) == 1 else f"{backend}/{device}",
+                f"{accuracy_label(check)} {_means(check)}",
+                _group_speed(c, check.group, pairs),
+                min(statuses, key=STATUSES.index),
+            )
+        )
+    title = f"per stage and backend (on {devices[0]}):" if len(devices) == 1 else "per group:"
+    header = ("stage", "backend", "accuracy", "speed ratio [95% CI]", "verdict")
+    return [title, *_aligned(header, body)]
+
+
 def report_text(comparison: Comparison) -> str:
     """What compare prints and records: the verdict and what makes it, what changed, the cells
     that are not "no change", the groups over processes, and what each column means."""
@@ -359,11 +440,13 @@ def report_text(comparison: Comparison) -> str:
         *_wrapped(f"candidate {_side_line(c.candidate)}"),
         *_wrapped(DIRECTION),
         *_changes_lines("what was trained differs", c.trained_changes),
-        *_changes_lines("software that differs", c.software_changes),
+        *_changes_lines("software that differs", c.software_changes, c.settings.expected_software),
         *_changes_lines("speed options that differ", c.option_changes),
         *_changes_lines("hardware that differs", c.hardware_changes),
         *_unpaired_lines(c),
         *_accuracy_lines(c),
+        "",
+        *_group_lines(c),
         "",
         *_cell_lines(c),
     ]
