@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import http.server
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from functools import partial
@@ -18,6 +20,7 @@ from bench.core.data import DATA_DIR_ENV, Splits, load_dataset
 from bench.core.datasets.dataset import DataFile, Dataset
 from bench.core.datasets.fashion_mnist import FASHION_MNIST
 from bench.core.datasets.mnist import MNIST
+from bench.execution.environments import Environment, ensure
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
@@ -215,8 +218,21 @@ def serving(server: http.server.ThreadingHTTPServer) -> Iterator[str]:
         thread.join(timeout=5)
 
 
+JAX_PINS = ("jax==0.10.2", "jaxlib==0.10.2")
+
+
 @pytest.fixture(scope="session")
-def shared_env_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One folder of environments for the whole session: each is made once, by the first test
-    that asks for it (making one takes a minute), and found in the cache by the others."""
-    return tmp_path_factory.mktemp("envs")
+def jax_environment(tmp_path_factory: pytest.TempPathFactory) -> Environment:
+    """One environment (jax 0.10.2 from the package index), made once for the session, as
+    making one takes most of a minute; its folder is the session's environment root. Beside it,
+    a building folder left by a process that was killed, which making it must clear away."""
+    root = tmp_path_factory.mktemp("envs")
+    (root / f".building-000000000000-{_dead_pid()}" / "bin").mkdir(parents=True)
+    return ensure(JAX_PINS, name="jax 0.10", root=root)
+
+
+def _dead_pid() -> int:
+    """The id of a process that has ended."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid

@@ -22,11 +22,10 @@ from bench.execution.environments import (
     frameworks_of,
     parse_pins,
 )
-from tests.conftest import ROOT
+from tests.conftest import JAX_PINS, ROOT
 from tests.live import bench
 
 # jax and jaxlib 0.10.2: wheels small enough (about 650 MB installed) to make in a test.
-JAX_PINS = ("jax==0.10.2", "jaxlib==0.10.2")
 
 
 def test_pins_are_normalised_and_sorted() -> None:
@@ -81,20 +80,11 @@ def test_the_key_is_the_pins_whatever_their_order() -> None:
     assert environment_key(JAX_PINS) != environment_key(("jax==0.10.2",))
 
 
-@pytest.fixture(scope="module")
-def made(tmp_path_factory: pytest.TempPathFactory) -> Environment:
-    """One environment, made once for the module; beside it a building folder left by a
+@pytest.fixture
+def made(jax_environment: Environment) -> Environment:
+    """The session's jax environment (conftest), made once beside a building folder left by a
     process that was killed."""
-    root = tmp_path_factory.mktemp("envs")
-    (root / f".building-000000000000-{_dead_pid()}" / "bin").mkdir(parents=True)
-    return ensure(parse_pins(",".join(JAX_PINS)), name="jax 0.10", root=root)
-
-
-def _dead_pid() -> int:
-    """The id of a process that has ended."""
-    process = subprocess.Popen([sys.executable, "-c", "pass"])
-    process.wait()
-    return process.pid
+    return jax_environment
 
 
 @pytest.mark.slow

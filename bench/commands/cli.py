@@ -26,6 +26,7 @@ from bench.commands import (
     run,
     server,
     ui,
+    upgrade,
 )
 from bench.commands import list as list_command
 from bench.commands.exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
@@ -59,6 +60,7 @@ COMMANDS: tuple[Command, ...] = (
     record_pending,
     gpu_check,
     envs,
+    upgrade,
 )
 BY_NAME: dict[str, Command] = {command.NAME: command for command in COMMANDS}
 

@@ -287,8 +287,14 @@ def _plot(comparison: compare.Comparison, path: Path) -> None:
     plt.close(fig)
 
 
-def record(tracker: Tracker, comparison: compare.Comparison, text: str) -> str:
-    """A run of kind `comparison` beside the two parents, with the table, CSV and plot."""
+def record(
+    tracker: Tracker,
+    comparison: compare.Comparison,
+    text: str,
+    tags: dict[str, str] | None = None,
+) -> str:
+    """A run of kind `comparison` beside the two parents, with the table, CSV and plot; `tags`
+    say more of what was compared (an upgrade's pins)."""
     tracker.experiment_id = comparison.baseline.experiment_id
     base, cand = comparison.baseline.run_id, comparison.candidate.run_id
     settings = comparison.settings
@@ -313,6 +319,7 @@ def record(tracker: Tracker, comparison: compare.Comparison, text: str) -> str:
             "candidate": cand,
             NOTE_TAG: f"```\n{text}\n```",
             **git_state(),  # of the harness that judged
+            **(tags or {}),
         },
     )
     try:
@@ -370,11 +377,14 @@ def judge(
     cand_run_id: str,
     settings: compare.Settings,
     echo: bool = True,
+    heading: str = "",
+    tags: dict[str, str] | None = None,
 ) -> tuple[compare.Comparison, str, str]:
     """Judge two finished parent runs of the tracker's store: read both sides, refuse what
     cannot be paired (BenchError, nothing recorded), make the verdict and its text, print it
     (with echo; at once, as recording takes seconds), record it with its report. Returns the
-    comparison, its text and the comparison run's id."""
+    comparison, its text and the comparison run's id. `heading` goes under the verdict line
+    (what was compared, where the runs alone do not say it); `tags` on the comparison run."""
     reader = tracker.reader
     runs = (
         reader.run(run_id, f"no run {run_id!r} in {tracker.shown_uri}")
@@ -384,9 +394,12 @@ def judge(
     check_pairable(baseline, candidate)
     comparison = compare.compare(baseline, candidate, settings)
     text = report_text(comparison)
+    if heading:  # under the verdict, which stays the first line
+        verdict, _, rest = text.partition("\n")
+        text = f"{verdict}\n{heading}\n{rest}"
     if echo:
         print(text, flush=True)
-    run_id = record(tracker, comparison, text)
+    run_id = record(tracker, comparison, text, tags)
     report_safely(tracker, run_id)
     return comparison, text, run_id
 
