@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import NoReturn, Protocol
 
 from bench.commands import (
+    bisect,
     compare,
     gpu_check,
     parity,
@@ -53,6 +54,7 @@ COMMANDS: tuple[Command, ...] = (
     reproduce,
     report,
     compare,
+    bisect,
     ui,
     server,
     record_pending,
