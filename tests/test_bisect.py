@@ -100,8 +100,17 @@ def quick_stage(folder: Path) -> Path:
 
 def bisect(repo: Path, uri: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "bench", "bisect", *args, "--repo", str(repo)]
-        + ["--tracking-uri", uri],
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "bisect",
+            *args,
+            "--repo",
+            str(repo),
+            "--tracking-uri",
+            uri,
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,

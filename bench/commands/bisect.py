@@ -142,7 +142,9 @@ def _baseline(session: Session, seeds: int) -> Probe:
     return session.baselines[seeds]
 
 
-def gate_verdict(tracker: Tracker, base: RecordedRun, cand: RecordedRun) -> tuple[compare.Comparison, str, str]:
+def gate_verdict(
+    tracker: Tracker, base: RecordedRun, cand: RecordedRun
+) -> tuple[compare.Comparison, str, str]:
     """The compare gate, as `bench compare BASE CAND` runs it with its defaults: the
     comparison, its text and the comparison run it recorded."""
     reader = tracker.reader
@@ -166,7 +168,9 @@ def _accuracy_decided(comparison: compare.Comparison) -> bool:
     )
 
 
-def read_verdict(comparison: compare.Comparison, hunted: tuple[str, ...]) -> tuple[bool | None, str]:
+def read_verdict(
+    comparison: compare.Comparison, hunted: tuple[str, ...]
+) -> tuple[bool | None, str]:
     """Bad, good or inconclusive (None) for the regression hunted, and why. Hunting an
     accuracy regression alone, a decided accuracy verdict stands where the speed's is
     inconclusive (one epoch has no throughput sample after the first)."""
@@ -227,8 +231,10 @@ def bisect(session: Session) -> int:
         print("BAD shows no regression against GOOD; nothing to bisect")
         return compare.EXIT_OK
     if last.bad is None:
-        print(f"still inconclusive at {session.seeds} seed(s): is BAD a regression? rerun with"
-              " more --epochs or --max-seeds")
+        print(
+            f"still inconclusive at {session.seeds} seed(s): is BAD a regression? rerun with"
+            " more --epochs or --max-seeds"
+        )
         return compare.EXIT_INCONCLUSIVE
     session.hunted = _hunted(last.comparison)
     good, bad, verdicts = -1, len(candidates) - 1, {len(candidates) - 1: last}
@@ -238,7 +244,9 @@ def bisect(session: Session) -> int:
         _show(session, candidates[middle], judged)
         if judged.bad is None:
             left = f"{candidates[good + 1].short}..{candidates[bad].short}"
-            print(f"still inconclusive at {session.seeds} seed(s); the first bad commit is in {left}")
+            print(
+                f"still inconclusive at {session.seeds} seed(s); the first bad commit is in {left}"
+            )
             return compare.EXIT_INCONCLUSIVE
         verdicts[middle] = judged
         good, bad = (good, middle) if judged.bad else (middle, bad)

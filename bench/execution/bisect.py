@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from bench.core.errors import BenchError
 
 GIT_TIMEOUT_S = 60
 OUTPUT_TAIL_LINES = 5  # of a probe that recorded nothing: enough to see why
+INTERRUPT_WAIT_S = 60  # for an interrupted probe to end its runs
 
 
 @dataclass(frozen=True)
@@ -69,9 +71,7 @@ def repo_root(path: Path) -> Path:
         raise BenchError(f"--repo {path} is not a folder; give a git checkout's folder")
     done = _git(path, "rev-parse", "--show-toplevel")
     if done.returncode != 0:
-        raise BenchError(
-            f"{path.resolve()} is not in a git repository; give one with --repo PATH"
-        )
+        raise BenchError(f"{path.resolve()} is not in a git repository; give one with --repo PATH")
     return Path(done.stdout.strip())
 
 
@@ -103,7 +103,9 @@ def history(path: Path, good_name: str, bad_name: str) -> History:
             " commit or stash them"
         )
     shas = _git_out(repo, "rev-list", "--first-parent", "--reverse", f"{good.sha}..{bad.sha}")
-    candidates = [Commit(sha, _git_out(repo, "log", "-1", "--format=%s", sha)) for sha in shas.split()]
+    candidates = [
+        Commit(sha, _git_out(repo, "log", "-1", "--format=%s", sha)) for sha in shas.split()
+    ]
     if not candidates or candidates[-1] != bad:
         raise BenchError(
             f"BAD {bad.short} is not on the first-parent line from GOOD {good.short}; give a"
@@ -149,7 +151,7 @@ def probe_command(settings: ProbeSettings, at: Commit, seeds: int) -> list[str]:
     if settings.data_dir is not None:
         command.append(f"--data-dir={settings.data_dir}")
     command += ["--tag", f"bisect={settings.session}", "--tag", f"commit={at.sha}"]
-    return command + ["--tracking-uri", settings.tracking_uri]
+    return [*command, "--tracking-uri", settings.tracking_uri]
 
 
 @dataclass(frozen=True)
@@ -161,17 +163,32 @@ class ProbeRun:
 def run_probe(settings: ProbeSettings, repo: Path, at: Commit, seeds: int, tmp: Path) -> ProbeRun:
     """Run one probe invocation of `at` in its own worktree and process; its output is kept
     back (the bisect prints one line per probe), all but its tail."""
-    env = {**os.environ, "PYTHONPATH": ""}
     with worktree(repo, at, tmp) as path:
-        env["PYTHONPATH"] = str(path)
-        done = subprocess.run(
+        process = subprocess.Popen(
             probe_command(settings, at, seeds),
             cwd=path,
-            env=env,
+            env={**os.environ, "PYTHONPATH": str(path)},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
         )
-    tail = "\n".join(done.stdout.strip().splitlines()[-OUTPUT_TAIL_LINES:])
-    return ProbeRun(done.returncode, tail)
+        try:
+            output, _ = process.communicate()
+        except KeyboardInterrupt:
+            _interrupt(process)
+            raise
+    tail = "\n".join(output.strip().splitlines()[-OUTPUT_TAIL_LINES:])
+    return ProbeRun(process.returncode, tail)
+
+
+def _interrupt(process: subprocess.Popen[str]) -> None:
+    """Let an interrupted probe end its runs KILLED, as an interrupted `bench run` does (a
+    Ctrl-C reached it too; a SIGTERM to the bisect alone did not), before its worktree goes."""
+    with contextlib.suppress(ProcessLookupError):
+        process.send_signal(signal.SIGINT)
+    try:
+        process.communicate(timeout=INTERRUPT_WAIT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
