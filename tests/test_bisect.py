@@ -185,6 +185,7 @@ def small_repo(tmp_path: Path) -> tuple[Path, list[str]]:
         ("same commit", "GOOD and BAD are the same commit"),
         ("dirty tree", "has uncommitted changes, which bisect would not probe"),
         ("not a repository", "is not in a git repository; give one with --repo PATH"),
+        ("seeds above the cap", "--seeds 16 is above --max-seeds 8; raise it"),
     ],
 )
 def test_bad_input_is_one_line_and_leaves_nothing(
@@ -209,6 +210,8 @@ def test_bad_input_is_one_line_and_leaves_nothing(
         repo.mkdir()
     database = tmp_path / "store" / "mlflow.db"
     argv = ["bisect", good, bad, "--repo", str(repo), "--tracking-uri", f"sqlite:///{database}"]
+    if case == "seeds above the cap":
+        argv.append("--seeds=16")
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert expected in err and err.count("\n") == 1, err
