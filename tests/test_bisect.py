@@ -186,6 +186,10 @@ def small_repo(tmp_path: Path) -> tuple[Path, list[str]]:
         ("dirty tree", "has uncommitted changes, which bisect would not probe"),
         ("not a repository", "is not in a git repository; give one with --repo PATH"),
         ("seeds above the cap", "--seeds 16 is above --max-seeds 8; raise it"),
+        (
+            "no harness",
+            "has no bench harness (bench/__main__.py) to probe; give a GOOD that has it",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_leaves_nothing(

@@ -19,6 +19,7 @@ from pathlib import Path
 from bench.core.errors import BenchError
 
 GIT_TIMEOUT_S = 60
+HARNESS = "bench/__main__.py"  # what `python -m bench` runs in a probe's worktree
 OUTPUT_TAIL_LINES = 5  # of a probe that recorded nothing: enough to see why
 INTERRUPT_WAIT_S = 60  # for an interrupted probe to end its runs
 
@@ -102,6 +103,12 @@ def history(path: Path, good_name: str, bad_name: str) -> History:
             f"the worktree of {repo} has uncommitted changes, which bisect would not probe;"
             " commit or stash them"
         )
+    for side, at in (("GOOD", good), ("BAD", bad)):
+        # Without its own, a probe would run whichever bench the interpreter finds installed.
+        if _git(repo, "cat-file", "-e", f"{at.sha}:{HARNESS}").returncode != 0:
+            raise BenchError(
+                f"{side} {at} has no bench harness ({HARNESS}) to probe; give a {side} that has it"
+            )
     shas = _git_out(repo, "rev-list", "--first-parent", "--reverse", f"{good.sha}..{bad.sha}")
     candidates = [
         Commit(sha, _git_out(repo, "log", "-1", "--format=%s", sha)) for sha in shas.split()
@@ -164,6 +171,8 @@ def run_probe(settings: ProbeSettings, repo: Path, at: Commit, seeds: int, tmp: 
     """Run one probe invocation of `at` in its own worktree and process; its output is kept
     back (the bisect prints one line per probe), all but its tail."""
     with worktree(repo, at, tmp) as path:
+        if not (path / HARNESS).is_file():  # removed between GOOD and BAD
+            raise BenchError(f"commit {at} has no bench harness ({HARNESS}) to probe")
         process = subprocess.Popen(
             probe_command(settings, at, seeds),
             cwd=path,
