@@ -14,9 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from bench.commands.bisect import ASPECTS, read_verdict
 from bench.commands.cli import main
+from bench.recording import verdict as compare
 from bench.recording.tracking import Tracker
 from tests.conftest import ROOT
+from tests.test_compare import _cell, _side
 
 # Git with a fixed identity and none of the user's configuration (hooks, signing).
 GIT_ENV = {
@@ -221,3 +224,26 @@ def test_bad_input_is_one_line_and_leaves_nothing(
     assert expected in err and err.count("\n") == 1, err
     assert not database.parent.exists()  # no store made, nothing recorded
     assert len(worktrees(small_repo[0])) == 1
+
+
+def _one_epoch(losses: list[float], outcome: str = "converged") -> compare.Comparison:
+    """GOOD's cell against one with these losses, one epoch each: no throughput sample."""
+    base = _side("good", _cell(rates=[]))
+    cand = _side("probe", _cell(rates=[], losses=losses, outcome=outcome))
+    return compare.compare(base, cand, compare.Settings())
+
+
+def test_a_probe_is_judged_on_what_regressed_at_bad() -> None:
+    """Hunting an accuracy regression, bit-identical losses make a commit good even though one
+    epoch leaves its speed inconclusive; hunting speed too, that stays inconclusive."""
+    same = _one_epoch([2.3, 1.0, 0.5])
+    assert same.exit_code == compare.EXIT_INCONCLUSIVE
+    assert read_verdict(same, ("accuracy",)) == (
+        False,
+        "no accuracy regression: step losses bit-identical (1 seed(s))",
+    )
+    assert read_verdict(same, ASPECTS)[0] is None
+    changed = read_verdict(_one_epoch([2.3, 1.5, 0.5]), ("accuracy",))
+    assert changed == (True, "relu-xavier/torch/cpu/seed0: step losses differ from step 2")
+    # A probe whose cell did not finish has no accuracy to judge: never guessed good.
+    assert read_verdict(_one_epoch([2.3], outcome="killed"), ("accuracy",))[0] is None
