@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.commands.bisect import ASPECTS, read_verdict
+from bench.commands.bisect import ASPECTS, read_verdict, seeds_can_help
 from bench.commands.cli import main
 from bench.recording import verdict as compare
 from bench.recording.tracking import Tracker
@@ -243,6 +243,10 @@ def test_a_probe_is_judged_on_what_regressed_at_bad() -> None:
         "no accuracy regression: step losses bit-identical (1 seed(s))",
     )
     assert read_verdict(same, ASPECTS)[0] is None
+    # Not rerun with more seeds: one epoch a cell has no throughput sample whatever the seeds.
+    assert not seeds_can_help(same)
+    base, cand = _side("good", _cell(rates=[100.0])), _side("probe", _cell(rates=[99.0]))
+    assert seeds_can_help(compare.compare(base, cand, compare.Settings()))
     changed = read_verdict(_one_epoch([2.3, 1.5, 0.5]), ("accuracy",))
     assert changed == (True, "relu-xavier/torch/cpu/seed0: step losses differ from step 2")
     # A probe whose cell did not finish has no accuracy to judge: never guessed good.

@@ -6,8 +6,8 @@ Each probe is a `bench run` of the commit's own harness in a worktree of its own
 commit=<sha>; the gate judges it against GOOD's probe and records the comparison.
 
 Exit 1: a first bad commit was found (a script gating on the range fails); 0: BAD shows no
-regression against GOOD; 3: still inconclusive at --max-seeds (the range left is named);
-2: bad input, nothing probed.
+regression against GOOD; 3: still inconclusive at --max-seeds, or where more seeds cannot help
+(the range left is named); 2: bad input, nothing probed.
 """
 
 from __future__ import annotations
@@ -184,6 +184,12 @@ def read_verdict(
     return None, "; ".join(comparison.inconclusive)[:200]
 
 
+def seeds_can_help(comparison: compare.Comparison) -> bool:
+    """Whether more seeds may decide an inconclusive verdict: not where no cell has a
+    throughput sample (one epoch: only its first, which is warm-up), whatever the seeds."""
+    return any(pair.speed is not None for pair in comparison.pairs)
+
+
 def _judged(session: Session, at: Commit) -> Judged:
     """The probe of `at` judged against GOOD's; an inconclusive one is run again, both sides
     with twice the seeds, up to --max-seeds."""
@@ -193,7 +199,7 @@ def _judged(session: Session, at: Commit) -> Judged:
         cand = _probe(session, at, seeds)
         comparison, text, run_id = gate_verdict(session.tracker, base.run, cand.run)
         bad, reason = read_verdict(comparison, session.hunted)
-        if bad is not None or seeds * 2 > session.max_seeds:
+        if bad is not None or seeds * 2 > session.max_seeds or not seeds_can_help(comparison):
             return Judged(bad, reason, comparison, text, run_id)
         print(f"  {at.short} inconclusive at {seeds} seed(s) ({reason}); again with {seeds * 2}")
         session.seeds = seeds * 2
@@ -232,8 +238,8 @@ def bisect(session: Session) -> int:
         return compare.EXIT_OK
     if last.bad is None:
         print(
-            f"still inconclusive at {session.seeds} seed(s): is BAD a regression? rerun with"
-            " more --epochs or --max-seeds"
+            f"still inconclusive at {session.seeds} seed(s) ({last.reason}): is BAD a"
+            " regression? bisect again with more --epochs (2+) or --max-seeds"
         )
         return compare.EXIT_INCONCLUSIVE
     session.hunted = _hunted(last.comparison)
