@@ -242,7 +242,10 @@ def test_a_probe_is_judged_on_what_regressed_at_bad() -> None:
         False,
         "no accuracy regression: step losses bit-identical (1 seed(s))",
     )
-    assert read_verdict(same, ASPECTS)[0] is None
+    assert read_verdict(same, ASPECTS) == (
+        None,
+        "relu-xavier/torch/cpu/seed0: no throughput samples",
+    )
     # Not rerun with more seeds: one epoch a cell has no throughput sample whatever the seeds.
     assert not seeds_can_help(same)
     base, cand = _side("good", _cell(rates=[100.0])), _side("probe", _cell(rates=[99.0]))

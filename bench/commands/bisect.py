@@ -181,7 +181,12 @@ def read_verdict(
         return False, "no regression"
     if hunted == ("accuracy",) and _accuracy_decided(comparison):
         return False, "no accuracy regression: " + "; ".join(a.detail for a in comparison.accuracy)
-    return None, "; ".join(comparison.inconclusive)[:200]
+    # The samples missing first: what more seeds or epochs would settle; the rest are counted.
+    reasons = comparison.too_few + [
+        r for r in comparison.inconclusive if r not in comparison.too_few
+    ]
+    more = f" (and {len(reasons) - 1} more reason(s))" if len(reasons) > 1 else ""
+    return None, (reasons[0] if reasons else "inconclusive") + more
 
 
 def seeds_can_help(comparison: compare.Comparison) -> bool:
@@ -238,8 +243,8 @@ def bisect(session: Session) -> int:
         return compare.EXIT_OK
     if last.bad is None:
         print(
-            f"still inconclusive at {session.seeds} seed(s) ({last.reason}): is BAD a"
-            " regression? bisect again with more --epochs (2+) or --max-seeds"
+            f"still inconclusive at {session.seeds} seed(s): is BAD a regression? bisect again"
+            " with more --epochs (2+) or --max-seeds"
         )
         return compare.EXIT_INCONCLUSIVE
     session.hunted = _hunted(last.comparison)
