@@ -1,5 +1,5 @@
 """Command line: `mlp-bench` (or `python -m bench`) `list | run | perf | parity | reproduce |
-report | compare | ui | server | record-pending | gpu-check`.
+report | compare | bisect | ui | server | record-pending | gpu-check`.
 
 Every input is checked, and the tracking store opened, before any training starts; a user's
 mistake prints one line and exits 2. Each command lives in its own module (bench/commands/*.py).
@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import NoReturn, Protocol
 
 from bench.commands import (
+    bisect,
     compare,
     envs,
     gpu_check,
@@ -55,6 +56,7 @@ COMMANDS: tuple[Command, ...] = (
     reproduce,
     report,
     compare,
+    bisect,
     ui,
     server,
     record_pending,
