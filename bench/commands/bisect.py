@@ -28,7 +28,6 @@ from bench.recording import store
 from bench.recording import verdict as compare
 from bench.recording.reader import RecordedRun
 from bench.recording.tracking import DEFAULT_EXPERIMENT, Tracker, resolve_tracking_uri
-from bench.recording.verdict_text import report_text
 
 NAME = "bisect"
 HELP = "find the first commit between GOOD and BAD that the compare gate judges a regression"
@@ -147,24 +146,19 @@ def gate_verdict(
 ) -> tuple[compare.Comparison, str, str]:
     """The compare gate, as `bench compare BASE CAND` runs it with its defaults: the
     comparison, its text and the comparison run it recorded."""
-    reader = tracker.reader
-    baseline, candidate = gate.load_side(reader, base), gate.load_side(reader, cand)
-    gate.check_pairable(baseline, candidate)
-    comparison = compare.compare(baseline, candidate, compare.Settings())
-    text = report_text(comparison)
-    return comparison, text, gate.record(tracker, comparison, text)
+    return gate.judge(tracker, base.run_id, cand.run_id, compare.Settings(), echo=False)
 
 
 def _accuracy_decided(comparison: compare.Comparison) -> bool:
-    """Every cell paired and judged, on both sides' finished runs, by bit-identity or a test:
-    the accuracy verdict stands whatever the speed's."""
+    """Every cell paired and judged, on both sides' finished runs, and its accuracy found the
+    same bits, equivalent or better: the accuracy verdict stands whatever the speed's."""
     sides = (comparison.baseline, comparison.candidate)
     return (
         all(side.status == "FINISHED" for side in sides)
         and not comparison.unpaired_base
         and not comparison.unpaired_cand
         and all(not pair.not_judged for pair in comparison.pairs)
-        and all(a.method in ("bit-identical", "welch") for a in comparison.accuracy)
+        and all(a.verdict == "ok" for a in comparison.accuracy)
     )
 
 
