@@ -189,6 +189,7 @@ def small_repo(tmp_path: Path) -> tuple[Path, list[str]]:
         ("dirty tree", "has uncommitted changes, which bisect would not probe"),
         ("not a repository", "is not in a git repository; give one with --repo PATH"),
         ("seeds above the cap", "--seeds 16 is above --max-seeds 8; raise it"),
+        ("a pin that is no pin", "pin 'jax>>1' is not a requirement"),
         (
             "no harness",
             "has no bench harness (bench/__main__.py) to probe; give a GOOD that has it",
@@ -219,6 +220,8 @@ def test_bad_input_is_one_line_and_leaves_nothing(
     argv = ["bisect", good, bad, "--repo", str(repo), "--tracking-uri", f"sqlite:///{database}"]
     if case == "seeds above the cap":
         argv.append("--seeds=16")
+    elif case == "a pin that is no pin":
+        argv.append("--env=jax>>1")
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert expected in err and err.count("\n") == 1, err

@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.commands import compare as gate
-from bench.commands.arguments import MAX_SEEDS, add_tracking_uri, int_in
+from bench.commands.arguments import MAX_SEEDS, add_env, add_tracking_uri, int_in
 from bench.core.errors import BenchError
 from bench.core.spec import MAX_EPOCHS
 from bench.execution.bisect import Commit, History, ProbeSettings, history, run_probe
+from bench.execution.environments import ensure, parse_pins
 from bench.recording import store
 from bench.recording import verdict as compare
 from bench.recording.reader import RecordedRun
@@ -65,6 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="folder of the stages' data set files, MNIST's .gz (or MLP_BENCH_DATA_DIR)",
     )
+    add_env(parser)
     add_tracking_uri(parser)
 
 
@@ -259,7 +261,9 @@ def bisect(session: Session) -> int:
     return compare.EXIT_REGRESSION
 
 
-def _settings(args: argparse.Namespace, uri: str) -> ProbeSettings:
+def _settings(
+    args: argparse.Namespace, uri: str, pins: tuple[str, ...] | None
+) -> ProbeSettings:
     return ProbeSettings(
         stages=tuple(args.stage or ()),
         backends=tuple(args.backend or ()),
@@ -268,6 +272,8 @@ def _settings(args: argparse.Namespace, uri: str) -> ProbeSettings:
         tracking_uri=_absolute_uri(uri),
         data_dir=args.data_dir.resolve() if args.data_dir else None,
         session=uuid.uuid4().hex[:12],
+        # Made here, once, before any probe: every probe's cells run in it (its --env).
+        env=",".join(ensure(pins).pins) if pins is not None else None,
     )
 
 
@@ -275,8 +281,9 @@ def run(args: argparse.Namespace) -> int:
     if args.seeds > args.max_seeds:
         raise BenchError(f"--seeds {args.seeds} is above --max-seeds {args.max_seeds}; raise it")
     uri = resolve_tracking_uri(args.tracking_uri)
+    pins = parse_pins(args.env) if args.env is not None else None
     found = history(args.repo, args.good, args.bad)
-    settings = _settings(args, uri)
+    settings = _settings(args, uri, pins)
     tracker = Tracker(settings.tracking_uri, DEFAULT_EXPERIMENT)
     steps = math.ceil(math.log2(len(found.candidates))) if len(found.candidates) > 1 else 0
     print(

@@ -145,6 +145,7 @@ class ProbeSettings:
     tracking_uri: str
     data_dir: Path | None
     session: str  # the bisect=<session> tag on every probe's parent run
+    env: str | None = None  # the pins every probe's cells run in (--env); None: this venv
 
 
 def probe_command(settings: ProbeSettings, at: Commit, seeds: int) -> list[str]:
@@ -157,6 +158,8 @@ def probe_command(settings: ProbeSettings, at: Commit, seeds: int) -> list[str]:
         command.append(f"--epochs={settings.epochs}")
     if settings.data_dir is not None:
         command.append(f"--data-dir={settings.data_dir}")
+    if settings.env is not None:
+        command.append(f"--env={settings.env}")
     command += ["--tag", f"bisect={settings.session}", "--tag", f"commit={at.sha}"]
     return [*command, "--tracking-uri", settings.tracking_uri]
 
