@@ -245,7 +245,7 @@ def every_backend_run(
     """One real two-epoch `bench run` on every installed backend (live.two_epoch_run), into a
     store of its own: (its URI, its folder, the finished command).
     The report and UI tests read the same run (each module once trained its own, ~30-50 s on
-    CI); they must leave it as the run left it, so a test that changes a store copies it."""
+    CI). A test changes only a copy of it; `bench report` records the same report again."""
     from tests.live import PATIENCE_S, two_epoch_run
 
     folder = tmp_path_factory.mktemp("every-backend")
