@@ -236,3 +236,22 @@ def _dead_pid() -> int:
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     process.wait()
     return process.pid
+
+
+@pytest.fixture(scope="session")
+def every_backend_run(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[str, Path, subprocess.CompletedProcess[str]]:
+    """One real two-epoch `bench run` on every installed backend (live.two_epoch_run), into a
+    store of its own: (its URI, its folder, the finished command).
+    The report and UI tests read the same run (each module once trained its own, ~30-50 s on
+    CI). A test changes only a copy of it; `bench report` records the same report again."""
+    from tests.live import PATIENCE_S, two_epoch_run
+
+    folder = tmp_path_factory.mktemp("every-backend")
+    uri = f"sqlite:///{folder}/mlflow.db"
+    done = subprocess.run(
+        two_epoch_run(uri), cwd=ROOT, capture_output=True, text=True, timeout=PATIENCE_S
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return uri, folder, done

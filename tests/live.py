@@ -56,6 +56,15 @@ def run_command(uri: str, *args: str) -> list[str]:
     )
 
 
+def two_epoch_run(uri: str, *args: str) -> list[str]:
+    """`bench run` of relu-xavier, 2 epochs (the least with a samples/s), no peak measurement,
+    on every installed backend, real MNIST."""
+    return bench_command(
+        *("run", "--stage", "relu-xavier", "--epochs", "2", "--no-peak"),
+        *("--data-dir", str(mnist_dir()), "--tracking-uri", uri, *args),
+    )
+
+
 def tiny_run(uri: str, *args: str) -> list[str]:
     """One cell of one epoch, no peak measurement: the least a `bench run` can train."""
     return run_command(uri, "--epochs", "1", *args)

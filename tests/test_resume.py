@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow
 def _killed_after_its_first_cell(uri: str) -> str:
     """A 3-seed invocation, killed (-9) while its second cell trains; its parent's id."""
     process = subprocess.Popen(
-        tiny_run(uri, "--seeds", "3", "--epochs", "4"),  # a cell lasts long enough to be seen
+        tiny_run(uri, "--seeds", "3", "--epochs", "2"),  # a cell lasts long enough to be seen
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -20,7 +20,7 @@ from backends import installed_backends
 from bench.recording.links import run_url, view_url
 from bench.recording.run_report import default_report_dir
 from tests.conftest import mnist_dir
-from tests.live import bench, tiny_run
+from tests.live import bench, tiny_run, two_epoch_run
 
 
 def client(uri: str) -> Any:
@@ -44,22 +44,14 @@ class Recorded:
 
 
 def record_run(folder: Path, *args: str) -> Recorded:
-    """A real `bench run` of relu-xavier, 2 epochs (the least with a samples/s), on every
-    installed backend, into its own store under `folder`."""
+    """A real two-epoch `bench run` on every installed backend (live.two_epoch_run), into its
+    own store under `folder`."""
     uri = f"sqlite:///{folder}/mlflow.db"
-    done = bench(
-        "run",
-        "--stage",
-        "relu-xavier",
-        "--epochs",
-        "2",
-        "--no-peak",
-        "--data-dir",
-        str(mnist_dir()),
-        "--tracking-uri",
-        uri,
-        *args,
-    )
+    return _read_back(uri, folder, bench(*two_epoch_run(uri, *args)[3:]))
+
+
+def _read_back(uri: str, folder: Path, done: subprocess.CompletedProcess[str]) -> Recorded:
+    """The finished run's parent and cells, read back from its store."""
     runs = all_runs(uri)
     [parent] = [r for r in runs if r.data.tags.get("kind") == "matrix"]
     cells = [r for r in runs if r.data.tags.get("kind") == "cell"]
@@ -67,9 +59,10 @@ def record_run(folder: Path, *args: str) -> Recorded:
 
 
 @pytest.fixture(scope="module")
-def recorded(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
-    """One real invocation shared by the tests below: one cell per installed backend."""
-    return record_run(tmp_path_factory.mktemp("store"))
+def recorded(every_backend_run: tuple[str, Path, subprocess.CompletedProcess[str]]) -> Recorded:
+    """One real invocation shared by the tests below (and test_ui's): one cell per installed
+    backend. A test changes only a copy of it; `bench report` records the same report again."""
+    return _read_back(*every_backend_run)
 
 
 @pytest.mark.slow
@@ -160,6 +153,8 @@ def test_cells_name_the_mnist_split_as_dataset_inputs(recorded: Recorded) -> Non
 def test_report_command_regenerates_it(recorded: Recorded, tmp_path: Path) -> None:
     run_id = recorded.parent.info.run_id
     out = tmp_path / "again"
+    # The shared store: the same report recorded again on its parent (a copy would print
+    # "store moved" first).
     done = bench("report", run_id, "--out", str(out), "--tracking-uri", recorded.uri)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.strip() == f"report of run {run_id}: {out / 'report.html'}"

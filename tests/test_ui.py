@@ -19,7 +19,7 @@ import pytest
 
 from backends import installed_backends
 from bench.recording import links, views
-from tests.conftest import ROOT, mnist_dir
+from tests.conftest import ROOT
 from tests.live import PATIENCE_S, bench_command
 
 SCREENSHOTS = ROOT / "results" / "screenshots"
@@ -103,21 +103,12 @@ def _wait_for_port(server: subprocess.Popen[bytes], port: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def recorded_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[str]]:
+def recorded_run(
+    every_backend_run: tuple[str, Path, subprocess.CompletedProcess[str]],
+) -> tuple[str, list[str]]:
     """A real run of every installed backend on relu-xavier (2 epochs: the second gives
-    samples/s) and its closing lines."""
-    uri = f"sqlite:///{tmp_path_factory.mktemp('ui')}/mlflow.db"
-    done = subprocess.run(
-        bench_command(
-            *("run", "--stage", "relu-xavier", "--epochs", "2", "--no-peak"),
-            *("--data-dir", str(mnist_dir()), "--tracking-uri", uri),
-        ),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=PATIENCE_S,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    samples/s; conftest's, shared with the report tests) and its closing lines."""
+    uri, _, done = every_backend_run
     lines = done.stdout.splitlines()
     return uri, lines[lines.index(next(x for x in lines if x.startswith("recorded as"))) :]
 
