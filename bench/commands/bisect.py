@@ -261,9 +261,7 @@ def bisect(session: Session) -> int:
     return compare.EXIT_REGRESSION
 
 
-def _settings(
-    args: argparse.Namespace, uri: str, pins: tuple[str, ...] | None
-) -> ProbeSettings:
+def _settings(args: argparse.Namespace, uri: str, pins: tuple[str, ...] | None) -> ProbeSettings:
     return ProbeSettings(
         stages=tuple(args.stage or ()),
         backends=tuple(args.backend or ()),
