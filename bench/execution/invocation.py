@@ -376,7 +376,9 @@ class _Interleaved(Progress):
     def cell_started(self, index: int, total: int, cell: Cell) -> None:
         self.done += 1
         super().cell_started(self.done, self.total, cell)
-        self._prefix += f" [{self.label}]"
+
+    def prefix(self, index: int, total: int, cell: Cell) -> str:
+        return f"{super().prefix(index, total, cell)} [{self.label}]"
 
 
 def execute_interleaved(plans: list[Plan], kind: str) -> list[Execution]:

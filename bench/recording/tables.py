@@ -20,9 +20,13 @@ class Progress:
         self._live = stream.isatty()
 
     def cell_started(self, index: int, total: int, cell: Cell) -> None:
-        self._prefix = f"[{index}/{total}] {cell.name}"
+        self._prefix = self.prefix(index, total, cell)
         if self._live:
             self._write(f"{self._prefix}  starting", end="")
+
+    def prefix(self, index: int, total: int, cell: Cell) -> str:
+        """What starts each of the cell's lines."""
+        return f"[{index}/{total}] {cell.name}"
 
     def epoch(self, cell: Cell, record: EpochRecord, epochs: int) -> None:
         if self._live:
