@@ -28,6 +28,7 @@ logits(), environment() and own_dropout_masks() are written once, here, on top o
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Literal, NamedTuple, TypeVar
 
@@ -165,6 +166,13 @@ class Backend(ABC):
     def matmul_seconds(self, size: int, repeats: int) -> float:
         """Seconds for `repeats` float32 products of two size x size matrices on the device,
         after one warm-up product, synchronised before the clock is read (the peak rate)."""
+
+    @abstractmethod
+    def products_seconds(self, products: Sequence[tuple[int, int, int]], repeats: int) -> float:
+        """Seconds for `repeats` rounds of the float32 products (m x k by k x n) of a
+        training step, one after another, through the path the cells' steps take (their
+        library, compiler and dispatch), after a warm-up round, synchronised before the clock
+        is read: the step's attainable limit, where nothing but its products runs."""
 
     @abstractmethod
     def device_memory_peak_mb(self) -> float | None:

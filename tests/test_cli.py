@@ -387,7 +387,8 @@ def test_perf_command_prints_the_table(tmp_path: Path) -> None:
         str(mnist_dir()),
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    for column in ("GFLOP/s", "roofline", "own peak", "x Keras fit", "harness share"):
+    columns = ("GFLOP/s", "roofline", "own peak", "of attainable", "x Keras fit", "harness share")
+    for column in columns:
         assert column in done.stdout
     client = _client(uri)
     parents = client.search_runs(
@@ -420,6 +421,11 @@ def test_perf_command_prints_the_table(tmp_path: Path) -> None:
         assert m["framework_roofline_fraction"] == pytest.approx(
             m["train_gflops"] / m["peak_gflops"]
         )
+        # The step's products alone, timed on the cell's own path: a limit the cell is under.
+        limit = m["attainable_samples_per_s"]
+        assert m["attainable_fraction"] == pytest.approx(m["train_samples_per_s"] / limit)
+        assert limit == pytest.approx(100 / (m["attainable_step_us"] * 1e-6))
+        assert 0 < m["attainable_fraction"] < 1
 
 
 def _perf_one_cell(uri: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -12,7 +12,12 @@ from backends import is_installed
 from bench.core.options import Options
 from bench.core.types import Cell
 from bench.execution.matrix import LocalExecutor, cell_request, keras_request
-from bench.execution.peaks import peak_options, peak_request, peak_uses_tf32
+from bench.execution.peaks import (
+    attainable_request,
+    peak_options,
+    peak_request,
+    peak_uses_tf32,
+)
 from tests.conftest import skip_without_gpu
 
 FIELDS = {f.name for f in dataclasses.fields(Options)}
@@ -36,6 +41,7 @@ def test_every_process_is_sent_the_options_as_one_object() -> None:
     requests = {
         "cell": cell_request(cell, ASKED, None),
         "peak": peak_request("torch", "gpu", ASKED),
+        "attainable": attainable_request("torch", "gpu", ASKED, [[(100, 784, 256)]]),
         "keras": keras_request("torch", "relu-xavier", ASKED, "cpu"),
     }
     for mode, request in requests.items():
@@ -69,3 +75,13 @@ def test_a_peak_is_measured_through_the_worker(tmp_path: Path) -> None:
 def test_the_tf32_peak_is_the_faster_limit_on_a_gpu(tmp_path: Path) -> None:
     skip_without_gpu("torch", "gpu")
     assert _peak("gpu", True, tmp_path) > 1.5 * _peak("gpu", False, tmp_path)
+
+
+@pytest.mark.skipif(not is_installed("torch"), reason="torch not installed")
+@pytest.mark.slow
+def test_the_step_products_are_timed_through_the_worker(tmp_path: Path) -> None:
+    """Two lists of products in one worker: a step's seconds each, the longer list longer."""
+    small, large = [(100, 256, 256)], [(100, 256, 256), (100, 784, 256), (784, 100, 256)]
+    options = Options(data_dir="", threads=1)
+    seconds = LocalExecutor().attainable("torch", "cpu", options, [small, large], tmp_path)
+    assert len(seconds) == 2 and 0 < seconds[0] < seconds[1] < 1

@@ -9,6 +9,7 @@ from backends import BACKENDS, is_installed
 from backends.keras_measured import KerasFit, device_kind
 from backends.keras_reference import KERAS_BACKENDS, keras_installed
 from bench.commands.perf import (
+    ATTAINABLE_NOTE,
     KERAS_NOTE,
     REFERENCE_STAGE,
     KerasReference,
@@ -24,10 +25,12 @@ from bench.execution.load_monitor import CellLoad
 from bench.execution.matrix import LocalExecutor
 from bench.recording.speed import (
     DRIFT_LIMIT,
+    attainable_figures,
     drift_lines,
     flops_per_sample,
     machine_peaks,
     roofline,
+    step_products,
     time_breakdown,
 )
 from tests.conftest import device_params, gpu_available, skip_without_gpu
@@ -179,10 +182,17 @@ def test_a_failed_keras_reference_is_one_line_naming_its_backend(
 BUSY = CellLoad(200.0, 100.0, 1.9, 0.0, ("canary -50%",))
 
 
-def _cell_run(stage: str, backend: str, samples_per_s: float) -> CellRun:
+def _cell_run(
+    stage: str, backend: str, samples_per_s: float, attainable: float | None = None
+) -> CellRun:
     cell = Cell(stage, backend, "cpu", 0)  # type: ignore[arg-type]
     result = CellResult(cell, "converged", 0.98, samples_per_s, {}, {}, [], {}, {})
-    return CellRun(cell, result, None, 10.0, Path("worker.log"))
+    run = CellRun(cell, result, None, 10.0, Path("worker.log"))
+    if attainable is not None:
+        run.speed.update(
+            attainable_samples_per_s=attainable, attainable_fraction=samples_per_s / attainable
+        )
+    return run
 
 
 def _fit(samples_per_s: float, backend: str, ran_on: str = "cpu") -> KerasFit:
@@ -194,7 +204,7 @@ def test_each_cell_is_held_against_keras_on_its_own_framework() -> None:
     failed), and a row per reference: its speed against the peaks as the cells' are, marked
     where the machine was busy around it."""
     runs = [
-        _cell_run("relu-xavier", "tensorflow", 40_000.0),
+        _cell_run("relu-xavier", "tensorflow", 40_000.0, attainable=60_000.0),
         _cell_run("relu-xavier", "torch", 30_000.0),
         _cell_run("adam", "torch", 15_000.0),
     ]
@@ -205,17 +215,22 @@ def test_each_cell_is_held_against_keras_on_its_own_framework() -> None:
     ]
     lines = perf_table(runs, references).splitlines()
     rows = [line.split() for line in lines[2:-2]]
-    # stage, backend, device, samples/s, GFLOP/s, roofline, own peak, x Keras fit, vs
-    # relu-xavier, harness share
-    assert [row[7:9] for row in rows[:3]] == [["-", "1.00"], ["3.00", "1.00"], ["1.50", "0.50"]]
-    assert rows[3] == ["relu-xavier", "keras/tensorflow", "cpu"] + ["-"] * 7
+    # stage, backend, device, samples/s, GFLOP/s, roofline, own peak, attainable, of
+    # attainable, x Keras fit, vs relu-xavier, harness share
+    assert [row[9:11] for row in rows[:3]] == [["-", "1.00"], ["3.00", "1.00"], ["1.50", "0.50"]]
+    assert [row[7:9] for row in rows[:3]] == [["60,000", "0.67"], ["-", "-"], ["-", "-"]]
+    assert rows[3] == ["relu-xavier", "keras/tensorflow", "cpu"] + ["-"] * 9
     assert (
         rows[4]
-        == ["relu-xavier", "keras/torch", "cpu", "10,000!", "12.1", "0.12", "0.24"] + ["-"] * 3
+        == ["relu-xavier", "keras/torch", "cpu", "10,000!", "12.1", "0.12", "0.24"] + ["-"] * 5
     )
-    assert lines[-2:] == [KERAS_NOTE, "! speed not stable: keras/torch/cpu canary -50%"]
-    without = perf_table(runs, []).splitlines()
-    assert len(without) == 2 + len(runs) and [row.split()[7] for row in without[2:]] == ["-"] * 3
+    assert lines[-3:] == [
+        ATTAINABLE_NOTE,
+        KERAS_NOTE,
+        "! speed not stable: keras/torch/cpu canary -50%",
+    ]
+    without = perf_table(runs, []).splitlines()[:-1]
+    assert len(without) == 2 + len(runs) and [row.split()[9] for row in without[2:]] == ["-"] * 3
 
 
 def test_the_parent_records_each_reference_and_tensorflows_metric_under_its_old_name() -> None:
@@ -261,3 +276,25 @@ def test_one_keras_epoch_is_refused_before_anything_runs(tmp_path: Path) -> None
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert "--keras-epochs: 1 leaves no epoch after the first" in done.stderr
     assert not store.exists()
+
+
+def test_the_step_products_are_what_a_step_computes_in_its_order() -> None:
+    """Forward products, then from the top each layer's input and weight gradients (the
+    first layer has no input gradient): their FLOPs are flops_per_sample times the batch."""
+    spec = load_stage("relu-xavier")
+    products = step_products(spec)
+    assert products == [
+        (100, 784, 256),
+        (100, 256, 256),
+        (100, 256, 10),
+        (100, 10, 256),
+        (256, 100, 10),
+        (100, 256, 256),
+        (256, 100, 256),
+        (784, 100, 256),
+    ]
+    assert sum(2 * m * k * n for m, k, n in products) == 100 * flops_per_sample(spec)
+    limit = attainable_figures(products, 400e-6, 100)
+    assert limit["attainable_samples_per_s"] == pytest.approx(250_000)
+    assert limit["attainable_gflops"] == pytest.approx(250_000 * flops_per_sample(spec) / 1e9)
+    assert limit["attainable_step_us"] == pytest.approx(400)

@@ -25,7 +25,7 @@ from backends.base import (
     dropout_threshold,
     initial_arrays,
 )
-from backends.torch.cuda_graphs import GraphedStep, check_cuda_graphs
+from backends.torch.cuda_graphs import GraphedStep, check_cuda_graphs, graphed
 from backends.torch.matmul_tuner import resolve_matmul
 from backends.torch.products import MklProducts, OneDnnProducts, Products
 from bench.core.data import Splits
@@ -196,6 +196,29 @@ class TorchBackend(Backend):
         start = time.perf_counter()
         for _ in range(repeats):
             self._mm.square(a, b)
+        self.synchronize()
+        return time.perf_counter() - start
+
+    def products_seconds(self, products: Sequence[tuple[int, int, int]], repeats: int) -> float:
+        generator = torch.Generator(device=self._device).manual_seed(1)
+        pairs = [
+            (
+                torch.rand(m, k, device=self._device, generator=generator),
+                torch.rand(k, n, device=self._device, generator=generator),
+            )
+            for m, k, n in products
+        ]
+
+        def one_round() -> None:
+            for a, b in pairs:
+                self._mm.product(a, b)
+
+        replay = graphed(one_round) if self._options.cuda_graphs else one_round
+        replay()  # warm-up: kernel selection, thread pool start
+        self.synchronize()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            replay()
         self.synchronize()
         return time.perf_counter() - start
 

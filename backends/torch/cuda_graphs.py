@@ -95,3 +95,18 @@ class GraphedStep:
         return self._step(
             self._x, self._y.view(-1, 1), masks, self.lr_t if self._adam else self._lr
         )
+
+
+def graphed(work: Callable[[], None]) -> Callable[[], None]:
+    """`work` (kernels on the current GPU, no host syncs) captured once in a CUDA graph: its
+    replay, which launches them all at once, as a graphed step's replay does."""
+    side = torch.cuda.Stream()  # type: ignore[no-untyped-call]
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # capture needs warmed-up cuBLAS handles and pools
+        for _ in range(GraphedStep.WARMUP_STEPS):
+            work()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        work()
+    return graph.replay

@@ -44,6 +44,9 @@ class MklProducts:
     def square(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return torch.mm(a, b)
 
+    def product(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.mm(a, b)
+
 
 class OneDnnProducts:
     """The same products through the oneDNN that PyTorch bundles (TensorFlow's CPU library).
@@ -76,6 +79,9 @@ class OneDnnProducts:
 
     def square(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return _linear(a, b, None)  # a @ b.T: the same FLOPs as a @ b
+
+    def product(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return _linear(a, b.T, None)  # as the step's layers pass their weights
 
 
 Products = MklProducts | OneDnnProducts

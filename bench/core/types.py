@@ -17,6 +17,9 @@ Outcome = Literal["converged", "did-not-learn", "diverged"]
 # A finite run whose test accuracy stays below this has not learned (chance is 10%).
 LEARNED_ACCURACY = 0.5
 
+# A product of a training step: an m x k matrix times a k x n one (2*m*k*n FLOPs).
+Product = tuple[int, int, int]
+
 
 @dataclass(frozen=True)
 class Cell:

@@ -41,7 +41,7 @@ from bench.recording.resume_plan import (
     plan_digest,
 )
 from bench.recording.run_report import report_safely
-from bench.recording.speed import machine_peaks, speed_figures
+from bench.recording.speed import machine_peaks, speed_figures, step_products
 from bench.recording.stats import group_metrics
 from bench.recording.tables import Progress
 from bench.recording.tracking import MatrixRecord, RunStatus, Tracker
@@ -176,6 +176,37 @@ def measure_peaks(
     return peaks
 
 
+def measure_attainable(plan: Plan) -> dict[tuple[str, str, str], float]:
+    """Per (backend, device, stage) of the cells: the seconds a step of the stage's products
+    takes on that backend and device, the products alone, computed as its cells compute them
+    (one process each backend and device; stages of one shape share a figure). The limit no
+    step can beat is a figure beside the cells', so a failure to measure it is a note."""
+    stages = dict.fromkeys(c.stage for c in plan.cells)
+    products = {stage: step_products(plan.specs[stage]) for stage in stages}
+    distinct = list(dict.fromkeys(tuple(p) for p in products.values()))
+    attainable: dict[tuple[str, str, str], float] = {}
+    for backend, device in dict.fromkeys((c.backend, c.device) for c in plan.cells):
+        try:
+            with tempfile.TemporaryDirectory(prefix="mlp-bench-attainable-") as tmp:
+                seconds = LocalExecutor(plan.interpreter).attainable(
+                    backend, device, plan.options, [list(p) for p in distinct], Path(tmp)
+                )
+        except BenchError as error:
+            print(f"attainable, {backend}/{device}: not measured ({error})", flush=True)
+            continue
+        for stage in stages:
+            step = seconds[distinct.index(tuple(products[stage]))]
+            attainable[(backend, device, stage)] = step
+        for stage_products, step in zip(distinct, seconds, strict=True):
+            batch = stage_products[0][0]
+            print(
+                f"attainable, {backend}/{device}: {batch / step:,.0f} samples/s (the step's"
+                f" {len(stage_products)} products alone, {step * 1e6:,.0f} us a step)",
+                flush=True,
+            )
+    return attainable
+
+
 def peak_records(peaks: dict[tuple[str, str], float]) -> tuple[dict[str, float], dict[str, str]]:
     """The parent run's peak metrics (each framework's and the machine's per device) and the
     tags that name each machine peak's source."""
@@ -231,6 +262,8 @@ class Opened:
     parent_id: str
     record: MatrixRecord
     peaks: dict[tuple[str, str], float] = field(default_factory=dict)
+    # (backend, device, stage) -> seconds a step of its products takes alone (measure_attainable)
+    attainable: dict[tuple[str, str, str], float] = field(default_factory=dict)
     runs: list[CellRun] = field(default_factory=list)
 
 
@@ -290,6 +323,7 @@ def prepare(opened: Opened) -> None:
     # On a cluster each node measures its own peak, before its first cell.
     if plan.measure_peaks and plan.cluster is None:
         opened.peaks = measure_peaks(plan.cells, plan.options, interpreter=plan.interpreter)
+        opened.attainable = measure_attainable(plan)
     peak_metrics, peak_sources = peak_records(opened.peaks)
     tracker.log_metrics(parent_id, peak_metrics)
     tracker.set_tags(parent_id, peak_sources)
@@ -321,7 +355,9 @@ def run_cells(opened: Opened, cells: list[Cell], progress: Progress | None = Non
         epochs_of=lambda cell: plan.specs[cell.stage].training.epochs,
         stage_texts={name: spec.text for name, spec in plan.specs.items()},
         cell_timeout_s=plan.cell_timeout_s,
-        figures=functools.partial(speed_figures, specs=plan.specs, peaks=opened.peaks),
+        figures=functools.partial(
+            speed_figures, specs=plan.specs, peaks=opened.peaks, attainable=opened.attainable
+        ),
         measure_peaks=plan.measure_peaks,
     )
     opened.runs += runs

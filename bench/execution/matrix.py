@@ -28,9 +28,9 @@ from backends.keras_measured import KerasFit
 from backends.keras_reference import keras_label
 from bench.core.errors import BenchError
 from bench.core.options import Options
-from bench.core.types import Cell, CellResult, CellRun, EpochRecord
+from bench.core.types import Cell, CellResult, CellRun, EpochRecord, Product
 from bench.execution import load_monitor
-from bench.execution.peaks import peak_label, peak_request
+from bench.execution.peaks import attainable_request, peak_label, peak_request
 
 # A cell's default time limit: generous, so that only a hung worker meets it. On 2 CPU cores
 # the dropout stage trains at 54k (PyTorch) to 89k (TensorFlow) samples/s, ~1 s an epoch, and a
@@ -258,6 +258,21 @@ class LocalExecutor:
         request = peak_request(backend, device, options)
         label = peak_label(request)
         return measure(request, work_dir, "peak", "gflops", label, self.interpreter)
+
+    def attainable(
+        self,
+        backend: str,
+        device: str,
+        options: Options,
+        products: list[list[Product]],
+        work_dir: Path,
+    ) -> list[float]:
+        """Seconds a step of each list of products takes, the products alone, timed as the
+        cells that run with `options` compute them."""
+        request = attainable_request(backend, device, options, products)
+        what = f"the step's products on {backend}/{device}"
+        event = _measured_event(request, work_dir, "attainable", what, interpreter=self.interpreter)
+        return [float(s) for s in event["seconds"]]
 
     def keras_reference(
         self,

@@ -9,6 +9,7 @@ from dataclasses import asdict
 from typing import Any
 
 from bench.core.options import Options
+from bench.core.types import Product
 
 PEAK_SECONDS = 1.0  # each timed burst of products; the best of three bursts is kept
 
@@ -63,3 +64,34 @@ def measure_peak(backend_name: str, device: str, options: Options) -> float:
     repeats = max(3, math.ceil(PEAK_SECONDS / max(probe, 1e-6)))
     best = min(backend.matmul_seconds(size, repeats) for _ in range(3))
     return 2.0 * size**3 * repeats / best / 1e9
+
+
+def attainable_request(
+    backend: str, device: str, options: Options, products: list[list[Product]]
+) -> dict[str, Any]:
+    """What a worker process is asked to time: each list of a step's products, as the cells
+    that run with `options` compute them (their threads, library, compiler, TF32)."""
+    return {
+        "mode": "attainable",
+        "backend": backend,
+        "device": device,
+        "options": asdict(options),
+        "products": products,
+    }
+
+
+def measure_attainable(
+    backend_name: str, device: str, options: Options, products: list[list[Product]]
+) -> list[float]:
+    """Seconds a step of each list of products takes, the products alone, through the cells'
+    own path (best of 3 bursts, as the peak). Imports the framework: run in a worker process."""
+    from backends import load_backend
+
+    backend = load_backend(backend_name)(device, options)  # type: ignore[arg-type]
+    seconds = []
+    for step in products:
+        shapes = [(m, k, n) for m, k, n in step]  # JSON brought them as lists
+        probe = backend.products_seconds(shapes, 2) / 2
+        repeats = max(3, math.ceil(PEAK_SECONDS / max(probe, 1e-6)))
+        seconds.append(min(backend.products_seconds(shapes, repeats) for _ in range(3)) / repeats)
+    return seconds

@@ -93,6 +93,16 @@ def _run_peak(request: dict[str, Any], events: TextIO) -> None:
     _emit(events, "peak", gflops=measure_peak(request["backend"], request["device"], options))
 
 
+def _run_attainable(request: dict[str, Any], events: TextIO) -> None:
+    from bench.execution.peaks import measure_attainable
+
+    options = Options(**request["options"])
+    seconds = measure_attainable(
+        request["backend"], request["device"], options, request["products"]
+    )
+    _emit(events, "attainable", seconds=seconds)
+
+
 def _run_keras(request: dict[str, Any], events: TextIO) -> None:
     """Keras `model.fit` on one backend: this process's Keras, chosen before its import."""
     from backends.keras_reference import keras_fit_samples_per_s, keras_label
@@ -124,6 +134,8 @@ def main(request_path: str) -> int:
     try:
         if request.get("mode") == "peak":
             _run_peak(request, events)
+        elif request.get("mode") == "attainable":
+            _run_attainable(request, events)
         elif request.get("mode") == "keras":
             _run_keras(request, events)
         else:

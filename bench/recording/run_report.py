@@ -61,6 +61,7 @@ class CellRow:
     samples_per_s_p25: float | None
     samples_per_s_p75: float | None
     roofline_fraction: float | None
+    attainable_fraction: float | None
     run_id: str
 
 
@@ -89,6 +90,7 @@ def cell_row(cell: RecordedCell) -> CellRow:
         samples_per_s_p25=m.get("train_samples_per_s_p25"),
         samples_per_s_p75=m.get("train_samples_per_s_p75"),
         roofline_fraction=m.get("roofline_fraction"),
+        attainable_fraction=m.get("attainable_fraction"),
         run_id=cell.run_id,
     )
 
@@ -116,12 +118,14 @@ TABLE_HEADER = [
     *CELL_COLUMNS,
     "samples/s (p25-p75)",
     "roofline",
+    "of attainable",
 ]
 
 
 def row_cells(row: CellRow) -> list[str]:
     """A row as the text of its columns (TABLE_HEADER)."""
     roofline = "-" if row.roofline_fraction is None else f"{row.roofline_fraction:.3f}"
+    limit = "-" if row.attainable_fraction is None else f"{row.attainable_fraction:.3f}"
     return [
         row.stage,
         row.backend,
@@ -134,6 +138,7 @@ def row_cells(row: CellRow) -> list[str]:
         row.met,
         _speed(row),
         roofline,
+        limit,
     ]
 
 

@@ -7,7 +7,7 @@ import itertools
 import time
 
 from bench.core.spec import StageSpec
-from bench.core.types import CellRun
+from bench.core.types import CellRun, Product
 
 # A peak that moves by more than this between the start and the end of the run means that the
 # machine's speed changed under it (other load, throttling, a noisy neighbour on a shared host).
@@ -24,6 +24,22 @@ def flops_per_sample(spec: StageSpec) -> int:
     return products + sum(2 * fan_in * fan_out for fan_in, fan_out in layers[1:])
 
 
+def step_products(spec: StageSpec) -> list[Product]:
+    """The products one training step computes, in the order the backends compute them:
+    each layer's forward (batch x in by in x out), then from the top each layer's gradient
+    for the layer below (batch x out by out x in; not the first layer's) and its weights'
+    (in x batch by batch x out). Their FLOPs are flops_per_sample times the batch."""
+    batch = spec.training.batch_size
+    layers = list(itertools.pairwise(spec.model.layer_sizes))
+    forward = [(batch, fan_in, fan_out) for fan_in, fan_out in layers]
+    backward: list[Product] = []
+    for index, (fan_in, fan_out) in reversed(list(enumerate(layers))):
+        if index > 0:
+            backward.append((batch, fan_out, fan_in))
+        backward.append((fan_in, batch, fan_out))
+    return forward + backward
+
+
 def machine_peaks(peaks: dict[tuple[str, str], float]) -> dict[str, tuple[float, str]]:
     """Per device, the best peak any installed framework reached, and which one: the
     machine's limit. Each framework's own peak measures its matmul library as much as the
@@ -33,6 +49,17 @@ def machine_peaks(peaks: dict[tuple[str, str], float]) -> dict[str, tuple[float,
         if device not in best or gflops > best[device][0]:
             best[device] = (gflops, backend)
     return best
+
+
+def attainable_figures(products: list[Product], seconds: float, batch: int) -> dict[str, float]:
+    """The step's products took `seconds` a step, timed alone: the samples/s no step that
+    computes them can beat on that path, and the GFLOP/s they ran at."""
+    flops = sum(2 * m * k * n for m, k, n in products)
+    return {
+        "attainable_samples_per_s": batch / seconds,
+        "attainable_gflops": flops / seconds / 1e9,
+        "attainable_step_us": seconds * 1e6,
+    }
 
 
 def roofline(
@@ -101,7 +128,10 @@ def drift_lines(
 
 
 def speed_figures(
-    run: CellRun, specs: dict[str, StageSpec], peaks: dict[tuple[str, str], float]
+    run: CellRun,
+    specs: dict[str, StageSpec],
+    peaks: dict[tuple[str, str], float],
+    attainable: dict[tuple[str, str, str], float] | None = None,
 ) -> dict[str, float]:
     """A finished cell's wall time, where it went, and its throughput against its device's
     measured peak (`peaks`: (backend, device) -> GFLOP/s; empty with --no-peak). Derived once,
@@ -123,6 +153,13 @@ def speed_figures(
     spec = specs[run.cell.stage]
     metrics |= roofline(result.train_samples_per_s, spec, machine, peak)
     metrics["flops_per_sample"] = float(flops_per_sample(spec))
+    step = (attainable or {}).get((run.cell.backend, run.cell.device, run.cell.stage))
+    if step:
+        limit = attainable_figures(step_products(spec), step, spec.training.batch_size)
+        metrics |= limit
+        if result.train_samples_per_s is not None:
+            share = result.train_samples_per_s / limit["attainable_samples_per_s"]
+            metrics["attainable_fraction"] = share
     if run.load is not None:  # the canary and what else ran: bench.execution.load_monitor's
         metrics |= run.load.metrics()
     return metrics
