@@ -425,7 +425,6 @@ def test_perf_command_prints_the_table(tmp_path: Path) -> None:
         limit = m["attainable_samples_per_s"]
         assert m["attainable_fraction"] == pytest.approx(m["train_samples_per_s"] / limit)
         assert limit == pytest.approx(100 / (m["attainable_step_us"] * 1e-6))
-        assert 0 < m["attainable_fraction"] < 1
 
 
 def _perf_one_cell(uri: str, *args: str) -> subprocess.CompletedProcess[str]:

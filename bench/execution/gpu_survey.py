@@ -48,7 +48,7 @@ from bench.core.types import Cell, CellResult, DType
 from bench.execution.device_choice import resolve_devices
 from bench.execution.matrix import LocalExecutor, run_alone
 from bench.execution.parity_check import compare, parity_options
-from bench.recording.speed import flops_per_sample
+from bench.recording.speed import flops_per_sample, step_products
 
 Device = Literal["cpu", "gpu"]
 PARITY_STEPS: dict[DType, int] = {"float64": 550, "float32": 50}
@@ -57,6 +57,8 @@ FIRST_STAGES = ("relu-xavier", "adam", "dropout")  # the rows worth most, in thi
 GRAPHED_FIRST = ("adam", "dropout")  # stages whose CUDA-graph rows come early
 PARITY_FIRST = ("relu-xavier", "adam")  # float64 parity worth running before the rest
 GPU_ONLY = "skipped: GPU only"
+# The attainable limit is timed at relu-xavier's products (the built-in stages share them).
+_REFERENCE_PRODUCTS = step_products(load_stage("relu-xavier"))
 # Taken from the first cell that finishes: the versions and GPU that every row ran on.
 ENVIRONMENT_KEYS = ("framework_version", "cuda_version", "cudnn_version", "gpu_model")
 
@@ -83,6 +85,7 @@ class Row:
     train_gflops: float | None = None
     roofline: float | None = None
     peak: str | None = None  # the name of the peak that `roofline` divides by
+    attainable: float | None = None  # samples/s against the step's products alone
     gpu_memory_mb: float | None = None
     gpu_model: str = "-"
     step_losses_sha256: str | None = None
@@ -100,6 +103,8 @@ class Row:
             )
             speed = f"{self.samples_per_s:>12,.0f} samples/s  {self.train_gflops:8.1f} GFLOP/s  "
             speed += roofline
+            if self.attainable is not None:
+                speed += f", {self.attainable:.2f} of attainable"
         memory = "" if self.gpu_memory_mb is None else f"  {self.gpu_memory_mb:.0f} MiB"
         return (
             f"{self.cell:<34} {self.outcome:<13} {100 * self.test_accuracy:6.2f}%  {speed}{memory}"
@@ -117,6 +122,8 @@ class Report:
     # "BACKEND DEVICE[ tf32]": "torch gpu", "torch gpu tf32", "jax cpu", ...
     peaks: dict[str, float] = field(default_factory=dict)
     peak_failures: dict[str, str] = field(default_factory=dict)
+    # "BACKEND DEVICE[ cuda-graphs]": the samples/s of relu-xavier's step products alone
+    attainable: dict[str, float] = field(default_factory=dict)
     rows: list[Row] = field(default_factory=list)
     # "STAGE/BACKEND" -> "identical", "DIFFERENT ...", or why not compared: eager against
     # CUDA graphs, for the backends that have them.
@@ -146,6 +153,9 @@ class Report:
             f"backends: {', '.join(self.backends)}; environment: {env}",
             f"peak matmul: {', '.join(peaks) or 'not measured'}",
         ]
+        if self.attainable:
+            limits = [f"{name} {value:,.0f} samples/s" for name, value in self.attainable.items()]
+            lines.append(f"attainable (relu-xavier's step products alone): {', '.join(limits)}")
         lines += [row.line() for row in self.rows]
         lines += [f"eager vs cuda-graphs {stage}: {v}" for stage, v in self.graphs.items()]
         lines += [f"bitwise rerun of {cell}: {v}" for cell, v in self.bitwise.items()]
@@ -168,6 +178,7 @@ class Report:
             "environment": self.environment,
             "peaks": self.peaks,
             "peak_failures": self.peak_failures,
+            "attainable": self.attainable,
             "rows": [asdict(r) for r in self.rows],
             "graphs": self.graphs,
             "bitwise": self.bitwise,
@@ -266,6 +277,8 @@ class Check:
         """Every item, the most valuable first (see the module's docstring)."""
         device, stages, backends = self.device, self.stages, self.backends
         items = [self._peak_item(b, device, tf32=False) for b in backends]
+        items += [self._attainable_item(b, "") for b in backends]
+        items += [self._attainable_item(b, GRAPHS) for b in backends if _has_graphs(b)]
         for stage in (s for s in FIRST_STAGES if s in stages):
             for backend in backends:
                 items.append(self._row_item(stage, backend, ""))
@@ -303,6 +316,27 @@ class Check:
                 self.report.peaks[name] = value
 
         return Item(f"peak {name}", body)
+
+    def _attainable_item(self, backend: str, variant: str) -> Item:
+        """The step's products alone, as the rows compute them (graphed: one replay)."""
+        name = f"{backend} {self.device}{variant}"
+
+        def body() -> None:
+            if variant and self.device != "gpu":  # CUDA graphs exist on GPUs only
+                return
+            products = _REFERENCE_PRODUCTS
+            options = self._options(cuda_graphs=variant == GRAPHS)
+            try:
+                with tempfile.TemporaryDirectory() as tmp:
+                    [seconds] = LocalExecutor().attainable(
+                        backend, self.device, options, [products], Path(tmp)
+                    )
+            except BenchError as error:  # the rows go on, without the fraction
+                self.report.peak_failures[f"attainable {name}"] = str(error)
+            else:
+                self.report.attainable[name] = products[0][0] / seconds
+
+        return Item(f"attainable {name}", body)
 
     def _row_name(self, stage: str, backend: str, variant: str) -> str:
         return f"{stage}/{backend}/{self.device}{variant}"
@@ -397,6 +431,12 @@ class Check:
             peak = self.report.peaks.get(peak_name)
             if peak:
                 row.roofline, row.peak = row.train_gflops / peak, peak_name
+            # Float32 products of relu-xavier's shapes: a TF32 row, or other shapes, have none.
+            graphs = GRAPHS if variant == GRAPHS else ""
+            limit = self.report.attainable.get(f"{result.cell.backend} {self.device}{graphs}")
+            stage = load_stage(result.cell.stage)
+            if limit and variant != TF32 and step_products(stage) == _REFERENCE_PRODUCTS:
+                row.attainable = speed / limit
         return row
 
     def _compare(self, first: str, second: str) -> str:
