@@ -61,28 +61,38 @@ def add_common(parser: argparse.ArgumentParser) -> None:
         help="parity mode: compute products, sums and the loss in float64, rounding once to "
         "the dtype (default), or in the frameworks' native float32 kernels",
     )
-    parser.add_argument(
-        "--data-dir",
-        help="folder of the stages' data set files, MNIST's .gz (or MLP_BENCH_DATA_DIR)",
-    )
+    add_data_dir(parser)
     add_tracking_uri(parser)
     parser.add_argument("--experiment", help="MLflow experiment (default mnist-tutorial)")
 
 
-def add_matrix(parser: argparse.ArgumentParser) -> None:
-    """Options of the commands that run a matrix of cells (run, perf)."""
+def add_data_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        help="folder of the stages' data set files, MNIST's .gz (or MLP_BENCH_DATA_DIR)",
+    )
+
+
+def add_cell_choice(parser: argparse.ArgumentParser) -> None:
+    """--stage, --stage-file, --backend, --epochs: which cells. `bisect` takes these alone, as
+    it hands them to each probed commit's own `run`, which may be older than the others."""
     parser.add_argument("--stage", action="append", help="default: every stage file's stage")
     parser.add_argument(
         "--stage-file", action="append", help="a stage file of your own (repeatable)"
     )
     parser.add_argument("--backend", action="append", help="default: all installed")
+    parser.add_argument(
+        "--epochs", type=int_in(1, MAX_EPOCHS), help="override the stage files' epochs"
+    )
+
+
+def add_matrix(parser: argparse.ArgumentParser) -> None:
+    """Options of the commands that run a matrix of cells (run, perf)."""
+    add_cell_choice(parser)
     parser.add_argument("--device", action="append", choices=DEVICE_CHOICES, help="default: auto")
     parser.add_argument("--seed", action="append", type=int_in(0, MAX_SEED), help="default: 0")
     parser.add_argument(
         "--seeds", type=int_in(1, MAX_SEEDS), help="seeds 0..K-1 (with --seed: both)"
-    )
-    parser.add_argument(
-        "--epochs", type=int_in(1, MAX_EPOCHS), help="override the stage files' epochs"
     )
     parser.add_argument("--parity", action="store_true", help="dropout masks drawn by numpy")
     parser.add_argument(

@@ -20,9 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.commands import compare as gate
-from bench.commands.arguments import MAX_SEEDS, add_env, add_tracking_uri, int_in
+from bench.commands.arguments import (
+    MAX_SEEDS,
+    add_cell_choice,
+    add_data_dir,
+    add_env,
+    add_tracking_uri,
+    int_in,
+)
 from bench.core.errors import BenchError
-from bench.core.spec import MAX_EPOCHS
 from bench.execution.bisect import Commit, History, ProbeSettings, history, run_probe
 from bench.execution.environments import ensure, parse_pins
 from bench.recording import store
@@ -43,11 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--repo", type=Path, default=Path("."), help="the git checkout; default: this folder's"
     )
-    parser.add_argument("--stage", action="append", help="default: every stage file's stage")
-    parser.add_argument(
-        "--stage-file", action="append", type=Path, help="a stage file of your own (repeatable)"
-    )
-    parser.add_argument("--backend", action="append", help="default: all installed")
+    add_cell_choice(parser)
     parser.add_argument(
         "--seeds", type=int_in(1, MAX_SEEDS), default=1, help="seeds a probe runs; default 1"
     )
@@ -58,14 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="an inconclusive verdict reruns both sides with twice the seeds, up to this;"
         f" default {DEFAULT_MAX_SEEDS}",
     )
-    parser.add_argument(
-        "--epochs", type=int_in(1, MAX_EPOCHS), help="override the stage files' epochs"
-    )
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        help="folder of the stages' data set files, MNIST's .gz (or MLP_BENCH_DATA_DIR)",
-    )
+    add_data_dir(parser)
     add_env(parser)
     add_tracking_uri(parser)
 
@@ -265,10 +260,10 @@ def _settings(args: argparse.Namespace, uri: str, pins: tuple[str, ...] | None) 
     return ProbeSettings(
         stages=tuple(args.stage or ()),
         backends=tuple(args.backend or ()),
-        stage_files=tuple(path.resolve() for path in args.stage_file or ()),
+        stage_files=tuple(Path(path).resolve() for path in args.stage_file or ()),
         epochs=args.epochs,
         tracking_uri=_absolute_uri(uri),
-        data_dir=args.data_dir.resolve() if args.data_dir else None,
+        data_dir=Path(args.data_dir).resolve() if args.data_dir else None,
         session=uuid.uuid4().hex[:12],
         # Made here, once, before any probe: every probe's cells run in it (its --env).
         env=",".join(ensure(pins).pins) if pins is not None else None,
