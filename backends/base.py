@@ -38,7 +38,7 @@ from bench.core.data import Splits
 from bench.core.options import Options
 from bench.core.seeding import SeededRun
 from bench.core.spec import StageSpec
-from bench.core.types import Device
+from bench.core.types import Device, Product
 
 Split = Literal["val", "test"]
 A = TypeVar("A")  # a framework's array (or variable) type
@@ -168,11 +168,12 @@ class Backend(ABC):
         after one warm-up product, synchronised before the clock is read (the peak rate)."""
 
     @abstractmethod
-    def products_seconds(self, products: Sequence[tuple[int, int, int]], repeats: int) -> float:
-        """Seconds for `repeats` rounds of the float32 products (m x k by k x n) of a
-        training step, one after another, through the path the cells' steps take (their
-        library, compiler and dispatch), after a warm-up round, synchronised before the clock
-        is read: the step's attainable limit, where nothing but its products runs."""
+    def products_seconds(self, products: Sequence[Product], repeats: int) -> float:
+        """Seconds for `repeats` rounds of the float32 products of a training step, one
+        after another, each operand stored as the step stores it (Product.transposed), through
+        the path the cells' steps take (their library, compiler and dispatch), after a warm-up
+        run, synchronised before the clock is read: the step's attainable limit, where nothing
+        but its products runs."""
 
     @abstractmethod
     def device_memory_peak_mb(self) -> float | None:

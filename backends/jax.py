@@ -8,7 +8,7 @@ import os
 import pkgutil
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +30,7 @@ from bench.core.errors import BenchError
 from bench.core.options import Options
 from bench.core.seeding import SeededRun
 from bench.core.spec import StageSpec
-from bench.core.types import Device
+from bench.core.types import Device, Product
 
 # What the first backend of this process set before JAX's runtime started: XLA reads its flags
 # and the CPU client sizes its thread pool once, when the runtime starts (environment() records
@@ -104,23 +104,29 @@ _State = State[jax.Array]
 Pair = tuple[jax.Array, jax.Array]
 
 
-def _product_rounds(precision: lax.Precision, pairs: list[Pair], count: int) -> list[Pair]:
-    """`count` rounds of the products a @ b, one after another, in one compiled loop. A corner
-    of each product is written into the next one's left operand (in place: one element), so
-    that XLA can neither hoist the products out of the loop, run them side by side nor drop
-    them."""
+def _product_rounds(
+    precision: lax.Precision, products: tuple[Product, ...], pairs: list[Pair], count: int
+) -> jax.Array:
+    """`count` rounds of the products, one after another, in one compiled loop, each operand
+    read transposed where the step reads it so (XLA folds that into the dot). A corner of each
+    product is written into the next one's left operand (in place: one element), the last
+    one's into the next round's first, and the last of all is returned: a chain that XLA can
+    neither hoist out of the loop, run side by side nor drop."""
 
-    def one_round(_: jax.Array, carried: list[Pair]) -> list[Pair]:
-        link = carried[-1][0][0, 0]
+    def one_round(_: jax.Array, carried: tuple[list[Pair], jax.Array]) -> Any:
+        pairs, link = carried
         chained = []
-        for a, b in carried:
+        for (a, b), product in zip(pairs, products, strict=True):
             a = a.at[0, 0].set(link)
-            link = jnp.matmul(a, b, precision=precision)[-1, -1]
+            left = a.T if product.transposed == "a" else a
+            right = b.T if product.transposed == "b" else b
+            link = jnp.matmul(left, right, precision=precision)[-1, -1]
             chained.append((a, b))
-        return chained
+        return chained, link
 
-    rounds: list[Pair] = lax.fori_loop(0, count, one_round, pairs)
-    return rounds
+    start = jnp.zeros((), jnp.float32)
+    _, last = lax.fori_loop(0, count, one_round, (pairs, start))
+    return cast(jax.Array, last)
 
 
 class JaxBackend(Backend):
@@ -209,18 +215,18 @@ class JaxBackend(Backend):
         product.block_until_ready()
         return time.perf_counter() - start
 
-    def products_seconds(self, products: Sequence[tuple[int, int, int]], repeats: int) -> float:
-        keys = jax.random.split(jax.random.key(1), 2 * len(products))
+    def products_seconds(self, products: Sequence[Product], repeats: int) -> float:
+        keys = iter(jax.random.split(jax.random.key(1), 2 * len(products)))
         with jax.default_device(self._device):
             pairs = [
                 (
-                    jax.random.uniform(keys[2 * i], (m, k), jnp.float32),
-                    jax.random.uniform(keys[2 * i + 1], (k, n), jnp.float32),
+                    jax.random.uniform(next(keys), product.stored[0], jnp.float32),
+                    jax.random.uniform(next(keys), product.stored[1], jnp.float32),
                 )
-                for i, (m, k, n) in enumerate(products)
+                for product in products
             ]
-        rounds = jax.jit(functools.partial(_product_rounds, self._precision))
-        jax.block_until_ready(rounds(pairs, 1))  # warm-up: compilation, thread pool start
+        rounds = jax.jit(functools.partial(_product_rounds, self._precision, tuple(products)))
+        jax.block_until_ready(rounds(pairs, repeats))  # warm-up: compilation, thread pool
         start = time.perf_counter()
         jax.block_until_ready(rounds(pairs, repeats))  # one loop on the device, as an epoch
         return time.perf_counter() - start

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -28,7 +29,7 @@ from bench.core.errors import BenchError
 from bench.core.options import Options
 from bench.core.seeding import SeededRun
 from bench.core.spec import StageSpec
-from bench.core.types import Device
+from bench.core.types import Device, Product
 
 # A batch's mean softmax cross-entropy, from (logits, integer labels).
 CrossEntropy = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
@@ -99,6 +100,26 @@ def _memory_growth(gpu: Any) -> bool:
     if forced in ("true", "false"):
         return forced == "true"
     return bool(tf.config.experimental.get_memory_growth(gpu))
+
+
+def _product_rounds(
+    products: tuple[Product, ...], pairs: list[tuple[tf.Tensor, tf.Tensor]], count: tf.Tensor
+) -> tf.Tensor:
+    """`count` rounds of the products, one after another, in one loop, each operand read
+    transposed where the step reads it so. A corner of each product is written into the next
+    one's left operand (one element), so that neither XLA nor a graph can hoist the products
+    out of the loop, run them side by side (a graph's inter-op pool would) or drop them."""
+    corner = tf.constant([[0, 0]])
+    link = pairs[-1][0][0, 0]
+    for _ in tf.range(count):
+        chained = []
+        for (a, b), product in zip(pairs, products, strict=True):
+            a = tf.tensor_scatter_nd_update(a, corner, tf.reshape(link, [1]))
+            transpose_a, transpose_b = product.transposed == "a", product.transposed == "b"
+            link = tf.matmul(a, b, transpose_a=transpose_a, transpose_b=transpose_b)[-1, -1]
+            chained.append((a, b))
+        pairs = chained
+    return link
 
 
 class TensorFlowBackend(Backend):
@@ -212,38 +233,26 @@ class TensorFlowBackend(Backend):
             self.synchronize()
             return time.perf_counter() - start
 
-    def products_seconds(self, products: Sequence[tuple[int, int, int]], repeats: int) -> float:
+    def products_seconds(self, products: Sequence[Product], repeats: int) -> float:
         with tf.device(self._device):
             pairs = [
-                (
-                    tf.random.stateless_uniform([m, k], seed=[1, 2 * i], dtype=tf.float32),
-                    tf.random.stateless_uniform([k, n], seed=[1, 2 * i + 1], dtype=tf.float32),
+                tuple(
+                    tf.random.stateless_uniform(shape, seed=[i, side], dtype=tf.float32)
+                    for side, shape in enumerate(product.stored)
                 )
-                for i, (m, k, n) in enumerate(products)
+                for i, product in enumerate(products)
             ]
             # Compiled as the cells' epochs are: with XLA, or as a TensorFlow graph.
-            rounds = tf.function(self._product_rounds, jit_compile=self._xla)
-            self._to_host(rounds(pairs, tf.constant(1)))  # warm-up: tracing, compilation
+            rounds = tf.function(
+                functools.partial(_product_rounds, tuple(products)), jit_compile=self._xla
+            )
+            count = tf.constant(repeats)
+            # Warm-up with the same count: XLA takes the loop's trip count as a constant and
+            # compiles again for another one (that compilation timed made 1 ms products 6 ms).
+            self._to_host(rounds(pairs, count))
             start = time.perf_counter()
-            self._to_host(rounds(pairs, tf.constant(repeats)))  # one loop, as an epoch
+            self._to_host(rounds(pairs, count))  # one loop, as an epoch
             return time.perf_counter() - start
-
-    @staticmethod
-    def _product_rounds(pairs: list[tuple[tf.Tensor, tf.Tensor]], count: tf.Tensor) -> tf.Tensor:
-        """`count` rounds of the products a @ b, one after another, in one loop. A corner of
-        each product is written into the next one's left operand (one element), so that
-        neither XLA nor a graph can hoist the products out of the loop, run them side by
-        side (a graph's inter-op pool would) or drop them."""
-        corner = tf.constant([[0, 0]])
-        link = pairs[-1][0][0, 0]
-        for _ in tf.range(count):
-            chained = []
-            for a, b in pairs:
-                a = tf.tensor_scatter_nd_update(a, corner, tf.reshape(link, [1]))
-                link = tf.matmul(a, b)[-1, -1]
-                chained.append((a, b))
-            pairs = chained
-        return link
 
     def device_memory_peak_mb(self) -> float | None:
         if self._device_kind != "gpu":

@@ -284,16 +284,18 @@ def test_the_step_products_are_what_a_step_computes_in_its_order() -> None:
     spec = load_stage("relu-xavier")
     products = step_products(spec)
     assert products == [
-        (100, 784, 256),
-        (100, 256, 256),
-        (100, 256, 10),
-        (100, 10, 256),
-        (256, 100, 10),
-        (100, 256, 256),
-        (256, 100, 256),
-        (784, 100, 256),
+        (100, 784, 256, ""),
+        (100, 256, 256, ""),
+        (100, 256, 10, ""),
+        (100, 10, 256, "b"),  # delta @ W3.T: W3 stored 256 x 10
+        (256, 100, 10, "a"),  # h2.T @ delta: h2 stored 100 x 256
+        (100, 256, 256, "b"),
+        (256, 100, 256, "a"),
+        (784, 100, 256, "a"),
     ]
-    assert sum(2 * m * k * n for m, k, n in products) == 100 * flops_per_sample(spec)
+    assert products[3].stored == ((100, 10), (256, 10))
+    assert products[4].stored == ((100, 256), (100, 10))
+    assert sum(p.flops for p in products) == 100 * flops_per_sample(spec)
     limit = attainable_figures(products, 400e-6, 100)
     assert limit["attainable_samples_per_s"] == pytest.approx(250_000)
     assert limit["attainable_gflops"] == pytest.approx(250_000 * flops_per_sample(spec) / 1e9)

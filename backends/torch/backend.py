@@ -34,7 +34,7 @@ from bench.core.errors import BenchError
 from bench.core.options import Options
 from bench.core.seeding import SeededRun
 from bench.core.spec import StageSpec
-from bench.core.types import Device
+from bench.core.types import Device, Product
 
 
 def _views(flat: torch.Tensor, like: list[np.ndarray]) -> list[torch.Tensor]:
@@ -199,15 +199,17 @@ class TorchBackend(Backend):
         self.synchronize()
         return time.perf_counter() - start
 
-    def products_seconds(self, products: Sequence[tuple[int, int, int]], repeats: int) -> float:
+    def products_seconds(self, products: Sequence[Product], repeats: int) -> float:
         generator = torch.Generator(device=self._device).manual_seed(1)
-        pairs = [
-            (
-                torch.rand(m, k, device=self._device, generator=generator),
-                torch.rand(k, n, device=self._device, generator=generator),
+        pairs = []
+        for product in products:
+            a, b = (
+                torch.rand(shape, device=self._device, generator=generator)
+                for shape in product.stored
             )
-            for m, k, n in products
-        ]
+            pairs.append(
+                (a.T if product.transposed == "a" else a, b.T if product.transposed == "b" else b)
+            )
 
         def one_round() -> None:
             for a, b in pairs:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -17,8 +17,28 @@ Outcome = Literal["converged", "did-not-learn", "diverged"]
 # A finite run whose test accuracy stays below this has not learned (chance is 10%).
 LEARNED_ACCURACY = 0.5
 
-# A product of a training step: an m x k matrix times a k x n one (2*m*k*n FLOPs).
-Product = tuple[int, int, int]
+
+class Product(NamedTuple):
+    """A product of a training step: an m x k matrix times a k x n one. `transposed` names the
+    operand the step reads transposed from how it is stored: "a" (a weight gradient's layer
+    inputs, batch x in, stored k x m), "b" (an input gradient's weights, in x out, stored
+    n x k), or none ("")."""
+
+    m: int
+    k: int
+    n: int
+    transposed: str = ""
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.m * self.k * self.n
+
+    @property
+    def stored(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """The shapes of the two operands as the step stores them."""
+        a = (self.k, self.m) if self.transposed == "a" else (self.m, self.k)
+        b = (self.n, self.k) if self.transposed == "b" else (self.k, self.n)
+        return a, b
 
 
 @dataclass(frozen=True)

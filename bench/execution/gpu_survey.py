@@ -334,7 +334,7 @@ class Check:
             except BenchError as error:  # the rows go on, without the fraction
                 self.report.peak_failures[f"attainable {name}"] = str(error)
             else:
-                self.report.attainable[name] = products[0][0] / seconds
+                self.report.attainable[name] = products[0].m / seconds
 
         return Item(f"attainable {name}", body)
 

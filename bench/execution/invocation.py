@@ -198,7 +198,7 @@ def measure_attainable(plan: Plan) -> dict[tuple[str, str, str], float]:
             step = seconds[distinct.index(tuple(products[stage]))]
             attainable[(backend, device, stage)] = step
         for stage_products, step in zip(distinct, seconds, strict=True):
-            batch = stage_products[0][0]
+            batch = stage_products[0].m
             print(
                 f"attainable, {backend}/{device}: {batch / step:,.0f} samples/s (the step's"
                 f" {len(stage_products)} products alone, {step * 1e6:,.0f} us a step)",

@@ -90,7 +90,7 @@ def measure_attainable(
     backend = load_backend(backend_name)(device, options)  # type: ignore[arg-type]
     seconds = []
     for step in products:
-        shapes = [(m, k, n) for m, k, n in step]  # JSON brought them as lists
+        shapes = [Product(*p) for p in step]  # JSON brought them as lists
         probe = backend.products_seconds(shapes, 2) / 2
         repeats = max(3, math.ceil(PEAK_SECONDS / max(probe, 1e-6)))
         seconds.append(min(backend.products_seconds(shapes, repeats) for _ in range(3)) / repeats)

@@ -28,15 +28,16 @@ def step_products(spec: StageSpec) -> list[Product]:
     """The products one training step computes, in the order the backends compute them:
     each layer's forward (batch x in by in x out), then from the top each layer's gradient
     for the layer below (batch x out by out x in; not the first layer's) and its weights'
-    (in x batch by batch x out). Their FLOPs are flops_per_sample times the batch."""
+    (in x batch by batch x out), each operand laid out as the step stores it. Their FLOPs are
+    flops_per_sample times the batch."""
     batch = spec.training.batch_size
     layers = list(itertools.pairwise(spec.model.layer_sizes))
-    forward = [(batch, fan_in, fan_out) for fan_in, fan_out in layers]
+    forward = [Product(batch, fan_in, fan_out) for fan_in, fan_out in layers]
     backward: list[Product] = []
     for index, (fan_in, fan_out) in reversed(list(enumerate(layers))):
-        if index > 0:
-            backward.append((batch, fan_out, fan_in))
-        backward.append((fan_in, batch, fan_out))
+        if index > 0:  # delta @ W.T, W stored in x out
+            backward.append(Product(batch, fan_out, fan_in, "b"))
+        backward.append(Product(fan_in, batch, fan_out, "a"))  # h.T @ delta, h batch x in
     return forward + backward
 
 
@@ -54,7 +55,7 @@ def machine_peaks(peaks: dict[tuple[str, str], float]) -> dict[str, tuple[float,
 def attainable_figures(products: list[Product], seconds: float, batch: int) -> dict[str, float]:
     """The step's products took `seconds` a step, timed alone: the samples/s no step that
     computes them can beat on that path, and the GFLOP/s they ran at."""
-    flops = sum(2 * m * k * n for m, k, n in products)
+    flops = sum(p.flops for p in products)
     return {
         "attainable_samples_per_s": batch / seconds,
         "attainable_gflops": flops / seconds / 1e9,
