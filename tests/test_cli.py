@@ -406,6 +406,11 @@ def test_perf_command_prints_the_table(tmp_path: Path) -> None:
     assert "torch/cpu" in drift
     assert parents[0].data.metrics["peak_gflops_end_torch_cpu"] > 0
     assert "peak_drift_torch_cpu" in parents[0].data.metrics
+    # The attainable limit is measured again at the end, as the peaks are, for the cells'
+    # backend only.
+    [moved] = [line for line in done.stdout.splitlines() if line.startswith("attainable limit")]
+    assert moved.startswith(f"attainable limit drift over the run: {backend}/cpu ")
+    assert f"attainable_drift_{backend}_cpu" in parents[0].data.metrics
     assert parents[0].data.tags["speed_stable"] in ("true", "false")
     # Each installed framework's peak, the machine's is the best of them,
     # and every cell's roofline is against the machine's, its framework's kept beside it.

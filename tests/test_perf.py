@@ -104,6 +104,9 @@ def test_a_steady_peak_is_reported_without_a_warning() -> None:
     drift, lines = drift_lines({("torch", "cpu"): 360.0}, {("torch", "cpu"): 351.0})
     assert drift == {"torch/cpu": pytest.approx(-0.025)}
     assert lines == ["peak drift over the run: torch/cpu -2.5%"]
+    _, limits = drift_lines({("jax", "cpu"): 1.0}, {("jax", "cpu"): 0.8}, what="attainable limit")
+    assert limits[0] == "attainable limit drift over the run: jax/cpu -20.0%"
+    assert limits[1].startswith("WARNING: the attainable limit of jax/cpu moved by more than 10%")
 
 
 def test_a_peak_that_moved_under_the_run_is_a_warning() -> None:

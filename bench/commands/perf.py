@@ -28,7 +28,14 @@ from bench.core.errors import BenchError
 from bench.core.spec import MAX_EPOCHS, load_stage
 from bench.core.types import CellLoad, CellRun
 from bench.execution import load_monitor
-from bench.execution.invocation import Execution, Plan, execute, finish, measure_peaks
+from bench.execution.invocation import (
+    Execution,
+    Plan,
+    execute,
+    finish,
+    measure_attainable,
+    measure_peaks,
+)
 from bench.execution.matrix import LocalExecutor
 from bench.recording.speed import DRIFT_LIMIT, drift_lines, machine_peaks, roofline
 from bench.recording.tables import speed_mark, table, with_speed_note
@@ -170,12 +177,29 @@ def perf_table(runs: list[CellRun], references: list[KerasReference]) -> str:
     return with_speed_note(text, runs, [(r.name, r.load) for r in references])
 
 
+def _limit_rates(attainable: dict[tuple[str, str, str], float]) -> dict[tuple[str, str], float]:
+    """Per backend and device, the steps a second of its first stage's products alone."""
+    rates: dict[tuple[str, str], float] = {}
+    for (backend, device, _), seconds in attainable.items():
+        rates.setdefault((backend, device), 1.0 / seconds)
+    return rates
+
+
 def _check_drift(execution: Execution, plan: Plan) -> list[str]:
-    """Measure the peaks again, record how far they moved, and return the report's lines."""
+    """Measure the peaks and the attainable limits again, record how far they moved, and
+    return the report's lines: a limit measured in a slow phase of the host would flatter
+    every cell's fraction of it."""
     end = measure_peaks(plan.cells, plan.options, when=" at the end")
     drift, lines = drift_lines(execution.peaks, end)
     metrics = {f"peak_gflops_end_{b}_{d}": v for (b, d), v in end.items()}
     metrics |= {f"peak_drift_{k.replace('/', '_')}": v for k, v in drift.items()}
+    if execution.attainable:
+        start_rates = _limit_rates(execution.attainable)
+        end_rates = _limit_rates(measure_attainable(plan, when=" at the end"))
+        moved, more = drift_lines(start_rates, end_rates, what="attainable limit")
+        metrics |= {f"attainable_drift_{k.replace('/', '_')}": v for k, v in moved.items()}
+        drift |= {f"attainable {k}": v for k, v in moved.items()}
+        lines += more
     execution.tracker.log_metrics(execution.parent_id, metrics)
     # Combined with the cells' verdicts and the start's probe: a false is never made true.
     stable = execution.speed_stable and all(abs(v) <= DRIFT_LIMIT for v in drift.values())

@@ -176,7 +176,7 @@ def measure_peaks(
     return peaks
 
 
-def measure_attainable(plan: Plan) -> dict[tuple[str, str, str], float]:
+def measure_attainable(plan: Plan, when: str = "") -> dict[tuple[str, str, str], float]:
     """Per (backend, device, stage) of the cells: the seconds a step of the stage's products
     takes on that backend and device, the products alone, computed as its cells compute them
     (one process each backend and device; stages of one shape share a figure). The limit no
@@ -192,7 +192,7 @@ def measure_attainable(plan: Plan) -> dict[tuple[str, str, str], float]:
                     backend, device, plan.options, [list(p) for p in distinct], Path(tmp)
                 )
         except BenchError as error:
-            print(f"attainable, {backend}/{device}: not measured ({error})", flush=True)
+            print(f"attainable{when}, {backend}/{device}: not measured ({error})", flush=True)
             continue
         for stage in stages:
             step = seconds[distinct.index(tuple(products[stage]))]
@@ -200,7 +200,7 @@ def measure_attainable(plan: Plan) -> dict[tuple[str, str, str], float]:
         for stage_products, step in zip(distinct, seconds, strict=True):
             batch = stage_products[0].m
             print(
-                f"attainable, {backend}/{device}: {batch / step:,.0f} samples/s (the step's"
+                f"attainable{when}, {backend}/{device}: {batch / step:,.0f} samples/s (the step's"
                 f" {len(stage_products)} products alone, {step * 1e6:,.0f} us a step)",
                 flush=True,
             )
@@ -251,6 +251,8 @@ class Execution:
     interrupted: bool
     # No cell's speed flagged and the machine quiet at the start (perf adds the peaks' drift).
     speed_stable: bool = True
+    # (backend, device, stage) -> a step's products alone, seconds (measure_attainable)
+    attainable: dict[tuple[str, str, str], float] = field(default_factory=dict)
 
 
 @dataclass
@@ -376,7 +378,15 @@ def close_invocation(opened: Opened) -> Execution:
     tracker.log_metrics(parent_id, {"cells": planned, "cells_failed": failed})
     stable = plan.busy is None and all(r.load is None or r.load.stable for r in runs)
     tracker.set_tags(parent_id, {"speed_stable": str(stable).lower()})
-    return Execution(tracker, parent_id, runs, opened.peaks, interrupted=False, speed_stable=stable)
+    return Execution(
+        tracker,
+        parent_id,
+        runs,
+        opened.peaks,
+        interrupted=False,
+        speed_stable=stable,
+        attainable=opened.attainable,
+    )
 
 
 INTERRUPTED = "\ninterrupted: the runs so far are recorded; the interrupted one is KILLED"

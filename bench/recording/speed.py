@@ -112,16 +112,17 @@ def time_breakdown(
 
 
 def drift_lines(
-    start: dict[tuple[str, str], float], end: dict[tuple[str, str], float]
+    start: dict[tuple[str, str], float], end: dict[tuple[str, str], float], what: str = "peak"
 ) -> tuple[dict[str, float], list[str]]:
-    """Each peak's relative change over the run, and the lines that report it (a warning when
-    one moved past DRIFT_LIMIT: the run's speed figures are then not comparable)."""
+    """Each rate's (a peak's, an attainable limit's) relative change over the run, and the
+    lines that report it (a warning when one moved past DRIFT_LIMIT: the run's speed figures
+    are then not comparable)."""
     drift = {f"{b}/{d}": end[(b, d)] / start[(b, d)] - 1.0 for (b, d) in start if (b, d) in end}
-    lines = ["peak drift over the run: " + ", ".join(f"{k} {v:+.1%}" for k, v in drift.items())]
+    lines = [f"{what} drift over the run: " + ", ".join(f"{k} {v:+.1%}" for k, v in drift.items())]
     moved = [k for k, v in drift.items() if abs(v) > DRIFT_LIMIT]
     if moved:
         lines.append(
-            f"WARNING: the peak of {', '.join(moved)} moved by more than {DRIFT_LIMIT:.0%} during"
+            f"WARNING: the {what} of {', '.join(moved)} moved by more than {DRIFT_LIMIT:.0%} during"
             " the run, so the machine's speed changed under it and these figures are not"
             " comparable; rerun on a quiet machine"
         )
