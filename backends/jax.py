@@ -226,7 +226,9 @@ class JaxBackend(Backend):
                 for product in products
             ]
         rounds = jax.jit(functools.partial(_product_rounds, self._precision, tuple(products)))
-        jax.block_until_ready(rounds(pairs, repeats))  # warm-up: compilation, thread pool
+        # Warm-up (compilation, thread pool start): one round, as the count is traced and
+        # every count runs the same executable.
+        jax.block_until_ready(rounds(pairs, 1))
         start = time.perf_counter()
         jax.block_until_ready(rounds(pairs, repeats))  # one loop on the device, as an epoch
         return time.perf_counter() - start
