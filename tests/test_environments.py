@@ -23,7 +23,7 @@ from bench.execution.environments import (
     parse_pins,
 )
 from tests.conftest import JAX_PINS, ROOT
-from tests.live import bench
+from tests.live import as_a_terminal_job, bench
 
 # jax and jaxlib 0.10.2: wheels small enough (about 650 MB installed) to make in a test.
 
@@ -188,6 +188,7 @@ def test_an_interrupted_build_leaves_nothing(tmp_path: Path) -> None:
         cwd=ROOT,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=as_a_terminal_job,  # SIGINT reaches it when the suite runs in the background
     )
     deadline = time.monotonic() + 300
     # Interrupted once pip runs: the venv is made (its pip script is written last).

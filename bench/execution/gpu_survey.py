@@ -44,7 +44,7 @@ from bench.core.devices import cpu_model, gpu_driver_version
 from bench.core.errors import BenchError
 from bench.core.options import Options, framework_options
 from bench.core.spec import load_stage
-from bench.core.types import Cell, CellResult, DType
+from bench.core.types import Cell, CellResult, DType, Product
 from bench.execution.device_choice import resolve_devices
 from bench.execution.matrix import LocalExecutor, run_alone
 from bench.execution.parity_check import compare, parity_options
@@ -57,10 +57,16 @@ FIRST_STAGES = ("relu-xavier", "adam", "dropout")  # the rows worth most, in thi
 GRAPHED_FIRST = ("adam", "dropout")  # stages whose CUDA-graph rows come early
 PARITY_FIRST = ("relu-xavier", "adam")  # float64 parity worth running before the rest
 GPU_ONLY = "skipped: GPU only"
-# The attainable limit is timed at relu-xavier's products (the built-in stages share them).
-_REFERENCE_PRODUCTS = step_products(load_stage("relu-xavier"))
 # Taken from the first cell that finishes: the versions and GPU that every row ran on.
 ENVIRONMENT_KEYS = ("framework_version", "cuda_version", "cudnn_version", "gpu_model")
+
+
+@functools.cache
+def _reference_products() -> tuple[Product, ...]:
+    """relu-xavier's products, at which the attainable limit is timed (the built-in stages
+    share them). Read when the check runs, not on import: every command imports this module,
+    and `list` must work with a stages folder that has no relu-xavier."""
+    return tuple(step_products(load_stage("relu-xavier")))
 
 
 @dataclass(frozen=True)
@@ -324,7 +330,7 @@ class Check:
         def body() -> None:
             if variant and self.device != "gpu":  # CUDA graphs exist on GPUs only
                 return
-            products = _REFERENCE_PRODUCTS
+            products = list(_reference_products())
             options = self._options(cuda_graphs=variant == GRAPHS)
             try:
                 with tempfile.TemporaryDirectory() as tmp:
@@ -435,7 +441,7 @@ class Check:
             graphs = GRAPHS if variant == GRAPHS else ""
             limit = self.report.attainable.get(f"{result.cell.backend} {self.device}{graphs}")
             stage = load_stage(result.cell.stage)
-            if limit and variant != TF32 and step_products(stage) == _REFERENCE_PRODUCTS:
+            if limit and variant != TF32 and tuple(step_products(stage)) == _reference_products():
                 row.attainable = speed / limit
         return row
 
