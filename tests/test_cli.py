@@ -20,10 +20,10 @@ import pytest
 from backends import installed_backends
 from backends.keras_reference import reference_backends
 from bench.core import data
+from bench.core.cpu_activity import BUSY_CORES
 from bench.core.datasets.mnist import MNIST
 from bench.core.devices import gpu_names
 from bench.core.spec import STAGES_DIR, STAGES_DIR_ENV
-from bench.execution.load_monitor import BUSY_CORES
 from tests.conftest import ROOT, mnist_dir, plant_cache_entry
 from tests.live import (
     as_a_terminal_job,

@@ -19,22 +19,24 @@ from pathlib import Path
 import pytest
 from threadpoolctl import threadpool_limits
 
-from bench.core.spec import load_stage
-from bench.core.types import Cell, CellLoad, CellResult, CellRun
-from bench.execution.load_monitor import (
+from bench.core.cpu_activity import (
     BUSY_CORES,
     Activity,
     CpuSample,
     CpuTimes,
     activity_between,
+    cpu_times,
+    others_cores,
+    steal_fraction,
+)
+from bench.core.spec import load_stage
+from bench.core.types import Cell, CellLoad, CellResult, CellRun
+from bench.execution.load_monitor import (
     busy_reason,
     canary,
     canary_failure,
     canary_failure_lines,
-    cpu_times,
-    others_cores,
     probe_activity,
-    steal_fraction,
     unstable_reasons,
     watch_after,
     watch_before,

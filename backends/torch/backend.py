@@ -27,7 +27,13 @@ from backends.base import (
 )
 from backends.torch.cuda_graphs import GraphedStep, check_cuda_graphs, graphed
 from backends.torch.matmul_tuner import resolve_matmul
-from backends.torch.products import MklProducts, OneDnnProducts, Products
+from backends.torch.products import (
+    MklProducts,
+    OneDnnProducts,
+    Products,
+    products_round,
+    stored_operands,
+)
 from bench.core.data import Splits
 from bench.core.devices import gpu_driver_version
 from bench.core.errors import BenchError
@@ -200,21 +206,7 @@ class TorchBackend(Backend):
         return time.perf_counter() - start
 
     def products_seconds(self, products: Sequence[Product], repeats: int) -> float:
-        generator = torch.Generator(device=self._device).manual_seed(1)
-        pairs = []
-        for product in products:
-            a, b = (
-                torch.rand(shape, device=self._device, generator=generator)
-                for shape in product.stored
-            )
-            pairs.append(
-                (a.T if product.transposed == "a" else a, b.T if product.transposed == "b" else b)
-            )
-
-        def one_round() -> None:
-            for a, b in pairs:
-                self._mm.product(a, b)
-
+        one_round = products_round(self._mm, stored_operands(products, self._device))
         replay = graphed(one_round) if self._options.cuda_graphs else one_round
         replay()  # warm-up: kernel selection, thread pool start
         self.synchronize()

@@ -8,63 +8,63 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from backends.torch.products import MklProducts, OneDnnProducts, Products
+from backends.torch.products import (
+    MklProducts,
+    OneDnnProducts,
+    Products,
+    products_round,
+    stored_operands,
+)
+from bench.core.cpu_activity import BUSY_CORES, activity_between, cpu_sample
 from bench.core.data import resolve_cache_dir
 from bench.core.errors import BenchError
 from bench.core.options import ONEDNN_ONLY, Options
-from bench.core.types import Device
+from bench.core.types import Device, layer_products
 
 # A choice is cached per machine, PyTorch release and thread count, so that reruns on one
 # machine take the same path and stay bit-identical.
 MATMUL_CHOICES_FILE = "torch-matmul.json"
 # oneDNN is taken only when clearly faster: near a tie, MKL (PyTorch's default) stays.
 ONEDNN_MARGIN = 1.05
+# Choices measured before the step's own products were timed are not read: they are measured
+# again once.
+KEY_SUFFIX = " | step products"
 
 
-class _StepProducts:
-    """The training step's batch-100 products (forward, input and weight gradients of a
-    784x256 and a 256x256 layer), timed in short bursts through one library."""
+# The built-in stages' model (784-256-256-10, batch 100): a choice is kept per machine, not per
+# stage, so it is measured on the products of their step.
+_TUNING_PRODUCTS = layer_products(100, (784, 256, 256, 10))
 
-    def __init__(self) -> None:
-        generator = torch.Generator().manual_seed(0)
-        self._layers = [
-            (torch.rand(100, n, generator=generator), torch.rand(n, 256, generator=generator))
-            for n in (784, 256)
-        ]
-        self._delta = torch.rand(100, 256, generator=generator)
-        self._bias = torch.zeros(256)
-        self._grads = [torch.empty(n, 256) for n in (784, 256)]
-        self.flops = sum(3 * 2 * 100 * h.shape[1] * 256 for h, _ in self._layers) * 10
 
-    def burst(self, products: Products) -> float:
-        """GFLOP/s of ten steps' products."""
-        start = time.perf_counter()
-        for _ in range(10):
-            for (h, w), grad in zip(self._layers, self._grads, strict=True):
-                products.layer(h, w, self._bias, 1.0)
-                products.input_grad(self._delta, w, 1.0)
-                products.weight_grad(grad, h, self._delta, 1.0)
-        return self.flops / (time.perf_counter() - start) / 1e9
+def _burst(one_round: Callable[[], None], flops: int) -> float:
+    """GFLOP/s of ten steps' products."""
+    start = time.perf_counter()
+    for _ in range(10):
+        one_round()
+    return 10 * flops / (time.perf_counter() - start) / 1e9
 
 
 def _measure_choice(rounds: int = 7) -> dict[str, str]:
-    """MKL against oneDNN, in alternating bursts (a load that comes and goes falls on both),
-    the median of each; the first round warms both up."""
+    """MKL against oneDNN on the step's eight products, laid out as the step stores them (as
+    the attainable limit times them), in alternating bursts (a load that comes and goes falls
+    on both), the median of each; the first round warms both up."""
+    pairs = stored_operands(_TUNING_PRODUCTS, torch.device("cpu"))
+    flops = sum(product.flops for product in _TUNING_PRODUCTS)
     paths: list[Products] = [MklProducts(torch.zeros(())), OneDnnProducts()]
-    step = _StepProducts()
     rates: dict[str, list[float]] = {"mkl": [], "onednn": []}
     for _ in range(rounds + 1):
         for products in paths:
-            rates[products.name].append(step.burst(products))
+            rates[products.name].append(_burst(products_round(products, pairs), flops))
     mkl, onednn = (statistics.median(rates[name][1:]) for name in ("mkl", "onednn"))
     choice = "onednn" if onednn > ONEDNN_MARGIN * mkl else "mkl"
     return {
         "choice": choice,
-        "reason": f"measured: MKL {mkl:.0f}, oneDNN {onednn:.0f} GFLOP/s on the batch-100"
+        "reason": f"measured: MKL {mkl:.0f}, oneDNN {onednn:.0f} GFLOP/s on the step's"
         f" products ({time.strftime('%Y-%m-%d')})",
     }
 
@@ -78,14 +78,25 @@ def auto_matmul(threads: int) -> tuple[str, str]:
     from bench.core.devices import cpu_isa, cpu_model
 
     # The model name alone does not tell one AMD EPYC from another: the ISA does.
-    key = f"{cpu_model()} ({cpu_isa()}) | torch {torch.__version__} | {threads} threads"
+    key = f"{cpu_model()} ({cpu_isa()}) | torch {torch.__version__} | {threads} threads{KEY_SUFFIX}"
     path = _choices_path()
     try:
         choices = json.loads(path.read_text())
     except (OSError, ValueError):
         choices = {}
     if key not in choices:
-        choices[key] = _measure_choice()
+        before = cpu_sample()
+        measured = _measure_choice()
+        busy = activity_between(before, cpu_sample()).others_cores
+        if busy is not None and busy > BUSY_CORES:
+            # Other work skews the two libraries unequally (one such measurement chose oneDNN
+            # on a machine whose step ran 1.55x faster through MKL), and a choice is kept for
+            # good: PyTorch's own products now, and a measurement again next time.
+            return "mkl", (
+                f"auto, not measured: other processes used {busy:.1f} cores while it was timed;"
+                " PyTorch's default until a quiet run measures it"
+            )
+        choices[key] = measured
         with contextlib.suppress(OSError):  # an unwritable cache measures again next time
             path.parent.mkdir(parents=True, exist_ok=True)
             scratch = path.with_suffix(f".{os.getpid()}.tmp")

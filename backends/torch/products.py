@@ -3,7 +3,11 @@ cuBLAS on a GPU) and oneDNN. The fast training step calls them; matmul_tuner pic
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
+
+from bench.core.types import Product
 
 
 def _linear(a: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -89,3 +93,30 @@ class OneDnnProducts:
 
 
 Products = MklProducts | OneDnnProducts
+
+
+def stored_operands(
+    products: Sequence[Product], device: torch.device
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Random operands of each product, stored as the step stores them: an operand the step
+    reads transposed is a transposed view, as there."""
+    generator = torch.Generator(device=device).manual_seed(1)
+    pairs = []
+    for product in products:
+        a, b = (torch.rand(shape, device=device, generator=generator) for shape in product.stored)
+        pairs.append(
+            (a.T if product.transposed == "a" else a, b.T if product.transposed == "b" else b)
+        )
+    return pairs
+
+
+def products_round(
+    mm: Products, pairs: list[tuple[torch.Tensor, torch.Tensor]]
+) -> Callable[[], None]:
+    """One step's products through one library, one after another."""
+
+    def one_round() -> None:
+        for a, b in pairs:
+            mm.product(a, b)
+
+    return one_round

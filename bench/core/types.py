@@ -5,6 +5,8 @@ need not import the runner or the matrix for them."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -39,6 +41,21 @@ class Product(NamedTuple):
         a = (self.k, self.m) if self.transposed == "a" else (self.m, self.k)
         b = (self.n, self.k) if self.transposed == "b" else (self.k, self.n)
         return a, b
+
+
+def layer_products(batch: int, layer_sizes: Sequence[int]) -> list[Product]:
+    """The products one training step of this MLP computes, in the order the backends compute
+    them: each layer's forward (batch x in by in x out), then from the top each layer's
+    gradient for the layer below (batch x out by out x in; not the first layer's) and its
+    weights' (in x batch by batch x out), each operand laid out as the step stores it."""
+    layers = list(itertools.pairwise(layer_sizes))
+    forward = [Product(batch, fan_in, fan_out) for fan_in, fan_out in layers]
+    backward: list[Product] = []
+    for index, (fan_in, fan_out) in reversed(list(enumerate(layers))):
+        if index > 0:  # delta @ W.T, W stored in x out
+            backward.append(Product(batch, fan_out, fan_in, "b"))
+        backward.append(Product(fan_in, batch, fan_out, "a"))  # h.T @ delta, h batch x in
+    return forward + backward
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from backends import installed_backends
+from bench.core.cpu_activity import Activity
 from bench.core.errors import BenchError
 from bench.core.options import Options
 from bench.core.program import PROGRAM
@@ -58,7 +59,7 @@ class Plan:
     experiment: str
     seeds: list[int] = field(default_factory=lambda: [0])
     # What else ran on the machine just before, and why it counts as busy (None: quiet).
-    machine: load_monitor.Activity | None = None
+    machine: Activity | None = None
     busy: str | None = None
     measure_peaks: bool = True  # --no-peak: False
     cell_timeout_s: int | None = None  # None: the matrix's default for the cell's epochs
@@ -84,7 +85,7 @@ class Plan:
         return self.environment.tags() if self.environment is not None else {}
 
 
-def check_machine(refuse_busy: bool) -> tuple[load_monitor.Activity, str | None]:
+def check_machine(refuse_busy: bool) -> tuple[Activity, str | None]:
     """Before any peak or cell (and before the store is written): are the cores free? A
     second process on 2 cores made the torch cells 5-17x slower."""
     activity = load_monitor.probe_activity()

@@ -7,7 +7,7 @@ import itertools
 import time
 
 from bench.core.spec import StageSpec
-from bench.core.types import CellRun, Product
+from bench.core.types import CellRun, Product, layer_products
 
 # A peak that moves by more than this between the start and the end of the run means that the
 # machine's speed changed under it (other load, throttling, a noisy neighbour on a shared host).
@@ -25,20 +25,9 @@ def flops_per_sample(spec: StageSpec) -> int:
 
 
 def step_products(spec: StageSpec) -> list[Product]:
-    """The products one training step computes, in the order the backends compute them:
-    each layer's forward (batch x in by in x out), then from the top each layer's gradient
-    for the layer below (batch x out by out x in; not the first layer's) and its weights'
-    (in x batch by batch x out), each operand laid out as the step stores it. Their FLOPs are
-    flops_per_sample times the batch."""
-    batch = spec.training.batch_size
-    layers = list(itertools.pairwise(spec.model.layer_sizes))
-    forward = [Product(batch, fan_in, fan_out) for fan_in, fan_out in layers]
-    backward: list[Product] = []
-    for index, (fan_in, fan_out) in reversed(list(enumerate(layers))):
-        if index > 0:  # delta @ W.T, W stored in x out
-            backward.append(Product(batch, fan_out, fan_in, "b"))
-        backward.append(Product(fan_in, batch, fan_out, "a"))  # h.T @ delta, h batch x in
-    return forward + backward
+    """The products one training step of the stage computes (core's layer_products). Their
+    FLOPs are flops_per_sample times the batch."""
+    return layer_products(spec.training.batch_size, spec.model.layer_sizes)
 
 
 def machine_peaks(peaks: dict[tuple[str, str], float]) -> dict[str, tuple[float, str]]:
