@@ -10,7 +10,7 @@ import functools
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -197,22 +197,21 @@ class TorchBackend(Backend):
     def matmul_seconds(self, size: int, repeats: int) -> float:
         generator = torch.Generator(device=self._device).manual_seed(1)
         a, b = (torch.rand(size, size, device=self._device, generator=generator) for _ in range(2))
-        self._mm.square(a, b)  # warm-up: kernel selection, thread pool start
-        self.synchronize()
-        start = time.perf_counter()
-        for _ in range(repeats):
-            self._mm.square(a, b)
-        self.synchronize()
-        return time.perf_counter() - start
+        return self._seconds(functools.partial(self._mm.square, a, b), repeats)
 
     def products_seconds(self, products: Sequence[Product], repeats: int) -> float:
         one_round = products_round(self._mm, stored_operands(products, self._device))
         replay = graphed(one_round) if self._options.cuda_graphs else one_round
-        replay()  # warm-up: kernel selection, thread pool start
+        return self._seconds(replay, repeats)
+
+    def _seconds(self, work: Callable[[], object], repeats: int) -> float:
+        """`repeats` runs of `work` after one warm-up run (kernel selection, thread pool
+        start), synchronised before the clock is read each time."""
+        work()
         self.synchronize()
         start = time.perf_counter()
         for _ in range(repeats):
-            replay()
+            work()
         self.synchronize()
         return time.perf_counter() - start
 

@@ -4,7 +4,9 @@ throughput is held against (its roofline, bench.recording.speed). Asked of a wor
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -60,10 +62,15 @@ def measure_peak(backend_name: str, device: str, options: Options) -> float:
 
     backend = load_backend(backend_name)(device, options)  # type: ignore[arg-type]
     size = peak_size(device)
-    probe = backend.matmul_seconds(size, 2) / 2
+    return 2.0 * size**3 / _best_seconds_each(functools.partial(backend.matmul_seconds, size)) / 1e9
+
+
+def _best_seconds_each(timed: Callable[[int], float]) -> float:
+    """Seconds of one repeat of `timed(repeats)`: bursts of about PEAK_SECONDS (sized by a
+    probe of two repeats), the best of three."""
+    probe = timed(2) / 2
     repeats = max(3, math.ceil(PEAK_SECONDS / max(probe, 1e-6)))
-    best = min(backend.matmul_seconds(size, repeats) for _ in range(3))
-    return 2.0 * size**3 * repeats / best / 1e9
+    return min(timed(repeats) for _ in range(3)) / repeats
 
 
 def attainable_request(
@@ -91,7 +98,5 @@ def measure_attainable(
     seconds = []
     for step in products:
         shapes = [Product(*p) for p in step]  # JSON brought them as lists
-        probe = backend.products_seconds(shapes, 2) / 2
-        repeats = max(3, math.ceil(PEAK_SECONDS / max(probe, 1e-6)))
-        seconds.append(min(backend.products_seconds(shapes, repeats) for _ in range(3)) / repeats)
+        seconds.append(_best_seconds_each(functools.partial(backend.products_seconds, shapes)))
     return seconds
