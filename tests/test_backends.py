@@ -239,12 +239,12 @@ def test_cuda_graphs_refuse_float64() -> None:
 @pytest.mark.parametrize("device", device_params())
 @pytest.mark.skipif(not is_installed("torch"), reason="torch not installed")
 def test_torch_records_the_generator_and_subnormals_of_its_device(device: str) -> None:
-    """CUDA's generator is Philox4x32-10, the CPU's Mersenne Twister; flushing subnormals is a
-    CPU setting that CUDA kernels do not follow."""
+    """The masks' generator is CUDA's Philox4x32-10 on a GPU, numpy's PCG64 on the CPU;
+    flushing subnormals is a CPU setting that CUDA kernels do not follow."""
     skip_without_gpu("torch", device)
     env = load_backend("torch")(device, Options(data_dir="", threads=2)).environment()  # type: ignore[arg-type]
     if device == "cpu":
-        assert "Mersenne Twister" in env["dropout_rng"] and env["flush_denormal"] == "true"
+        assert "PCG64" in env["dropout_rng"] and env["flush_denormal"] == "true"
         assert "gpu_model" not in env and "gpu_driver" not in env
     else:
         assert "Philox4x32-10" in env["dropout_rng"] and env["flush_denormal"] == "false"

@@ -10,7 +10,7 @@ import functools
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -52,11 +52,22 @@ def _views(flat: torch.Tensor, like: list[np.ndarray]) -> list[torch.Tensor]:
     return views
 
 
-# The algorithm behind torch.Generator on each device type.
-_GENERATORS = {"cpu": "Mersenne Twister", "cuda": "Philox4x32-10"}
+# The generator of the own dropout masks: numpy's PCG64 on the CPU, whose 64-bit words cost
+# about half of torch.Generator's Mersenne Twister there (~20 against ~38 us for one step's
+# 12,800 words, the dropout cell ~15 us a step faster); a GPU's torch.Generator (Philox) draws
+# on the device and inside a CUDA graph.
+DropoutRng = torch.Generator | np.random.PCG64
+_DROPOUT_RNGS = {
+    "cpu": "numpy PCG64, four 16-bit uniforms a 64-bit word",
+    "cuda": "torch.Generator (Philox4x32-10), four 16-bit uniforms a 64-bit word",
+}
 
 # A step count at which 1 - beta**step is exactly 1 in double precision for any beta < 0.99999.
 _NO_BIAS_CORRECTION = 1e9
+
+# The training steps whose input rows one gather fetches (see _step_inputs): ~3 MB at MNIST's
+# shapes, where the gain of larger gathers levels off.
+_GATHER_STEPS = 10
 
 
 class _MaskBuffers:
@@ -65,7 +76,8 @@ class _MaskBuffers:
 
     def __init__(self, shapes: list[Shape], device: torch.device, dtype: torch.dtype) -> None:
         sizes = [rows * cols for rows, cols in shapes]
-        self.bits = torch.empty((sum(sizes) + 3) // 4, dtype=torch.int64, device=device)
+        self.words = (sum(sizes) + 3) // 4
+        self.bits = torch.empty(self.words, dtype=torch.int64, device=device)
         self.flat = torch.empty(sum(sizes), dtype=dtype, device=device)
         self.masks = [
             part.view(shape)
@@ -106,10 +118,7 @@ class TorchBackend(Backend):
         self._dtype = torch.float64 if options.dtype == "float64" else torch.float32
         self._compute = torch.float64 if options.compute_dtype == "float64" else torch.float32
         self._matmul, self._matmul_reason = resolve_matmul(options, device, threads)
-        self._zero = torch.zeros((), device=self._device, dtype=self._dtype)  # addmm, beta=0
-        self._mm: Products = (
-            OneDnnProducts() if self._matmul == "onednn" else MklProducts(self._zero)
-        )
+        self._mm: Products = OneDnnProducts() if self._matmul == "onednn" else MklProducts()
 
     @staticmethod
     def visible_gpus() -> int:
@@ -117,6 +126,7 @@ class TorchBackend(Backend):
 
     def load_data(self, splits: Splits) -> None:
         self._train_x = self._put(np.asarray(splits.train_x, self._options.dtype))
+        self._gathered: torch.Tensor | None = None  # _step_inputs' buffer
         self._train_y = self._put(splits.train_y)
         self._eval = self._eval_batches(splits)
 
@@ -150,6 +160,11 @@ class TorchBackend(Backend):
                 self._fused_step = torch.tensor(
                     _NO_BIAS_CORRECTION, dtype=torch.float32, device=self._device
                 )
+        # The gradient with respect to each hidden layer's input: written in place each step.
+        self._input_grads = [
+            torch.empty(spec.training.batch_size, units, device=self._device, dtype=self._dtype)
+            for units in spec.model.layer_sizes[1:-1]
+        ]
         # _alphas[i] scales layer i's input in the fast step: 1 / keep for a hidden layer's
         # dropped-out output (1 without dropout).
         rate = spec.model.dropout_rate
@@ -167,6 +182,7 @@ class TorchBackend(Backend):
             self._mask_buffers[tuple(shapes)] = _MaskBuffers(shapes, self._device, self._dtype)
         self._graphs = None
         if self._options.cuda_graphs:
+            assert isinstance(self._rng, torch.Generator)  # a GPU's (check_cuda_graphs)
             draw = None
             if rate > 0.0:  # a draw is part of the captured step: each replay draws anew
                 draw = functools.partial(self._dropout_masks, self._rng, shapes)
@@ -251,7 +267,7 @@ class TorchBackend(Backend):
             deterministic_ops=torch.are_deterministic_algorithms_enabled(),
             tf32=torch.backends.cuda.matmul.allow_tf32,
             # The device's own generator draws the masks: CUDA's is Philox4x32-10.
-            dropout_rng=f"torch.Generator ({_GENERATORS[self._device.type]}), 16-bit thresholds",
+            dropout_rng=f"{_DROPOUT_RNGS[self._device.type]}, 16-bit thresholds",
             cuda_version=str(torch.version.cuda or "none"),
             cudnn_version=str(torch.backends.cudnn.version() or "none"),  # type: ignore[no-untyped-call]
             gpu_model=gpu_model,
@@ -261,8 +277,11 @@ class TorchBackend(Backend):
     def _put(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(array).to(self._device)
 
-    def _dropout_rng(self, seed: int) -> torch.Generator:
-        """The device's own generator, seeded: every draw moves it on (see _step_rng)."""
+    def _dropout_rng(self, seed: int) -> DropoutRng:
+        """The device's dropout generator (see DropoutRng), seeded: every draw moves it on (see
+        _step_rng)."""
+        if self._device.type == "cpu":
+            return np.random.PCG64(seed)
         generator = torch.Generator(device=self._device)
         generator.manual_seed(seed)
         return generator
@@ -280,24 +299,45 @@ class TorchBackend(Backend):
             return losses
         rate = self._spec.model.dropout_rate
         shapes = self._hidden_shapes()
-        # Per epoch rather than per step (a few small ops fewer each step): the labels, as
-        # columns, and the fast step's one-hot rows.
-        labels = self._train_y.index_select(0, batches.view(-1)).view(steps, batch, 1)
+        # Per epoch rather than per step (a few small ops fewer each step): the labels, the
+        # fast step's loss-gradient targets, and each step's views of them (unbind: one op).
+        labels = self._train_y.index_select(0, batches.view(-1)).view(steps, batch)
         fast = not self._options.parity
-        onehots = (labels == self._classes).to(self._dtype) if fast else None
+        targets = self._targets(labels).unbind(0) if fast else None
+        step_labels = labels.unbind(0)
         step_losses = []
-        for i in range(steps):
-            x = self._train_x.index_select(0, batches[i])
+        for i, x in enumerate(self._step_inputs(batches)):
             step_masks = None if masks is None else [m[i] for m in masks]
             if step_masks is None and rate > 0.0:
                 step = self._t + i + 1
                 step_masks = self._dropout_masks(self._step_rng(self._rng, step), shapes)
             lr = float(step_sizes[i])
-            if onehots is not None:
-                step_losses.append(self._step_fast(x, labels[i], step_masks, lr, onehots[i]))
+            if targets is not None:
+                step_losses.append(self._step_fast(x, step_labels[i], step_masks, lr, targets[i]))
             else:
-                step_losses.append(self._step(x, labels[i].view(-1), step_masks, lr))
+                step_losses.append(self._step(x, step_labels[i], step_masks, lr))
         return torch.stack(step_losses)
+
+    def _step_inputs(self, batches: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Each step's input rows, gathered _GATHER_STEPS steps at a time into one buffer: one
+        gather of the rows of several steps keeps more of their memory reads in flight than a
+        gather per step, ~10 us a step less here. A step's rows are overwritten
+        _GATHER_STEPS steps later, after the step is done with them."""
+        steps, batch = batches.shape
+        features = self._train_x.shape[1]
+        if self._gathered is None or self._gathered.shape[1:] != (batch, features):
+            self._gathered = self._train_x.new_empty((_GATHER_STEPS, batch, features))
+        for start in range(0, steps, _GATHER_STEPS):
+            rows = batches[start : start + _GATHER_STEPS]
+            chunk = self._gathered[: len(rows)]
+            torch.index_select(self._train_x, 0, rows.reshape(-1), out=chunk.view(-1, features))
+            yield from chunk.unbind(0)
+
+    def _targets(self, labels: torch.Tensor) -> torch.Tensor:
+        """-onehot / batch for each label: the gradient of the mean cross-entropy with respect
+        to the log-probabilities, which _step_fast turns into (softmax - onehot) / batch."""
+        onehot = (labels.unsqueeze(-1) == self._classes).to(self._dtype)
+        return onehot.mul_(-1.0 / labels.shape[-1])
 
     def _step(
         self, x: torch.Tensor, y: torch.Tensor, masks: list[torch.Tensor] | None, lr: float
@@ -340,27 +380,31 @@ class TorchBackend(Backend):
                     h = h * masks[i][: len(h)] / self._keep_scale
         return h
 
-    def _step_rng(self, rng: torch.Generator, step: int) -> torch.Generator:
+    def _step_rng(self, rng: DropoutRng, step: int) -> DropoutRng:
         """The generator itself: it is stateful, each step's draw moves it on to the next
         step's (a CUDA graph's replays too), so `step` picks nothing here."""
         return rng
 
-    def _dropout_masks(self, rng: torch.Generator, shapes: list[Shape]) -> list[torch.Tensor]:
-        """PyTorch's own seeded dropout masks of one step, every layer in one draw: factors, 0
-        for a dropped unit, 1 (or 1 / keep where the products do not scale) for a kept one.
+    def _dropout_masks(self, rng: DropoutRng, shapes: list[Shape]) -> list[torch.Tensor]:
+        """The own seeded dropout masks of one step, every layer in one draw: factors, 0 for a
+        dropped unit, 1 (or 1 / keep where the products do not scale) for a kept one.
 
         torch.rand costs ~3.3 ns per element on CPU (one 32-bit Mersenne Twister draw each);
-        here each 64-bit draw gives four 16-bit uniforms, compared against dropout_threshold,
+        here each 64-bit word gives four 16-bit uniforms, compared against dropout_threshold,
         so a step's masks cost about a third. The masks are views of buffers the next draw
         overwrites.
         """
         buffers = self._mask_buffers.get(tuple(shapes))
         if buffers is None:
-            buffers = _MaskBuffers(shapes, rng.device, self._dtype)
+            buffers = _MaskBuffers(shapes, self._device, self._dtype)
             self._mask_buffers[tuple(shapes)] = buffers
-        # from=-2**63, to=None: the full 64-bit range (plain random_() leaves the sign bit 0).
-        buffers.bits.random_(-(2**63), None, generator=rng)
-        buffers.flat.copy_(buffers.bits.view(torch.int16)[: buffers.flat.numel()])
+        if isinstance(rng, np.random.PCG64):
+            bits = torch.from_numpy(rng.random_raw(buffers.words).view(np.int16))
+        else:
+            # from=-2**63, to=None: the full 64-bit range (plain random_() leaves the sign bit 0).
+            buffers.bits.random_(-(2**63), None, generator=rng)
+            bits = buffers.bits.view(torch.int16)
+        buffers.flat.copy_(bits[: buffers.flat.numel()])
         # As signed 16-bit values u in [-32768, 32767], a unit is kept when u + 32768 >=
         # threshold, i.e. when u + 32769 - threshold >= 1; dropped ones give <= 0: clamp to 0/1.
         offset = float(32769 - dropout_threshold(self._spec.model.dropout_rate))
@@ -438,10 +482,10 @@ class TorchBackend(Backend):
     def _step_fast(
         self,
         x: torch.Tensor,
-        y: torch.Tensor,  # the labels as a column, (batch, 1)
+        y: torch.Tensor,  # the labels, (batch,)
         masks: list[torch.Tensor] | None,
         lr: float | torch.Tensor,  # Adam's lr_t is a tensor in a CUDA graph
-        onehot: torch.Tensor | None = None,  # y's one-hot rows, when computed ahead
+        target: torch.Tensor | None = None,  # y's _targets, when computed ahead
     ) -> torch.Tensor:
         """The fast path: forward and backward written out, no autograd tape, in-place ops.
 
@@ -463,25 +507,27 @@ class TorchBackend(Backend):
             if i < n_layers - 1:
                 h.relu_()
                 if factors:
-                    h.mul_(factors[i][: len(h)])
+                    h.mul_(factors[i])
                 inputs.append(h)
-        # Softmax cross-entropy and its gradient (softmax - onehot) / batch, from one log_softmax.
+        # Softmax cross-entropy and its gradient (softmax - onehot) / batch, from one
+        # log_softmax: one op each. The gradient is log_softmax's backward of -onehot / batch,
+        # elementwise (an indexed write would sort under determinism on CUDA and could not be
+        # captured in a CUDA graph).
         log_probs = torch.log_softmax(h, dim=1)
-        picked = log_probs.gather(1, y)
-        loss = -picked.mean()
-        delta = log_probs.exp_()
-        # softmax - onehot, elementwise (an indexed write would sort under determinism on
-        # CUDA and could not be captured in a CUDA graph); x - 0 and x - 1 round as before.
-        delta.sub_((self._classes == y).to(delta.dtype) if onehot is None else onehot)
-        delta.div_(len(y))
+        loss = F.nll_loss(log_probs, y)
+        if target is None:
+            target = self._targets(y)
+        delta = torch._log_softmax_backward_data(target, log_probs, 1, log_probs.dtype)
         sgd = self._spec.optimizer.name == "sgd"
         for i in reversed(range(n_layers)):
             weight, bias, alpha = self._params[2 * i], self._params[2 * i + 1], alphas[i]
             below = None
             if i > 0:  # the gradient for the layer below, before this layer's weights change;
                 # dropped and inactive units are 0 in inputs[i], so one threshold masks both
-                product = mm.input_grad(delta, weight, alpha)
-                below = torch.ops.aten.threshold_backward(product, inputs[i], 0.0)
+                product = mm.input_grad(delta, weight, alpha, self._input_grads[i - 1])
+                below = torch.ops.aten.threshold_backward.grad_input(
+                    product, inputs[i], 0.0, grad_input=product
+                )
             if sgd:
                 assert isinstance(lr, float)  # SGD's rate is a constant, in a graph too
                 mm.sgd(weight, inputs[i], delta, lr, alpha)

@@ -23,7 +23,7 @@ def check_cuda_graphs(options: Options, device: Device) -> None:
         raise BenchError("--cuda-graphs: PyTorch on a GPU, outside parity mode, only")
 
 
-# A step as GraphedStep captures it: (inputs, labels as a column, dropout masks, lr) -> loss.
+# A step as GraphedStep captures it: (inputs, labels, dropout masks, lr) -> loss.
 FastStep = Callable[
     [torch.Tensor, torch.Tensor, list[torch.Tensor] | None, float | torch.Tensor], torch.Tensor
 ]
@@ -92,9 +92,7 @@ class GraphedStep:
         torch.index_select(self._train_y, 0, self._batch, out=self._y)
         masks = None if self._draw is None else self._draw()
         # Adam's fused kernel reads lr_t from the static tensor that each replay refills.
-        return self._step(
-            self._x, self._y.view(-1, 1), masks, self.lr_t if self._adam else self._lr
-        )
+        return self._step(self._x, self._y, masks, self.lr_t if self._adam else self._lr)
 
 
 def graphed(work: Callable[[], None]) -> Callable[[], None]:

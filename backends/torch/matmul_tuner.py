@@ -55,7 +55,7 @@ def _measure_choice(rounds: int = 7) -> dict[str, str]:
     on both), the median of each; the first round warms both up."""
     pairs = stored_operands(_TUNING_PRODUCTS, torch.device("cpu"))
     flops = sum(product.flops for product in _TUNING_PRODUCTS)
-    paths: list[Products] = [MklProducts(torch.zeros(())), OneDnnProducts()]
+    paths: list[Products] = [MklProducts(), OneDnnProducts()]
     rates: dict[str, list[float]] = {"mkl": [], "onednn": []}
     for _ in range(rounds + 1):
         for products in paths:

@@ -24,20 +24,17 @@ class MklProducts:
     name = "mkl"
     scaled_masks = False  # the masks stay 0/1: the products' alpha carries 1 / keep
 
-    def __init__(self, zero: torch.Tensor) -> None:
-        self._zero = zero  # addmm's input with beta=0
-
     def layer(
         self, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, alpha: float
     ) -> torch.Tensor:
         return torch.addmm(b, h, w, alpha=alpha)
 
-    def input_grad(self, delta: torch.Tensor, w: torch.Tensor, alpha: float) -> torch.Tensor:
-        if alpha == 1.0:
-            # The same sgemm (alpha 1, beta 0) without addmm's copy of its broadcast zero
-            # into the output first: ~10 us a product here.
-            return torch.mm(delta, w.T)
-        return torch.addmm(self._zero, delta, w.T, beta=0.0, alpha=alpha)
+    def input_grad(
+        self, delta: torch.Tensor, w: torch.Tensor, alpha: float, out: torch.Tensor
+    ) -> torch.Tensor:
+        # Into `out` itself, beta=0: no allocation, and no copy of a broadcast zero into the
+        # output before the sgemm (~10 us a product here).
+        return torch.addmm(out, delta, w.T, beta=0.0, alpha=alpha, out=out)
 
     def weight_grad(
         self, out: torch.Tensor, h: torch.Tensor, delta: torch.Tensor, alpha: float
@@ -71,8 +68,10 @@ class OneDnnProducts:
     ) -> torch.Tensor:
         return _linear(h, w.T, b)  # h is scaled already (scaled_masks)
 
-    def input_grad(self, delta: torch.Tensor, w: torch.Tensor, alpha: float) -> torch.Tensor:
-        product = _linear(delta, w, None)
+    def input_grad(
+        self, delta: torch.Tensor, w: torch.Tensor, alpha: float, out: torch.Tensor
+    ) -> torch.Tensor:
+        product = _linear(delta, w, None)  # a tensor of its own: `out` is not needed
         return product if alpha == 1.0 else product.mul_(alpha)
 
     def weight_grad(
