@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import os
 import re
 import time
@@ -85,6 +86,34 @@ class _MaskBuffers:
         ]
 
 
+def _augmented(flat: torch.Tensor, sizes: Sequence[int]) -> list[torch.Tensor]:
+    """Each layer's weights with its bias as a last row, (fan_in + 1, fan_out): views of `flat`,
+    in which every layer's weights are followed by its bias."""
+    views, start = [], 0
+    for fan_in, fan_out in itertools.pairwise(sizes):
+        size = (fan_in + 1) * fan_out
+        views.append(flat[start : start + size].view(fan_in + 1, fan_out))
+        start += size
+    return views
+
+
+class _FastLayers:
+    """The fast step's view of the model and its working memory, allocated once: the layers'
+    augmented weights and gradients (see _augmented), each hidden layer's output beside a
+    column of ones (the next layer's augmented input, as the data's rows carry one), the
+    logits, and each hidden layer's input gradient. No step allocates."""
+
+    def __init__(
+        self, flat: torch.Tensor, flat_grad: torch.Tensor, sizes: Sequence[int], batch: int
+    ) -> None:
+        self.weights, self.grads = _augmented(flat, sizes), _augmented(flat_grad, sizes)
+        hidden = sizes[1:-1]
+        self.inputs = [flat.new_ones((batch, units + 1)) for units in hidden]
+        self.outputs = [h[:, :-1] for h in self.inputs]  # without the ones: strided views
+        self.logits = flat.new_empty((batch, sizes[-1]))
+        self.input_grads = [flat.new_empty((batch, units)) for units in hidden]
+
+
 class TorchBackend(Backend):
     name = "torch"
 
@@ -125,7 +154,10 @@ class TorchBackend(Backend):
         return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
     def load_data(self, splits: Splits) -> None:
-        self._train_x = self._put(np.asarray(splits.train_x, self._options.dtype))
+        train_x = np.asarray(splits.train_x, self._options.dtype)
+        if not self._options.parity:  # the fast step's rows carry a one for the bias row
+            train_x = np.hstack([train_x, np.ones((len(train_x), 1), train_x.dtype)])
+        self._train_x = self._put(train_x)
         self._gathered: torch.Tensor | None = None  # _step_inputs' buffer
         self._train_y = self._put(splits.train_y)
         self._eval = self._eval_batches(splits)
@@ -151,7 +183,9 @@ class TorchBackend(Backend):
             flat = flat.to(self._device, self._dtype)
             self._params = _views(flat, arrays)
             self._flat_grad = torch.zeros_like(flat)
-            self._grads = _views(self._flat_grad, arrays)
+            self._layers = _FastLayers(
+                flat, self._flat_grad, spec.model.layer_sizes, spec.training.batch_size
+            )
             moments = (torch.zeros_like(flat),) if adam else ()
             self._state = State((flat,), moments, tuple(torch.zeros_like(m) for m in moments))
             if adam:
@@ -160,13 +194,8 @@ class TorchBackend(Backend):
                 self._fused_step = torch.tensor(
                     _NO_BIAS_CORRECTION, dtype=torch.float32, device=self._device
                 )
-        # The gradient with respect to each hidden layer's input: written in place each step.
-        self._input_grads = [
-            torch.empty(spec.training.batch_size, units, device=self._device, dtype=self._dtype)
-            for units in spec.model.layer_sizes[1:-1]
-        ]
-        # _alphas[i] scales layer i's input in the fast step: 1 / keep for a hidden layer's
-        # dropped-out output (1 without dropout).
+        # _alphas[i] scales the gradient with respect to layer i's input in the fast step:
+        # 1 / keep for a hidden layer's dropped-out output (1 without dropout).
         rate = spec.model.dropout_rate
         keep_prob = 1.0 - rate
         self._alphas = [1.0] + [1.0 / keep_prob] * (len(spec.model.layer_sizes) - 2)
@@ -174,8 +203,6 @@ class TorchBackend(Backend):
         self._keep_scale = torch.tensor(keep_prob, dtype=self._compute, device=self._device)
         self._classes = torch.arange(spec.model.layer_sizes[-1], device=self._device)
         self._rng = self._dropout_rng(run.dropout_seed)
-        # The own masks' kept value: 1, or 1 / keep where no product's alpha scales (oneDNN).
-        self._mask_scale = 1.0 / keep_prob if self._mm.scaled_masks else 1.0
         self._mask_buffers: dict[tuple[Shape, ...], _MaskBuffers] = {}
         shapes = self._hidden_shapes()
         if rate > 0.0:  # allocated before a CUDA graph captures the draws into them
@@ -387,7 +414,7 @@ class TorchBackend(Backend):
 
     def _dropout_masks(self, rng: DropoutRng, shapes: list[Shape]) -> list[torch.Tensor]:
         """The own seeded dropout masks of one step, every layer in one draw: factors, 0 for a
-        dropped unit, 1 (or 1 / keep where the products do not scale) for a kept one.
+        dropped unit, 1 / keep for a kept one.
 
         torch.rand costs ~3.3 ns per element on CPU (one 32-bit Mersenne Twister draw each);
         here each 64-bit word gives four 16-bit uniforms, compared against dropout_threshold,
@@ -407,10 +434,12 @@ class TorchBackend(Backend):
         buffers.flat.copy_(bits[: buffers.flat.numel()])
         # As signed 16-bit values u in [-32768, 32767], a unit is kept when u + 32768 >=
         # threshold, i.e. when u + 32769 - threshold >= 1; dropped ones give <= 0: clamp to 0/1.
-        offset = float(32769 - dropout_threshold(self._spec.model.dropout_rate))
+        rate = self._spec.model.dropout_rate
+        offset = float(32769 - dropout_threshold(rate))
         buffers.flat.add_(offset).clamp_(0.0, 1.0)
-        if self._mask_scale != 1.0:
-            buffers.flat.mul_(self._mask_scale)
+        # The kept units' scale is the masks', not the products' alpha: that would scale the
+        # next layer's bias row too.
+        buffers.flat.mul_(1.0 / (1.0 - rate))
         return buffers.masks
 
     def _update(
@@ -490,8 +519,9 @@ class TorchBackend(Backend):
         """The fast path: forward and backward written out, no autograd tape, in-place ops.
 
         Per step this launches about half the kernels autograd does. The products go through
-        self._mm (MKL/cuBLAS or oneDNN, see resolve_matmul): with MKL, SGD's update folds into
-        the weight-gradient product and dropout's 1 / keep into the products' alpha.
+        self._mm (MKL/cuBLAS or oneDNN, see resolve_matmul), on augmented weights and inputs
+        (see _FastLayers): a layer's bias comes with its product, and with MKL SGD's update of
+        weights and bias is one product. `x` carries its column of ones.
         """
         n_layers = len(self._params) // 2
         factors: list[torch.Tensor] = []
@@ -499,16 +529,17 @@ class TorchBackend(Backend):
             # The own masks are factors already; numpy's (tests) are True where kept.
             bools = masks[0].dtype == torch.bool
             factors = self._numpy_masks(masks, x.dtype) if bools else masks
-        alphas, mm = self._alphas, self._mm
-        inputs = [x]  # each layer's input: post-ReLU, masked, not yet scaled
-        h = x
+        alphas, mm, layers = self._alphas, self._mm, self._layers
+        inputs = [x, *layers.inputs]  # each layer's: post-ReLU, masked and scaled, with ones
         for i in range(n_layers):
-            h = mm.layer(h, self._params[2 * i], self._params[2 * i + 1], alphas[i])
-            if i < n_layers - 1:
+            hidden = i < n_layers - 1
+            h = mm.layer(
+                inputs[i], layers.weights[i], layers.outputs[i] if hidden else layers.logits
+            )
+            if hidden:
                 h.relu_()
                 if factors:
                     h.mul_(factors[i])
-                inputs.append(h)
         # Softmax cross-entropy and its gradient (softmax - onehot) / batch, from one
         # log_softmax: one op each. The gradient is log_softmax's backward of -onehot / batch,
         # elementwise (an indexed write would sort under determinism on CUDA and could not be
@@ -520,21 +551,19 @@ class TorchBackend(Backend):
         delta = torch._log_softmax_backward_data(target, log_probs, 1, log_probs.dtype)
         sgd = self._spec.optimizer.name == "sgd"
         for i in reversed(range(n_layers)):
-            weight, bias, alpha = self._params[2 * i], self._params[2 * i + 1], alphas[i]
             below = None
             if i > 0:  # the gradient for the layer below, before this layer's weights change;
-                # dropped and inactive units are 0 in inputs[i], so one threshold masks both
-                product = mm.input_grad(delta, weight, alpha, self._input_grads[i - 1])
+                # dropped and inactive units are 0 in its output, so one threshold masks both
+                weight, out = self._params[2 * i], layers.input_grads[i - 1]
+                product = mm.input_grad(delta, weight, alphas[i], out)
                 below = torch.ops.aten.threshold_backward.grad_input(
-                    product, inputs[i], 0.0, grad_input=product
+                    product, layers.outputs[i - 1], 0.0, grad_input=product
                 )
             if sgd:
                 assert isinstance(lr, float)  # SGD's rate is a constant, in a graph too
-                mm.sgd(weight, inputs[i], delta, lr, alpha)
-                bias.add_(delta.sum(0), alpha=-lr)
+                mm.sgd(layers.weights[i], inputs[i], delta, lr)
             else:
-                mm.weight_grad(self._grads[2 * i], inputs[i], delta, alpha)
-                torch.sum(delta, 0, out=self._grads[2 * i + 1])
+                mm.weight_grad(layers.grads[i], inputs[i], delta)
             if below is not None:
                 delta = below
         if not sgd:
@@ -542,12 +571,9 @@ class TorchBackend(Backend):
         return loss
 
     def _numpy_masks(self, keep: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
-        """numpy's 0/1 masks (tests), scaled by 1 / keep where the products do not scale."""
-        masks = [k.to(dtype) for k in keep]
-        if self._mm.scaled_masks:
-            scale = 1.0 / (1.0 - self._spec.model.dropout_rate)
-            masks = [m.mul_(scale) for m in masks]
-        return masks
+        """numpy's masks (tests), True where kept, as the own masks' factors."""
+        scale = 1.0 / (1.0 - self._spec.model.dropout_rate)
+        return [k.to(dtype).mul_(scale) for k in keep]
 
     def _sqrt(self, v: torch.Tensor) -> torch.Tensor:
         """The correctly rounded square root, as TensorFlow's: torch's CPU sqrt (SLEEF, within

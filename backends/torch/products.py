@@ -1,5 +1,9 @@
 """The two libraries PyTorch's products can go through on a CPU, behind one interface: MKL (or
-cuBLAS on a GPU) and oneDNN. The fast training step calls them; matmul_tuner picks one."""
+cuBLAS on a GPU) and oneDNN. The fast training step calls them; matmul_tuner picks one.
+
+The step hands its layers' weights augmented with their bias as a last row, and each layer's
+input with a column of ones: one product then computes a layer's output with its bias, and
+one its weight and bias gradients (or SGD's update of both), with no pass of their own."""
 
 from __future__ import annotations
 
@@ -17,17 +21,16 @@ def _linear(a: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torc
 
 
 class MklProducts:
-    """PyTorch's own products: MKL's sgemm on x86 CPUs, cuBLAS on GPUs. The dropout scale
-    1 / keep folds into each product's alpha and SGD's update into the weight-gradient product
-    (W.addmm_(h.T, d, alpha=-lr)): no pass of its own."""
+    """PyTorch's own products: MKL's sgemm on x86 CPUs, cuBLAS on GPUs. SGD's update folds
+    into the weight-gradient product (W.addmm_(h.T, d, alpha=-lr)) and the input gradient's
+    scale into its alpha: no pass of their own."""
 
     name = "mkl"
-    scaled_masks = False  # the masks stay 0/1: the products' alpha carries 1 / keep
 
-    def layer(
-        self, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, alpha: float
-    ) -> torch.Tensor:
-        return torch.addmm(b, h, w, alpha=alpha)
+    def layer(self, h: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        # `out` may be a strided view (a layer's columns beside its ones): sgemm writes it
+        # in place through its leading dimension.
+        return torch.mm(h, w, out=out)
 
     def input_grad(
         self, delta: torch.Tensor, w: torch.Tensor, alpha: float, out: torch.Tensor
@@ -36,15 +39,11 @@ class MklProducts:
         # output before the sgemm (~10 us a product here).
         return torch.addmm(out, delta, w.T, beta=0.0, alpha=alpha, out=out)
 
-    def weight_grad(
-        self, out: torch.Tensor, h: torch.Tensor, delta: torch.Tensor, alpha: float
-    ) -> None:
-        torch.addmm(out, h.T, delta, beta=0.0, alpha=alpha, out=out)
+    def weight_grad(self, out: torch.Tensor, h: torch.Tensor, delta: torch.Tensor) -> None:
+        torch.addmm(out, h.T, delta, beta=0.0, out=out)
 
-    def sgd(
-        self, w: torch.Tensor, h: torch.Tensor, delta: torch.Tensor, lr: float, alpha: float
-    ) -> None:
-        w.addmm_(h.T, delta, alpha=-lr * alpha)
+    def sgd(self, w: torch.Tensor, h: torch.Tensor, delta: torch.Tensor, lr: float) -> None:
+        w.addmm_(h.T, delta, alpha=-lr)
 
     def square(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return torch.mm(a, b)
@@ -57,16 +56,13 @@ class OneDnnProducts:
     """The same products through the oneDNN that PyTorch bundles (TensorFlow's CPU library).
     MKL takes slower code paths on non-Intel CPUs, while oneDNN picks its kernels by the
     instruction set: on a 2-core AVX-512 AMD EPYC, a 100x784 by 784x256 product ran at 404
-    GFLOP/s here against MKL's 191. Its linear has no alpha, so dropout's masks carry 1 / keep
-    (the inputs arrive scaled) and the input gradient is scaled by a pass of its own."""
+    GFLOP/s here against MKL's 191. Its linear has no alpha or output argument: the input
+    gradient is scaled, and a layer's output copied into place, by a pass of their own."""
 
     name = "onednn"
-    scaled_masks = True
 
-    def layer(
-        self, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, alpha: float
-    ) -> torch.Tensor:
-        return _linear(h, w.T, b)  # h is scaled already (scaled_masks)
+    def layer(self, h: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        return out.copy_(_linear(h, w.T, None))
 
     def input_grad(
         self, delta: torch.Tensor, w: torch.Tensor, alpha: float, out: torch.Tensor
@@ -74,14 +70,10 @@ class OneDnnProducts:
         product = _linear(delta, w, None)  # a tensor of its own: `out` is not needed
         return product if alpha == 1.0 else product.mul_(alpha)
 
-    def weight_grad(
-        self, out: torch.Tensor, h: torch.Tensor, delta: torch.Tensor, alpha: float
-    ) -> None:
+    def weight_grad(self, out: torch.Tensor, h: torch.Tensor, delta: torch.Tensor) -> None:
         out.copy_(_linear(h.T, delta.T, None))
 
-    def sgd(
-        self, w: torch.Tensor, h: torch.Tensor, delta: torch.Tensor, lr: float, alpha: float
-    ) -> None:
+    def sgd(self, w: torch.Tensor, h: torch.Tensor, delta: torch.Tensor, lr: float) -> None:
         w.sub_(_linear(h.T, delta.T, None), alpha=lr)
 
     def square(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
