@@ -236,6 +236,23 @@ def test_cuda_graphs_refuse_float64() -> None:
         )
 
 
+@pytest.mark.skipif(not is_installed("torch"), reason="torch not installed")
+def test_torch_masks_drawn_several_steps_at_once_are_those_drawn_a_step_at_a_time(
+    small: Splits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import backends.torch.backend as torch_backend
+
+    spec = with_epochs(load_stage("dropout"), 1)
+    drawn = []
+    for steps in (5, 1):  # 12 steps: two whole draws of five and part of a third
+        monkeypatch.setattr(torch_backend, "_MASK_STEPS_CPU", steps)
+        backend = make("torch", "cpu", spec, small)
+        masks = backend.own_dropout_masks((100, 256), draws=12, seed=7)
+        assert 0.65 < masks.mean() < 0.75
+        drawn.append(masks)
+    np.testing.assert_array_equal(drawn[0], drawn[1])
+
+
 @pytest.mark.parametrize("device", device_params())
 @pytest.mark.skipif(not is_installed("torch"), reason="torch not installed")
 def test_torch_records_the_generator_and_subnormals_of_its_device(device: str) -> None:

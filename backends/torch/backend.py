@@ -71,19 +71,37 @@ _NO_BIAS_CORRECTION = 1e9
 _GATHER_STEPS = 10
 
 
-class _MaskBuffers:
-    """The memory one step's dropout masks are drawn into, allocated once per set of shapes:
-    the random words, and every layer's mask as a view of one flat tensor (one pass each)."""
+# The training steps whose dropout masks one draw makes on a CPU (see _MaskBlock): the
+# per-op overheads of a step's five small passes are shared, and passes of several steps' masks
+# are large enough to run on every thread; five steps' masks cost ~35 us a step where one
+# step's cost ~55 us here.
+_MASK_STEPS_CPU = 5
 
-    def __init__(self, shapes: list[Shape], device: torch.device, dtype: torch.dtype) -> None:
+
+class _MaskBlock:
+    """The memory the own dropout masks of `steps` steps are drawn into at once, for one
+    generator and one set of shapes, allocated once: the random words, and each step's masks
+    as views of one flat tensor. Each step takes the same number of words, the ones it would
+    have drawn alone, so the masks do not depend on `steps`."""
+
+    def __init__(
+        self,
+        rng: DropoutRng,
+        shapes: list[Shape],
+        steps: int,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
         sizes = [rows * cols for rows, cols in shapes]
-        self.words = (sum(sizes) + 3) // 4
-        self.bits = torch.empty(self.words, dtype=torch.int64, device=device)
-        self.flat = torch.empty(sum(sizes), dtype=dtype, device=device)
+        self.rng = rng
+        self.words = (sum(sizes) + 3) // 4  # four 16-bit uniforms each, per step
+        self.bits = torch.empty(steps * self.words, dtype=torch.int64, device=device)
+        self.flat = torch.empty(steps * self.words * 4, dtype=dtype, device=device)
         self.masks = [
-            part.view(shape)
-            for part, shape in zip(torch.split(self.flat, sizes), shapes, strict=True)
+            [part.view(shape) for part, shape in zip(torch.split(row, sizes), shapes, strict=True)]
+            for row in self.flat.view(steps, -1)[:, : sum(sizes)]
         ]
+        self.used = steps  # none drawn yet
 
 
 def _augmented(flat: torch.Tensor, sizes: Sequence[int]) -> list[torch.Tensor]:
@@ -203,10 +221,10 @@ class TorchBackend(Backend):
         self._keep_scale = torch.tensor(keep_prob, dtype=self._compute, device=self._device)
         self._classes = torch.arange(spec.model.layer_sizes[-1], device=self._device)
         self._rng = self._dropout_rng(run.dropout_seed)
-        self._mask_buffers: dict[tuple[Shape, ...], _MaskBuffers] = {}
+        self._mask_blocks: dict[tuple[int, tuple[Shape, ...]], _MaskBlock] = {}
         shapes = self._hidden_shapes()
         if rate > 0.0:  # allocated before a CUDA graph captures the draws into them
-            self._mask_buffers[tuple(shapes)] = _MaskBuffers(shapes, self._device, self._dtype)
+            self._mask_block(self._rng, shapes)
         self._graphs = None
         if self._options.cuda_graphs:
             assert isinstance(self._rng, torch.Generator)  # a GPU's (check_cuda_graphs)
@@ -418,29 +436,43 @@ class TorchBackend(Backend):
 
         torch.rand costs ~3.3 ns per element on CPU (one 32-bit Mersenne Twister draw each);
         here each 64-bit word gives four 16-bit uniforms, compared against dropout_threshold,
-        so a step's masks cost about a third. The masks are views of buffers the next draw
-        overwrites.
+        so a step's masks cost about a third. On a CPU the masks of several steps are drawn at
+        once (see _MaskBlock); a GPU draws each step's, inside its CUDA graph. The masks are
+        views of buffers a later draw overwrites.
         """
-        buffers = self._mask_buffers.get(tuple(shapes))
-        if buffers is None:
-            buffers = _MaskBuffers(shapes, self._device, self._dtype)
-            self._mask_buffers[tuple(shapes)] = buffers
-        if isinstance(rng, np.random.PCG64):
-            bits = torch.from_numpy(rng.random_raw(buffers.words).view(np.int16))
+        block = self._mask_block(rng, shapes)
+        if block.used == len(block.masks):
+            self._draw(block)
+            block.used = 0
+        block.used += 1
+        return block.masks[block.used - 1]
+
+    def _mask_block(self, rng: DropoutRng, shapes: list[Shape]) -> _MaskBlock:
+        key = (id(rng), tuple(shapes))  # the block holds rng: its id stays its own
+        block = self._mask_blocks.get(key)
+        if block is None:
+            steps = _MASK_STEPS_CPU if isinstance(rng, np.random.PCG64) else 1
+            block = _MaskBlock(rng, shapes, steps, self._device, self._dtype)
+            self._mask_blocks[key] = block
+        return block
+
+    def _draw(self, block: _MaskBlock) -> None:
+        """The next masks of every step of `block`, from its generator."""
+        if isinstance(block.rng, np.random.PCG64):
+            bits = torch.from_numpy(block.rng.random_raw(len(block.bits)).view(np.int16))
         else:
             # from=-2**63, to=None: the full 64-bit range (plain random_() leaves the sign bit 0).
-            buffers.bits.random_(-(2**63), None, generator=rng)
-            bits = buffers.bits.view(torch.int16)
-        buffers.flat.copy_(bits[: buffers.flat.numel()])
+            block.bits.random_(-(2**63), None, generator=block.rng)
+            bits = block.bits.view(torch.int16)
+        block.flat.copy_(bits)
         # As signed 16-bit values u in [-32768, 32767], a unit is kept when u + 32768 >=
         # threshold, i.e. when u + 32769 - threshold >= 1; dropped ones give <= 0: clamp to 0/1.
         rate = self._spec.model.dropout_rate
         offset = float(32769 - dropout_threshold(rate))
-        buffers.flat.add_(offset).clamp_(0.0, 1.0)
+        block.flat.add_(offset).clamp_(0.0, 1.0)
         # The kept units' scale is the masks', not the products' alpha: that would scale the
         # next layer's bias row too.
-        buffers.flat.mul_(1.0 / (1.0 - rate))
-        return buffers.masks
+        block.flat.mul_(1.0 / (1.0 - rate))
 
     def _update(
         self,
