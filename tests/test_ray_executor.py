@@ -107,9 +107,10 @@ def _cell_worker_of_ray() -> tuple[int, int, Path] | None:
 
 
 def _start_ray_run(cluster: str, tmp_path: Path) -> subprocess.Popen[str]:
-    """A `bench run` of one 3-epoch cell on the cluster, as a terminal starts it."""
+    """A `bench run` of one 6-epoch cell on the cluster, as a terminal starts it: the tests act
+    on it after its first epoch, and five more (~2 s) leave room to land before it ends."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    command = _ray_run(cluster, uri, "--stage", "relu-xavier", "--epochs", "3", "--no-peak")
+    command = _ray_run(cluster, uri, "--stage", "relu-xavier", "--epochs", "6", "--no-peak")
     return subprocess.Popen(
         bench_command(*command, "--backend", installed_backends()[-1]),
         stdout=subprocess.PIPE,
@@ -326,7 +327,8 @@ def test_a_matrix_across_two_nodes_survives_losing_one(tmp_path: Path) -> None:
             timeout=PATIENCE_S,
         )
         assert books.stdout.strip() == "0", books.stdout + books.stderr
-        command = _ray_run(address, uri, "--stage", "relu-xavier", "--epochs", "1")
+        # Five epochs (~2 s of training): a one-epoch cell could end between two looks for it.
+        command = _ray_run(address, uri, "--stage", "relu-xavier", "--epochs", "5")
         process = subprocess.Popen(
             bench_command(*command, "--backend", "torch", "--seeds", "2"),
             stdout=subprocess.PIPE,
