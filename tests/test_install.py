@@ -203,3 +203,16 @@ def test_gpu_machines_run_the_cpu_torch_when_its_wheel_shares_tensorflows_cuda_m
         assert gpu == Version(cpu.base_version)
     else:
         assert gpu < Version(cpu.base_version), "the GPU torch is the newest on TF's CUDA major"
+
+
+def test_every_session_pins_one_mlflow_inside_the_projects_range() -> None:
+    """Every session, the server's included, reads and writes the same store, and MLflow
+    refuses a store whose schema a newer release wrote: both constraints files pin one MLflow,
+    and it is one the project accepts."""
+    cpu, gpu = (_pinned(CONSTRAINTS / f"{extra}.txt") for extra in ("cpu", "gpu"))
+    assert cpu["mlflow"] == gpu["mlflow"]
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    [required] = [
+        r for r in map(Requirement, pyproject["project"]["dependencies"]) if r.name == "mlflow"
+    ]
+    assert cpu["mlflow"] in required.specifier
