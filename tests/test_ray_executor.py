@@ -89,9 +89,10 @@ def _experiment(uri: str, name: str) -> str:
     return str(MlflowClient(uri).get_experiment_by_name(name).experiment_id)
 
 
-def _cell_worker_of_ray() -> tuple[int, int, Path] | None:
-    """(worker pid, its parent Ray worker's pid, its folder) of a cell's worker process
-    run by a Ray task, if one runs now."""
+def _cell_workers_of_ray() -> list[tuple[int, int, Path]]:
+    """(worker pid, its parent Ray worker's pid, its folder) of each cell's worker process
+    run by a Ray task now: on two nodes two run at once, and either may be the one sought."""
+    found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -102,8 +103,8 @@ def _cell_worker_of_ray() -> tuple[int, int, Path] | None:
         except (OSError, ValueError, IndexError):
             continue
         if b"bench.execution.worker" in argv and parent_argv.startswith(b"ray::"):
-            return int(entry.name), parent, Path(argv[-2].decode()).parent
-    return None
+            found.append((int(entry.name), parent, Path(argv[-2].decode()).parent))
+    return found
 
 
 def _start_ray_run(cluster: str, tmp_path: Path) -> subprocess.Popen[str]:
@@ -124,10 +125,9 @@ def _cell_mid_epochs(process: subprocess.Popen[str]) -> tuple[int, int, Path]:
     """The cell worker run by a Ray task, once it has trained its first epoch."""
     deadline = time.monotonic() + PATIENCE_S
     while time.monotonic() < deadline and process.poll() is None:
-        found = _cell_worker_of_ray()
-        log = found[2] / "worker.log" if found else None
-        if found and log is not None and log.exists() and "epoch 1:" in log.read_text():
-            return found
+        for found in _cell_workers_of_ray():
+            if _says(found[2] / "worker.log", "epoch 1:"):
+                return found
         time.sleep(0.2)
     raise AssertionError("no cell worker under a Ray worker reached its first epoch")
 
@@ -338,9 +338,10 @@ def test_a_matrix_across_two_nodes_survives_losing_one(tmp_path: Path) -> None:
         deadline = time.monotonic() + PATIENCE_S
         while time.monotonic() < deadline and process.poll() is None:
             # Killed once its cell trains: its peak is measured (before the cell) and kept.
-            found = _cell_worker_of_ray()
-            log = found[2] / "worker.log" if found else Path()
-            if found and second.pid in _ancestors(found[0]) and _says(log, "cell "):
+            if any(
+                second.pid in _ancestors(pid) and _says(folder / "worker.log", "cell ")
+                for pid, _, folder in _cell_workers_of_ray()
+            ):
                 break
             time.sleep(0.1)
         else:
