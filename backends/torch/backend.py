@@ -94,9 +94,14 @@ class _MaskBlock:
     ) -> None:
         sizes = [rows * cols for rows, cols in shapes]
         self.rng = rng
-        self.words = (sum(sizes) + 3) // 4  # four 16-bit uniforms each, per step
-        self.bits = torch.empty(steps * self.words, dtype=torch.int64, device=device)
-        self.flat = torch.empty(steps * self.words * 4, dtype=dtype, device=device)
+        self.words = steps * ((sum(sizes) + 3) // 4)  # four 16-bit uniforms each
+        # torch's generator draws into a tensor; numpy's returns its words.
+        self.bits = (
+            torch.empty(self.words, dtype=torch.int64, device=device)
+            if isinstance(rng, torch.Generator)
+            else None
+        )
+        self.flat = torch.empty(self.words * 4, dtype=dtype, device=device)
         self.masks = [
             [part.view(shape) for part, shape in zip(torch.split(row, sizes), shapes, strict=True)]
             for row in self.flat.view(steps, -1)[:, : sum(sizes)]
@@ -216,7 +221,8 @@ class TorchBackend(Backend):
         # 1 / keep for a hidden layer's dropped-out output (1 without dropout).
         rate = spec.model.dropout_rate
         keep_prob = 1.0 - rate
-        self._alphas = [1.0] + [1.0 / keep_prob] * (len(spec.model.layer_sizes) - 2)
+        self._kept_factor = 1.0 / keep_prob  # a kept unit's, in its mask
+        self._alphas = [1.0] + [self._kept_factor] * (len(spec.model.layer_sizes) - 2)
         # A tensor, not a Python float, so that it is rounded to the dtype as in TensorFlow.
         self._keep_scale = torch.tensor(keep_prob, dtype=self._compute, device=self._device)
         self._classes = torch.arange(spec.model.layer_sizes[-1], device=self._device)
@@ -459,20 +465,20 @@ class TorchBackend(Backend):
     def _draw(self, block: _MaskBlock) -> None:
         """The next masks of every step of `block`, from its generator."""
         if isinstance(block.rng, np.random.PCG64):
-            bits = torch.from_numpy(block.rng.random_raw(len(block.bits)).view(np.int16))
+            bits = torch.from_numpy(block.rng.random_raw(block.words).view(np.int16))
         else:
+            assert block.bits is not None
             # from=-2**63, to=None: the full 64-bit range (plain random_() leaves the sign bit 0).
             block.bits.random_(-(2**63), None, generator=block.rng)
             bits = block.bits.view(torch.int16)
         block.flat.copy_(bits)
         # As signed 16-bit values u in [-32768, 32767], a unit is kept when u + 32768 >=
         # threshold, i.e. when u + 32769 - threshold >= 1; dropped ones give <= 0: clamp to 0/1.
-        rate = self._spec.model.dropout_rate
-        offset = float(32769 - dropout_threshold(rate))
+        offset = float(32769 - dropout_threshold(self._spec.model.dropout_rate))
         block.flat.add_(offset).clamp_(0.0, 1.0)
         # The kept units' scale is the masks', not the products' alpha: that would scale the
         # next layer's bias row too.
-        block.flat.mul_(1.0 / (1.0 - rate))
+        block.flat.mul_(self._kept_factor)
 
     def _update(
         self,
@@ -604,8 +610,7 @@ class TorchBackend(Backend):
 
     def _numpy_masks(self, keep: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
         """numpy's masks (tests), True where kept, as the own masks' factors."""
-        scale = 1.0 / (1.0 - self._spec.model.dropout_rate)
-        return [k.to(dtype).mul_(scale) for k in keep]
+        return [k.to(dtype).mul_(self._kept_factor) for k in keep]
 
     def _sqrt(self, v: torch.Tensor) -> torch.Tensor:
         """The correctly rounded square root, as TensorFlow's: torch's CPU sqrt (SLEEF, within
