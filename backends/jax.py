@@ -75,6 +75,25 @@ def configure_runtime(threads: int, options: Options) -> None:
     )
 
 
+# XLA's copy insertion with its region analysis of the epoch's loop body: the weights a step
+# reads before it updates them in place (the input gradients' products) are then read in
+# place; the default kept a copy of them each step (~16 us for the 256x256 one). The same
+# numbers to the bit, ~4% (SGD) and ~7% (Adam) less time a step here.
+_CPU_COMPILER_OPTIONS: dict[str, Any] = {"xla_cpu_copy_insertion_use_region_analysis": True}
+
+
+@functools.cache
+def _cpu_compiler_options() -> dict[str, Any]:
+    """_CPU_COMPILER_OPTIONS, or none where this jaxlib's XLA does not know them (an unknown
+    option fails the compilation)."""
+    try:
+        zero = jax.device_put(np.float32(0.0), jax.devices("cpu")[0])
+        jax.jit(jnp.negative, compiler_options=_CPU_COMPILER_OPTIONS)(zero)
+    except jax.errors.JaxRuntimeError:
+        return {}
+    return _CPU_COMPILER_OPTIONS
+
+
 def _gpu_plugin_installed() -> bool:
     """Whether a JAX GPU plugin is installed (asked without starting JAX's runtime)."""
     if importlib.metadata.entry_points(group="jax_plugins"):
@@ -176,7 +195,9 @@ class JaxBackend(Backend):
         self._rng = self._dropout_rng(run.dropout_seed)
         self._zero = self._put(np.zeros((), np.uint32))  # see _stored
         # The state's buffers are donated: each epoch updates the parameters in place.
-        self._epoch_fn = jax.jit(self._epoch, donate_argnums=0)
+        self._epoch_fn = jax.jit(
+            self._epoch, donate_argnums=0, compiler_options=self._compiler_options()
+        )
         self._logits_fn = jax.jit(lambda params, x: self._forward(params, x, None))
 
     def train_epoch(self, order: np.ndarray, masks: Masks = None) -> np.ndarray:
@@ -253,6 +274,9 @@ class JaxBackend(Backend):
             "jaxlib_version": jaxlib_version,
             "xla": "true",  # JAX compiles every step with XLA
             "xla_flags": _RUNTIME.get("xla_flags", os.environ.get("XLA_FLAGS", "")),
+            "xla_compiler_options": " ".join(
+                f"{name}={str(value).lower()}" for name, value in self._compiler_options().items()
+            ),
             "jax_enable_x64": str(_CONFIG.jax_enable_x64).lower(),
             "matmul_precision": str(self._precision.name).lower(),
             # XLA's CPU executables run with subnormals flushed (1e-9 * 1e-30 gave 0 here), as
@@ -280,6 +304,10 @@ class JaxBackend(Backend):
             gpu_model=gpu_model,
             extra=extra,
         )
+
+    def _compiler_options(self) -> dict[str, Any]:
+        """The epoch's own XLA options (a CPU's only)."""
+        return _cpu_compiler_options() if self._device_kind == "cpu" else {}
 
     def _put(self, array: np.ndarray | np.generic) -> jax.Array:
         placed: jax.Array = jax.device_put(array, self._device)

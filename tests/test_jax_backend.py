@@ -78,6 +78,42 @@ def test_two_fresh_backends_rerun_bit_identical(stage: str, small: Splits) -> No
         assert a.tobytes() == b.tobytes()
 
 
+@pytest.mark.parametrize("parity", [False, True], ids=["fast", "parity"])
+def test_the_epochs_compiler_options_keep_every_bit(
+    parity: bool, small: Splits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The epoch compiled with its CPU options (copy insertion) and without them: the same
+    losses and weights to the last bit; the options change which buffers XLA copies, not what
+    it computes."""
+    import backends.jax as jax_backend
+
+    spec = with_epochs(load_stage("adam"), 2)
+    options = Options(data_dir="", threads=2, parity=parity)
+    with_options = _backend("jax", spec, small, options)
+    assert with_options.environment()["xla_compiler_options"] == (
+        "xla_cpu_copy_insertion_use_region_analysis=true"
+    )
+    monkeypatch.setattr(jax_backend, "_cpu_compiler_options", lambda: {})
+    without = _backend("jax", spec, small, options)
+    assert without.environment()["xla_compiler_options"] == ""
+    first, second = (_epochs(backend, spec, 2000, 2) for backend in (with_options, without))
+    assert first.tobytes() == second.tobytes()
+    for a, b in zip(with_options.parameters(), without.parameters(), strict=True):
+        assert a.tobytes() == b.tobytes()
+
+
+def test_an_option_this_xla_does_not_know_is_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unknown option would fail every compilation; an older jaxlib compiles without it."""
+    import backends.jax as jax_backend
+
+    monkeypatch.setattr(jax_backend, "_CPU_COMPILER_OPTIONS", {"xla_cpu_no_such_option": True})
+    jax_backend._cpu_compiler_options.cache_clear()
+    try:
+        assert jax_backend._cpu_compiler_options() == {}
+    finally:
+        jax_backend._cpu_compiler_options.cache_clear()
+
+
 def test_float64_trains_in_float64(small: Splits) -> None:
     spec = with_epochs(load_stage("adam"), 1)
     backend = _backend("jax", spec, small, Options(data_dir="", threads=2, dtype="float64"))
