@@ -36,6 +36,18 @@ _ZALANDO_GZIP_MTIME = {"train": 0x59A7E9DE, "t10k": 0x59A7E9F3}
 FASHION_DATA_SHA256 = "7edab79937c792778f9c3888f4b3971a8f29015ca8da937c846ff06f7cd37e89"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Subnormals flushed on the main thread before any test starts PyTorch's thread pool, as
+    in a cell's process, where the torch backend is the first PyTorch work: the pool's threads
+    inherit the setting only when they start after it, and the backend refuses a pool that
+    started without it (a test of PyTorch's own layers would otherwise decide, by running
+    first, whether later tests can build a torch backend)."""
+    if is_installed("torch"):
+        import torch
+
+        torch.set_flush_denormal(True)
+
+
 def mnist_dir() -> Path:
     """Where the tests read MNIST: MLP_BENCH_DATA_DIR, else ../shared/data/mnist."""
     return Path(os.environ.get(DATA_DIR_ENV) or SHARED_MNIST)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ from bench.core.spec import STAGE_NAMES, StageSpec, load_stage, with_epochs
 from bench.core.types import Product
 from bench.recording.speed import step_products
 from tests import reference
-from tests.conftest import backend_params, device_params, skip_without_gpu, subset
+from tests.conftest import ROOT, backend_params, device_params, skip_without_gpu, subset
 from tests.live import competing_processes
 
 
@@ -266,6 +268,31 @@ def test_torch_records_the_generator_and_subnormals_of_its_device(device: str) -
     else:
         assert "Philox4x32-10" in env["dropout_rng"] and env["flush_denormal"] == "false"
         assert env["gpu_model"] and env["gpu_driver"] != "none" and env["cuda_version"] != "none"
+
+
+@pytest.mark.skipif(not is_installed("torch"), reason="torch not installed")
+def test_torch_refuses_worker_threads_that_keep_subnormals() -> None:
+    """PyTorch's pool threads inherit flush-to-zero only from a thread that set it before they
+    started: a pool that earlier work in the process started is refused with the fix, not left
+    to compute its share of each step unlike the main thread. In a fresh process (a cell's)
+    the backend is built (every other test)."""
+    code = """
+import torch
+torch.set_num_threads(2)
+(torch.ones(2**18) * 2).sum()  # a parallel op: the pool starts here, keeping subnormals
+from backends import load_backend
+from bench.core.errors import BenchError
+from bench.core.options import Options
+try:
+    load_backend("torch")("cpu", Options(data_dir="", threads=2))
+except BenchError as error:
+    print(error)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert "started before the torch backend set them to flush subnormals" in done.stdout
+    assert "create the backend before any other PyTorch work" in done.stdout
 
 
 def _products_seconds(backend: Backend, products: list[Product]) -> float:

@@ -77,6 +77,10 @@ _GATHER_STEPS = 10
 # step's cost ~55 us here.
 _MASK_STEPS_CPU = 5
 
+# Elements per intra-op thread in _every_thread_flushes' probe: twice PyTorch's grain for a
+# parallel element-wise op (32,768), so that every thread computes a share.
+_FLUSH_PROBE_ELEMENTS = 65536
+
 
 class _MaskBlock:
     """The memory the own dropout masks of `steps` steps are drawn into at once, for one
@@ -118,6 +122,17 @@ def _augmented(flat: torch.Tensor, sizes: Sequence[int]) -> list[torch.Tensor]:
         views.append(flat[start : start + size].view(fan_in + 1, fan_out))
         start += size
     return views
+
+
+def _every_thread_flushes() -> bool:
+    """Whether every intra-op thread flushes subnormal results to zero. torch.set_flush_denormal
+    sets the calling thread's flags, which a thread inherits when it starts: pool threads that
+    earlier parallel work in the process started keep subnormals, and so compute their share of
+    a product or update unlike the others (and, where Adam's moments of gradients that have
+    turned 0 decay into subnormals, ~100x slower). A probe that does start the pool starts it
+    with the flags set."""
+    elements = torch.get_num_threads() * _FLUSH_PROBE_ELEMENTS
+    return not bool((torch.full((elements,), 1e-30) * 1e-10).any())
 
 
 class _FastLayers:
@@ -164,6 +179,13 @@ class TorchBackend(Backend):
         # subnormals, which x86 computes ~100x slower; flushing also keeps the two frameworks'
         # numbers alike. It sets the CPU's own flags: CUDA kernels keep subnormals regardless.
         self._flush_denormal = torch.set_flush_denormal(True) and device == "cpu"
+        if self._flush_denormal and not _every_thread_flushes():
+            raise BenchError(
+                "PyTorch's worker threads started before the torch backend set them to flush "
+                "subnormals to zero, and would compute their share of each step with them; "
+                "create the backend before any other PyTorch work in the process, as each "
+                "cell of `mlp-bench run` does"
+            )
         torch.backends.cuda.matmul.allow_tf32 = options.tf32
         torch.backends.cudnn.allow_tf32 = options.tf32
         self._device = torch.device("cuda" if device == "gpu" else "cpu")
